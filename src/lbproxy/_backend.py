@@ -1,0 +1,138 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+Backends, their states, and the outcomes of the requests sent to them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+from zope.interface import implementer
+
+from lbproxy._interfaces import IBackend
+
+
+class BackendState(enum.Enum):
+    """
+    The states of a backend.
+
+    @cvar UP: taking requests.
+    @cvar DOWN: taken out by active health checks; only passing checks bring
+        it back.
+    @cvar FAILED: taken out by passive health accounting (C{max_fails}
+        failures within C{fail_timeout}); it comes back after
+        C{fail_timeout}.
+    @cvar DRAINING: finishing its requests, taking no new ones.
+    @cvar DISABLED: marked C{down} in the configuration.
+    """
+
+    UP = "up"
+    DOWN = "down"
+    FAILED = "failed"
+    DRAINING = "draining"
+    DISABLED = "disabled"
+
+
+class Outcome(enum.Enum):
+    """
+    How one exchange with a backend ended, as balancers are told.
+
+    @cvar SUCCESS: a response head arrived.
+    @cvar CONNECT_FAILED: the connection could not be made (refused, timed
+        out, unresolvable).
+    @cvar RESET: the connection broke before the response head arrived.
+    @cvar TIMEOUT: the backend accepted the request but stopped answering.
+    @cvar INVALID: the backend answered with something that is not HTTP.
+    @cvar CANCELLED: the client went away first; not the backend's fault.
+    """
+
+    SUCCESS = "success"
+    CONNECT_FAILED = "connect_failed"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    INVALID = "invalid"
+    CANCELLED = "cancelled"
+
+    @property
+    def isFailure(self) -> bool:
+        """
+        Whether this outcome counts against the backend (passive health).
+        """
+        return self not in (Outcome.SUCCESS, Outcome.CANCELLED)
+
+
+@implementer(IBackend)
+class Backend:
+    """
+    One server of an upstream: its address, weight, state and counters.
+
+    Only its L{lbproxy.Pool} changes its state.
+
+    @ivar id: see L{IBackend.id}.
+    @ivar active: requests in flight.
+    @ivar requests: requests sent, in total.
+    @ivar failures: failed exchanges (see L{Outcome.isFailure}), in total.
+    @ivar responses: responses received, in total.
+    @ivar lastLatency: seconds to the response head of the latest success.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        scheme: str = "http",
+        weight: int = 1,
+        backup: bool = False,
+        down: bool = False,
+        maxFails: Optional[int] = None,
+        failTimeout: Optional[float] = None,
+    ) -> None:
+        """
+        @param host: host name or IP address.
+        @param port: TCP port.
+        @param scheme: C{"http"} or C{"https"}.
+        @param weight: a positive weight.
+        @param backup: whether this is a backup server.
+        @param down: whether the configuration marks it down for good.
+        @param maxFails: this server's C{max_fails}, or L{None} for the
+            upstream's.
+        @param failTimeout: this server's C{fail_timeout} in seconds, or
+            L{None} for the upstream's.
+        """
+        if weight < 1:
+            raise ValueError(f"weight must be a positive integer, not {weight!r}")
+        self.host = host
+        self.port = port
+        self.scheme = scheme
+        self.weight = weight
+        self.effectiveWeight = float(weight)
+        self.backup = backup
+        self.maxFails = maxFails
+        self.failTimeout = failTimeout
+        self.state = BackendState.DISABLED if down else BackendState.UP
+        self.id = ""
+        self.active = 0
+        self.requests = 0
+        self.responses = 0
+        self.failures = 0
+        self.lastLatency: Optional[float] = None
+        self._failureTimes: list[float] = []
+
+    @property
+    def name(self) -> str:
+        """
+        C{host:port}, with brackets around an IPv6 address.
+        """
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """
+        C{scheme://host:port}.
+        """
+        return f"{self.scheme}://{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.url} weight={self.weight} {self.state.value}>"

@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_balancers -*-
+"""
+The contracts between lbproxy's parts, and between lbproxy and its plugins.
+
+The public names are re-exported by L{lbproxy.interfaces}.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IBackend(Interface):
+    """
+    One server of an upstream, as balancers see it.
+
+    Balancers read these attributes; only the pool changes them.
+    """
+
+    id = Attribute(
+        "An opaque, stable L{str} identifying this backend within its pool "
+        "(safe to put in a cookie: it does not reveal the address)."
+    )
+    name = Attribute("C{host:port} as a L{str}, for logs and the status page.")
+    host = Attribute("The host name or IP address, as a L{str}.")
+    port = Attribute("The TCP port, as an L{int}.")
+    scheme = Attribute("C{'http'} or C{'https'}.")
+    weight = Attribute("The configured weight, a positive L{int}.")
+    effectiveWeight = Attribute(
+        "The weight balancers should use now, a positive L{float} no larger "
+        "than C{weight} (smaller while the backend is slow-starting)."
+    )
+    backup = Attribute("L{True} for a backup server.")
+    state = Attribute("The L{lbproxy.BackendState} of this backend.")
+    active = Attribute("The number of requests in flight to this backend.")
+
+
+class IBalancer(Interface):
+    """
+    A balancing algorithm bound to one pool.
+
+    The pool tells the balancer which backends are eligible (up, not
+    draining, not disabled; the backups only while no primary is up) with
+    L{backendsChanged}; the balancer never sees any other backend.  Picking
+    is synchronous so that every algorithm can be tested without Deferreds.
+    """
+
+    def backendsChanged(backends):
+        """
+        The eligible set changed: a backend was added, removed, went up or
+        down, started or stopped draining, or changed weight.
+
+        @param backends: every eligible backend, in configuration order.
+        @type backends: L{tuple} of L{IBackend}
+        """
+
+    def pick(request, exclude):
+        """
+        Choose a backend for C{request}.
+
+        @param request: the client request being forwarded.
+        @type request: L{twisted.web.iweb.IRequest}
+
+        @param exclude: backends already tried for this request, which
+            must not be chosen again.
+        @type exclude: a L{frozenset} of L{IBackend}
+
+        @return: an eligible L{IBackend} not in C{exclude}, or L{None} when
+            there is none.
+        """
+
+    def requestStarted(backend, request):
+        """
+        C{request} is being sent to C{backend} (which this balancer picked).
+
+        Called before the response head is written, so a balancer may still
+        add response headers or cookies to C{request} here.
+        """
+
+    def requestFinished(backend, request, outcome, latency):
+        """
+        The exchange with C{backend} for C{request} ended.
+
+        @param outcome: an L{lbproxy.Outcome}.
+        @param latency: seconds from L{requestStarted} until the response
+            head arrived (or until the failure), a L{float}.
+        """
+
+
+class IBalancerFactory(Interface):
+    """
+    A named balancing algorithm, found by L{twisted.plugin.getPlugins} in the
+    C{twisted.plugins} dropin package.  Providers also provide
+    L{twisted.plugin.IPlugin}.
+    """
+
+    name = Attribute(
+        "The name used in site.ini (C{balancer = NAME}), a L{str} of letters, "
+        "digits and underscores."
+    )
+    description = Attribute("A one-line description, a L{str}.")
+    options = Attribute(
+        "A mapping of every option this balancer accepts (without the "
+        "C{balancer.} prefix) to a one-line help text."
+    )
+
+    def buildBalancer(options, random):
+        """
+        Build a balancer for one pool.
+
+        @param options: the C{balancer.*} keys of the upstream section, with
+            the prefix removed.
+        @type options: L{dict} of L{str} to L{str}
+
+        @param random: the source of randomness the balancer must use, so
+            that tests can fix the seed.
+        @type random: L{random.Random}
+
+        @return: a new L{IBalancer}.
+
+        @raise lbproxy.balancers.InvalidBalancerOptions: when an option is
+            unknown or its value is bad.
+        """

@@ -1,0 +1,93 @@
+# -*- test-case-name: tests.test_balancers -*-
+"""
+Balancing algorithms, found by name among the L{IBalancerFactory} plugins.
+
+Lookup works like L{twisted.cred.strcred.findCheckerFactory}: every
+L{IBalancerFactory} that L{twisted.plugin.getPlugins} finds in the
+C{twisted.plugins} dropin package is a candidate, lbproxy's own built-ins
+included, so a third party adds an algorithm by installing a dropin.
+"""
+
+from __future__ import annotations
+
+from random import Random
+from typing import Mapping, Optional
+
+from twisted.plugin import getPlugins
+
+from lbproxy._interfaces import IBalancer, IBalancerFactory
+
+__all__ = [
+    "BalancerNotFound",
+    "InvalidBalancerOptions",
+    "findBalancerFactories",
+    "findBalancerFactory",
+    "buildBalancer",
+]
+
+
+class BalancerNotFound(KeyError):
+    """
+    No balancer plugin has the requested name.
+
+    @ivar name: the name asked for.
+    @ivar available: the names that were found, sorted.
+    """
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.available = available
+
+    def __str__(self) -> str:
+        return "unknown balancer {!r}; the balancers found are: {}".format(
+            self.name, ", ".join(self.available)
+        )
+
+
+class InvalidBalancerOptions(ValueError):
+    """
+    A C{balancer.*} option is unknown to the chosen balancer, or its value is
+    bad.  The message says which and what was expected.
+    """
+
+
+def findBalancerFactories() -> dict[str, IBalancerFactory]:
+    """
+    Find every balancer plugin.
+
+    @return: a mapping of balancer name to its L{IBalancerFactory}; when two
+        plugins share a name, the first one found wins.
+    """
+    found: dict[str, IBalancerFactory] = {}
+    for factory in getPlugins(IBalancerFactory):
+        found.setdefault(factory.name, factory)
+    return found
+
+
+def findBalancerFactory(name: str) -> IBalancerFactory:
+    """
+    Find the balancer plugin called C{name}.
+
+    @raise BalancerNotFound: when there is none.
+    """
+    factories = findBalancerFactories()
+    try:
+        return factories[name]
+    except KeyError:
+        raise BalancerNotFound(name, sorted(factories)) from None
+
+
+def buildBalancer(
+    name: str,
+    options: Optional[Mapping[str, str]] = None,
+    random: Optional[Random] = None,
+) -> IBalancer:
+    """
+    Build the balancer called C{name} with its C{balancer.*} C{options}.
+
+    @raise BalancerNotFound: when no plugin has that name.
+    @raise InvalidBalancerOptions: when the options are wrong for it.
+    """
+    factory = findBalancerFactory(name)
+    return factory.buildBalancer(dict(options or {}), random or Random())

@@ -1,0 +1,35 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration: L{parseConfig} reads a site.ini into frozen objects; the
+same objects can be built directly in Python.
+"""
+
+from lbproxy._config import (
+    ConfigError,
+    DemoConfig,
+    HealthCheckConfig,
+    ProxyConfig,
+    ServerConfig,
+    SiteConfig,
+    UpstreamConfig,
+    VHostConfig,
+    parseConfig,
+    parseConfigText,
+    parseDuration,
+    parseSize,
+)
+
+__all__ = [
+    "ConfigError",
+    "DemoConfig",
+    "HealthCheckConfig",
+    "ProxyConfig",
+    "ServerConfig",
+    "SiteConfig",
+    "UpstreamConfig",
+    "VHostConfig",
+    "parseConfig",
+    "parseConfigText",
+    "parseDuration",
+    "parseSize",
+]

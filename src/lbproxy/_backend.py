@@ -17,6 +17,20 @@ class BackendState(enum.Enum):
     """
     The states of a backend.
 
+    A backend's state is never set on its own: it follows from three
+    independent conditions that its L{lbproxy.Pool} keeps (see
+    L{Backend.adminState}, L{Backend.checkedDown} and
+    L{Backend.failedUntil}).  The first of these that holds is the state:
+
+        1. L{DISABLED}, 2. L{DRAINING} (administrative, set by the
+        configuration or the operator), 3. L{DOWN} (active checks),
+        4. L{FAILED} (passive accounting), 5. L{UP} otherwise.
+
+    So a backend that is both failed and down by checks is L{DOWN}, and the
+    expiry of C{fail_timeout} does not bring it back; a backend whose
+    checks pass stays L{FAILED} until C{fail_timeout} expires; and an
+    operator's drain holds whatever the checks say.
+
     @cvar UP: taking requests.
     @cvar DOWN: taken out by active health checks; only passing checks bring
         it back.
@@ -24,7 +38,8 @@ class BackendState(enum.Enum):
         failures within C{fail_timeout}); it comes back after
         C{fail_timeout}.
     @cvar DRAINING: finishing its requests, taking no new ones.
-    @cvar DISABLED: marked C{down} in the configuration.
+    @cvar DISABLED: marked C{down} in the configuration, or disabled by the
+        operator.
     """
 
     UP = "up"
@@ -75,6 +90,18 @@ class Backend:
     @ivar failures: failed exchanges (see L{Outcome.isFailure}), in total.
     @ivar responses: responses received, in total.
     @ivar lastLatency: seconds to the response head of the latest success.
+    @ivar effectiveWeight: see L{IBackend.effectiveWeight}: C{weight}, or
+        less while the backend is slow-starting.
+    @ivar adminState: L{BackendState.DISABLED} or L{BackendState.DRAINING}
+        when the configuration or the operator took the backend out, else
+        L{None}.
+    @ivar checkedDown: whether active health checks consider the backend
+        down.
+    @ivar failedUntil: while passive accounting keeps the backend out, the
+        reactor time at which it comes back; else L{None}.
+    @ivar stateReason: why the backend is in its current state, a L{str}.
+    @ivar stateSince: the reactor time of the latest state change, or
+        L{None} when the state has not changed since the start.
     """
 
     def __init__(
@@ -110,7 +137,14 @@ class Backend:
         self.backup = backup
         self.maxFails = maxFails
         self.failTimeout = failTimeout
+        self.adminState: Optional[BackendState] = (
+            BackendState.DISABLED if down else None
+        )
+        self.checkedDown = False
+        self.failedUntil: Optional[float] = None
         self.state = BackendState.DISABLED if down else BackendState.UP
+        self.stateReason = "down in the configuration" if down else "started"
+        self.stateSince: Optional[float] = None
         self.id = ""
         self.active = 0
         self.requests = 0

@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Header rewriting between client and backend.  Pure functions over
+L{twisted.web.http_headers.Headers}.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from twisted.web.http_headers import Headers
+
+#: Headers that describe one connection, never forwarded (RFC 9110 7.6.1),
+#: plus C{Proxy-Connection}, which old clients still send.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+
+#: Headers lbproxy sets itself on the request it sends to a backend.
+_REQUEST_OWN = frozenset(
+    [
+        b"host",
+        b"content-length",
+        b"x-real-ip",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ]
+)
+
+
+def connectionTokens(headers: Headers) -> frozenset[bytes]:
+    """
+    The lower-cased header names listed in C{Connection}, plus the fixed
+    hop-by-hop set: every header name that must not cross the proxy.
+    """
+    names = set(HOP_BY_HOP)
+    for value in headers.getRawHeaders(b"connection", ()):
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                names.add(token)
+    return frozenset(names)
+
+
+def endToEnd(headers: Headers) -> Iterable[tuple[bytes, list[bytes]]]:
+    """
+    Every header of C{headers} that is not hop-by-hop, with all its values
+    in order.
+    """
+    drop = connectionTokens(headers)
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() not in drop:
+            yield name, values
+
+
+def requestHeaders(
+    incoming: Headers,
+    clientAddress: Optional[str],
+    secure: bool,
+    host: bytes,
+) -> Headers:
+    """
+    Build the headers of the request sent to the backend.
+
+    Hop-by-hop headers are dropped; C{X-Forwarded-For} gets the client
+    address appended; C{X-Forwarded-Proto}, C{X-Forwarded-Host} and
+    C{X-Real-IP} are set; C{Host} becomes C{host}.  C{Content-Length} is
+    dropped: the body is re-framed for the backend.
+
+    @param incoming: the client's request headers.
+    @param clientAddress: the client's IP address, or L{None} when it is
+        not an IP connection.
+    @param secure: whether the client connected over TLS.
+    @param host: the C{Host} value to send.
+    """
+    outgoing = Headers()
+    for name, values in endToEnd(incoming):
+        lowered = name.lower()
+        if lowered in _REQUEST_OWN:
+            continue
+        if lowered == b"x-forwarded-for":
+            continue
+        outgoing.setRawHeaders(name, values)
+    address = (clientAddress or "").encode("ascii", "replace")
+    forwarded = incoming.getRawHeaders(b"x-forwarded-for", [])
+    if address:
+        forwarded = forwarded + [address]
+    if forwarded:
+        outgoing.setRawHeaders(b"X-Forwarded-For", [b", ".join(forwarded)])
+    if address:
+        outgoing.setRawHeaders(b"X-Real-IP", [address])
+    outgoing.setRawHeaders(b"X-Forwarded-Proto", [b"https" if secure else b"http"])
+    clientHost = incoming.getRawHeaders(b"host")
+    if clientHost:
+        outgoing.setRawHeaders(b"X-Forwarded-Host", clientHost[:1])
+    outgoing.setRawHeaders(b"Host", [host])
+    return outgoing

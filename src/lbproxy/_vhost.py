@@ -1,0 +1,118 @@
+# -*- test-case-name: tests.test_vhost -*-
+"""
+Name-based virtual hosts: the request's C{Host} picks a vhost, the longest
+matching route prefix of the vhost picks the resource.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from lbproxy._pages import renderError
+
+
+class VirtualHost:
+    """
+    One virtual host: its names and its routes.
+
+    @ivar serverNames: lower-cased exact names and C{*.domain} wildcards.
+    @ivar routes: C{(prefix, resource)} pairs, longest prefix first; the
+        prefix C{b"/"} (or C{b""}) matches every path.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        serverNames: Iterable[str],
+        routes: Mapping[bytes, IResource],
+    ) -> None:
+        self.name = name
+        self.serverNames = tuple(n.lower() for n in serverNames)
+        self.routes: Sequence[tuple[bytes, IResource]] = sorted(
+            routes.items(), key=lambda item: -len(item[0])
+        )
+
+    def resourceFor(self, path: bytes) -> Optional[IResource]:
+        """
+        The resource of the longest route prefix of C{path}, or L{None}.
+        """
+        for prefix, resource in self.routes:
+            if path.startswith(prefix):
+                return resource
+        return None
+
+    def __repr__(self) -> str:
+        return f"<VirtualHost {self.name!r} {list(self.serverNames)!r}>"
+
+
+def normaliseHost(host: Optional[bytes]) -> str:
+    """
+    Lower-case a C{Host} header value and drop its port and trailing dot.
+    """
+    if not host:
+        return ""
+    text = host.decode("ascii", "replace").strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[: end + 1] if end > 0 else text
+    text = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return text.rstrip(".")
+
+
+@implementer(IResource)
+class VirtualHostResource(Resource):
+    """
+    The root resource of lbproxy's listeners: picks a L{VirtualHost} by the
+    request's C{Host}, then a resource by path prefix, and renders it.
+
+    Like L{twisted.web.vhost.NameVirtualHost}, but with wildcard names, a
+    default vhost, port- and case-insensitive matching and path routes; and
+    it is a leaf, so no resource objects are made per path segment.
+
+    Exact names win over wildcards; among wildcards the longest suffix wins.
+    A request whose host matches nothing goes to the default vhost, or gets
+    404 when there is none.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, vhosts: Iterable[VirtualHost], default: Optional[VirtualHost] = None
+    ) -> None:
+        Resource.__init__(self)
+        self.vhosts = tuple(vhosts)
+        self.default = default
+        self._exact: dict[str, VirtualHost] = {}
+        self._wildcards: list[tuple[str, VirtualHost]] = []
+        for vhost in self.vhosts:
+            for name in vhost.serverNames:
+                if name.startswith("*."):
+                    self._wildcards.append((name[1:], vhost))
+                else:
+                    self._exact.setdefault(name, vhost)
+        self._wildcards.sort(key=lambda item: -len(item[0]))
+
+    def vhostFor(self, host: Optional[bytes]) -> Optional[VirtualHost]:
+        """
+        The vhost serving C{host} (a C{Host} header value), or L{None}.
+        """
+        name = normaliseHost(host)
+        vhost = self._exact.get(name)
+        if vhost is not None:
+            return vhost
+        for suffix, candidate in self._wildcards:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return candidate
+        return self.default
+
+    def render(self, request: Any) -> Any:
+        vhost = self.vhostFor(request.getHeader(b"host"))
+        resource = vhost.resourceFor(request.path) if vhost is not None else None
+        if resource is None:
+            return renderError(request, 404)
+        result = resource.render(request)
+        return NOT_DONE_YET if result is NOT_DONE_YET else result

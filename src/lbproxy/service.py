@@ -1,0 +1,176 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Building a running lbproxy from a L{SiteConfig}: pools, the virtual-host
+resource tree, listeners and demo backends, as one L{MultiService}.
+
+This is the entry point for embedding lbproxy in another Twisted
+application, and what C{twistd lbproxy} uses.
+"""
+
+from __future__ import annotations
+
+import sys
+from random import Random
+from typing import IO, Any, Optional
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from lbproxy._backend import Backend
+from lbproxy._config import DemoConfig, SiteConfig, UpstreamConfig, VHostConfig
+from lbproxy._demo import DemoResource
+from lbproxy._pool import Pool
+from lbproxy._proxy import UpstreamResource
+from lbproxy._site import ProxySite
+from lbproxy._vhost import VirtualHost, VirtualHostResource
+from lbproxy.balancers import buildBalancer
+
+
+def buildPool(
+    config: UpstreamConfig, reactor: Any = None, random: Optional[Random] = None
+) -> Pool:
+    """
+    Build the L{Pool} of one upstream, with its balancer plugin.
+    """
+    backends = [
+        Backend(
+            server.host,
+            server.port,
+            scheme=server.scheme,
+            weight=server.weight,
+            backup=server.backup,
+            down=server.down,
+            maxFails=server.maxFails,
+            failTimeout=server.failTimeout,
+        )
+        for server in config.servers
+    ]
+    return Pool(
+        config.name,
+        backends,
+        buildBalancer(config.balancer, config.balancerOptions, random),
+        reactor,
+        maxFails=config.maxFails,
+        failTimeout=config.failTimeout,
+        connectTimeout=config.connectTimeout,
+        readTimeout=config.readTimeout,
+        nextUpstreamTries=config.nextUpstreamTries,
+        keepalive=config.keepalive,
+        tlsVerify=config.tlsVerify,
+        tlsCA=config.tlsCA,
+    )
+
+
+def buildVirtualHost(
+    config: VHostConfig, resources: dict[str, UpstreamResource]
+) -> VirtualHost:
+    """
+    Build one L{VirtualHost}, its routes pointing at the resources of
+    their upstreams.
+    """
+
+    def resourceFor(upstream: str) -> UpstreamResource:
+        base = resources[upstream]
+        if base.preserveHost == config.preserveHost:
+            return base
+        return UpstreamResource(base.pool, config.preserveHost, base.reactor)
+
+    routes = {prefix.encode("utf-8"): resourceFor(up) for prefix, up in config.routes}
+    if config.upstream is not None:
+        routes.setdefault(b"/", resourceFor(config.upstream))
+    return VirtualHost(config.name, config.serverNames, routes)
+
+
+class LoadBalancerService(MultiService):
+    """
+    A whole lbproxy: the pools, the virtual hosts and a listener per
+    C{listen} endpoint, plus the C{[demo:NAME]} sample backends.
+
+    Add it to an application with C{setServiceParent}; it listens when
+    started and closes its pooled connections when stopped.
+
+    @ivar config: the L{SiteConfig} it was built from.
+    @ivar pools: upstream name to L{Pool}.
+    @ivar resource: the root L{VirtualHostResource}.
+    @ivar site: the L{ProxySite} every listener serves.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: SiteConfig, reactor: Any = None) -> None:
+        MultiService.__init__(self)
+        self.config = config
+        self._reactor = reactor
+        self.pools = {
+            name: buildPool(upstream, reactor)
+            for name, upstream in config.upstreams.items()
+        }
+        resources = {
+            name: UpstreamResource(pool, True, reactor)
+            for name, pool in self.pools.items()
+        }
+        vhosts = [buildVirtualHost(v, resources) for v in config.vhosts]
+        default = next(
+            (vh for vh, c in zip(vhosts, config.vhosts) if c.default), None
+        )
+        self.resource = VirtualHostResource(vhosts, default)
+        self._accessLog: Optional[IO[str]] = None
+        self.site = ProxySite(
+            self.resource,
+            accessLog=None,
+            keepaliveTimeout=config.proxy.keepaliveTimeout,
+            maxBodySize=config.proxy.maxBodySize,
+            maxHeaderSize=config.proxy.maxHeaderSize,
+            reactor=reactor,
+        )
+        self._listeners = []
+        for description in config.proxy.listen:
+            self._listeners.append(self._listen(description, self.site))
+        self.demos: dict[str, DemoResource] = {}
+        for demo in config.demos:
+            self._addDemo(demo)
+
+    def _listen(self, description: str, factory: Any) -> Any:
+        service = strports.service(description, factory, reactor=self._reactor)
+        service._raiseSynchronously = True
+        service.setServiceParent(self)
+        return service
+
+    def _addDemo(self, demo: DemoConfig) -> None:
+        resource = DemoResource(demo.name)
+        self.demos[demo.name] = resource
+        site = Site(resource)
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        for description in demo.listen:
+            self._listeners.append(self._listen(description, site))
+
+    def whenListening(self) -> Deferred[list[Any]]:
+        """
+        Fire with every listening port (proxy listeners first, then demo
+        backends) once all are listening.
+        """
+        return gatherResults([s._waitingForPort for s in self._listeners])
+
+    def startService(self) -> None:
+        self._accessLog = ProxySite.openAccessLog(self.config.proxy.accessLog)
+        self.site.accessLog = self._accessLog
+        MultiService.startService(self)
+
+    def stopService(self) -> Deferred[Any]:
+        d = MultiService.stopService(self)
+
+        def closePools(result: Any) -> Any:
+            return DeferredList([p.close() for p in self.pools.values()])
+
+        def closeLog(result: Any) -> Any:
+            log, self._accessLog = self._accessLog, None
+            self.site.accessLog = None
+            if log is not None and log is not sys.__stdout__:
+                log.close()
+            return result
+
+        return d.addCallback(closePools).addCallback(closeLog)

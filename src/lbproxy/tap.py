@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd lbproxy}: command-line options and the service maker.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from lbproxy._config import ConfigError, SiteConfig, parseConfig
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd lbproxy}.
+
+    The configuration is read and checked completely while the options are
+    parsed, so a bad file stops twistd before anything starts.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a reverse proxy and load balancer configured by an INI file "
+        "(see the configuration reference). With --check, only validate the "
+        "file: exit 0 when it is valid, 1 with the errors when it is not."
+    )
+    optParameters = [
+        ["config", "c", None, "Path of the site.ini configuration file."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the configuration and exit (0 valid, 1 invalid)."],
+    ]
+
+    siteConfig: Optional[SiteConfig] = None
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        if not path:
+            raise usage.UsageError("--config is required, e.g. --config site.ini")
+        try:
+            self.siteConfig = parseConfig(path)
+        except ConfigError as e:
+            if self["check"]:
+                sys.stderr.write(f"{path}: invalid, {len(e.errors)} error(s):\n")
+                for error in e.errors:
+                    sys.stderr.write(f"  {error}\n")
+                raise SystemExit(1)
+            raise usage.UsageError(
+                f"{path} is invalid:\n  " + "\n  ".join(e.errors)
+            ) from None
+        if self["check"]:
+            sys.stdout.write(f"{path}: OK\n")
+            raise SystemExit(0)
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Build the L{lbproxy.LoadBalancerService} for parsed C{options}.
+    """
+    from lbproxy.service import LoadBalancerService
+
+    assert options.siteConfig is not None
+    return LoadBalancerService(options.siteConfig, reactor)

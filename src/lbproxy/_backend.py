@@ -145,6 +145,9 @@ class Backend:
         self.state = BackendState.DISABLED if down else BackendState.UP
         self.stateReason = "down in the configuration" if down else "started"
         self.stateSince: Optional[float] = None
+        self._reasons: dict[BackendState, str] = {}
+        if down:
+            self._reasons[BackendState.DISABLED] = self.stateReason
         self.id = ""
         self.active = 0
         self.requests = 0

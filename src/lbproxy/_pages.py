@@ -15,6 +15,17 @@ _TEMPLATE = (
     "<body><h1>{code} {phrase}</h1><p>{detail}</p><hr>lbproxy</body></html>\n"
 )
 
+#: The reason phrases of RFC 9110 for the codes lbproxy answers with itself.
+PHRASES = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
 _DETAILS = {
     400: "The request could not be understood.",
     404: "No site is configured for this host name or path.",
@@ -30,7 +41,7 @@ def errorBody(code: int) -> bytes:
     """
     The HTML body of the error page for C{code}.
     """
-    phrase = RESPONSES.get(code, b"Error").decode("ascii")
+    phrase = PHRASES.get(code) or RESPONSES.get(code, b"Error").decode("ascii")
     return _TEMPLATE.format(
         code=code, phrase=phrase, detail=_DETAILS.get(code, "")
     ).encode("ascii")
@@ -42,7 +53,7 @@ def renderError(request: Any, code: int) -> bytes:
     its body (for C{render} to return, or to C{write}).
     """
     body = errorBody(code)
-    request.setResponseCode(code)
+    request.setResponseCode(code, PHRASES.get(code, "Error").encode("ascii"))
     for name in (b"content-encoding", b"set-cookie", b"last-modified", b"etag"):
         request.responseHeaders.removeHeader(name)
     request.cookies = []

@@ -149,6 +149,7 @@ class _Connections:
 
     def _put(self, proto: _UpstreamProtocol) -> None:
         if self._keepalive <= 0 or len(self.idle) >= self._keepalive:
+            assert proto.transport is not None
             proto.transport.loseConnection()
             return
         self.idle.append(proto)
@@ -159,6 +160,7 @@ class _Connections:
     def _expire(self, proto: _UpstreamProtocol) -> None:
         del self._timers[proto]
         self.idle.remove(proto)
+        assert proto.transport is not None
         proto.transport.loseConnection()
 
     def _lost(self, proto: _UpstreamProtocol) -> None:
@@ -184,23 +186,93 @@ def _backendId(poolName: str, backend: Backend) -> str:
     return digest[:16]
 
 
+#: The share of its weight a slow-starting backend starts from.
+SLOW_START_SHARE = 0.1
+
+#: The order in which a backend's conditions decide its state: the first
+#: that holds wins, and a backend none of them holds for is up.
+STATE_PRECEDENCE = (
+    BackendState.DISABLED,
+    BackendState.DRAINING,
+    BackendState.DOWN,
+    BackendState.FAILED,
+)
+
+
+def deriveState(backend: Backend) -> BackendState:
+    """
+    The state that C{backend}'s conditions give it.
+
+    The administrative state (disabled or draining) wins over the active
+    checks, which win over passive accounting: see L{BackendState}.
+    """
+    if backend.adminState is not None:
+        return backend.adminState
+    if backend.checkedDown:
+        return BackendState.DOWN
+    if backend.failedUntil is not None:
+        return BackendState.FAILED
+    return BackendState.UP
+
+
+def slowStartWeight(weight: float, elapsed: float, duration: float) -> float:
+    """
+    The effective weight of a slow-starting backend.
+
+    It grows linearly from L{SLOW_START_SHARE} of C{weight} when the backend
+    comes back to all of C{weight} after C{duration} seconds.
+
+    @param weight: the configured weight.
+    @param elapsed: seconds since the backend came back.
+    @param duration: C{slow_start}, in seconds.
+    """
+    if duration <= 0 or elapsed >= duration:
+        return float(weight)
+    growth = (1.0 - SLOW_START_SHARE) * max(elapsed, 0.0) / duration
+    return weight * (SLOW_START_SHARE + growth)
+
+
+def slowStartStep(duration: float) -> float:
+    """
+    How often a slow-starting backend's effective weight is recomputed: 20
+    steps over C{duration}, but no more often than 10 times a second and no
+    less often than once a second.
+    """
+    return min(1.0, max(0.1, duration / 20.0))
+
+
+StateObserver = Callable[[Backend, BackendState, BackendState, str], None]
+
+
 class Pool:
     """
     The backends of one upstream and everything that decides which of them
     gets a request.
 
-    Every state change of a backend goes through L{setState}, which logs it
-    and tells the balancer the new eligible set: the primary backends that
-    are up or, while none is, the backup backends that are up.
+    Every state change of a backend goes through L{setState}, which logs it,
+    tells the state observers, and tells the balancer the new eligible set:
+    the primary backends that are up or, while none is, the backup backends
+    that are up.  A backend's state follows from its conditions (see
+    L{BackendState} and L{deriveState}), which change only through these
+    events:
+
+        - passive accounting: C{max_fails} failures within C{fail_timeout}
+          (L{requestFinished}) and the expiry of C{fail_timeout};
+        - active checks: L{markDown} and L{markUp}, called by
+          L{lbproxy._health.HealthChecker};
+        - the operator: L{drain}, L{disable} and L{enable}.
 
     With a single backend the passive accounting is off, as in nginx: there
     is no other server to send the request to, so taking the only one out
-    would only turn slow errors into fast ones.
+    would only turn slow errors into fast ones.  Slow start is off too, as
+    there is no other server to share the load with.
 
     @ivar name: the upstream's name.
     @ivar backends: every backend, in configuration order.
     @ivar balancer: the L{IBalancer} picking among the eligible backends.
     @ivar eligible: the backends the balancer may pick now.
+    @ivar slowStart: seconds over which a backend that comes back ramps its
+        effective weight up to its weight; 0 for no ramp.
     """
 
     _log = Logger()
@@ -221,6 +293,7 @@ class Pool:
         keepaliveTimeout: float = 60.0,
         tlsVerify: bool = True,
         tlsCA: Optional[str] = None,
+        slowStart: float = 0.0,
     ) -> None:
         """
         @param name: the upstream's name, for logs.
@@ -239,6 +312,9 @@ class Pool:
         @param keepaliveTimeout: seconds an idle connection is kept.
         @param tlsVerify: verify C{https} backends' certificates.
         @param tlsCA: a PEM file of trusted CAs for C{https} backends.
+        @param slowStart: seconds over which a backend that comes back (from
+            down, failed, draining or disabled) ramps its effective weight
+            from L{SLOW_START_SHARE} of its weight to all of it.
         """
         if reactor is None:
             from twisted.internet import reactor as _globalReactor
@@ -258,18 +334,23 @@ class Pool:
         self.readTimeout = readTimeout
         self.nextUpstreamTries = nextUpstreamTries
         self.keepalive = keepalive
+        self.slowStart = slowStart
         self.eligible: tuple[Backend, ...] = ()
         self._recoveries: dict[Backend, IDelayedCall] = {}
+        self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}
+        self._drainWaiters: dict[Backend, list[Deferred[bool]]] = {}
+        self._observers: list[StateObserver] = []
         self._connections: dict[Backend, _Connections] = {}
         for backend in self.backends:
             backend.id = _backendId(name, backend)
+            backend.state = deriveState(backend)
             self._connections[backend] = _Connections(
                 reactor,
                 backendEndpoint(reactor, backend, connectTimeout, tlsVerify, tlsCA),
                 keepalive,
                 keepaliveTimeout,
             )
-        self._refresh()
+        self._refresh(initial=True)
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} {list(self.backends)!r}>"
@@ -294,24 +375,77 @@ class Pool:
                 return backend
         raise KeyError(name)
 
-    def _refresh(self) -> None:
+    # The state machine.
+
+    def addStateObserver(self, observer: StateObserver) -> None:
+        """
+        Call C{observer(backend, old, new, reason)} after every state change
+        of a backend of this pool (for the status page and metrics).
+        """
+        self._observers.append(observer)
+
+    def removeStateObserver(self, observer: StateObserver) -> None:
+        """
+        Stop calling an observer added with L{addStateObserver}.
+        """
+        self._observers.remove(observer)
+
+    def unavailableReason(self) -> str:
+        """
+        Say why no backend can take a request: every backend with its state
+        and the reason for it, for the log line of a 502.
+        """
+        return "; ".join(
+            f"{b.name} {b.state.value} ({b.stateReason})" for b in self.backends
+        )
+
+    def _refresh(self, initial: bool = False, weights: bool = False) -> None:
         up = [b for b in self.backends if b.state is BackendState.UP]
         eligible = tuple(b for b in up if not b.backup) or tuple(
             b for b in up if b.backup
         )
-        if eligible != self.eligible:
+        if initial or weights or eligible != self.eligible:
+            hadSome = bool(self.eligible)
             self.eligible = eligible
             self.balancer.backendsChanged(eligible)
+            if not eligible and (hadSome or initial):
+                self._log.error(
+                    "upstream {upstream} has no backend that can take requests: "
+                    "{why}",
+                    upstream=self.name,
+                    why=self.unavailableReason(),
+                )
+            elif eligible and not hadSome and not initial:
+                self._log.info(
+                    "upstream {upstream} can take requests again: {backends}",
+                    upstream=self.name,
+                    backends=", ".join(b.name for b in eligible),
+                )
 
     def setState(self, backend: Backend, state: BackendState, reason: str) -> None:
         """
         Move C{backend} to C{state}: the one place where backend states
-        change.  The change is logged and the balancer is told.
+        change.  The change is logged (with the backend, the upstream, the
+        old and new state and the reason), the state observers and the
+        balancer are told, and slow start begins for a backend coming up.
+
+        Others change a backend's conditions through the events listed in
+        the class docstring, which end here; C{state} must be the state
+        those conditions give (L{deriveState}).
+
+        @raise ValueError: when C{state} is not what the conditions say.
         """
         old = backend.state
         if old is state:
             return
+        if state is not deriveState(backend):
+            raise ValueError(
+                f"{backend!r} cannot become {state.value}: its conditions make "
+                f"it {deriveState(backend).value}"
+            )
         backend.state = state
+        backend.stateReason = reason
+        backend.stateSince = self._reactor.seconds()
         emit = self._log.info if state is BackendState.UP else self._log.warn
         emit(
             "backend {backend} of upstream {upstream}: {old} -> {new} ({reason})",
@@ -321,7 +455,154 @@ class Pool:
             new=state.value,
             reason=reason,
         )
+        if state is BackendState.UP:
+            self._startSlowStart(backend)
+        else:
+            self._stopSlowStart(backend)
         self._refresh()
+        for observer in list(self._observers):
+            observer(backend, old, state, reason)
+
+    def _update(self, backend: Backend, reason: str) -> None:
+        """
+        A condition of C{backend} changed for C{reason}: move it to the
+        state its conditions now give, or log that it stays where it is.
+
+        When another condition than the one that changed decides the new
+        state (the checks pass, but passive accounting still holds the
+        backend out), the log line gives that condition's reason too.
+        """
+        state = deriveState(backend)
+        if state is backend.state:
+            self._log.info(
+                "backend {backend} of upstream {upstream} stays {state} "
+                "({stateReason}) after: {reason}",
+                backend=backend.name,
+                upstream=self.name,
+                state=state.value,
+                stateReason=backend.stateReason,
+                reason=reason,
+            )
+            return
+        cause = backend._reasons.get(state, reason)
+        if state is not BackendState.UP and cause != reason:
+            reason = f"{reason}; {state.value} because: {cause}"
+        self.setState(backend, state, reason)
+
+    def markDown(self, backend: Backend, reason: str) -> None:
+        """
+        Active health checks found C{backend} down.
+        """
+        if backend.checkedDown:
+            return
+        backend.checkedDown = True
+        backend._reasons[BackendState.DOWN] = reason
+        self._update(backend, reason)
+
+    def markUp(self, backend: Backend, reason: str) -> None:
+        """
+        Active health checks found C{backend} up again.  It stays out while
+        it is failed (passive), draining or disabled.
+        """
+        if not backend.checkedDown:
+            return
+        backend.checkedDown = False
+        self._update(backend, reason)
+
+    def drain(
+        self, backend: Backend, reason: str = "drained by the operator"
+    ) -> Deferred[bool]:
+        """
+        Send no new requests to C{backend}; those in flight finish.
+
+        @return: a L{Deferred} that fires with L{True} once no request is in
+            flight to C{backend}, or with L{False} if L{enable} is called
+            first.
+        """
+        waiter: Deferred[bool] = Deferred()
+        backend.adminState = BackendState.DRAINING
+        backend._reasons[BackendState.DRAINING] = reason
+        self._update(backend, reason)
+        if backend.active == 0:
+            waiter.callback(True)
+        else:
+            self._drainWaiters.setdefault(backend, []).append(waiter)
+        return waiter
+
+    def disable(
+        self, backend: Backend, reason: str = "disabled by the operator"
+    ) -> None:
+        """
+        Take C{backend} out until L{enable}: it takes no new requests (those
+        in flight finish) and active checks skip it.
+        """
+        backend.adminState = BackendState.DISABLED
+        backend._reasons[BackendState.DISABLED] = reason
+        self._update(backend, reason)
+
+    def enable(self, backend: Backend, reason: str = "enabled by the operator") -> None:
+        """
+        Undo L{drain} or L{disable} (or C{down} in the configuration):
+        C{backend} goes back to the state that its health gives it.
+        """
+        if backend.adminState is None:
+            return
+        backend.adminState = None
+        for waiter in self._drainWaiters.pop(backend, []):
+            waiter.callback(False)
+        self._update(backend, reason)
+
+    def setWeight(self, backend: Backend, weight: int) -> None:
+        """
+        Change C{backend}'s weight at run time.
+
+        @raise ValueError: if C{weight} is not a positive integer.
+        """
+        if weight < 1:
+            raise ValueError(f"weight must be a positive integer, not {weight!r}")
+        backend.weight = weight
+        ramp = self._ramps.get(backend)
+        if ramp is None:
+            backend.effectiveWeight = float(weight)
+        else:
+            elapsed = self._reactor.seconds() - ramp[0]
+            backend.effectiveWeight = slowStartWeight(weight, elapsed, self.slowStart)
+        self._refresh(weights=backend in self.eligible)
+
+    def _startSlowStart(self, backend: Backend) -> None:
+        self._stopSlowStart(backend)
+        if self.slowStart <= 0 or len(self.backends) == 1:
+            return
+        start = self._reactor.seconds()
+        backend.effectiveWeight = slowStartWeight(backend.weight, 0.0, self.slowStart)
+        self._ramps[backend] = (
+            start,
+            self._reactor.callLater(
+                slowStartStep(self.slowStart), self._slowStartStep, backend
+            ),
+        )
+
+    def _slowStartStep(self, backend: Backend) -> None:
+        start, _ = self._ramps.pop(backend)
+        elapsed = self._reactor.seconds() - start
+        backend.effectiveWeight = slowStartWeight(
+            backend.weight, elapsed, self.slowStart
+        )
+        if elapsed < self.slowStart:
+            step = min(slowStartStep(self.slowStart), self.slowStart - elapsed)
+            self._ramps[backend] = (
+                start,
+                self._reactor.callLater(step, self._slowStartStep, backend),
+            )
+        self._refresh(weights=backend in self.eligible)
+
+    def _stopSlowStart(self, backend: Backend) -> None:
+        ramp = self._ramps.pop(backend, None)
+        if ramp is not None:
+            ramp[1].cancel()
+        backend.effectiveWeight = float(backend.weight)
+
+    # Requests, and passive health.
 
     def pick(self, request: Any, exclude: Collection[Backend] = ()) -> Optional[Backend]:
         """
@@ -351,6 +632,9 @@ class Pool:
             backend.failures += 1
             self._recordFailure(backend, outcome)
         self.balancer.requestFinished(backend, request, outcome, latency)
+        if backend.active == 0 and backend.adminState is not None:
+            for waiter in self._drainWaiters.pop(backend, []):
+                waiter.callback(True)
 
     def _recordFailure(self, backend: Backend, outcome: Outcome) -> None:
         maxFails = self.maxFails if backend.maxFails is None else backend.maxFails
@@ -359,26 +643,32 @@ class Pool:
         )
         if maxFails <= 0 or len(self.backends) == 1:
             return
+        if backend.failedUntil is not None:
+            return
         now = self._reactor.seconds()
         recent = [t for t in backend._failureTimes if now - t < failTimeout]
         recent.append(now)
         backend._failureTimes = recent
-        if len(recent) >= maxFails and backend.state is BackendState.UP:
+        if len(recent) >= maxFails:
             backend._failureTimes = []
-            self.setState(
-                backend,
-                BackendState.FAILED,
-                f"{len(recent)} failure(s) within {failTimeout:g}s, "
-                f"latest: {outcome.value}",
-            )
+            backend.failedUntil = now + failTimeout
             self._recoveries[backend] = self._reactor.callLater(
                 failTimeout, self._recover, backend
             )
+            reason = (
+                f"passive health: {len(recent)} failure(s) within "
+                f"{failTimeout:g}s, latest: {outcome.value}; out for "
+                f"{failTimeout:g}s"
+            )
+            backend._reasons[BackendState.FAILED] = reason
+            self._update(backend, reason)
 
     def _recover(self, backend: Backend) -> None:
         del self._recoveries[backend]
-        if backend.state is BackendState.FAILED:
-            self.setState(backend, BackendState.UP, "fail_timeout expired")
+        backend.failedUntil = None
+        self._update(backend, "passive health: fail_timeout expired")
+
+    # Connections.
 
     def connection(
         self, backend: Backend
@@ -410,6 +700,8 @@ class Pool:
         for call in self._recoveries.values():
             call.cancel()
         self._recoveries.clear()
+        for backend in list(self._ramps):
+            self._stopSlowStart(backend)
         if not self._connections:
             return succeed(None)
         return DeferredList([c.close() for c in self._connections.values()])

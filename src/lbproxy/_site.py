@@ -9,12 +9,13 @@ from __future__ import annotations
 import sys
 from typing import IO, Any, Optional
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from lbproxy._pages import errorBody
+from lbproxy._pages import PHRASES, errorBody
 
 _RESPONSE = (
     b"HTTP/1.1 %d %s\r\n"
@@ -23,7 +24,6 @@ _RESPONSE = (
     b"Connection: close\r\n"
     b"\r\n"
 )
-_PHRASES = {400: b"Bad Request", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
 class ProxyRequest(Request):
@@ -83,8 +83,19 @@ class ProxyChannel(HTTPChannel):
             client=getattr(self.transport.getPeer(), "host", "?"),
             code=code,
         )
-        self.transport.write(_RESPONSE % (code, _PHRASES[code], len(body)) + body)
+        self.transport.write(_RESPONSE % (code, PHRASES[code].encode("ascii"), len(body)) + body)
         self.loseConnection()
+
+    def connectionMade(self) -> None:
+        HTTPChannel.connectionMade(self)
+        self.site.channels.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.site.channels.discard(self)
+        HTTPChannel.connectionLost(self, reason)
+        if not self.site.channels and self.site._drained is not None:
+            drained, self.site._drained = self.site._drained, None
+            drained.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         if not self.refused:
@@ -111,7 +122,10 @@ class ProxySite(Site):
 
     @ivar accessLog: where the access log goes: an open text file, or
         L{None} for no access log.
+    @ivar channels: the open client connections.
     """
+
+    _drained: Optional[Deferred[None]] = None
 
     requestFactory = ProxyRequest
     protocol = ProxyChannel
@@ -138,6 +152,7 @@ class ProxySite(Site):
         else:
             Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
+        self.channels: set[ProxyChannel] = set()
         self.maxBodySize = maxBodySize
         self.maxHeaderSize = maxHeaderSize
 
@@ -147,6 +162,24 @@ class ProxySite(Site):
         channel.totalHeadersSize = self.maxHeaderSize
         channel.MAX_LENGTH = self.maxHeaderSize
         return channel
+
+    def closeConnections(self) -> Deferred[None]:
+        """
+        Close the idle client connections now, and every other one as soon
+        as its response is complete (as nginx does on a graceful stop).
+
+        @return: a L{Deferred} that fires once every connection is closed.
+        """
+        if not self.channels:
+            return succeed(None)
+        if self._drained is None:
+            self._drained = Deferred()
+        drained = self._drained
+        for channel in list(self.channels):
+            channel.persistent = False
+            if not channel.requests:
+                channel.loseConnection()
+        return drained
 
     def log(self, request: Any) -> None:
         """

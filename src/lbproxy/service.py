@@ -163,6 +163,9 @@ class LoadBalancerService(MultiService):
     def stopService(self) -> Deferred[Any]:
         d = MultiService.stopService(self)
 
+        def closeClients(result: Any) -> Any:
+            return self.site.closeConnections()
+
         def closePools(result: Any) -> Any:
             return DeferredList([p.close() for p in self.pools.values()])
 
@@ -173,4 +176,4 @@ class LoadBalancerService(MultiService):
                 log.close()
             return result
 
-        return d.addCallback(closePools).addCallback(closeLog)
+        return d.addCallback(closeClients).addCallback(closePools).addCallback(closeLog)

@@ -5,12 +5,13 @@ Smooth weighted round robin, as nginx does it.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Optional
+from heapq import heapify, heapreplace
+from typing import Any, Collection, Iterable, Optional
 
 from zope.interface import implementer
 
 from lbproxy._interfaces import IBalancer
-from lbproxy.balancers._base import BalancerBase
+from lbproxy.balancers._base import BalancerBase, Weight, eligibleExcluded, weightOf
 
 
 @implementer(IBalancer)
@@ -19,34 +20,132 @@ class RoundRobin(BalancerBase):
     nginx's smooth weighted round robin (C{ngx_http_upstream_get_peer}).
 
     On every pick each candidate's current weight grows by its effective
-    weight; the candidate with the highest current weight wins and loses the
-    sum of the effective weights.  Weights 5, 1, 1 give C{a a b a c a a}:
-    the heavy server is spread out rather than picked five times in a row.
+    weight; the candidate with the highest current weight wins (the first
+    in configuration order on a tie) and loses the sum of the effective
+    weights.  Weights 5, 1, 1 give C{a a b a c a a}: the heavy server is
+    spread out rather than picked five times in a row.
+
+    nginx walks every backend on every pick.  This class produces exactly
+    the same sequence in O(k + log n), where k is the number of distinct
+    weights (usually one to three):
+
+      - a backend's current weight is kept as C{base + step * weight},
+        where C{step} counts the picks, so the per-pick increment costs
+        nothing;
+      - backends of equal weight grow at the same rate, so their order
+        never changes between picks: each weight class is a heap ordered
+        by C{base} (then configuration order), and only the top of each
+        class can win.
+
+    A retry (C{exclude} holds eligible backends) runs nginx's own loop,
+    which skips the tried backends without growing their current weight,
+    and rebuilds the heaps: O(n), but only on the failure path.
+
+    Current weights survive L{backendsChanged} for the backends that stay,
+    so that frequent weight updates (slow start) do not restart the
+    sequence.
     """
+
+    # Fold step into the bases once it gets this large, so that float
+    # weights keep their precision.
+    _REBASE = 1 << 16
 
     def __init__(self) -> None:
         super().__init__()
-        self._current: dict[Any, float] = {}
+        self._step = 0
+        self._total: Weight = 0
+        self._index: dict[Any, int] = {}
+        self._weights: dict[Any, Weight] = {}
+        # [(weight, heap)], heap entries: (-base, index, backend)
+        self._classes: list[tuple[Weight, list[tuple[Weight, int, Any]]]] = []
 
-    def backendsChanged(self, backends: tuple[Any, ...]) -> None:
-        super().backendsChanged(backends)
-        self._current = {b: self._current.get(b, 0.0) for b in self.backends}
+    def _currents(self) -> dict[Any, Weight]:
+        """
+        Every eligible backend's current weight, as nginx would hold it.
+        """
+        step = self._step
+        return {
+            entry[2]: step * weight - entry[0]
+            for weight, heap in self._classes
+            for entry in heap
+        }
+
+    def _rebuild(self, backends: Iterable[Any], currents: dict[Any, Weight]) -> None:
+        """
+        Rebuild the weight classes from each backend's current weight.
+        """
+        self.backends = tuple(backends)
+        self._step = 0
+        self._index = {backend: i for i, backend in enumerate(self.backends)}
+        self._weights = {backend: weightOf(backend) for backend in self.backends}
+        classes: dict[Weight, list[tuple[Weight, int, Any]]] = {}
+        total: Weight = 0
+        for i, backend in enumerate(self.backends):
+            weight = self._weights[backend]
+            total += weight
+            classes.setdefault(weight, []).append(
+                (-currents.get(backend, 0), i, backend)
+            )
+        for heap in classes.values():
+            heapify(heap)
+        self._classes = list(classes.items())
+        self._total = total
+
+    def backendsChanged(self, backends: Iterable[Any]) -> None:
+        self._rebuild(backends, self._currents())
 
     def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
+        if exclude and eligibleExcluded(exclude, self._index):
+            return self._pickExcluding(exclude)
+        classes = self._classes
+        if not classes:
+            return None
+        step = self._step + 1
+        self._step = step
+        if len(classes) == 1:
+            heap = classes[0][1]
+        else:
+            best = None
+            bestValue: Weight = 0
+            for weight, candidates in classes:
+                top = candidates[0]
+                value = step * weight - top[0]
+                if (
+                    best is None
+                    or value > bestValue
+                    or (value == bestValue and top[1] < best[0][1])
+                ):
+                    best = candidates
+                    bestValue = value
+            assert best is not None
+            heap = best
+        top = heap[0]
+        heapreplace(heap, (top[0] + self._total, top[1], top[2]))
+        if step >= self._REBASE:
+            self._rebuild(self.backends, self._currents())
+        return top[2]
+
+    def _pickExcluding(self, exclude: Collection[Any]) -> Optional[Any]:
+        """
+        nginx's loop over the backends not in C{exclude}.
+        """
+        currents = self._currents()
+        weights = self._weights
         best = None
-        bestWeight = 0.0
-        total = 0.0
-        current = self._current
+        bestValue: Weight = 0
+        total: Weight = 0
         for backend in self.backends:
             if backend in exclude:
                 continue
-            weight = backend.effectiveWeight
-            value = current[backend] + weight
-            current[backend] = value
+            weight = weights[backend]
+            value = currents[backend] + weight
+            currents[backend] = value
             total += weight
-            if best is None or value > bestWeight:
+            if best is None or value > bestValue:
                 best = backend
-                bestWeight = value
-        if best is not None:
-            current[best] = bestWeight - total
+                bestValue = value
+        if best is None:
+            return None
+        currents[best] = bestValue - total
+        self._rebuild(self.backends, currents)
         return best

@@ -410,8 +410,7 @@ class Pool:
             self.balancer.backendsChanged(eligible)
             if not eligible and (hadSome or initial):
                 self._log.error(
-                    "upstream {upstream} has no backend that can take requests: "
-                    "{why}",
+                    "upstream {upstream} has no backend that can take requests: {why}",
                     upstream=self.name,
                     why=self.unavailableReason(),
                 )
@@ -604,7 +603,9 @@ class Pool:
 
     # Requests, and passive health.
 
-    def pick(self, request: Any, exclude: Collection[Backend] = ()) -> Optional[Backend]:
+    def pick(
+        self, request: Any, exclude: Collection[Backend] = ()
+    ) -> Optional[Backend]:
         """
         Ask the balancer for an eligible backend not in C{exclude}.
         """

@@ -1,0 +1,662 @@
+"""
+Tests for L{lbproxy._pool}: the backend state machine, passive health,
+eligibility, draining and slow start.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection, Optional
+
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from lbproxy._backend import Backend, BackendState, Outcome
+from lbproxy._interfaces import IBalancer
+from lbproxy._pool import (
+    SLOW_START_SHARE,
+    Pool,
+    deriveState,
+    slowStartStep,
+    slowStartWeight,
+)
+from lbproxy.balancers._roundrobin import RoundRobin
+
+UP = BackendState.UP
+DOWN = BackendState.DOWN
+FAILED = BackendState.FAILED
+DRAINING = BackendState.DRAINING
+DISABLED = BackendState.DISABLED
+
+
+@implementer(IBalancer)
+class RecordingBalancer:
+    """
+    A balancer that picks the first eligible backend and records what the
+    pool told it.
+
+    @ivar changes: every eligible set it was given, with the effective
+        weights at that moment.
+    """
+
+    def __init__(self) -> None:
+        self.backends: tuple[Any, ...] = ()
+        self.changes: list[tuple[tuple[str, float], ...]] = []
+
+    def backendsChanged(self, backends: tuple[Any, ...]) -> None:
+        self.backends = tuple(backends)
+        self.changes.append(tuple((b.name, b.effectiveWeight) for b in backends))
+
+    def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
+        for backend in self.backends:
+            if backend not in exclude:
+                return backend
+        return None
+
+    def requestStarted(self, backend: Any, request: Any) -> None:
+        pass
+
+    def requestFinished(
+        self, backend: Any, request: Any, outcome: Any, latency: float
+    ) -> None:
+        pass
+
+
+def makePool(
+    *specs: str,
+    clock: Optional[Clock] = None,
+    balancer: Any = None,
+    **kwargs: Any,
+) -> tuple[Pool, Clock, list[Backend]]:
+    """
+    Build a pool of backends on 127.0.0.1, one per spec: C{"9001"},
+    C{"9002 backup"}, C{"9003 down"}, C{"9004 weight=3"}.
+    """
+    clock = clock or Clock()
+    backends = []
+    for spec in specs:
+        port, *flags = spec.split()
+        weight = 1
+        for flag in flags:
+            if flag.startswith("weight="):
+                weight = int(flag[len("weight=") :])
+        backends.append(
+            Backend(
+                "127.0.0.1",
+                int(port),
+                weight=weight,
+                backup="backup" in flags,
+                down="down" in flags,
+            )
+        )
+    pool = Pool(
+        "app",
+        backends,
+        balancer if balancer is not None else RecordingBalancer(),
+        clock,
+        **kwargs,
+    )
+    return pool, clock, backends
+
+
+def fail(
+    pool: Pool, backend: Backend, outcome: Outcome = Outcome.CONNECT_FAILED
+) -> None:
+    """
+    Send one request to C{backend} that ends with C{outcome}.
+    """
+    pool.requestStarted(backend, object())
+    pool.requestFinished(backend, object(), outcome, 0.1)
+
+
+class RecordingBalancerTests(SynchronousTestCase):
+    """
+    The test balancer keeps the balancer contract.
+    """
+
+    def test_provides(self) -> None:
+        """
+        L{RecordingBalancer} provides L{IBalancer}.
+        """
+        self.assertTrue(verifyObject(IBalancer, RecordingBalancer()))
+
+
+class PassiveHealthTests(SynchronousTestCase):
+    """
+    C{max_fails} failures within C{fail_timeout} take a backend out for
+    C{fail_timeout}.
+    """
+
+    def test_maxFailsWithinFailTimeout(self) -> None:
+        """
+        With C{max_fails = 2}, one failure leaves the backend up; a second
+        within C{fail_timeout} makes it failed and no longer eligible; it
+        comes back after C{fail_timeout}.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=2, failTimeout=10)
+        fail(pool, a)
+        self.assertIs(a.state, UP)
+        clock.advance(9)
+        fail(pool, a)
+        self.assertIs(a.state, FAILED)
+        self.assertEqual(pool.eligible, (b,))
+        self.assertEqual(a.failedUntil, 19)
+        clock.advance(9.9)
+        self.assertIs(a.state, FAILED)
+        clock.advance(0.1)
+        self.assertIs(a.state, UP)
+        self.assertIsNone(a.failedUntil)
+        self.assertEqual(pool.eligible, (a, b))
+
+    def test_failuresOutsideTheWindowDoNotAddUp(self) -> None:
+        """
+        Failures further apart than C{fail_timeout} never reach
+        C{max_fails}.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=2, failTimeout=10)
+        for _ in range(5):
+            fail(pool, a)
+            clock.advance(10)
+        self.assertIs(a.state, UP)
+        self.assertEqual(a.failures, 5)
+
+    def test_perServerOverrides(self) -> None:
+        """
+        A server's own C{max_fails} and C{fail_timeout} win over the
+        upstream's.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=5, failTimeout=10)
+        a.maxFails = 1
+        a.failTimeout = 3
+        fail(pool, a)
+        self.assertIs(a.state, FAILED)
+        clock.advance(3)
+        self.assertIs(a.state, UP)
+
+    def test_notFailures(self) -> None:
+        """
+        Successes and requests the client cancelled do not count.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=1)
+        fail(pool, a, Outcome.SUCCESS)
+        fail(pool, a, Outcome.CANCELLED)
+        self.assertIs(a.state, UP)
+        for outcome in (Outcome.RESET, Outcome.TIMEOUT, Outcome.INVALID):
+            pool2, _, (c, d) = makePool("9001", "9002", maxFails=1)
+            fail(pool2, c, outcome)
+            self.assertIs(c.state, FAILED, outcome)
+
+    def test_maxFailsZeroTurnsItOff(self) -> None:
+        """
+        C{max_fails = 0} turns passive accounting off.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=0)
+        for _ in range(10):
+            fail(pool, a)
+        self.assertIs(a.state, UP)
+
+    def test_singleBackendIsNeverTakenOut(self) -> None:
+        """
+        The only backend of an upstream is never failed: there is no other
+        server to try.
+        """
+        pool, clock, (a,) = makePool("9001", maxFails=1)
+        for _ in range(10):
+            fail(pool, a)
+        self.assertIs(a.state, UP)
+        self.assertEqual(pool.eligible, (a,))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_transitionIsLogged(self) -> None:
+        """
+        The transition is a log event with the backend, the upstream, the
+        old and new states and the reason as fields.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=1, failTimeout=7)
+        with capturedLogs() as events:
+            fail(pool, a, Outcome.RESET)
+            clock.advance(7)
+        transitions = [e for e in events if "new" in e]
+        self.assertEqual(
+            [(e["backend"], e["upstream"], e["old"], e["new"]) for e in transitions],
+            [
+                ("127.0.0.1:9001", "app", "up", "failed"),
+                ("127.0.0.1:9001", "app", "failed", "up"),
+            ],
+        )
+        self.assertIn("1 failure(s) within 7s", transitions[0]["reason"])
+        self.assertIn("reset", transitions[0]["reason"])
+        self.assertEqual(transitions[0]["log_level"], LogLevel.warn)
+        self.assertIn("fail_timeout expired", transitions[1]["reason"])
+        self.assertEqual(transitions[1]["log_level"], LogLevel.info)
+
+    def test_closeCancelsRecovery(self) -> None:
+        """
+        L{Pool.close} cancels the pending recovery timers.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=1)
+        fail(pool, a)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        pool.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class EligibilityTests(SynchronousTestCase):
+    """
+    The balancer sees the up primaries, or the up backups while no primary
+    is up, and never a backend marked down in the configuration.
+    """
+
+    def test_backupsOnlyWhileNoPrimaryIsUp(self) -> None:
+        """
+        Backups become eligible when the last primary goes, and leave when
+        a primary comes back.
+        """
+        pool, clock, (a, b, c) = makePool(
+            "9001", "9002", "9003 backup", maxFails=1, failTimeout=5
+        )
+        balancer = pool.balancer
+        self.assertEqual(pool.eligible, (a, b))
+        fail(pool, a)
+        self.assertEqual(pool.eligible, (b,))
+        fail(pool, b)
+        self.assertEqual(pool.eligible, (c,))
+        self.assertEqual(balancer.backends, (c,))
+        clock.advance(5)
+        self.assertEqual(pool.eligible, (a, b))
+        self.assertEqual(balancer.backends, (a, b))
+
+    def test_downInConfigurationIsNeverUsed(self) -> None:
+        """
+        A server marked C{down} is disabled and never eligible, even when
+        every other server is out.
+        """
+        pool, clock, (a, b, c) = makePool(
+            "9001", "9002 down", "9003 backup down", maxFails=1
+        )
+        self.assertIs(b.state, DISABLED)
+        self.assertEqual(pool.eligible, (a,))
+        pool.markDown(a, "checks")
+        self.assertEqual(pool.eligible, ())
+        self.assertIsNone(pool.pick(object()))
+        self.assertIs(b.state, DISABLED)
+        self.assertIs(c.state, DISABLED)
+
+    def test_balancerToldAtStart(self) -> None:
+        """
+        The balancer is told the eligible set when the pool is built, even
+        when it is empty.
+        """
+        pool, clock, backends = makePool("9001 down")
+        self.assertEqual(pool.balancer.changes, [()])
+
+    def test_noneEligibleIsLoggedWithTheReasons(self) -> None:
+        """
+        When the last backend goes, an error names the upstream and says
+        why each backend is out; when one comes back, that is logged too.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002 down")
+        with capturedLogs() as events:
+            pool.markDown(a, "3 consecutive failed health checks, latest: status 500")
+        errors = [e for e in events if e["log_level"] is LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(errors[0]["upstream"], "app")
+        self.assertIn(
+            "127.0.0.1:9001 down (3 consecutive failed health checks, latest: status 500)",
+            errors[0]["why"],
+        )
+        self.assertIn(
+            "127.0.0.1:9002 disabled (down in the configuration)", errors[0]["why"]
+        )
+        self.assertEqual(pool.unavailableReason(), errors[0]["why"])
+        with capturedLogs() as events:
+            pool.markUp(a, "2 consecutive passing health checks")
+        self.assertEqual(
+            [e["backends"] for e in events if "backends" in e], ["127.0.0.1:9001"]
+        )
+
+
+class StateMachineTests(SynchronousTestCase):
+    """
+    Passive accounting, active checks and the operator each own one
+    condition; the state is the first condition that holds.
+    """
+
+    def test_precedence(self) -> None:
+        """
+        Disabled wins over draining, which wins over down, which wins over
+        failed.
+        """
+        backend = Backend("127.0.0.1", 1)
+        self.assertIs(deriveState(backend), UP)
+        backend.failedUntil = 5.0
+        self.assertIs(deriveState(backend), FAILED)
+        backend.checkedDown = True
+        self.assertIs(deriveState(backend), DOWN)
+        backend.adminState = DRAINING
+        self.assertIs(deriveState(backend), DRAINING)
+        backend.adminState = DISABLED
+        self.assertIs(deriveState(backend), DISABLED)
+
+    def test_failedThenDownIsNotRevivedByFailTimeout(self) -> None:
+        """
+        A failed backend whose checks then fail becomes down, and the
+        expiry of C{fail_timeout} does not bring it back: only passing
+        checks do.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=1, failTimeout=10)
+        fail(pool, a)
+        self.assertIs(a.state, FAILED)
+        pool.markDown(a, "3 consecutive failed health checks")
+        self.assertIs(a.state, DOWN)
+        clock.advance(10)
+        self.assertIs(a.state, DOWN)
+        self.assertNotIn(a, pool.eligible)
+        pool.markUp(a, "2 consecutive passing health checks")
+        self.assertIs(a.state, UP)
+
+    def test_passingChecksDoNotReviveFailed(self) -> None:
+        """
+        A passive failure keeps a backend out for C{fail_timeout} even
+        though its checks pass.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002", maxFails=1, failTimeout=10)
+        pool.markDown(a, "checks failed")
+        clock.advance(1)
+        # a request that was in flight when the checks took it down fails
+        fail(pool, a)
+        self.assertIs(a.state, DOWN)
+        with capturedLogs() as events:
+            pool.markUp(a, "2 consecutive passing health checks")
+        self.assertIs(a.state, FAILED)
+        [event] = [e for e in events if "new" in e]
+        self.assertIn("2 consecutive passing health checks", event["reason"])
+        self.assertIn("failed because: passive health", event["reason"])
+        clock.advance(10)
+        self.assertIs(a.state, UP)
+
+    def test_stayingIsLogged(self) -> None:
+        """
+        A condition change that does not change the state is logged too.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.drain(a)
+        with capturedLogs() as events:
+            pool.markDown(a, "3 consecutive failed health checks")
+        self.assertIs(a.state, DRAINING)
+        self.assertEqual(
+            [(e["state"], e["reason"]) for e in events],
+            [("draining", "3 consecutive failed health checks")],
+        )
+
+    def test_setStateMustFollowTheConditions(self) -> None:
+        """
+        L{Pool.setState} refuses a state that the backend's conditions do
+        not give, so the conditions and the state cannot disagree.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        self.assertRaises(ValueError, pool.setState, a, DOWN, "because")
+        self.assertIs(a.state, UP)
+
+    def test_observers(self) -> None:
+        """
+        State observers see every transition, with its reason, until
+        removed.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        seen: list[tuple[Any, ...]] = []
+
+        def observer(*args: Any) -> None:
+            seen.append(args)
+
+        pool.addStateObserver(observer)
+        pool.markDown(a, "checks")
+        pool.markUp(a, "checks passed")
+        pool.removeStateObserver(observer)
+        pool.markDown(a, "checks again")
+        self.assertEqual(
+            seen, [(a, UP, DOWN, "checks"), (a, DOWN, UP, "checks passed")]
+        )
+
+    def test_stateReasonAndSince(self) -> None:
+        """
+        A backend remembers why and when it entered its state.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        self.assertEqual((a.stateReason, a.stateSince), ("started", None))
+        clock.advance(4)
+        pool.markDown(a, "checks")
+        self.assertEqual((a.stateReason, a.stateSince), ("checks", 4))
+
+
+class AdministrativeStateTests(SynchronousTestCase):
+    """
+    Draining, disabling and enabling, as the admin API will use them.
+    """
+
+    def test_drainTakesNoNewRequests(self) -> None:
+        """
+        A draining backend leaves the eligible set at once; the Deferred
+        from L{Pool.drain} fires once its last request finishes.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(a, "r1")
+        pool.requestStarted(a, "r2")
+        drained = pool.drain(a)
+        self.assertIs(a.state, DRAINING)
+        self.assertEqual(pool.eligible, (b,))
+        self.assertIs(pool.pick(object()), b)
+        pool.requestFinished(a, "r1", Outcome.SUCCESS, 0.1)
+        self.assertNoResult(drained)
+        pool.requestFinished(a, "r2", Outcome.SUCCESS, 0.1)
+        self.assertIs(self.successResultOf(drained), True)
+
+    def test_drainIdle(self) -> None:
+        """
+        Draining an idle backend is done at once.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        self.assertIs(self.successResultOf(pool.drain(a)), True)
+
+    def test_drainWinsOverChecks(self) -> None:
+        """
+        Checks that fail and pass again while a backend drains do not
+        change its state; enabling it then gives the state its checks say.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.drain(a)
+        pool.markDown(a, "checks failed")
+        self.assertIs(a.state, DRAINING)
+        pool.enable(a)
+        self.assertIs(a.state, DOWN)
+        pool.drain(a)
+        pool.markUp(a, "checks passed")
+        self.assertIs(a.state, DRAINING)
+        pool.enable(a)
+        self.assertIs(a.state, UP)
+        self.assertEqual(pool.eligible, (a, b))
+
+    def test_enableCallsOffTheDrain(self) -> None:
+        """
+        Enabling a backend before it drained fires the drain Deferred with
+        L{False}.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(a, "r1")
+        drained = pool.drain(a)
+        pool.enable(a)
+        self.assertIs(self.successResultOf(drained), False)
+        pool.requestFinished(a, "r1", Outcome.SUCCESS, 0.1)
+
+    def test_disableAndEnable(self) -> None:
+        """
+        A disabled backend is not eligible; enabling a backend marked
+        C{down} in the configuration brings it up.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002 down")
+        pool.disable(a, "maintenance")
+        self.assertIs(a.state, DISABLED)
+        self.assertEqual(a.stateReason, "maintenance")
+        self.assertEqual(pool.eligible, ())
+        pool.enable(b)
+        self.assertIs(b.state, UP)
+        self.assertEqual(pool.eligible, (b,))
+        pool.enable(b)
+        self.assertIs(b.state, UP)
+
+    def test_setWeight(self) -> None:
+        """
+        L{Pool.setWeight} changes the weight and effective weight and tells
+        the balancer; a weight below 1 is refused.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.setWeight(a, 3)
+        self.assertEqual((a.weight, a.effectiveWeight), (3, 3.0))
+        self.assertEqual(
+            pool.balancer.changes[-1],
+            (("127.0.0.1:9001", 3.0), ("127.0.0.1:9002", 1.0)),
+        )
+        self.assertRaises(ValueError, pool.setWeight, a, 0)
+
+
+class SlowStartWeightTests(SynchronousTestCase):
+    """
+    The ramp of a slow-starting backend's effective weight.
+    """
+
+    def test_ramp(self) -> None:
+        """
+        The effective weight grows linearly from a tenth of the weight to
+        all of it.
+        """
+        self.assertEqual(SLOW_START_SHARE, 0.1)
+        self.assertAlmostEqual(slowStartWeight(10, 0, 30), 1.0)
+        self.assertAlmostEqual(slowStartWeight(10, 15, 30), 5.5)
+        self.assertAlmostEqual(slowStartWeight(10, 27, 30), 9.1)
+        self.assertEqual(slowStartWeight(10, 30, 30), 10.0)
+        self.assertEqual(slowStartWeight(10, 31, 30), 10.0)
+        self.assertEqual(slowStartWeight(4, 5, 0), 4.0)
+
+    def test_step(self) -> None:
+        """
+        The weight is recomputed 20 times over the ramp, but between 10
+        times a second and once a second.
+        """
+        self.assertEqual(slowStartStep(10), 0.5)
+        self.assertEqual(slowStartStep(0.5), 0.1)
+        self.assertEqual(slowStartStep(600), 1.0)
+
+
+class SlowStartTests(SynchronousTestCase):
+    """
+    A backend coming back ramps its effective weight, and the balancer sees
+    every step.
+    """
+
+    def test_rampAfterRecovery(self) -> None:
+        """
+        A backend coming back from down starts at a tenth of its weight,
+        and the balancer is told each new effective weight until it
+        reaches the full weight; then the timer stops.
+        """
+        pool, clock, (a, b) = makePool("9001 weight=10", "9002", slowStart=2.0)
+        self.assertEqual(a.effectiveWeight, 10.0)
+        pool.markDown(a, "checks")
+        pool.markUp(a, "checks passed")
+        self.assertAlmostEqual(a.effectiveWeight, 1.0)
+        balancer = pool.balancer
+        balancer.changes = []
+        seen = []
+        for _ in range(20):
+            clock.advance(0.1)
+            seen.append(round(a.effectiveWeight, 6))
+        self.assertEqual(seen, [round(1.0 + 0.45 * i, 6) for i in range(1, 21)])
+        self.assertEqual(
+            [round(dict(change)["127.0.0.1:9001"], 6) for change in balancer.changes],
+            seen,
+        )
+        self.assertAlmostEqual(dict(balancer.changes[9])["127.0.0.1:9001"], 5.5)
+        self.assertEqual(dict(balancer.changes[-1])["127.0.0.1:9001"], 10.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_rampAfterFailedAndEnable(self) -> None:
+        """
+        Slow start follows every return to up: from failed, and from
+        draining or disabled.
+        """
+        pool, clock, (a, b) = makePool(
+            "9001 weight=10", "9002", slowStart=10.0, maxFails=1, failTimeout=5
+        )
+        fail(pool, a)
+        clock.advance(5)
+        self.assertIs(a.state, UP)
+        self.assertAlmostEqual(a.effectiveWeight, 1.0)
+        clock.advance(10)
+        self.assertEqual(a.effectiveWeight, 10.0)
+        pool.disable(a)
+        pool.enable(a)
+        self.assertAlmostEqual(a.effectiveWeight, 1.0)
+
+    def test_noRampAtStart(self) -> None:
+        """
+        Backends that are up from the start have their full weight at once.
+        """
+        pool, clock, (a, b) = makePool("9001 weight=10", "9002", slowStart=10.0)
+        self.assertEqual(a.effectiveWeight, 10.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_noRampForASingleBackend(self) -> None:
+        """
+        As in nginx, the only server of an upstream does not slow-start.
+        """
+        pool, clock, (a,) = makePool("9001 weight=10", slowStart=10.0)
+        pool.markDown(a, "checks")
+        pool.markUp(a, "checks passed")
+        self.assertEqual(a.effectiveWeight, 10.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_goingDownStopsTheRamp(self) -> None:
+        """
+        A backend that leaves up while ramping stops ramping, and ramps
+        afresh when it comes back.
+        """
+        pool, clock, (a, b) = makePool("9001 weight=10", "9002", slowStart=10.0)
+        pool.markDown(a, "checks")
+        pool.markUp(a, "checks passed")
+        clock.advance(5)
+        self.assertAlmostEqual(a.effectiveWeight, 5.5)
+        pool.markDown(a, "checks")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        pool.markUp(a, "checks passed")
+        self.assertAlmostEqual(a.effectiveWeight, 1.0)
+
+    def test_setWeightWhileRamping(self) -> None:
+        """
+        A new weight set while ramping is ramped to.
+        """
+        pool, clock, (a, b) = makePool("9001 weight=10", "9002", slowStart=10.0)
+        pool.markDown(a, "checks")
+        pool.markUp(a, "checks passed")
+        clock.advance(5)
+        pool.setWeight(a, 20)
+        self.assertAlmostEqual(a.effectiveWeight, 11.0)
+        clock.advance(5)
+        self.assertEqual(a.effectiveWeight, 20.0)
+
+    def test_roundRobinFollowsTheEffectiveWeight(self) -> None:
+        """
+        With the round robin balancer, a backend that just came back gets
+        about a tenth of the share it will have at the end of the ramp.
+        """
+        pool, clock, (a, b) = makePool(
+            "9001", "9002", balancer=RoundRobin(), slowStart=60.0
+        )
+        pool.markDown(a, "checks")
+        pool.markUp(a, "checks passed")
+        picks = [pool.pick(object()) for _ in range(110)]
+        self.assertEqual(picks.count(a), 10)
+        clock.advance(60)
+        picks = [pool.pick(object()) for _ in range(100)]
+        self.assertEqual(picks.count(a), 50)

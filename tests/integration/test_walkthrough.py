@@ -185,11 +185,14 @@ class WalkthroughTests(ProxyTestCase):
         flows = gatherResults([flow(60) for _ in range(4)])
         while sum(codes.values()) < 40:
             yield deferLater(reactor, 0.01, lambda: None)
-        yield b.stop()
         before = bodies[b"b\n"]
+        yield b.stop()
         yield flows
         self.assertEqual(codes, Counter({200: 240}))
-        self.assertEqual(bodies[b"b\n"], before)
+        # b served its share until it died; afterwards at most the four
+        # responses already on their way came from it.
+        self.assertGreater(before, 10)
+        self.assertLessEqual(bodies[b"b\n"], before + 4)
 
     @inlineCallbacks
     def test_bothBackendsDie(self):

@@ -16,13 +16,33 @@ from typing import Mapping, Optional
 from twisted.plugin import getPlugins
 
 from lbproxy._interfaces import IBalancer, IBalancerFactory
+from lbproxy.balancers._base import (
+    BalancerBase,
+    BalancerFactory,
+    InvalidBalancerOptions,
+)
+from lbproxy.balancers._hashing import ConsistentHash, IPHash
+from lbproxy.balancers._leastconn import LeastConn
+from lbproxy.balancers._random import PeakEWMA, PowerOfTwoChoices, WeightedRandom
+from lbproxy.balancers._roundrobin import RoundRobin
+from lbproxy.balancers._sticky import Sticky
 
 __all__ = [
+    "BalancerBase",
+    "BalancerFactory",
     "BalancerNotFound",
+    "ConsistentHash",
+    "IPHash",
     "InvalidBalancerOptions",
+    "LeastConn",
+    "PeakEWMA",
+    "PowerOfTwoChoices",
+    "RoundRobin",
+    "Sticky",
+    "WeightedRandom",
+    "buildBalancer",
     "findBalancerFactories",
     "findBalancerFactory",
-    "buildBalancer",
 ]
 
 
@@ -43,13 +63,6 @@ class BalancerNotFound(KeyError):
         return "unknown balancer {!r}; the balancers found are: {}".format(
             self.name, ", ".join(self.available)
         )
-
-
-class InvalidBalancerOptions(ValueError):
-    """
-    A C{balancer.*} option is unknown to the chosen balancer, or its value is
-    bad.  The message says which and what was expected.
-    """
 
 
 def findBalancerFactories() -> dict[str, IBalancerFactory]:

@@ -1,12 +1,29 @@
 """
 lbproxy's built-in balancers, registered as plugins like any third party's.
+
+Every module-level object here that provides
+L{lbproxy.interfaces.IBalancerFactory} is found by
+L{twisted.plugin.getPlugins}.
 """
 
-from lbproxy.balancers._base import BalancerFactory
-from lbproxy.balancers._roundrobin import RoundRobin
-
-roundRobin = BalancerFactory(
-    "round_robin",
-    "smooth weighted round robin, as nginx does it",
-    lambda options, random: RoundRobin(),
+from lbproxy.balancers._builtins import (
+    consistentHash,
+    ipHash,
+    leastConn,
+    peakEWMA,
+    powerOfTwoChoices,
+    roundRobin,
+    sticky,
+    weightedRandom,
 )
+
+__all__ = [
+    "consistentHash",
+    "ipHash",
+    "leastConn",
+    "peakEWMA",
+    "powerOfTwoChoices",
+    "roundRobin",
+    "sticky",
+    "weightedRandom",
+]

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from random import Random
-from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Sequence, Union
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Optional,
+    Sequence,
+    Union,
+)
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer

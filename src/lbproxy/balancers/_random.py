@@ -178,8 +178,12 @@ class PeakEWMA(_Sampling):
     C{PeakEwma} balancers do.
 
     Each backend's cost is its peak-sensitive latency estimate (see
-    L{_PeakEWMA}) times its requests in flight plus one, divided by its
-    weight; of two backends drawn by weight, the cheaper wins.  A backend
+    L{_PeakEWMA}) times its requests in flight plus one; of two different
+    backends drawn by weight, the cheaper wins, the first drawn on a tie.
+    Weights act through the draw: a backend of weight 2 is drawn twice as
+    often as one of weight 1, so with equal latency and load it gets twice
+    the traffic (dividing the cost by the weight as well would count the
+    weight twice, and hand the heavier backend every pair it is in).  A backend
     that has not answered yet costs nothing until a request is in flight to
     it, then a large penalty (Finagle's rule), so that a newcomer is probed
     without being flooded.  Estimates decay towards zero while a backend
@@ -249,12 +253,12 @@ class PeakEWMA(_Sampling):
         else:
             ewma.raiseTo(latency, self._clock(), self._decay)
 
-    def _cost(self, backend: Any, weight: float, now: float) -> float:
+    def _cost(self, backend: Any, now: float) -> float:
         active = self._counter.active.get(backend, 0)
         estimate = self._ewma[backend].current(now, self._decay)
         if estimate == 0.0 and active:
-            return (self.PENALTY + active) / weight
-        return estimate * (active + 1) / weight
+            return self.PENALTY + active
+        return estimate * (active + 1)
 
     def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
         first, second = self._drawTwo(exclude)
@@ -266,8 +270,6 @@ class PeakEWMA(_Sampling):
             return a
         b = sampler.backends[second]
         now = self._clock()
-        if self._cost(b, sampler.weights[second], now) < self._cost(
-            a, sampler.weights[first], now
-        ):
+        if self._cost(b, now) < self._cost(a, now):
             return b
         return a

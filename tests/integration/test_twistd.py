@@ -1,0 +1,223 @@
+"""
+C{twistd -n lbproxy} as a real process: checking a configuration, refusing
+a bad one, and streaming a large response in bounded memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from lbproxy.testing import startServer
+
+_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+_SITE = """
+[lbproxy]
+listen = tcp:0:interface=127.0.0.1
+access_log = off
+
+[upstream:app]
+servers = 127.0.0.1:{port}
+
+[vhost:app]
+default = yes
+upstream = app
+"""
+
+
+def _twistd(*args):
+    return getProcessOutputAndValue(
+        _TWISTD[0], _TWISTD[1:] + list(args), env=_ENV, reactor=reactor
+    )
+
+
+@implementer(IPullProducer)
+class _Zeros:
+    """
+    Writes C{size} bytes to a request, a chunk each time it is asked.
+    """
+
+    chunk = b"\0" * (256 * 1024)
+
+    def __init__(self, request, size):
+        self.request = request
+        self.left = size
+
+    def resumeProducing(self):
+        if self.left <= 0:
+            self.request.unregisterProducer()
+            self.request.finish()
+            return
+        data = self.chunk[: self.left]
+        self.left -= len(data)
+        self.request.write(data)
+
+    def stopProducing(self):
+        self.left = 0
+
+
+class _Big(Resource):
+    isLeaf = True
+
+    def __init__(self, size):
+        Resource.__init__(self)
+        self.size = size
+
+    def render_GET(self, request):
+        request.setHeader(b"content-length", b"%d" % self.size)
+        request.registerProducer(_Zeros(request, self.size), False)
+        return NOT_DONE_YET
+
+
+class _Count(Protocol):
+    def __init__(self):
+        self.received = 0
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.received += len(data)
+
+    def connectionLost(self, reason):
+        self.done.callback((self.received, reason))
+
+
+class _Proxy(ProcessProtocol):
+    """
+    A C{twistd -n lbproxy} process; C{listening} fires with its port.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.listening = Deferred()
+        self.ended = Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+        match = re.search(rb"ProxySite starting on (\d+)", self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.listening.called:
+            self.listening.errback(reason)
+        self.ended.callback(reason)
+
+
+def _memory(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+class TwistdTests(TestCase):
+    timeout = 120
+
+    def writeConfig(self, text):
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return path.path
+
+    @inlineCallbacks
+    def test_checkValid(self):
+        """
+        C{--check} on a valid file prints OK and exits 0.
+        """
+        path = self.writeConfig(_SITE.format(port=9))
+        out, err, code = yield _twistd("-n", "lbproxy", "--config", path, "--check")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"OK", out)
+
+    @inlineCallbacks
+    def test_checkInvalid(self):
+        """
+        C{--check} on a bad file lists every error and exits 1.
+        """
+        path = self.writeConfig(
+            _SITE.format(port=9) + "read_timeout = soon\n[vhost:other]\nupstream = nope\n"
+        )
+        out, err, code = yield _twistd("-n", "lbproxy", "--config", path, "--check")
+        self.assertEqual(code, 1)
+        self.assertIn(b"[vhost:app] read_timeout = 'soon': unknown key", err)
+        self.assertIn(b"[upstream:nope]", err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    @inlineCallbacks
+    def test_badConfigNeverStarts(self):
+        """
+        Without C{--check}, a bad file stops twistd before anything listens.
+        """
+        path = self.writeConfig(_SITE.format(port=70000))
+        out, err, code = yield _twistd(
+            "-n", "--pidfile=", "lbproxy", "--config", path
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"port between 1 and 65535", out + err)
+        self.assertNotIn(b"starting on", out + err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    @inlineCallbacks
+    def test_streamInBoundedMemory(self):
+        """
+        A 200 MB response streams through the proxy process while its memory
+        grows by less than 50 MB.
+        """
+        size = 200 * 1024 * 1024
+        backend = yield startServer(_Big(size), reactor)
+        self.addCleanup(backend.stop)
+        path = self.writeConfig(_SITE.format(port=backend.port))
+        proxy = _Proxy()
+        process = reactor.spawnProcess(
+            proxy,
+            _TWISTD[0],
+            _TWISTD + ["-n", "--pidfile=", "lbproxy", "--config", path],
+            env=_ENV,
+        )
+
+        def stop():
+            if process.pid is not None:
+                process.signalProcess("TERM")
+            return proxy.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
+
+        self.addCleanup(stop)
+        port = yield proxy.listening
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, pool=pool)
+
+        # Warm up: one small request, so that imports and first-use
+        # allocations are not counted as growth.
+        warm = yield agent.request(b"HEAD", b"http://127.0.0.1:%d/" % port)
+        self.assertEqual(warm.code, 200)
+        before = _memory(process.pid)["VmRSS"]
+
+        response = yield agent.request(b"GET", b"http://127.0.0.1:%d/big" % port)
+        self.assertEqual(response.code, 200)
+        counter = _Count()
+        response.deliverBody(counter)
+        received, reason = yield counter.done
+        self.assertEqual(received, size)
+        reason.trap(ResponseDone)
+        peak = _memory(process.pid)["VmHWM"]
+        growth = peak - before
+        self.assertLess(growth, 50 * 1024 * 1024, f"grew by {growth} bytes")

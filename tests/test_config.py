@@ -1,0 +1,264 @@
+"""
+Tests for L{lbproxy._config}: every value parser and every class of error.
+"""
+
+from __future__ import annotations
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy.config import (
+    ConfigError,
+    ServerConfig,
+    parseConfig,
+    parseConfigText,
+    parseDuration,
+    parseSize,
+)
+from lbproxy._config import parseBool, parseServer, parseStatusRanges
+
+_GOOD = """
+[lbproxy]
+listen = tcp:8080          ; inline comments are allowed
+    tcp:8081:interface=127.0.0.1
+access_log = off
+client_header_timeout = 500ms
+keepalive_timeout = 1m
+max_body_size = 10m
+max_header_size = 8k
+
+[upstream:app]
+balancer = round_robin
+servers =
+    127.0.0.1:9001 weight=2
+    127.0.0.1:9002
+    127.0.0.1:9003 backup
+    https://API.internal:8443 max_fails=3 fail_timeout=30s
+    [::1]:9004 down
+max_fails = 2
+fail_timeout = 5s
+connect_timeout = 1s
+read_timeout = 2m
+next_upstream_tries = 2
+keepalive = 8
+
+[upstream:static]
+servers = 127.0.0.1:9101
+
+[vhost:app]
+server_names = app.example.com *.App.Example.com
+default = yes
+upstream = app
+routes =
+    /api/ app
+    /static/ static
+preserve_host = no
+
+[demo:blue]
+listen = tcp:9001:interface=127.0.0.1
+"""
+
+
+def _errors(text):
+    try:
+        parseConfigText(text, "site.ini")
+    except ConfigError as e:
+        return e.errors
+    raise AssertionError("no ConfigError")
+
+
+class ValueParserTests(SynchronousTestCase):
+    def test_durations(self):
+        """
+        Durations take ms, s, m, h, d; a bare number is seconds.
+        """
+        self.assertEqual(parseDuration("500ms"), 0.5)
+        self.assertEqual(parseDuration("2s"), 2)
+        self.assertEqual(parseDuration("1m"), 60)
+        self.assertEqual(parseDuration("1h"), 3600)
+        self.assertEqual(parseDuration("1.5"), 1.5)
+        for bad in ("", "2x", "-1s", "s", "1 s s"):
+            self.assertRaises(ValueError, parseDuration, bad)
+
+    def test_sizes(self):
+        """
+        Sizes take k, m, g (powers of 1024); a bare number is bytes.
+        """
+        self.assertEqual(parseSize("512"), 512)
+        self.assertEqual(parseSize("16k"), 16384)
+        self.assertEqual(parseSize("100M"), 100 * 1024 * 1024)
+        self.assertEqual(parseSize("1g"), 1024**3)
+        for bad in ("1.5k", "k", "10t", "-1"):
+            self.assertRaises(ValueError, parseSize, bad)
+
+    def test_booleans(self):
+        self.assertTrue(parseBool("Yes"))
+        self.assertFalse(parseBool("off"))
+        self.assertRaises(ValueError, parseBool, "maybe")
+
+    def test_serverLines(self):
+        """
+        A server line is an optional scheme, HOST:PORT and parameters.
+        """
+        self.assertEqual(
+            parseServer("https://Api.Internal:8443 max_fails=3 fail_timeout=30s"),
+            ServerConfig("api.internal", 8443, "https", maxFails=3, failTimeout=30.0),
+        )
+        self.assertEqual(
+            parseServer("[::1]:9000 weight=5 backup"),
+            ServerConfig("::1", 9000, weight=5, backup=True),
+        )
+        self.assertEqual(parseServer("example.com").port, 80)
+        self.assertEqual(parseServer("https://example.com").port, 443)
+        for bad in (
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.1:80 weight=0",
+            "127.0.0.1:80 weight=x",
+            "127.0.0.1:80 heavy",
+            "127.0.0.1:80 backup down",
+            "ftp://example.com:21",
+            "bad_host!:80",
+        ):
+            self.assertRaises(ValueError, parseServer, bad)
+
+    def test_statusRanges(self):
+        self.assertEqual(parseStatusRanges("200-399 404"), ((200, 399), (404, 404)))
+        for bad in ("", "99", "400-300", "2xx"):
+            self.assertRaises(ValueError, parseStatusRanges, bad)
+
+
+class ParseConfigTests(SynchronousTestCase):
+    def test_good(self):
+        """
+        A complete file becomes frozen objects with every value converted.
+        """
+        config = parseConfigText(_GOOD, "site.ini")
+        self.assertEqual(
+            config.proxy.listen, ("tcp:8080", "tcp:8081:interface=127.0.0.1")
+        )
+        self.assertIsNone(config.proxy.accessLog)
+        self.assertEqual(config.proxy.clientHeaderTimeout, 0.5)
+        self.assertEqual(config.proxy.maxHeaderSize, 8192)
+        app = config.upstreams["app"]
+        self.assertEqual(len(app.servers), 5)
+        self.assertEqual(app.servers[0].weight, 2)
+        self.assertTrue(app.servers[2].backup)
+        self.assertEqual(app.servers[3].scheme, "https")
+        self.assertTrue(app.servers[4].down)
+        self.assertEqual(
+            (app.maxFails, app.failTimeout, app.connectTimeout, app.readTimeout),
+            (2, 5.0, 1.0, 120.0),
+        )
+        self.assertEqual((app.nextUpstreamTries, app.keepalive), (2, 8))
+        (vhost,) = config.vhosts
+        self.assertEqual(vhost.serverNames, ("app.example.com", "*.app.example.com"))
+        self.assertEqual(vhost.routes, (("/api/", "app"), ("/static/", "static")))
+        self.assertFalse(vhost.preserveHost)
+        self.assertTrue(vhost.default)
+        self.assertEqual(config.demos[0].listen, ("tcp:9001:interface=127.0.0.1",))
+        with self.assertRaises(Exception):
+            config.proxy.listen = ()  # type: ignore[misc]
+
+    def test_errorNamesEverything(self):
+        """
+        An error names the file, the section, the key, the bad value and
+        what was expected.
+        """
+        (error,) = _errors(_GOOD.replace("read_timeout = 2m", "read_timeout = 2 minutes"))
+        self.assertEqual(
+            error,
+            "site.ini: [upstream:app] read_timeout = '2 minutes': bad value; "
+            "expected a duration such as 500ms, 2s, 1m or 1h",
+        )
+
+    def test_everyErrorReported(self):
+        """
+        All errors are reported at once, not just the first.
+        """
+        errors = _errors(
+            _GOOD.replace("keepalive = 8", "keepalive = -1").replace(
+                "max_body_size = 10m", "max_body_size = big"
+            )
+        )
+        self.assertEqual(len(errors), 2)
+
+    def test_unknownKey(self):
+        (error,) = _errors(_GOOD.replace("keepalive = 8", "keepalive = 8\nkeep_alive = 8"))
+        self.assertIn("[upstream:app] keep_alive = '8': unknown key", error)
+        self.assertIn("connect_timeout", error)
+
+    def test_unknownSection(self):
+        (error,) = _errors(_GOOD + "\n[server]\nlisten = 80\n")
+        self.assertIn("[server]: unknown section", error)
+
+    def test_undefinedUpstream(self):
+        (error,) = _errors(_GOOD.replace("/static/ static", "/static/ assets"))
+        self.assertIn("[vhost:app] routes = '/static/ assets'", error)
+        self.assertIn("no [upstream:assets]", error)
+
+    def test_badListen(self):
+        (error,) = _errors(_GOOD.replace("listen = tcp:8080", "listen = tcp:http"))
+        self.assertIn("[lbproxy] listen = 'tcp:http'", error)
+        self.assertIn("Twisted server endpoint", error)
+
+    def test_unknownBalancer(self):
+        """
+        An unknown balancer name is an error listing the balancers found.
+        """
+        (error,) = _errors(_GOOD.replace("= round_robin", "= fastest"))
+        self.assertIn("[upstream:app] balancer = 'fastest'", error)
+        self.assertIn("round_robin", error)
+
+    def test_unknownBalancerOption(self):
+        (error,) = _errors(_GOOD.replace("balancer = round_robin", "balancer = round_robin\nbalancer.speed = 11"))
+        self.assertIn("balancer.speed", error)
+
+    def test_twoDefaults(self):
+        (error,) = _errors(_GOOD + "\n[vhost:other]\ndefault = yes\nupstream = app\n")
+        self.assertIn("[vhost:other] default", error)
+        self.assertIn("only one default vhost", error)
+
+    def test_sharedServerName(self):
+        (error,) = _errors(_GOOD + "\n[vhost:other]\nserver_names = APP.example.com\nupstream = app\n")
+        self.assertIn("[vhost:other] server_names = 'app.example.com'", error)
+
+    def test_missingServers(self):
+        (error,) = _errors(_GOOD.replace("servers = 127.0.0.1:9101", ""))
+        self.assertIn("[upstream:static] servers", error)
+
+    def test_duplicateKey(self):
+        """
+        A key given twice in a section is an error naming the file and line.
+        """
+        (error,) = _errors(_GOOD.replace("keepalive = 8", "keepalive = 8\nkeepalive = 9"))
+        self.assertIn("site.ini", error)
+        self.assertIn("keepalive", error)
+
+    def test_syntaxError(self):
+        (error,) = _errors("this is not ini\n")
+        self.assertTrue(error.startswith("site.ini: "))
+
+    def test_notYetSupported(self):
+        """
+        Keys of the specification that this version does not implement are
+        refused, not silently ignored.
+        """
+        (error,) = _errors(_GOOD.replace("access_log = off", "access_log = off\nlisten_tls = tcp:8443"))
+        self.assertIn("listen_tls", error)
+        self.assertIn("not supported yet", error)
+
+    def test_listenRequiredWithVhosts(self):
+        (error,) = _errors(_GOOD.replace("listen = tcp:8080          ; inline comments are allowed\n    tcp:8081:interface=127.0.0.1\n", ""))
+        self.assertIn("[lbproxy] listen", error)
+
+    def test_readFile(self):
+        path = FilePath(self.mktemp())
+        path.setContent(_GOOD.encode("utf-8"))
+        self.assertEqual(parseConfig(path.path).source, path.path)
+
+    def test_unreadableFile(self):
+        path = self.mktemp()
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(path)
+        self.assertIn(path, str(caught.exception))

@@ -110,6 +110,7 @@ class _Exchange:
         self._clientGone = False
         self._done = False
         self._relay: Optional[_ResponseRelay] = None
+        self._proto: Any = None
 
     def start(self) -> None:
         request = self._request
@@ -141,9 +142,12 @@ class _Exchange:
         if backend is None:
             if not self._tried:
                 self._log.warn(
-                    "upstream {upstream} has no backend available "
-                    "(every backend is down, failed, draining or disabled)",
+                    "upstream {upstream} has no backend available for "
+                    "{method} {uri}: {why}",
                     upstream=pool.name,
+                    method=self._method.decode("ascii", "replace"),
+                    uri=self._request.uri.decode("ascii", "replace"),
+                    why=pool.unavailableReason(),
                 )
             self._fail(502)
             return
@@ -192,6 +196,7 @@ class _Exchange:
 
     def _send(self, proto: Any, reused: bool) -> None:
         self._pending = None
+        self._proto = proto
         backend = self._backend
         assert backend is not None
         if self._clientGone:
@@ -307,7 +312,13 @@ class _Exchange:
         out = request.responseHeaders
         out.removeHeader(b"server")
         out.removeHeader(b"date")
-        drop = connectionTokens(response.headers) | HOP_BY_HOP
+        # Twisted's client parser keeps the connection-control headers
+        # (Connection among them) apart from response.headers; the names
+        # listed in Connection must be dropped as well.
+        parser = getattr(self._proto, "_parser", None)
+        drop = HOP_BY_HOP
+        if parser is not None:
+            drop = drop | connectionTokens(parser.connHeaders)
         for name, values in response.headers.getAllRawHeaders():
             lowered = name.lower()
             if lowered in drop:
@@ -387,6 +398,14 @@ class _Exchange:
         elif self._relay is not None:
             self._relay.abort()
 
+    def abortBackend(self) -> None:
+        """
+        Cut the connection to the backend: it will not be reused.
+        """
+        transport = getattr(self._proto, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
 
 @implementer(IPushProducer)
 class _ResponseRelay(Protocol):
@@ -420,8 +439,7 @@ class _ResponseRelay(Protocol):
         """
         Give up on the body: the backend connection is closed.
         """
-        if self.transport is not None:
-            self.transport.stopProducing()
+        self._exchange.abortBackend()
 
     def pauseProducing(self) -> None:
         self._paused = True

@@ -1,0 +1,336 @@
+"""
+Tests for L{lbproxy._proxy}: a client speaking to a L{ProxySite} over a
+L{StringTransport}, backends reached through a L{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy import Backend, BackendState, Pool, ProxySite, UpstreamResource
+
+
+class _Harness:
+    """
+    One proxy with C{count} backends, one client connection to it.
+    """
+
+    def __init__(self, testCase, count=2, preserveHost=True, **poolArgs):
+        self.reactor = MemoryReactorClock()
+        self.backends = [Backend("127.0.0.1", 9000 + i) for i in range(count)]
+        poolArgs.setdefault("readTimeout", 5.0)
+        self.pool = Pool("app", self.backends, reactor=self.reactor, **poolArgs)
+        self.resource = UpstreamResource(self.pool, preserveHost)
+        self.site = ProxySite(self.resource, reactor=self.reactor)
+        self.site.startFactory()
+        testCase.addCleanup(self.site.stopFactory)
+        self.client = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
+        self.clientTransport = StringTransport(
+            peerAddress=IPv4Address("TCP", "192.0.2.1", 4321)
+        )
+        self.client.makeConnection(self.clientTransport)
+        self.connected = 0
+
+    def send(self, data):
+        self.client.dataReceived(data)
+
+    def pending(self):
+        """
+        The backend connection attempts not yet answered, as
+        C{(port, factory)}.
+        """
+        return [(port, factory) for _, port, factory, _, _ in self.reactor.tcpClients[self.connected:]]
+
+    def accept(self):
+        """
+        Let the oldest pending backend connection succeed.
+
+        @return: C{(port, protocol, transport)}
+        """
+        _, port, factory, _, _ = self.reactor.tcpClients[self.connected]
+        self.connected += 1
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return port, protocol, transport
+
+    def refuse(self):
+        _, port, factory, _, _ = self.reactor.tcpClients[self.connected]
+        self.connected += 1
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        return port
+
+    def response(self):
+        return self.clientTransport.value()
+
+
+_GET = b"GET /path?q=1 HTTP/1.1\r\nHost: app.example\r\n\r\n"
+_OK = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Length: 5\r\n"
+    b"Connection: keep-alive, X-Hop\r\n"
+    b"X-Hop: 1\r\n"
+    b"Set-Cookie: a=1\r\n"
+    b"Set-Cookie: b=2\r\n"
+    b"\r\n"
+    b"hello"
+)
+
+
+class ForwardingTests(SynchronousTestCase):
+    def test_requestForwarded(self):
+        """
+        The request goes to the backend over HTTP/1.1 with its path and
+        query, the forwarding headers, and the client's Host.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        port, protocol, transport = h.accept()
+        sent = transport.value()
+        self.assertTrue(sent.startswith(b"GET /path?q=1 HTTP/1.1\r\n"), sent)
+        self.assertIn(b"Host: app.example\r\n", sent)
+        self.assertIn(b"X-Forwarded-For: 192.0.2.1\r\n", sent)
+        self.assertIn(b"X-Real-Ip: 192.0.2.1\r\n", sent)
+        self.assertNotIn(b"Connection: close", sent)
+
+    def test_hostNotPreserved(self):
+        h = _Harness(self, preserveHost=False)
+        h.send(_GET)
+        port, protocol, transport = h.accept()
+        self.assertIn(b"Host: 127.0.0.1:%d\r\n" % port, transport.value())
+
+    def test_responseRelayed(self):
+        """
+        The response comes back with its status, every Set-Cookie in order,
+        its length, and without hop-by-hop headers.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.dataReceived(_OK)
+        response = h.response()
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\n"), response)
+        self.assertIn(b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n", response)
+        self.assertIn(b"Content-Length: 5\r\n", response)
+        self.assertNotIn(b"X-Hop", response)
+        self.assertNotIn(b"Content-Type", response)
+        self.assertTrue(response.endswith(b"\r\n\r\nhello"))
+
+    def test_connectionReused(self):
+        """
+        A second request reuses the idle backend connection.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(_OK)
+        transport.clear()
+        h.send(_GET)
+        self.assertEqual(h.pending(), [])
+        self.assertTrue(transport.value().startswith(b"GET /path?q=1"))
+
+    def test_postBodyReframed(self):
+        """
+        A chunked request body reaches the backend with a Content-Length.
+        """
+        h = _Harness(self, count=1)
+        h.send(
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        _, protocol, transport = h.accept()
+        h.reactor.advance(0)  # FileBodyProducer runs on the cooperator
+        sent = transport.value()
+        self.assertIn(b"Content-Length: 11\r\n", sent)
+        self.assertNotIn(b"chunked", sent.lower())
+
+
+class FailureTests(SynchronousTestCase):
+    def test_connectRefusedRetried(self):
+        """
+        A refused connection counts against that backend and a GET is tried
+        on the next one.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        first = h.refuse()
+        self.assertEqual(len(h.pending()), 1)
+        port, protocol, _ = h.accept()
+        self.assertNotEqual(port, first)
+        protocol.dataReceived(_OK)
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 200"))
+        failed = [b for b in h.backends if b.port == first][0]
+        self.assertEqual(failed.failures, 1)
+        self.assertIs(failed.state, BackendState.FAILED)
+
+    def test_postNotRetried(self):
+        """
+        A POST is not retried: its failure is a 502.
+        """
+        h = _Harness(self)
+        h.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        h.refuse()
+        self.assertEqual(h.pending(), [])
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 502 Bad Gateway"))
+
+    def test_allRefused(self):
+        """
+        When every backend refuses, the client gets the 502 page and no
+        traceback.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        h.refuse()
+        h.refuse()
+        response = h.response()
+        self.assertTrue(response.startswith(b"HTTP/1.1 502 Bad Gateway"))
+        self.assertIn(b"<h1>502 Bad Gateway</h1>", response)
+        self.assertNotIn(b"Traceback", response)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_nextUpstreamTries(self):
+        """
+        C{next_upstream_tries} caps the backends one request tries.
+        """
+        h = _Harness(self, count=3, nextUpstreamTries=2)
+        h.send(_GET)
+        h.refuse()
+        h.refuse()
+        self.assertEqual(h.pending(), [])
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 502"))
+
+    def test_readTimeout(self):
+        """
+        A backend that sends no response head within read_timeout gets the
+        client a 504; the request is not retried elsewhere.
+        """
+        h = _Harness(self, readTimeout=3.0)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        h.reactor.advance(2.9)
+        self.assertEqual(h.response(), b"")
+        h.reactor.advance(0.2)
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 504 Gateway Timeout"))
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertEqual(h.pending(), [])
+
+    def test_resetBeforeHeadRetried(self):
+        """
+        A new connection closed before the response head counts as a
+        failure; a GET moves on to the next backend.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        _, second, _ = h.accept()
+        second.dataReceived(_OK)
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 200"))
+        self.assertEqual(sum(b.failures for b in h.backends), 1)
+
+    def test_keepaliveRace(self):
+        """
+        A reused idle connection that the backend closed as it was reused is
+        retried once on a fresh connection to the same backend, and is not
+        counted as the backend's failure.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(_OK)
+        h.send(_GET)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        (pending,) = h.pending()
+        _, fresh, _ = h.accept()
+        fresh.dataReceived(_OK)
+        self.assertEqual(h.response().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(h.backends[0].failures, 0)
+
+    def test_invalidResponse(self):
+        """
+        Garbage instead of a status line is a 502.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.dataReceived(b"SSH-2.0-OpenSSH\r\n\r\n")
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 502"))
+
+    def test_truncatedBodyAbortsClient(self):
+        """
+        A backend that breaks off after the response started makes the
+        proxy abort the client connection instead of ending the body.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        self.assertFalse(h.clientTransport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(h.clientTransport.disconnecting)
+        self.assertTrue(h.response().endswith(b"hel"))
+
+    def test_truncatedChunkedBodyNotTerminated(self):
+        """
+        With a chunked relay, a broken backend never produces the final
+        zero-length chunk.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n"
+        )
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertNotIn(b"0\r\n\r\n", h.response())
+        self.assertTrue(h.clientTransport.disconnecting)
+
+    def test_readTimeoutMidBody(self):
+        """
+        A backend that stalls in the middle of the body is cut off after
+        read_timeout and the client connection is aborted.
+        """
+        h = _Harness(self, count=1, readTimeout=2.0)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        h.reactor.advance(1.5)
+        protocol.dataReceived(b"lo")
+        h.reactor.advance(1.5)
+        self.assertFalse(h.clientTransport.disconnecting)
+        h.reactor.advance(1.0)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(h.clientTransport.disconnecting)
+
+    def test_clientGoneClosesBackend(self):
+        """
+        A client that disconnects while waiting closes the backend request.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        h.client.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertEqual(h.backends[0].active, 0)
+        self.assertEqual(h.backends[0].failures, 0)
+
+    def test_noBackendAvailable(self):
+        """
+        With every backend disabled, the client gets 502 and the log says
+        why.
+        """
+        from twisted.logger import capturedLogs
+
+        h = _Harness(self, count=1)
+        h.pool.disable(h.backends[0])
+        with capturedLogs() as events:
+            h.send(_GET)
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 502"))
+        self.assertTrue(
+            any("no backend available" in e.get("log_format", "") for e in events)
+        )

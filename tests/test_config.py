@@ -7,6 +7,7 @@ from __future__ import annotations
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbproxy._config import parseBool, parseServer, parseStatusRanges
 from lbproxy.config import (
     ConfigError,
     ServerConfig,
@@ -15,7 +16,6 @@ from lbproxy.config import (
     parseDuration,
     parseSize,
 )
-from lbproxy._config import parseBool, parseServer, parseStatusRanges
 
 _GOOD = """
 [lbproxy]
@@ -157,7 +157,9 @@ class ParseConfigTests(SynchronousTestCase):
         self.assertFalse(vhost.preserveHost)
         self.assertTrue(vhost.default)
         self.assertEqual(config.demos[0].listen, ("tcp:9001:interface=127.0.0.1",))
-        with self.assertRaises(Exception):
+        from dataclasses import FrozenInstanceError
+
+        with self.assertRaises(FrozenInstanceError):
             config.proxy.listen = ()  # type: ignore[misc]
 
     def test_errorNamesEverything(self):

@@ -6,7 +6,7 @@ L{twisted.web.http_headers.Headers}.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from twisted.web.http_headers import Headers
 
@@ -50,7 +50,7 @@ def connectionTokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def endToEnd(headers: Headers) -> Iterable[tuple[bytes, list[bytes]]]:
+def endToEnd(headers: Headers) -> Iterable[tuple[bytes, Sequence[bytes]]]:
     """
     Every header of C{headers} that is not hop-by-hop, with all its values
     in order.
@@ -90,7 +90,7 @@ def requestHeaders(
             continue
         outgoing.setRawHeaders(name, values)
     address = (clientAddress or "").encode("ascii", "replace")
-    forwarded = incoming.getRawHeaders(b"x-forwarded-for", [])
+    forwarded = list(incoming.getRawHeaders(b"x-forwarded-for", []))
     if address:
         forwarded = forwarded + [address]
     if forwarded:

@@ -24,6 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     Request as _ClientRequest,
+)
+from twisted.web._newclient import (
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
@@ -278,7 +280,8 @@ class _Exchange:
             self._retryOr(502)
             return
         if reason.check(ResponseFailed):
-            errors = "; ".join(f.getErrorMessage() for f in reason.value.reasons)
+            failed: Any = reason.value
+            errors = "; ".join(f.getErrorMessage() for f in failed.reasons)
             self._log.warn(
                 "upstream {upstream}: {backend} sent an invalid response: {error}",
                 upstream=self._pool.name,
@@ -416,6 +419,8 @@ class _ResponseRelay(Protocol):
     pauses the backend connection; the read timeout is suspended meanwhile,
     since the backend is not the one being slow.
     """
+
+    transport: Any
 
     def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange

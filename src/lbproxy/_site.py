@@ -39,6 +39,7 @@ class ProxyRequest(Request):
 
     defaultContentType = None
     _bodyReceived = 0
+    channel: ProxyChannel
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.maxBodySize
@@ -69,6 +70,8 @@ class ProxyChannel(HTTPChannel):
     _log = Logger()
     maxBodySize = 100 * 1024 * 1024
     refused = False
+    site: ProxySite
+    transport: Any
 
     def refuse(self, code: int) -> None:
         """
@@ -90,7 +93,7 @@ class ProxyChannel(HTTPChannel):
         HTTPChannel.connectionMade(self)
         self.site.channels.add(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         self.site.channels.discard(self)
         HTTPChannel.connectionLost(self, reason)
         if not self.site.channels and self.site._drained is not None:
@@ -128,7 +131,8 @@ class ProxySite(Site):
     _drained: Optional[Deferred[None]] = None
 
     requestFactory = ProxyRequest
-    protocol = ProxyChannel
+    # Plain HTTP/1.1 channels: the limits above live in ProxyChannel.
+    protocol = ProxyChannel  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -48,7 +48,7 @@ class Options(usage.Options):
                 sys.stderr.write(f"{path}: invalid, {len(e.errors)} error(s):\n")
                 for error in e.errors:
                     sys.stderr.write(f"  {error}\n")
-                raise SystemExit(1)
+                raise SystemExit(1) from None
             raise usage.UsageError(
                 f"{path} is invalid:\n  " + "\n  ".join(e.errors)
             ) from None

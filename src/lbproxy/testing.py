@@ -40,7 +40,7 @@ class _TrackingFactory(WrappingFactory):
 
     def registerProtocol(self, p: Any) -> None:
         self.connectionsMade += 1
-        WrappingFactory.registerProtocol(self, p)
+        WrappingFactory.registerProtocol(self, p)  # type: ignore[arg-type]
 
 
 class LoopbackServer:

@@ -188,9 +188,7 @@ class WeightedSampler:
                 index = self.drawOther(random, other)
             if backends[index] not in exclude:
                 return index
-        candidates = [
-            i for i in range(n) if i != other and backends[i] not in exclude
-        ]
+        candidates = [i for i in range(n) if i != other and backends[i] not in exclude]
         if not candidates:
             return None
         total = sum(self.weights[i] for i in candidates)

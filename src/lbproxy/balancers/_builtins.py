@@ -24,8 +24,7 @@ from lbproxy.balancers._roundrobin import RoundRobin
 from lbproxy.balancers._sticky import Sticky
 
 _KEY_HELP = (
-    "what to hash: header:NAME, cookie:NAME, query:NAME, uri or remote_addr "
-    "(required)"
+    "what to hash: header:NAME, cookie:NAME, query:NAME, uri or remote_addr (required)"
 )
 
 

@@ -1,0 +1,33 @@
+"""
+The public API is the private objects, re-exported: moving code between
+private modules cannot quietly break it.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import lbproxy
+from lbproxy import _backend, _config, _pool, _proxy, _site, _vhost, service
+
+
+class ExportTests(SynchronousTestCase):
+    def test_identity(self):
+        pairs = [
+            (lbproxy.Backend, _backend.Backend),
+            (lbproxy.BackendState, _backend.BackendState),
+            (lbproxy.Outcome, _backend.Outcome),
+            (lbproxy.ConfigError, _config.ConfigError),
+            (lbproxy.parseConfig, _config.parseConfig),
+            (lbproxy.Pool, _pool.Pool),
+            (lbproxy.UpstreamResource, _proxy.UpstreamResource),
+            (lbproxy.ProxySite, _site.ProxySite),
+            (lbproxy.VirtualHostResource, _vhost.VirtualHostResource),
+            (lbproxy.LoadBalancerService, service.LoadBalancerService),
+        ]
+        for public, private in pairs:
+            self.assertIs(public, private)
+
+    def test_all(self):
+        for name in lbproxy.__all__:
+            self.assertTrue(hasattr(lbproxy, name), name)

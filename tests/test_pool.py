@@ -101,6 +101,15 @@ def makePool(
     return pool, clock, backends
 
 
+def recorder(pool: Pool) -> RecordingBalancer:
+    """
+    The L{RecordingBalancer} of C{pool}.
+    """
+    balancer = pool.balancer
+    assert isinstance(balancer, RecordingBalancer)
+    return balancer
+
+
 def fail(
     pool: Pool, backend: Backend, outcome: Outcome = Outcome.CONNECT_FAILED
 ) -> None:
@@ -257,7 +266,7 @@ class EligibilityTests(SynchronousTestCase):
         pool, clock, (a, b, c) = makePool(
             "9001", "9002", "9003 backup", maxFails=1, failTimeout=5
         )
-        balancer = pool.balancer
+        balancer = recorder(pool)
         self.assertEqual(pool.eligible, (a, b))
         fail(pool, a)
         self.assertEqual(pool.eligible, (b,))
@@ -290,7 +299,7 @@ class EligibilityTests(SynchronousTestCase):
         when it is empty.
         """
         pool, clock, backends = makePool("9001 down")
-        self.assertEqual(pool.balancer.changes, [()])
+        self.assertEqual(recorder(pool).changes, [()])
 
     def test_noneEligibleIsLoggedWithTheReasons(self) -> None:
         """
@@ -515,7 +524,7 @@ class AdministrativeStateTests(SynchronousTestCase):
         pool.setWeight(a, 3)
         self.assertEqual((a.weight, a.effectiveWeight), (3, 3.0))
         self.assertEqual(
-            pool.balancer.changes[-1],
+            recorder(pool).changes[-1],
             (("127.0.0.1:9001", 3.0), ("127.0.0.1:9002", 1.0)),
         )
         self.assertRaises(ValueError, pool.setWeight, a, 0)
@@ -566,7 +575,7 @@ class SlowStartTests(SynchronousTestCase):
         pool.markDown(a, "checks")
         pool.markUp(a, "checks passed")
         self.assertAlmostEqual(a.effectiveWeight, 1.0)
-        balancer = pool.balancer
+        balancer = recorder(pool)
         balancer.changes = []
         seen = []
         for _ in range(20):

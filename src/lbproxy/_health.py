@@ -33,6 +33,7 @@ from twisted.web._newclient import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _DataLoss,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -96,6 +97,8 @@ def describeFailure(failure: Failure) -> str:
         if not reasons:
             return "connection closed before a complete response"
         return "; ".join(describeFailure(r) for r in reasons)
+    if isinstance(error, _DataLoss):
+        return "connection closed before the end of the body"
     if isinstance(error, (_error.ConnectionRefusedError, ConnectionRefusedError)):
         return "connection refused"
     if isinstance(error, (_error.TCPTimedOutError, _error.TimeoutError)):
@@ -210,10 +213,12 @@ class HTTPProbe:
 async def _close(proto: Any) -> None:
     """
     Close a probe's connection at once, and wait until it is closed.
+
+    @param proto: an L{lbproxy._pool._UpstreamProtocol}.
     """
-    if proto.state == "CONNECTION_LOST":
+    if proto.lost:
         return
-    lost = proto.abort()
+    lost = proto.whenLost()
     proto.transport.abortConnection()
     await lost
 

@@ -78,15 +78,37 @@ def backendEndpoint(
 class _UpstreamProtocol(HTTP11ClientProtocol):
     """
     L{HTTP11ClientProtocol} that tells its pool when it is lost, so that an
-    idle connection the backend closed leaves the cache at once.
+    idle connection the backend closed leaves the cache at once, and that
+    tells anyone who asks with L{whenLost}.
+
+    @ivar lost: whether the connection is lost (set as soon as
+        C{connectionLost} starts, so code that the loss calls back sees it).
     """
 
     _onLost: Optional[Callable[[_UpstreamProtocol], None]] = None
+    lost = False
+    _lostWaiters: Optional[list[Deferred[None]]] = None
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost = True
         HTTP11ClientProtocol.connectionLost(self, reason)
         if self._onLost is not None:
             self._onLost(self)
+        waiters, self._lostWaiters = self._lostWaiters or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenLost(self) -> Deferred[None]:
+        """
+        @return: a L{Deferred} that fires once the connection is lost.
+        """
+        if self.lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        if self._lostWaiters is None:
+            self._lostWaiters = []
+        self._lostWaiters.append(waiter)
+        return waiter
 
 
 class _Connections:

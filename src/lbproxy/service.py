@@ -22,6 +22,7 @@ from twisted.web.server import Site
 from lbproxy._backend import Backend
 from lbproxy._config import DemoConfig, SiteConfig, UpstreamConfig, VHostConfig
 from lbproxy._demo import DemoResource
+from lbproxy._health import HealthChecker
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
 from lbproxy._site import ProxySite
@@ -61,6 +62,7 @@ def buildPool(
         keepalive=config.keepalive,
         tlsVerify=config.tlsVerify,
         tlsCA=config.tlsCA,
+        slowStart=config.slowStart,
     )
 
 
@@ -108,6 +110,12 @@ class LoadBalancerService(MultiService):
             name: buildPool(upstream, reactor)
             for name, upstream in config.upstreams.items()
         }
+        self.healthCheckers: dict[str, HealthChecker] = {}
+        for name, upstream in config.upstreams.items():
+            if upstream.healthCheck is not None:
+                checker = HealthChecker(self.pools[name], upstream.healthCheck, reactor)
+                checker.setServiceParent(self)
+                self.healthCheckers[name] = checker
         resources = {
             name: UpstreamResource(pool, True, reactor)
             for name, pool in self.pools.items()

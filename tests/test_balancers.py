@@ -481,7 +481,7 @@ class RoundRobinTests(SynchronousTestCase, AssertDistribution):
         a, b, c = backends = makeBackends([5, 1, 1])
         balancer = RoundRobin()
         balancer.backendsChanged(tuple(backends))
-        names = {a: "a", b: "b", c: "c"}
+        names: dict[Any, str] = {a: "a", b: "b", c: "c"}
         picked = "".join(names[balancer.pick(None)] for _ in range(21))
         self.assertEqual(picked, "aabacaa" * 3)
 
@@ -1259,7 +1259,7 @@ class StickyTests(SynchronousTestCase, AssertDistribution):
         first = balancer.pick(request, frozenset())
         balancer.requestStarted(first, request)
         balancer.requestFinished(first, request, Outcome.CONNECT_FAILED, 0.01)
-        second = balancer.pick(request, frozenset([first]))
+        second: Any = balancer.pick(request, frozenset([first]))
         balancer.requestStarted(second, request)
         self.assertIsNot(second, first)
         self.assertEqual(self._cookieValue(request), second.id.encode())

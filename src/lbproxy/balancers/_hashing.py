@@ -253,7 +253,7 @@ class ConsistentHash(BalancerBase):
         super().backendsChanged(backends)
         self._fallback.backendsChanged(self.backends)
         self._eligible = frozenset(self.backends)
-        ring = []
+        ring: list[tuple[int, int]] = []
         for index, backend in enumerate(self.backends):
             count = max(1, round(self.POINTS_PER_WEIGHT * weightOf(backend)))
             ring.extend((point, index) for point in self._pointsOf(backend, count))

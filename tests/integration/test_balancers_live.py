@@ -99,7 +99,7 @@ class LiveBalancerTests(TestCase):
         return body, response.headers.getRawHeaders(b"set-cookie", [])
 
     @inlineCallbacks
-    def test_ewmaAvoidsSlowBackend(self) -> None:
+    def test_ewmaAvoidsSlowBackend(self) -> Any:
         """
         With one backend 50 ms slower than its peer, ewma sends it under 15%
         of 200 requests (four clients, fifty requests each).
@@ -119,7 +119,7 @@ class LiveBalancerTests(TestCase):
         self.assertLess(seen[b"slow"], 30, seen)
 
     @inlineCallbacks
-    def test_stickyCookieRoundTrip(self) -> None:
+    def test_stickyCookieRoundTrip(self) -> Any:
         """
         The first response sets the sticky cookie next to the backend's own;
         20 requests carrying it reach the same backend; when that backend

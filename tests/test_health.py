@@ -838,3 +838,61 @@ class HTTPProbeTests(SynchronousTestCase):
         self.assertTrue(ta.closed and tb.closed)
         self.assertEqual((self.a.state, self.b.state), (UP, UP))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+SITE = """
+[lbproxy]
+listen = tcp:0:interface=127.0.0.1
+access_log = off
+
+[upstream:app]
+servers =
+    127.0.0.1:9001
+    127.0.0.1:9002
+health_check = /healthz
+health_interval = 2s
+health_fall = 1
+slow_start = 30s
+
+[upstream:other]
+servers = 127.0.0.1:9003
+
+[vhost:app]
+server_names = localhost
+default = yes
+upstream = app
+"""
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    L{LoadBalancerService} runs a checker for each upstream with
+    C{health_check}, started and stopped with it.
+    """
+
+    def test_checkersStartAndStopWithTheService(self) -> None:
+        """
+        The upstream with C{health_check} gets a checker that probes its
+        backends once the service starts, and stops when it stops; the
+        upstream without gets none.  C{slow_start} reaches the pool.
+        """
+        from lbproxy._config import parseConfigText
+        from lbproxy.service import LoadBalancerService
+
+        reactor = MemoryReactorClock()
+        service = LoadBalancerService(parseConfigText(SITE), reactor=reactor)
+        self.assertEqual(list(service.healthCheckers), ["app"])
+        checker = service.healthCheckers["app"]
+        self.assertIs(service.getServiceNamed("health-check:app"), checker)
+        self.assertIs(checker.pool, service.pools["app"])
+        self.assertEqual(service.pools["app"].slowStart, 30.0)
+        self.assertEqual(reactor.tcpClients, [])
+        service.startService()
+        self.assertTrue(checker.running)
+        reactor.advance(0.2)
+        self.assertEqual(
+            sorted(port for _, port, *_ in reactor.tcpClients), [9001, 9002]
+        )
+        self.successResultOf(service.stopService())
+        self.assertFalse(checker.running)
+        self.assertEqual(reactor.getDelayedCalls(), [])

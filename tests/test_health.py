@@ -204,7 +204,7 @@ class RiseAndFallTests(SynchronousTestCase):
         [event] = [e for e in events if "new" in e]
         self.assertEqual(
             (event["old"], event["new"], event["reason"]),
-            ("down", "up", "2 consecutive passing health checks (status 200)"),
+            ("down", "up", "2 consecutive passing health checks, latest: status 200"),
         )
 
     def test_passesDoNotReviveAPassiveFailure(self) -> None:
@@ -302,7 +302,7 @@ class MandatoryTests(SynchronousTestCase):
         [(pa, _, da), (pb, _, db)] = probe.calls
         da.callback("status 200")
         self.assertIs(a.state, UP)
-        self.assertEqual(a.stateReason, "first passing health check (status 200)")
+        self.assertEqual(a.stateReason, "first passing health check: status 200")
         db.errback(ProbeFailed("status 503, expected 200-399"))
         self.assertIs(b.state, DOWN)
 

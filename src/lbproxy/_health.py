@@ -436,9 +436,11 @@ class HealthChecker(Service):
         if not backend.checkedDown:
             return
         if check.awaitingFirst:
-            reason = f"first passing health check ({detail})"
+            reason = f"first passing health check: {detail}"
         elif check.passes >= self.config.rise:
-            reason = f"{check.passes} consecutive passing health checks ({detail})"
+            reason = (
+                f"{check.passes} consecutive passing health checks, latest: {detail}"
+            )
         else:
             self._log.info(
                 "health check of backend {backend} of upstream {upstream} "

@@ -215,7 +215,11 @@ class HealthCheckLiveTests(TestCase):
                     "2 consecutive failed health checks, latest: "
                     "status 503, expected 200-399",
                 ),
-                ("down", "up", "2 consecutive passing health checks (status 200)"),
+                (
+                    "down",
+                    "up",
+                    "2 consecutive passing health checks, latest: status 200",
+                ),
             ],
         )
 

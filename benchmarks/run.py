@@ -1,0 +1,543 @@
+"""
+lbproxy's benchmark: one command, loopback only, bounded in time.
+
+    python benchmarks/run.py                 # the full run (about 8 minutes)
+    python benchmarks/run.py --quick         # 1 round of 3 s, for a smoke test
+    python benchmarks/run.py --rows lbproxy,nginx --sizes tiny
+
+It finds nginx, HAProxy and wrk (and installs them with apt-get when they
+are missing and it runs as root), starts one nginx backend that serves
+C{/tiny} (C{hello\\n}), C{/100k} and C{/10m}, then measures, interleaved
+(every round visits every row and size in turn), with wrk at 50
+connections:
+
+    none            wrk straight to the backend
+    nginx           nginx, one process, upstream keepalive
+    haproxy         HAProxy, one thread
+    twisted-stock   twisted.web.proxy.ReverseProxyResource (CPython)
+    lbproxy         lbproxy on CPython (this interpreter)
+    lbproxy-pypy    lbproxy on PyPy (a venv it creates with pypy3)
+    lbproxy-w2      lbproxy on CPython with workers = 2
+
+CPU pinning (taskset): the proxy under test runs on CPU 0; wrk and the
+backend share CPU 1.  The workers = 2 row cannot fit on one CPU, so it is
+pinned to CPUs 0-1 and shares CPU 1 with wrk and the backend: compare it
+with the lbproxy row with that in mind.
+
+Every process is started by this script, remembered by PID, and stopped
+by that PID at the end (also on Ctrl-C).  The table gives medians over
+the rounds; the raw figures go to benchmarks/results/ as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SIZES = {"tiny": "/tiny", "100k": "/100k", "10m": "/10m"}
+ROWS = [
+    "none",
+    "nginx",
+    "haproxy",
+    "twisted-stock",
+    "lbproxy",
+    "lbproxy-pypy",
+    "lbproxy-w2",
+]
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+ALL_CPUS = "0-1"
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+# Tools
+
+
+def ensureTools(install: bool) -> None:
+    missing = [t for t in ("nginx", "haproxy", "wrk", "taskset") if not which(t)]
+    if not missing:
+        return
+    if install and os.geteuid() == 0 and which("apt-get"):
+        log(f"installing {' '.join(missing)} with apt-get")
+        subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "nginx", "haproxy", "wrk", "util-linux"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
+        return
+    raise SystemExit(
+        f"missing tools: {' '.join(missing)}; install them with "
+        "'apt-get install nginx haproxy wrk' (or run this as root)"
+    )
+
+
+def which(name: str) -> Optional[str]:
+    return shutil.which(name) or next(
+        (
+            str(p)
+            for p in (Path("/usr/sbin") / name, Path("/sbin") / name)
+            if p.exists()
+        ),
+        None,
+    )
+
+
+def pypyVenv(path: Path) -> Optional[Path]:
+    """
+    A PyPy venv with lbproxy installed (editable), created when missing.
+    """
+    python = path / "bin" / "python"
+    if python.exists():
+        check = subprocess.run(
+            [str(python), "-c", "import lbproxy, twisted"], capture_output=True
+        )
+        if check.returncode == 0:
+            return python
+    pypy = which("pypy3")
+    if pypy is None:
+        log("no pypy3 (apt-get install pypy3): skipping lbproxy-pypy")
+        return None
+    log(f"creating a PyPy venv in {path}")
+    subprocess.run([pypy, "-m", "venv", str(path)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-e", str(REPO)], check=True
+    )
+    return python
+
+
+# Processes
+
+
+class Processes:
+    """
+    Every process the benchmark starts, stopped by PID.
+    """
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, argv: list[str], cpus: str, workdir: Path, env: Any = None
+    ) -> subprocess.Popen[bytes]:
+        out = open(workdir / f"{name}.out", "wb")
+        proc = subprocess.Popen(
+            ["taskset", "-c", cpus] + argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
+        out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stopAll(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name} (pid {proc.pid}) ignored SIGTERM: SIGKILL")
+                proc.kill()
+                proc.wait(5)
+        self.procs = []
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def waitForPort(port: int, proc: subprocess.Popen[bytes], name: str, workdir: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"{name} exited with {proc.returncode}:\n"
+                + (workdir / f"{name}.out").read_text(errors="replace")[-3000:]
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{name} did not listen on {port} within 60s")
+
+
+# Configurations
+
+
+def nginxUser() -> str:
+    return "user root;\n" if os.geteuid() == 0 else ""
+
+
+def nginxCommon(workdir: Path, name: str) -> str:
+    return f"""
+{nginxUser()}daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}.error.log warn;
+events {{ worker_connections 20000; }}
+"""
+
+
+def nginxTemp(workdir: Path, name: str) -> str:
+    t = workdir / f"{name}-tmp"
+    t.mkdir(exist_ok=True)
+    return (
+        f"client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; "
+        f"fastcgi_temp_path {t}/fcgi; uwsgi_temp_path {t}/uwsgi; "
+        f"scgi_temp_path {t}/scgi;"
+    )
+
+
+def backendConfig(workdir: Path, port: int) -> Path:
+    www = workdir / "www"
+    www.mkdir(exist_ok=True)
+    (www / "100k").write_bytes(b"x" * 100 * 1024)
+    (www / "10m").write_bytes(b"x" * 10 * 1024 * 1024)
+    conf = workdir / "backend.conf"
+    conf.write_text(
+        nginxCommon(workdir, "backend")
+        + f"""
+http {{
+    access_log off;
+    {nginxTemp(workdir, "backend")}
+    keepalive_requests 10000000;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /tiny {{ return 200 "hello\\n"; }}
+        location / {{ root {www}; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def nginxProxyConfig(workdir: Path, port: int, backend: int) -> Path:
+    conf = workdir / "nginx-proxy.conf"
+    conf.write_text(
+        nginxCommon(workdir, "nginx-proxy")
+        + f"""
+http {{
+    access_log off;
+    {nginxTemp(workdir, "nginx-proxy")}
+    keepalive_requests 10000000;
+    upstream app {{
+        server 127.0.0.1:{backend};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def haproxyConfig(workdir: Path, port: int, backend: int) -> Path:
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(
+        f"""
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    http-reuse always
+    server s1 127.0.0.1:{backend}
+"""
+    )
+    return conf
+
+
+def lbproxyConfig(workdir: Path, name: str, port: int, backend: int, workers: int) -> Path:
+    conf = workdir / f"{name}.ini"
+    conf.write_text(
+        f"""
+[lbproxy]
+listen = tcp:{port}:interface=127.0.0.1:backlog=4096
+access_log = off
+workers = {workers}
+
+[upstream:app]
+servers = 127.0.0.1:{backend}
+keepalive = 64
+
+[vhost:app]
+default = yes
+upstream = app
+"""
+    )
+    return conf
+
+
+def twistdArgv(python: str, name: str, config: Path, workdir: Path) -> list[str]:
+    return [
+        python,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        f"--logfile={workdir / (name + '.log')}",
+        "lbproxy",
+        "--config",
+        str(config),
+    ]
+
+
+# wrk
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parseWrk(out: str) -> dict[str, float]:
+    result: dict[str, float] = {"rps": 0.0, "p50": float("nan"), "p99": float("nan")}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        result["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        if m:
+            result[key] = _ms(m.group(1))
+    errors = 0
+    m = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    result["errors"] = errors
+    m = re.search(r"(\d+) requests in", out)
+    result["requests"] = int(m.group(1)) if m else 0
+    return result
+
+
+def runWrk(url: str, seconds: float, connections: int) -> dict[str, float]:
+    argv = [
+        "taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}",
+        f"-d{seconds:g}s", "--timeout", "10s", "--latency", url,
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60
+    )
+    return parseWrk(proc.stdout)
+
+
+# The run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds per row and size, once")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
+    parser.add_argument("--no-install", action="store_true")
+    parser.add_argument(
+        "--pypy-venv",
+        default=str(Path.home() / ".cache" / "lbproxy-bench" / "pypy-venv"),
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 3.0, 1.0
+    rows = [r for r in args.rows.split(",") if r]
+    sizes = [s for s in args.sizes.split(",") if s]
+    for r in rows:
+        if r not in ROWS:
+            raise SystemExit(f"unknown row {r!r}; rows: {', '.join(ROWS)}")
+    for s in sizes:
+        if s not in SIZES:
+            raise SystemExit(f"unknown size {s!r}; sizes: {', '.join(SIZES)}")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)")
+    ensureTools(not args.no_install)
+
+    workdir = Path(tempfile.mkdtemp(prefix="lbproxy-bench-"))
+    procs = Processes()
+
+    def onSignal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, onSignal)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    ports: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    try:
+        backend = freePort()
+        p = procs.start(
+            "backend",
+            [which("nginx") or "nginx", "-c", str(backendConfig(workdir, backend))],
+            LOAD_CPU, workdir,
+        )
+        waitForPort(backend, p, "backend", workdir)
+        ports["none"] = backend
+        for row in rows:
+            if row == "none":
+                continue
+            port = freePort()
+            if row == "nginx":
+                argv = [which("nginx") or "nginx", "-c", str(nginxProxyConfig(workdir, port, backend))]
+                cpus = PROXY_CPU
+            elif row == "haproxy":
+                argv = [which("haproxy") or "haproxy", "-db", "-f", str(haproxyConfig(workdir, port, backend))]
+                cpus = PROXY_CPU
+            elif row == "twisted-stock":
+                argv = [sys.executable, str(HERE / "stock_proxy.py"), str(port), str(backend)]
+                cpus = PROXY_CPU
+            elif row in ("lbproxy", "lbproxy-w2"):
+                workers = 2 if row == "lbproxy-w2" else 1
+                config = lbproxyConfig(workdir, row, port, backend, workers)
+                check = subprocess.run(
+                    twistdArgv(sys.executable, row, config, workdir)[:-2]
+                    + ["--check", "--config", str(config)],
+                    capture_output=True, text=True, env=env, cwd=workdir,
+                )
+                if check.returncode != 0:
+                    notes[row] = "not run: " + (check.stderr.strip().splitlines() or ["config refused"])[-1].strip()
+                    log(f"{row}: {notes[row]}")
+                    continue
+                argv = twistdArgv(sys.executable, row, config, workdir)
+                cpus = ALL_CPUS if workers > 1 else PROXY_CPU
+            elif row == "lbproxy-pypy":
+                python = pypyVenv(Path(args.pypy_venv))
+                if python is None:
+                    notes[row] = "not run: no pypy3"
+                    continue
+                config = lbproxyConfig(workdir, row, port, backend, 1)
+                argv = twistdArgv(str(python), row, config, workdir)
+                cpus = PROXY_CPU
+            else:
+                raise AssertionError(row)
+            p = procs.start(row, argv, cpus, workdir, env=env if row.startswith("lbproxy") else None)
+            waitForPort(port, p, row, workdir)
+            ports[row] = port
+        active = [r for r in rows if r in ports]
+        log(f"work directory {workdir}; rows {', '.join(active)}")
+
+        if args.warmup > 0:
+            for size in sizes:
+                for row in active:
+                    runWrk(f"http://127.0.0.1:{ports[row]}{SIZES[size]}", args.warmup, args.connections)
+        raw: dict[str, dict[str, list[dict[str, float]]]] = {
+            r: {s: [] for s in sizes} for r in active
+        }
+        for n in range(args.rounds):
+            log(f"round {n + 1} of {args.rounds}")
+            for size in sizes:
+                for row in active:
+                    result = runWrk(
+                        f"http://127.0.0.1:{ports[row]}{SIZES[size]}",
+                        args.duration,
+                        args.connections,
+                    )
+                    raw[row][size].append(result)
+                    log(f"  {size:>4} {row:<14} {result['rps']:>10.0f} req/s  p99 {result['p99']:.2f} ms  errors {result['errors']:g}")
+        report(raw, rows, sizes, notes, args)
+        out = HERE / "results"
+        out.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        (out / f"{stamp}.json").write_text(
+            json.dumps({"args": vars(args), "raw": raw, "notes": notes}, indent=1)
+        )
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        procs.stopAll()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(
+    raw: dict[str, dict[str, list[dict[str, float]]]],
+    rows: list[str],
+    sizes: list[str],
+    notes: dict[str, str],
+    args: Any,
+) -> None:
+    def med(row: str, size: str, key: str) -> float:
+        values = [r[key] for r in raw[row][size] if r[key] == r[key]]
+        return statistics.median(values) if values else float("nan")
+
+    print(
+        f"\nlbproxy benchmark: wrk -t1 -c{args.connections}, {args.rounds} interleaved "
+        f"round(s) of {args.duration:g} s (warm-up {args.warmup:g} s per row and size); "
+        f"proxy on CPU {PROXY_CPU}, wrk and the nginx backend on CPU {LOAD_CPU} "
+        f"(lbproxy-w2 on CPUs {ALL_CPUS}); medians.\n"
+    )
+    header = f"| {'size':<5} | {'row':<14} | {'req/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} | {'errors':>6} | {'/ nginx':>7} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for size in sizes:
+        base = med("nginx", size, "rps") if "nginx" in raw else float("nan")
+        for row in rows:
+            if row not in raw:
+                print(f"| {size:<5} | {row:<14} | {notes.get(row, 'not run'):<50}")
+                continue
+            rps = med(row, size, "rps")
+            ratio = rps / base if base == base and base else float("nan")
+            errors = sum(r["errors"] for r in raw[row][size])
+            print(
+                f"| {size:<5} | {row:<14} | {rps:>9.0f} | {med(row, size, 'p50'):>8.2f} | "
+                f"{med(row, size, 'p99'):>8.2f} | {errors:>6g} | {ratio:>7.2f} |"
+            )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,34 @@
 # -*- test-case-name: tests.test_site -*-
 """
-The client side: a L{twisted.web.server.Site} with lbproxy's limits and
-access log.
+The client side: a L{twisted.web.server.Site} with lbproxy's limits,
+timeouts, request validation and access log.
+
+lbproxy reads each client request completely and re-frames it for the
+backend itself, so the client's framing never reaches a backend.  What
+could be read two ways is refused with 400 before anything is forwarded:
+see L{ProxyChannel} for the list, and C{docs/security.rst}.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import IO, Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, combinedLogFormatter
+from twisted.web.http import RESPONSES, HTTPChannel, combinedLogFormatter
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from lbproxy._pages import PHRASES, errorBody
+
+try:
+    from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
+except ImportError:  # pragma: no cover (older or newer Twisted)
+    _ChunkedTransferDecoder = None  # type: ignore[assignment,misc]
+    _MalformedChunkedDataError = ValueError  # type: ignore[assignment,misc]
 
 _RESPONSE = (
     b"HTTP/1.1 %d %s\r\n"
@@ -25,6 +38,53 @@ _RESPONSE = (
     b"\r\n"
 )
 
+#: Control characters that may not appear in a header value: all but HTAB
+#: (RFC 9110 5.5).  NUL, CR and LF are the ones that split requests.
+_CTL = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
+
+#: A C{Host} value: a DNS name (letters, digits, C{-}, C{.}, C{_}), an IPv4
+#: address or a bracketed IPv6 address, with an optional port.  Stricter
+#: than RFC 3986's reg-name, which also allows sub-delims and %-escapes that
+#: no real host name needs.
+_HOST = re.compile(rb"\A(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+
+#: An absolute-form request target (RFC 9112 3.2.2): scheme and authority,
+#: then the path and query that are all lbproxy uses of it.
+_ABSOLUTE = re.compile(rb"\A[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
+
+#: The most hex digits a chunk size may have: 16 is 2**64 - 1, far beyond
+#: any max_body_size, and bounds the number a client can make us parse.
+_MAX_CHUNK_SIZE_DIGITS = 16
+
+#: What L{ProxyChannel._phase} can be.
+_IDLE, _HEAD, _BODY, _HANDLING = "idle", "head", "body", "handling"
+
+
+def _phrase(code: int) -> bytes:
+    phrase = PHRASES.get(code)
+    if phrase is not None:
+        return phrase.encode("ascii")
+    return RESPONSES.get(code, b"Error")
+
+
+if _ChunkedTransferDecoder is not None:
+
+    class _StrictChunkedDecoder(_ChunkedTransferDecoder):  # type: ignore[misc,valid-type]
+        """
+        Twisted's chunked decoder, also refusing a chunk size of more than
+        L{_MAX_CHUNK_SIZE_DIGITS} hex digits (Twisted already refuses signs,
+        prefixes, whitespace, bad extensions and a missing CRLF).
+        """
+
+        def _dataReceived_CHUNK_LENGTH(self) -> bool:
+            eol = self._buffer.find(b"\r\n")
+            line = self._buffer if eol == -1 else self._buffer[:eol]
+            size = line.split(b";", 1)[0]
+            if len(size) > _MAX_CHUNK_SIZE_DIGITS:
+                raise _MalformedChunkedDataError("Chunk-size too long.")
+            result: bool = _ChunkedTransferDecoder._dataReceived_CHUNK_LENGTH(self)
+            return result
+
 
 class ProxyRequest(Request):
     """
@@ -32,6 +92,10 @@ class ProxyRequest(Request):
     with 413, whether the size is announced by C{Content-Length} or reached
     by a chunked body, before any of it is forwarded.  Twisted already
     spools a large body to a temporary file, so nothing big stays in memory.
+
+    An absolute-form request target (C{GET http://elsewhere/x HTTP/1.1})
+    is reduced to its path and query: the request is routed by its C{Host}
+    header like any other, never to the host it names.
 
     Responses get no default C{Content-Type}: a proxy passes on what the
     backend said, and says nothing where the backend said nothing.
@@ -57,21 +121,56 @@ class ProxyRequest(Request):
             return
         Request.handleContentChunk(self, data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        absolute = _ABSOLUTE.match(path)
+        if absolute is not None:
+            path = path[absolute.end() :]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+        Request.requestReceived(self, command, path, version)
+
 
 class ProxyChannel(HTTPChannel):
     """
-    An L{HTTPChannel} that answers an oversized request head with 431 and
-    an oversized body with 413, then closes, reading nothing more.
+    An L{HTTPChannel} that refuses what a proxy must not pass on, answers
+    with a short page and closes the connection, reading nothing more:
+
+      - 400 for an ambiguous or malformed request: C{Content-Length} with
+        C{Transfer-Encoding}; more than one C{Content-Length} or
+        C{Transfer-Encoding}; a C{Transfer-Encoding} other than exactly
+        C{chunked}; a bad chunk size or chunk ending; a control character
+        (NUL, CR, LF, ...) in a header; a header name that is not a token
+        (whitespace before the colon among others); a folded header
+        (obs-fold); several C{Host} headers, an invalid one, or none in
+        HTTP/1.1; a request target that is neither origin-form (C{/...}),
+        absolute-form over http(s) nor C{*};
+      - 405 for C{CONNECT}: lbproxy is not a forward proxy;
+      - 408 when the head takes longer than C{clientHeaderTimeout} or the
+        body pauses longer than C{clientBodyTimeout};
+      - 413 for a body larger than C{maxBodySize};
+      - 431 for a head larger than C{maxHeaderSize}.
+
+    Twisted's own parser refuses several of these already; the checks here
+    make the list complete and the answer uniform.
 
     @ivar maxBodySize: the largest request body accepted, in bytes.
+    @ivar clientHeaderTimeout: seconds the whole request head may take, or
+        L{None} for no limit.
+    @ivar clientBodyTimeout: seconds between two reads of the body, or
+        L{None} for no limit.
     @ivar refused: whether the connection was refused and is closing.
     """
 
     _log = Logger()
     maxBodySize = 100 * 1024 * 1024
+    clientHeaderTimeout: Optional[float] = None
+    clientBodyTimeout: Optional[float] = None
     refused = False
     site: ProxySite
     transport: Any
+    _phase = _IDLE
+    _headerTimer: Optional[IDelayedCall] = None
+    _bodyTimer: Optional[IDelayedCall] = None
 
     def refuse(self, code: int) -> None:
         """
@@ -80,20 +179,60 @@ class ProxyChannel(HTTPChannel):
         if self.refused:
             return
         self.refused = True
+        self._cancelTimers()
         body = errorBody(code)
         self._log.info(
             "refused a request from {client}: {code}",
             client=getattr(self.transport.getPeer(), "host", "?"),
             code=code,
         )
-        self.transport.write(_RESPONSE % (code, PHRASES[code].encode("ascii"), len(body)) + body)
+        self.transport.write(_RESPONSE % (code, _phrase(code), len(body)) + body)
         self.loseConnection()
+
+    # Timers
+
+    def _cancelTimers(self) -> None:
+        for name in ("_headerTimer", "_bodyTimer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                setattr(self, name, None)
+                if timer.active():
+                    timer.cancel()
+
+    def _startHead(self) -> None:
+        self._phase = _HEAD
+        if self.clientHeaderTimeout is not None and self._headerTimer is None:
+            self._headerTimer = self.callLater(
+                self.clientHeaderTimeout, lambda: self._timedOut("client_header_timeout")
+            )
+
+    def _restartBodyTimer(self) -> None:
+        if self._bodyTimer is not None and self._bodyTimer.active():
+            self._bodyTimer.cancel()
+        self._bodyTimer = None
+        if self.clientBodyTimeout is not None:
+            self._bodyTimer = self.callLater(
+                self.clientBodyTimeout, lambda: self._timedOut("client_body_timeout")
+            )
+
+    def _timedOut(self, which: str) -> None:
+        self._headerTimer = self._bodyTimer = None
+        self._log.info(
+            "client {client} exceeded {which}",
+            client=getattr(self.transport.getPeer(), "host", "?"),
+            which=which,
+        )
+        self.refuse(408)
+
+    # The connection
 
     def connectionMade(self) -> None:
         HTTPChannel.connectionMade(self)
         self.site.channels.add(self)
+        self._startHead()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._cancelTimers()
         self.site.channels.discard(self)
         HTTPChannel.connectionLost(self, reason)
         if not self.site.channels and self.site._drained is not None:
@@ -101,8 +240,19 @@ class ProxyChannel(HTTPChannel):
             drained.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.refused:
-            HTTPChannel.dataReceived(self, data)
+        if self.refused:
+            return
+        if self._phase == _IDLE and data:
+            self._startHead()
+        elif self._phase == _BODY:
+            self._restartBodyTimer()
+        HTTPChannel.dataReceived(self, data)
+        if not self.refused and self.line_mode and b"\n" in self._buffer:
+            # A bare LF in the head: lines end with CRLF here, so this line
+            # would be refused once complete; refuse it now.
+            self.refuse(400)
+
+    # The head
 
     def lineReceived(self, line: bytes) -> None:
         if self.refused:
@@ -110,13 +260,100 @@ class ProxyChannel(HTTPChannel):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self.refuse(431)
             return
+        if self._phase == _IDLE:
+            self._startHead()
+        if self._receivedHeaderSize == 0 and not getattr(self, "_command", None):
+            # The request line, or the one empty line before it that
+            # Twisted forgives.
+            if line.split(b" ", 1)[0].upper() == b"CONNECT":
+                self.refuse(405)
+                return
+        elif line[:1] in (b" ", b"\t"):
+            # obs-fold: RFC 9112 5.2 lets a server refuse it, and joining
+            # lines is where parsers disagree.
+            self.refuse(400)
+            return
+        elif line and line.translate(None, _CTL) != line:
+            self.refuse(400)
+            return
         HTTPChannel.lineReceived(self, line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(431)
 
+    def headerReceived(self, line: bytes) -> bool:
+        if self.refused:
+            return False
+        name, _, value = line.partition(b":")
+        if name.lower() == b"transfer-encoding" and (
+            value.strip(b" \t").lower() != b"chunked"
+            or getattr(self, "_version", None) != b"HTTP/1.1"
+        ):
+            # Exactly "chunked", and only in HTTP/1.1 (RFC 9112 6.1).
+            self.refuse(400)
+            return False
+        ok: bool = HTTPChannel.headerReceived(self, line)
+        decoder = self._transferDecoder
+        if (
+            ok
+            and _ChunkedTransferDecoder is not None
+            and type(decoder) is _ChunkedTransferDecoder
+        ):
+            self._transferDecoder = _StrictChunkedDecoder(
+                decoder.dataCallback, decoder.finishCallback
+            )
+        return ok
+
+    def allHeadersReceived(self) -> None:
+        if self.refused:
+            return
+        self._cancelTimers()
+        request = self.requests[-1]
+        code = self._checkHead(request)
+        if code:
+            self.refuse(code)
+            return
+        HTTPChannel.allHeadersReceived(self)
+        if not self.refused and self.length != 0:
+            self._phase = _BODY
+            self._restartBodyTimer()
+
+    def _checkHead(self, request: Any) -> int:
+        """
+        The status to refuse the head just received with, or 0 when it is
+        acceptable.
+        """
+        path = getattr(self, "_path", b"")
+        if not (path.startswith(b"/") or path == b"*" or _ABSOLUTE.match(path)):
+            return 400
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if hosts is None:
+            return 400 if getattr(self, "_version", b"") == b"HTTP/1.1" else 0
+        if len(hosts) != 1 or (hosts[0] and _HOST.match(hosts[0]) is None):
+            return 400
+        return 0
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        self._cancelTimers()
+        self._phase = _HANDLING
+        HTTPChannel.allContentReceived(self)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self.refused:
+            HTTPChannel.rawDataReceived(self, data)
+
+    def requestDone(self, request: Any) -> None:
+        self._phase = _IDLE
+        HTTPChannel.requestDone(self, request)
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.refuse(400)
+
+    def _send100Continue(self) -> None:
+        if not self.refused:
+            HTTPChannel._send100Continue(self)
 
 
 class ProxySite(Site):
@@ -126,9 +363,16 @@ class ProxySite(Site):
     @ivar accessLog: where the access log goes: an open text file, or
         L{None} for no access log.
     @ivar channels: the open client connections.
+    @ivar maxConnections: the most client connections open at once, or 0
+        for no limit.  A connection beyond it is accepted and closed at
+        once, without a response.
+    @ivar connectionsRefused: how many connections were closed so.
     """
 
     _drained: Optional[Deferred[None]] = None
+    _log = Logger()
+    displayTracebacks = False
+    connectionsRefused = 0
 
     requestFactory = ProxyRequest
     # Plain HTTP/1.1 channels: the limits above live in ProxyChannel.
@@ -142,6 +386,9 @@ class ProxySite(Site):
         maxBodySize: int = 100 * 1024 * 1024,
         maxHeaderSize: int = 16 * 1024,
         reactor: Any = None,
+        clientHeaderTimeout: Optional[float] = 10.0,
+        clientBodyTimeout: Optional[float] = 60.0,
+        maxConnections: int = 0,
     ) -> None:
         """
         @param resource: the root resource, usually a
@@ -150,6 +397,12 @@ class ProxySite(Site):
         @param keepaliveTimeout: seconds an idle client connection is kept.
         @param maxBodySize: the largest request body, in bytes (else 413).
         @param maxHeaderSize: the largest request head, in bytes (else 431).
+        @param reactor: the reactor for timeouts; the global one if L{None}.
+        @param clientHeaderTimeout: seconds a request head may take to
+            arrive (else 408), or L{None}.
+        @param clientBodyTimeout: seconds the body may pause between two
+            reads (else 408), or L{None}.
+        @param maxConnections: see L{maxConnections}.
         """
         if reactor is None:
             Site.__init__(self, resource, timeout=keepaliveTimeout)
@@ -159,12 +412,26 @@ class ProxySite(Site):
         self.channels: set[ProxyChannel] = set()
         self.maxBodySize = maxBodySize
         self.maxHeaderSize = maxHeaderSize
+        self.clientHeaderTimeout = clientHeaderTimeout
+        self.clientBodyTimeout = clientBodyTimeout
+        self.maxConnections = maxConnections
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.maxConnections and len(self.channels) >= self.maxConnections:
+            self.connectionsRefused += 1
+            self._log.warn(
+                "max_connections ({limit}) reached: closing a new connection "
+                "from {client}",
+                limit=self.maxConnections,
+                client=getattr(addr, "host", "?"),
+            )
+            return None
         channel = Site.buildProtocol(self, addr)
         channel.maxBodySize = self.maxBodySize
         channel.totalHeadersSize = self.maxHeaderSize
         channel.MAX_LENGTH = self.maxHeaderSize
+        channel.clientHeaderTimeout = self.clientHeaderTimeout
+        channel.clientBodyTimeout = self.clientBodyTimeout
         return channel
 
     def closeConnections(self) -> Deferred[None]:

@@ -264,3 +264,48 @@ class ParseConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             parseConfig(path)
         self.assertIn(path, str(caught.exception))
+
+
+class ClientLimitsTests(SynchronousTestCase):
+    """
+    The client-side limits of C{[lbproxy]}: max_connections and the client
+    timeouts.
+    """
+
+    def test_defaults(self):
+        """
+        Without the keys, the documented defaults apply.
+        """
+        proxy = parseConfigText("[lbproxy]\nlisten = tcp:8080\n", "site.ini").proxy
+        self.assertEqual(proxy.maxConnections, 10000)
+        self.assertEqual(proxy.clientHeaderTimeout, 10.0)
+        self.assertEqual(proxy.clientBodyTimeout, 60.0)
+
+    def test_maxConnections(self):
+        """
+        max_connections is a whole number; 0 means no limit.
+        """
+        for text, expected in [("250", 250), ("0", 0)]:
+            proxy = parseConfigText(
+                f"[lbproxy]\nlisten = tcp:8080\nmax_connections = {text}\n", "site.ini"
+            ).proxy
+            self.assertEqual(proxy.maxConnections, expected)
+
+    def test_badMaxConnections(self):
+        """
+        A negative or non-numeric max_connections is an error naming it.
+        """
+        for text in ["-1", "many", "1.5"]:
+            (error,) = _errors(f"[lbproxy]\nlisten = tcp:8080\nmax_connections = {text}\n")
+            self.assertIn(f"[lbproxy] max_connections = '{text}'", error)
+
+    def test_clientTimeouts(self):
+        """
+        client_header_timeout and client_body_timeout take durations.
+        """
+        proxy = parseConfigText(
+            "[lbproxy]\nlisten = tcp:8080\nclient_header_timeout = 2s\n"
+            "client_body_timeout = 750ms\n",
+            "site.ini",
+        ).proxy
+        self.assertEqual((proxy.clientHeaderTimeout, proxy.clientBodyTimeout), (2.0, 0.75))

@@ -129,6 +129,8 @@ class ProxyConfig:
     The C{[lbproxy]} section.  Durations are in seconds, sizes in bytes.
 
     @ivar accessLog: a path, C{"-"} for standard output, or L{None} (off).
+    @ivar maxConnections: the most client connections open at once (0: no
+        limit); beyond it a new connection is accepted and closed at once.
     """
 
     listen: tuple[str, ...] = ()
@@ -139,6 +141,7 @@ class ProxyConfig:
     keepaliveTimeout: float = 75.0
     maxBodySize: int = 100 * 1024 * 1024
     maxHeaderSize: int = 16 * 1024
+    maxConnections: int = 10000
 
 
 @dataclass(frozen=True)
@@ -469,6 +472,7 @@ _PROXY_KEYS = (
     "keepalive_timeout",
     "max_body_size",
     "max_header_size",
+    "max_connections",
 )
 _UPSTREAM_KEYS = (
     "servers",
@@ -523,6 +527,9 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
         ),
         maxBodySize=s.get("max_body_size", _positiveSize, defaults.maxBodySize),
         maxHeaderSize=s.get("max_header_size", _positiveSize, defaults.maxHeaderSize),
+        maxConnections=s.get(
+            "max_connections", _nonNegativeInt, defaults.maxConnections
+        ),
     )
 
 

@@ -133,6 +133,9 @@ class LoadBalancerService(MultiService):
             maxBodySize=config.proxy.maxBodySize,
             maxHeaderSize=config.proxy.maxHeaderSize,
             reactor=reactor,
+            clientHeaderTimeout=config.proxy.clientHeaderTimeout,
+            clientBodyTimeout=config.proxy.clientBodyTimeout,
+            maxConnections=config.proxy.maxConnections,
         )
         self._listeners = []
         for description in config.proxy.listen:

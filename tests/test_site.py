@@ -5,6 +5,7 @@ timeouts, driven over a L{StringTransport} with a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -556,3 +557,33 @@ class TimeoutTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         h.resource.held[0][1].callback(None)
         self.assertEqual(_status(transport.value()), 200)
+
+
+class VirtualHostAbsoluteFormTests(SynchronousTestCase):
+    """
+    L{VirtualHostResource} routes an absolute-form request by its Host and
+    path even under a plain L{twisted.web.server.Site}.
+    """
+
+    def test_routedByHostNotTarget(self) -> None:
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from lbproxy._vhost import VirtualHost, VirtualHostResource, originForm
+
+        app, other = Recorder(), Recorder()
+        root = VirtualHostResource(
+            [
+                VirtualHost("app", ["app.example"], {b"/": app}),
+                VirtualHost("other", ["elsewhere.example"], {b"/": other}),
+            ]
+        )
+        request = DummyRequest([])
+        request.uri = b"http://elsewhere.example/x?y"
+        request.path = b"http://elsewhere.example/x"
+        request.requestHeaders.setRawHeaders(b"host", [b"app.example"])
+        request.content = BytesIO(b"")
+        self.assertEqual(root.render(request), b"ok:/x?y")
+        self.assertEqual(other.seen, [])
+        self.assertEqual(originForm(b"/plain"), b"/plain")
+        self.assertEqual(originForm(b"http://a:1"), b"/")
+        self.assertEqual(originForm(b"https://a?q"), b"/?q")

@@ -6,6 +6,7 @@ matching route prefix of the vhost picks the resource.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from twisted.web.resource import IResource, Resource
@@ -47,6 +48,22 @@ class VirtualHost:
 
     def __repr__(self) -> str:
         return f"<VirtualHost {self.name!r} {list(self.serverNames)!r}>"
+
+
+_ABSOLUTE = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+def originForm(uri: bytes) -> bytes:
+    """
+    The path and query of a request target: an absolute-form target
+    (C{http://host/path?q}) loses its scheme and authority, so that it is
+    routed and forwarded like C{/path?q}, never to the host it names.
+    """
+    match = _ABSOLUTE.match(uri)
+    if match is None:
+        return uri
+    rest = uri[match.end() :]
+    return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def normaliseHost(host: Optional[bytes]) -> str:
@@ -110,6 +127,11 @@ class VirtualHostResource(Resource):
         return self.default
 
     def render(self, request: Any) -> Any:
+        if not request.path.startswith(b"/"):
+            # Served by a plain Site rather than lbproxy's, which already
+            # reduces an absolute-form target.
+            request.uri = originForm(request.uri)
+            request.path = request.uri.split(b"?", 1)[0]
         vhost = self.vhostFor(request.getHeader(b"host"))
         resource = vhost.resourceFor(request.path) if vhost is not None else None
         if resource is None:

@@ -190,9 +190,11 @@ class TwistdTests(SynchronousTestCase):
     C{PYTHONPATH} as an installation would have put it.
     """
 
-    def check(self, options: str, extraPath: Optional[str]) -> tuple[int, str]:
+    def check(
+        self, options: str, extraPath: Optional[str], *twistdOptions: str
+    ) -> tuple[int, str]:
         """
-        Run C{twistd -n lbproxy --config site.ini --check}.
+        Run C{twistd [twistdOptions] -n lbproxy --config site.ini --check}.
 
         @return: the exit status and everything it wrote.
         """
@@ -208,6 +210,7 @@ class TwistdTests(SynchronousTestCase):
                 "-c",
                 "import sys; from twisted.scripts.twistd import run; "
                 "sys.argv[0] = 'twistd'; run()",
+                *twistdOptions,
                 "-n",
                 "lbproxy",
                 "--config",
@@ -269,6 +272,20 @@ class TwistdTests(SynchronousTestCase):
 
     if _offlineBuildSkip() is not None:
         test_pipInstalled.skip = _offlineBuildSkip()  # type: ignore[attr-defined]
+
+    def test_reactorChoiceKept(self) -> None:
+        """
+        Loading the balancer dropins (twistd imports every dropin to list
+        its subcommands, before it installs the reactor) installs no
+        reactor, so C{twistd --reactor} still works.
+        """
+        status, output = self.check("", copyExample(self), "--reactor=poll")
+        self.assertEqual((status, output.strip()), (0, "site.ini: OK"))
+
+    test_reactorChoiceKept.todo = (  # type: ignore[attr-defined]
+        "importing lbproxy imports lbproxy._proxy, whose base class module "
+        "twisted.web.proxy installs the global reactor at import time"
+    )
 
     def test_missingPluginReported(self) -> None:
         """

@@ -42,13 +42,23 @@ class IBalancer(Interface):
     The pool tells the balancer which backends are eligible (up, not
     draining, not disabled; the backups only while no primary is up) with
     L{backendsChanged}; the balancer never sees any other backend.  Picking
-    is synchronous so that every algorithm can be tested without Deferreds.
+    is synchronous so that every algorithm can be tested without Deferreds,
+    and it runs for every request in the reactor thread, so it must be
+    cheap: the built-ins take a few microseconds at 256 backends.
+
+    A balancer that keeps per-request state (requests in flight, latency)
+    should count from L{requestStarted} and L{requestFinished} rather than
+    read L{IBackend.active}, so that it agrees with what it was told even
+    when driven without a pool, and should cope with notifications for a
+    backend that has meanwhile left the eligible set.
     """
 
     def backendsChanged(backends):
         """
         The eligible set changed: a backend was added, removed, went up or
-        down, started or stopped draining, or changed weight.
+        down, started or stopped draining, or changed weight (including its
+        L{IBackend.effectiveWeight}, which slow start changes step by step;
+        the set may then be the same backends as before).
 
         @param backends: every eligible backend, in configuration order.
         @type backends: L{tuple} of L{IBackend}
@@ -58,8 +68,10 @@ class IBalancer(Interface):
         """
         Choose a backend for C{request}.
 
-        @param request: the client request being forwarded.
-        @type request: L{twisted.web.iweb.IRequest}
+        @param request: the client request being forwarded, or L{None}
+            when a backend is picked without one (health tooling); a
+            balancer that needs a request falls back to another rule then.
+        @type request: L{twisted.web.server.Request} or L{None}
 
         @param exclude: backends already tried for this request, which
             must not be chosen again.
@@ -74,7 +86,10 @@ class IBalancer(Interface):
         C{request} is being sent to C{backend} (which this balancer picked).
 
         Called before the response head is written, so a balancer may still
-        add response headers or cookies to C{request} here.
+        add response headers or cookies to C{request} here.  When an attempt
+        fails and the request is retried, this is called again for the next
+        backend, on the same C{request}: replace what an earlier call added
+        rather than adding it twice.
         """
 
     def requestFinished(backend, request, outcome, latency):

@@ -14,13 +14,15 @@ import subprocess
 import sys
 from typing import Any, Optional
 
-from twisted.internet.testing import MemoryReactorClock
-from twisted.plugin import IPlugin
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import lbproxy
 from lbproxy.balancers import BalancerNotFound, findBalancerFactory
+from lbproxy.balancers import _builtins as builtins
 from lbproxy.config import ConfigError, parseConfigText
 from lbproxy.interfaces import IBalancer, IBalancerFactory
 from lbproxy.service import buildPool
@@ -92,28 +94,59 @@ class InProcessTests(SynchronousTestCase):
     The example plugin on this process's path.
     """
 
-    def putOnPath(self) -> str:
+    def putOnPath(self, target: Optional[str] = None, first: bool = False) -> str:
         """
-        Put a copy of the example on C{sys.path} and its dropin directory on
-        C{twisted.plugins.__path__}, which is what Twisted does for every
-        C{sys.path} entry when C{twisted.plugins} is first imported; undo
-        both at cleanup.
+        Put a copy of the example (or C{target}) on C{sys.path} and its
+        dropin directory on C{twisted.plugins.__path__}, which is what
+        Twisted does for every C{sys.path} entry when C{twisted.plugins} is
+        first imported; undo both at cleanup.
         """
         import twisted.plugins
 
-        target = copyExample(self)
+        if target is None:
+            target = copyExample(self)
         dropins = os.path.join(target, "twisted", "plugins")
         sys.path.insert(0, target)
-        twisted.plugins.__path__.append(dropins)
+        if first:
+            twisted.plugins.__path__.insert(0, dropins)
+        else:
+            twisted.plugins.__path__.append(dropins)
+        before = set(sys.modules)
 
         def undo() -> None:
             sys.path.remove(target)
             twisted.plugins.__path__.remove(dropins)
             for name in ("lbproxy_spillover", "twisted.plugins.spillover_balancer"):
                 sys.modules.pop(name, None)
+            for name in set(sys.modules) - before:
+                if name.startswith("twisted.plugins."):
+                    del sys.modules[name]
 
         self.addCleanup(undo)
         return target
+
+    def test_builtinNameWins(self) -> None:
+        """
+        A third-party plugin that takes a built-in's name does not replace
+        it; the clash is logged.
+        """
+        target = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(target, "twisted", "plugins"))
+        with open(os.path.join(target, "twisted", "plugins", "clash_lb.py"), "w") as f:
+            f.write(
+                "from lbproxy.balancers import BalancerFactory, LeastConn\n"
+                "impostor = BalancerFactory(\n"
+                "    'round_robin', 'not round robin', lambda o, r: LeastConn())\n"
+            )
+        self.putOnPath(target, first=True)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        factory = findBalancerFactory("round_robin")
+        self.assertIs(factory, builtins.roundRobin)
+        self.assertEqual(len(events), 1)
+        self.assertIn("round_robin", formatEvent(events[0]))
+        self.assertIn(
+            "not round robin", [f.description for f in getPlugins(IBalancerFactory)]
+        )
 
     def test_notFoundWithoutIt(self) -> None:
         """

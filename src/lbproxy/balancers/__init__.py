@@ -13,6 +13,7 @@ from __future__ import annotations
 from random import Random
 from typing import Mapping, Optional
 
+from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
 from lbproxy._interfaces import IBalancer, IBalancerFactory
@@ -65,16 +66,37 @@ class BalancerNotFound(KeyError):
         )
 
 
+_log = Logger()
+
+
 def findBalancerFactories() -> dict[str, IBalancerFactory]:
     """
     Find every balancer plugin.
 
-    @return: a mapping of balancer name to its L{IBalancerFactory}; when two
-        plugins share a name, the first one found wins.
+    @return: a mapping of balancer name to its L{IBalancerFactory}.  When
+        two plugins share a name, lbproxy's built-in wins over a third
+        party's, and otherwise the first one found; the clash is logged.
     """
+    from lbproxy.balancers._builtins import BUILTINS
+
     found: dict[str, IBalancerFactory] = {}
     for factory in getPlugins(IBalancerFactory):
-        found.setdefault(factory.name, factory)
+        name = factory.name
+        other = found.get(name)
+        if other is None:
+            found[name] = factory
+            continue
+        if other is factory:
+            continue
+        if factory in BUILTINS:
+            found[name], factory = factory, other
+        _log.warn(
+            "two balancer plugins are called {name!r}: using {kept!r}, "
+            "ignoring {ignored!r}",
+            name=name,
+            kept=found[name],
+            ignored=factory,
+        )
     return found
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any, Optional
 
-from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SynchronousTestCase
@@ -139,7 +139,9 @@ class InProcessTests(SynchronousTestCase):
                 "    'round_robin', 'not round robin', lambda o, r: LeastConn())\n"
             )
         self.putOnPath(target, first=True)
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        events: list[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         factory = findBalancerFactory("round_robin")
         self.assertIs(factory, builtins.roundRobin)
         self.assertEqual(len(events), 1)

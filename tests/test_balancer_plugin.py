@@ -12,10 +12,10 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -140,8 +140,9 @@ class InProcessTests(SynchronousTestCase):
             )
         self.putOnPath(target, first=True)
         events: list[Any] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         factory = findBalancerFactory("round_robin")
         self.assertIs(factory, builtins.roundRobin)
         self.assertEqual(len(events), 1)

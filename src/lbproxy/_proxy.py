@@ -23,14 +23,15 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
-    Request as _ClientRequest,
-)
-from twisted.web._newclient import (
+    ParseError,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+)
+from twisted.web._newclient import (
+    Request as _ClientRequest,
 )
 from twisted.web.client import FileBodyProducer
 from twisted.web.http import PotentialDataLoss
@@ -48,6 +49,35 @@ from lbproxy._pool import Pool
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
 
 _RESET = (RequestTransmissionFailed, ResponseNeverReceived)
+
+#: The largest response head (status line and headers) taken from a
+#: backend; a larger one is an invalid response (502).  Twisted's client
+#: parser limits the length of each line, not their number.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+def _limitResponseHead(proto: Any, limit: int = MAX_RESPONSE_HEAD) -> None:
+    """
+    Make the response parser of C{proto} (an C{HTTP11ClientProtocol} that
+    has just sent a request) fail once the response head exceeds C{limit}
+    bytes; the protocol then gives up on the response with
+    L{ResponseFailed}.  Only head lines go through C{lineReceived}; the
+    body does not.
+    """
+    parser = getattr(proto, "_parser", None)
+    if parser is None or not hasattr(parser, "lineReceived"):
+        return
+    lineReceived = parser.lineReceived
+    received = 0
+
+    def limited(line: bytes) -> None:
+        nonlocal received
+        received += len(line) + 1
+        if received > limit:
+            raise ParseError("response head larger than %d bytes" % (limit,), line[:80])
+        lineReceived(line)
+
+    parser.lineReceived = limited
 
 
 class UpstreamResource(ReverseProxyResource):
@@ -220,6 +250,7 @@ class _Exchange:
             parsedURI=None,
         )
         d = proto.request(clientRequest)
+        _limitResponseHead(proto)
         self._pending = d
         self._startTimer()
         d.addCallbacks(self._gotResponse, self._requestFailed, errbackArgs=(reused,))

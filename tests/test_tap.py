@@ -60,6 +60,21 @@ class OptionsTests(SynchronousTestCase):
             Options().parseOptions(["-c", path])
         self.assertIn("weight=heavy", str(caught.exception))
 
+    def test_invalidConfigUnderTwistdExits1(self):
+        """
+        As twistd's subcommand, a bad file is reported on standard error and
+        ends the process with status 1, whatever twistd does with a
+        L{UsageError} (Twisted 25.5 and older exit 0 after one).
+        """
+        from twisted.scripts.twistd import ServerOptions
+
+        err = self.capture("stderr")
+        path = self.config(_SITE.replace(b"weight=2", b"weight=heavy"))
+        with self.assertRaises(SystemExit) as caught:
+            ServerOptions().parseOptions(["lbproxy", "--config", path])
+        self.assertEqual(caught.exception.code, 1)
+        self.assertIn("weight=heavy", err.getvalue())
+
     def test_checkValid(self):
         out = self.capture("stdout")
         with self.assertRaises(SystemExit) as caught:

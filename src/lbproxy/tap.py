@@ -49,6 +49,14 @@ class Options(usage.Options):
                 for error in e.errors:
                     sys.stderr.write(f"  {error}\n")
                 raise SystemExit(1) from None
+            if getattr(self, "parent", None) is not None:
+                # Run as twistd's subcommand.  Twisted 25.5 and older print a
+                # UsageError and then exit 0 (Debian's PyPy 3.9 gets such
+                # a release), so say it here and exit 1 on every version.
+                sys.stderr.write(f"twistd lbproxy: {path} is invalid:\n")
+                for error in e.errors:
+                    sys.stderr.write(f"  {error}\n")
+                raise SystemExit(1) from None
             raise usage.UsageError(
                 f"{path} is invalid:\n  " + "\n  ".join(e.errors)
             ) from None

@@ -3,7 +3,9 @@ The cost of balancing one request, for every built-in balancer.
 
 One request is what the proxy does per request: C{pick}, then
 C{requestStarted}, then C{requestFinished}.  Each balancer is measured with
-2, 16 and 256 backends of mixed weights (1, 2, 3, 1, 2, 3, ...), over real
+2, 16 and 256 backends of mixed weights (1, 2, 3, 1, 2, 3, ...), and again
+with every backend of a different weight (1, 2, 3, ..., n: the worst case
+for round robin's weight classes), over real
 L{twisted.web.server.Request} objects from many clients (different
 addresses, C{X-User} headers, and for half of them a sticky cookie), and the
 best of several rounds is reported in microseconds per request.
@@ -13,7 +15,7 @@ Run from the checkout::
     PYTHONPATH=src python benchmarks/bench_balancers.py [--check] [--json]
 
 C{--check} exits with status 1 when a balancer takes 20 µs or more per
-request at 256 backends.
+request at 256 backends, in either table.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ OPTIONS = {"consistent_hash": {"key": "header:X-User"}}
 LIMIT_US = 20.0
 
 
-def makeBackends(count: int) -> list[Backend]:
+def makeBackends(count: int, distinct: bool = False) -> list[Backend]:
     backends = []
     for i in range(count):
-        backend = Backend(f"10.{i // 250}.{i % 250}.1", 8080, weight=i % 3 + 1)
+        weight = i + 1 if distinct else i % 3 + 1
+        backend = Backend(f"10.{i // 250}.{i % 250}.1", 8080, weight=weight)
         backend.id = f"{i:016x}"
         backends.append(backend)
     return backends
@@ -67,12 +70,18 @@ def makeRequests(backends: list[Backend], count: int = 1024) -> list[Request]:
     return requests
 
 
-def measure(name: str, size: int, rounds: int = 5, perRound: int = 20000) -> float:
+def measure(
+    name: str,
+    size: int,
+    distinct: bool = False,
+    rounds: int = 5,
+    perRound: int = 20000,
+) -> float:
     """
     Microseconds per request (pick, start, finish) for balancer C{name}
-    with C{size} backends: the best of C{rounds}.
+    with C{size} backends (of C{distinct} weights): the best of C{rounds}.
     """
-    backends = makeBackends(size)
+    backends = makeBackends(size, distinct)
     balancer: Any = buildBalancer(name, OPTIONS.get(name, {}), Random(1))
     balancer.backendsChanged(tuple(backends))
     requests = makeRequests(backends)
@@ -100,22 +109,42 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     names = sorted(f.name for f in BUILTINS)
-    results = {name: {size: measure(name, size) for size in SIZES} for name in names}
+    tables = {
+        kind: {
+            name: {size: measure(name, size, kind == "distinct") for size in SIZES}
+            for name in names
+        }
+        for kind in ("mixed", "distinct")
+    }
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(tables, indent=2))
     else:
         print(
             f"{platform.python_implementation()} {platform.python_version()}: "
             "µs per request (pick + requestStarted + requestFinished)"
         )
-        header = f"{'balancer':<16}" + "".join(f"{n:>10}" for n in SIZES)
-        print(header + f"{'256/2':>10}")
-        print("-" * (len(header) + 10))
-        for name in names:
-            row = results[name]
-            cells = "".join(f"{row[size]:>10.2f}" for size in SIZES)
-            print(f"{name:<16}{cells}{row[SIZES[-1]] / row[SIZES[0]]:>10.2f}")
-    slow = [n for n in names if results[n][SIZES[-1]] >= LIMIT_US]
+        for kind, title in [
+            ("mixed", "weights 1, 2, 3, 1, 2, 3, ..."),
+            ("distinct", "weights 1, 2, 3, ..., n (all different)"),
+        ]:
+            results = tables[kind]
+            print()
+            print(title)
+            header = f"{'balancer':<16}" + "".join(f"{n:>10}" for n in SIZES)
+            print(header + f"{'256/2':>10}")
+            print("-" * (len(header) + 10))
+            for name in names:
+                row = results[name]
+                cells = "".join(f"{row[size]:>10.2f}" for size in SIZES)
+                print(f"{name:<16}{cells}{row[SIZES[-1]] / row[SIZES[0]]:>10.2f}")
+    slow = sorted(
+        {
+            name
+            for results in tables.values()
+            for name in names
+            if results[name][SIZES[-1]] >= LIMIT_US
+        }
+    )
     if args.check and slow:
         print(f"over {LIMIT_US} µs at {SIZES[-1]} backends: {', '.join(slow)}")
         return 1

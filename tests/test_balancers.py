@@ -494,6 +494,41 @@ class RoundRobinTests(SynchronousTestCase, AssertDistribution):
         balancer.backendsChanged(tuple(backends))
         self.assertEqual([balancer.pick(None) for _ in range(8)], backends * 2)
 
+    def checkSameAsNginx(
+        self, balancer: RoundRobin, weights: list[int], steps: list[tuple[str, int]]
+    ) -> None:
+        """
+        Drive C{balancer} and nginx's loop through C{steps}: every pick must
+        agree.
+        """
+        everyone = makeBackends(weights)
+        eligible = list(everyone)
+        balancer.backendsChanged(tuple(eligible))
+        current: dict[Any, float] = {}
+        for action, n in steps:
+            if action == "pick":
+                for _ in range(n % 5 + 1):
+                    expected = nginxRoundRobin(eligible, current)
+                    self.assertIs(balancer.pick(None, frozenset()), expected)
+            elif action == "retry" and eligible:
+                tried = frozenset(
+                    eligible[i] for i in range(0, len(eligible), n % 3 + 2)
+                )
+                expected = nginxRoundRobin(eligible, current, tried)
+                self.assertIs(balancer.pick(None, tried), expected)
+            elif action == "change":
+                backend = everyone[n % len(everyone)]
+                if backend in eligible:
+                    eligible.remove(backend)
+                    current.pop(backend, None)
+                else:
+                    eligible = [b for b in everyone if b in eligible or b is backend]
+                balancer.backendsChanged(tuple(eligible))
+            elif action == "weight":
+                backend = everyone[n % len(everyone)]
+                backend.effectiveWeight = (n % 7 + 1) * 0.5
+                balancer.backendsChanged(tuple(eligible))
+
     @settings(max_examples=60, deadline=None)
     @given(
         st.lists(st.integers(1, 6), min_size=1, max_size=12),
@@ -513,33 +548,70 @@ class RoundRobinTests(SynchronousTestCase, AssertDistribution):
         the effective weights, L{RoundRobin} picks exactly what nginx's loop
         picks.
         """
-        everyone = makeBackends(weights)
-        eligible = list(everyone)
+        self.checkSameAsNginx(RoundRobin(), weights, steps)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(st.integers(1, 40), min_size=1, max_size=40),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["pick", "pick", "retry", "change", "weight"]),
+                st.integers(0, 1000),
+            ),
+            max_size=120,
+        ),
+    )
+    def test_sameAsNginxBlocked(
+        self, weights: list[int], steps: list[tuple[str, int]]
+    ) -> None:
+        """
+        With many distinct weights, grouped in blocks, L{RoundRobin} still
+        picks exactly what nginx's loop picks.
+        """
         balancer = RoundRobin()
-        balancer.backendsChanged(tuple(eligible))
+        balancer._BLOCKED = 2
+        self.checkSameAsNginx(balancer, weights, steps)
+
+    def test_blockedTies(self) -> None:
+        """
+        With blocks, a steeper class that draws level with a block's winner
+        and comes first in configuration order wins at that very step, as
+        in nginx.  (Seeded random pools of up to 30 backends, weights up to
+        40: this found a block expiry one step too late.)
+        """
+        rng = Random(1)
+        for _ in range(40):
+            weights = [
+                rng.randint(1, rng.choice([3, 10, 40]))
+                for _ in range(rng.randint(3, 30))
+            ]
+            backends = makeBackends(weights)
+            balancer = RoundRobin()
+            balancer._BLOCKED = 2
+            balancer.backendsChanged(tuple(backends))
+            current: dict[Any, float] = {}
+            for _ in range(300):
+                expected = nginxRoundRobin(backends, current)
+                self.assertIs(balancer.pick(None), expected, weights)
+
+    def test_manyWeightsBlocked(self) -> None:
+        """
+        256 backends of 256 different weights are grouped in blocks, and
+        over a whole period (the sum of the weights) each backend gets
+        exactly its weight in picks, in nginx's order.
+        """
+        backends = makeBackends(list(range(1, 257)))
+        balancer = RoundRobin()
+        balancer.backendsChanged(tuple(backends))
+        self.assertIsNotNone(balancer._blocks)
         current: dict[Any, float] = {}
-        for action, n in steps:
-            if action == "pick":
-                expected = nginxRoundRobin(eligible, current)
-                self.assertIs(balancer.pick(None, frozenset()), expected)
-            elif action == "retry" and eligible:
-                tried = frozenset(
-                    eligible[i] for i in range(0, len(eligible), n % 3 + 2)
-                )
-                expected = nginxRoundRobin(eligible, current, tried)
-                self.assertIs(balancer.pick(None, tried), expected)
-            elif action == "change":
-                backend = everyone[n % len(everyone)]
-                if backend in eligible:
-                    eligible.remove(backend)
-                    current.pop(backend, None)
-                else:
-                    eligible = [b for b in everyone if b in eligible or b is backend]
-                balancer.backendsChanged(tuple(eligible))
-            elif action == "weight":
-                backend = everyone[n % len(everyone)]
-                backend.effectiveWeight = (n % 7 + 1) * 0.5
-                balancer.backendsChanged(tuple(eligible))
+        seen: Counter[Any] = Counter()
+        for _ in range(sum(range(1, 257))):
+            expected = nginxRoundRobin(backends, current)
+            picked = balancer.pick(None)
+            self.assertIs(picked, expected)
+            seen[picked] += 1
+        self.assertEqual(seen, {b: b.weight for b in backends})
 
     def test_rebaseKeepsSequence(self) -> None:
         """
@@ -1116,6 +1188,20 @@ class ConsistentHashTests(SynchronousTestCase, AssertDistribution):
         balancer = ConsistentHash("header:X-User")
         balancer.backendsChanged(tuple(backends))
         self.assertShares(Counter(self._mapping(balancer).values()), backends, 0.03)
+
+    def test_pointsCapped(self) -> None:
+        """
+        However large the weights, the ring holds at most C{MAX_POINTS}
+        points, shared in proportion to the weights.
+        """
+        backends = makeBackends([5, 10, 20] * 100)
+        balancer = ConsistentHash("uri")
+        balancer.backendsChanged(tuple(backends))
+        self.assertLessEqual(len(balancer._hashes), ConsistentHash.MAX_POINTS)
+        self.assertGreater(len(balancer._hashes), ConsistentHash.MAX_POINTS * 0.99)
+        points = Counter(balancer._owners)
+        for light, heavy in zip(backends[0::3], backends[2::3]):
+            self.assertNear(points[heavy] / points[light], 4.0, 0.1)
 
     def test_keyKinds(self) -> None:
         """

@@ -218,6 +218,12 @@ class ConsistentHash(BalancerBase):
     leaves, only its keys move, each to the next point along the ring.  A
     lookup is a binary search: O(log n).
 
+    The ring holds at most L{MAX_POINTS} points: when the weights add up to
+    more (hundreds of backends of large weights), every backend's share of
+    points is scaled down alike.  The proportions stay, but then a change
+    of membership also moves a few keys between the backends that stay, as
+    in the original ketama.
+
     A retry walks on along the ring to the next backend not yet tried.  A
     request without the key (or no request) goes round robin.
 
@@ -225,6 +231,7 @@ class ConsistentHash(BalancerBase):
     """
 
     POINTS_PER_WEIGHT = 160
+    MAX_POINTS = 1 << 17
 
     def __init__(self, key: str) -> None:
         """
@@ -253,9 +260,14 @@ class ConsistentHash(BalancerBase):
         super().backendsChanged(backends)
         self._fallback.backendsChanged(self.backends)
         self._eligible = frozenset(self.backends)
+        weights = [weightOf(backend) for backend in self.backends]
+        perWeight = float(self.POINTS_PER_WEIGHT)
+        wanted = perWeight * sum(weights)
+        if wanted > self.MAX_POINTS:
+            perWeight *= self.MAX_POINTS / wanted
         ring: list[tuple[int, int]] = []
         for index, backend in enumerate(self.backends):
-            count = max(1, round(self.POINTS_PER_WEIGHT * weightOf(backend)))
+            count = max(1, round(perWeight * weights[index]))
             ring.extend((point, index) for point in self._pointsOf(backend, count))
         ring.sort()
         self._hashes = [point for point, _ in ring]

@@ -1060,6 +1060,31 @@ class IPHashTests(SynchronousTestCase, AssertDistribution):
         mapping = self._mapping(balancer, self._clients(20000))
         self.assertShares(Counter(mapping.values()), backends, 0.02)
 
+    def test_largeTotalWeight(self) -> None:
+        """
+        With a total weight beyond nginx's 6271 hash values, every backend
+        still gets its share of clients, and clients still stay and move as
+        with a small total.
+        """
+        backends = makeBackends([100, 200] * 40)
+        balancer = IPHash()
+        balancer.backendsChanged(tuple(backends))
+        clients = self._clients(30000)
+        mapping = self._mapping(balancer, clients)
+        self.assertShares(Counter(mapping.values()), backends, 0.003)
+        self.assertEqual(
+            self._mapping(balancer, clients[:500]),
+            {c: mapping[c] for c in clients[:500]},
+        )
+        gone = backends[7]
+        balancer.backendsChanged(tuple(b for b in backends if b is not gone))
+        after = self._mapping(balancer, clients)
+        for client in clients:
+            if mapping[client] is gone:
+                self.assertIsNot(after[client], gone)
+            else:
+                self.assertIs(after[client], mapping[client])
+
     def test_downServerClientsMove(self) -> None:
         """
         When a backend leaves, only its clients move; when it comes back,

@@ -38,6 +38,10 @@ def clientHost(request: Any) -> Optional[str]:
     return host if isinstance(host, str) else None
 
 
+#: nginx's ip_hash works modulo this prime.
+_NGINX_MODULUS = 6271
+
+
 def _hash64(data: bytes) -> int:
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
@@ -55,6 +59,10 @@ class IPHash(BalancerBase):
     proportion to their weights.  When it lands on a backend that is not
     eligible, the hash is stirred again and the next landing tried, up to
     20 times, then round robin decides, as in nginx.
+
+    nginx's hash has only 6271 values, so with a total weight above that
+    some backends could never be chosen; then (and only then) a 64-bit hash
+    of the same key, stirred by hashing it again, takes its place.
 
     The layout is over every backend this balancer has ever seen, not only
     the eligible ones: so when a backend goes down only its clients move,
@@ -135,19 +143,44 @@ class IPHash(BalancerBase):
         known = self._known
         cumulative = self._cumulative
         total = self._total
+        if total > _NGINX_MODULUS:
+            return self._pickWide(key, exclude)
         value = 89
         for _ in range(self._TRIES):
             for byte in key:
-                value = (value * 113 + byte) % 6271
+                value = (value * 113 + byte) % _NGINX_MODULUS
             backend = known[bisect_right(cumulative, value % total)]
             fraction = share.get(backend)
             if (
                 fraction is not None
                 and backend not in exclude
-                and (fraction >= 1.0 or (value * 7919 % 6271) / 6271 < fraction)
+                and (
+                    fraction >= 1.0
+                    or (value * 7919 % _NGINX_MODULUS) / _NGINX_MODULUS < fraction
+                )
             ):
                 return backend
         return self._fallback.pick(request, exclude)
+
+    def _pickWide(self, key: bytes, exclude: Collection[Any]) -> Optional[Any]:
+        """
+        L{pick} with a 64-bit hash, for total weights beyond nginx's hash.
+        """
+        share = self._share
+        value = _hash64(key)
+        for _ in range(self._TRIES):
+            backend = self._known[
+                bisect_right(self._cumulative, (value & 0xFFFFFFFF) % self._total)
+            ]
+            fraction = share.get(backend)
+            if (
+                fraction is not None
+                and backend not in exclude
+                and (fraction >= 1.0 or (value >> 32) / 2**32 < fraction)
+            ):
+                return backend
+            value = _hash64(value.to_bytes(8, "big"))
+        return self._fallback.pick(None, exclude)
 
 
 def parseKey(spec: str) -> Callable[[Any], Optional[bytes]]:

@@ -180,6 +180,9 @@ class ProxyChannel(HTTPChannel):
             return
         self.refused = True
         self._cancelTimers()
+        if self.transport.disconnecting:
+            # Already closing after a response: nothing more may be sent.
+            return
         body = errorBody(code)
         self._log.info(
             "refused a request from {client}: {code}",
@@ -187,6 +190,12 @@ class ProxyChannel(HTTPChannel):
             code=code,
         )
         self.transport.write(_RESPONSE % (code, _phrase(code), len(body)) + body)
+        # No idle timeout any more; instead, a client that does not read
+        # the refusal is cut off after abortTimeout, as Twisted does when
+        # a connection times out.
+        self.setTimeout(None)
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
 
     # Timers
@@ -201,6 +210,9 @@ class ProxyChannel(HTTPChannel):
 
     def _startHead(self) -> None:
         self._phase = _HEAD
+        if not self.persistent:
+            # Closing after the last response: what follows is dropped.
+            return
         if self.clientHeaderTimeout is not None and self._headerTimer is None:
             self._headerTimer = self.callLater(
                 self.clientHeaderTimeout, lambda: self._timedOut("client_header_timeout")

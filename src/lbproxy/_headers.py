@@ -103,3 +103,47 @@ def requestHeaders(
         outgoing.setRawHeaders(b"X-Forwarded-Host", clientHost[:1])
     outgoing.setRawHeaders(b"Host", [host])
     return outgoing
+
+
+def requestHeaderBlock(
+    incoming: Headers,
+    clientAddress: Optional[str],
+    secure: bool,
+) -> bytes:
+    """
+    The headers of the request sent to a backend, as header lines ready to
+    be written, by the rules of L{requestHeaders} but without C{Host},
+    which depends on the backend and is added by the caller.
+
+    The client's headers were validated when they were parsed, so they are
+    copied once, as bytes, without another pass through L{Headers}.
+    """
+    drop = connectionTokens(incoming)
+    lines = []
+    forwarded: list[bytes] = []
+    clientHost: Optional[bytes] = None
+    for name, values in incoming.getAllRawHeaders():
+        lowered = name.lower()
+        if lowered in _REQUEST_OWN or lowered == b"x-forwarded-for":
+            if lowered == b"x-forwarded-for":
+                forwarded.extend(values)
+            elif lowered == b"host" and values:
+                clientHost = values[0]
+            continue
+        if lowered in drop:
+            continue
+        for value in values:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    address = (clientAddress or "").encode("ascii", "replace")
+    if address:
+        forwarded.append(address)
+    if forwarded:
+        lines.append(b"X-Forwarded-For: %s\r\n" % b", ".join(forwarded))
+    if address:
+        lines.append(b"X-Real-Ip: %s\r\n" % address)
+    lines.append(
+        b"X-Forwarded-Proto: https\r\n" if secure else b"X-Forwarded-Proto: http\r\n"
+    )
+    if clientHost is not None:
+        lines.append(b"X-Forwarded-Host: %s\r\n" % clientHost)
+    return b"".join(lines)

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol
 
 from lbproxy._backend import Backend, BackendState, Outcome
+from lbproxy._client import UpstreamConnection
 from lbproxy._interfaces import IBalancer
 
 
@@ -137,11 +138,11 @@ class _Connections:
         self._endpoint = endpoint
         self._keepalive = keepalive
         self._idleTimeout = idleTimeout
-        self.idle: list[_UpstreamProtocol] = []
-        self._timers: dict[_UpstreamProtocol, IDelayedCall] = {}
+        self.idle: list[UpstreamConnection] = []
+        self._timers: dict[UpstreamConnection, IDelayedCall] = {}
         self.opened = 0
 
-    def get(self) -> tuple[Optional[_UpstreamProtocol], Optional[Deferred[Any]]]:
+    def get(self) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
         """
         Take an idle connection, or start a new one.
 
@@ -151,13 +152,27 @@ class _Connections:
         while self.idle:
             proto = self.idle.pop()
             self._timers.pop(proto).cancel()
-            if proto.state == "QUIESCENT":
+            if proto.reusable:
                 return proto, None
-        return None, self.connect()
+        return None, self.connectUpstream()
+
+    def connectUpstream(self) -> Deferred[UpstreamConnection]:
+        """
+        Open a new connection for forwarding, bypassing the idle cache; it
+        joins the cache after each complete exchange.
+        """
+        factory = Factory.forProtocol(UpstreamConnection)
+        factory.buildProtocol = self._buildUpstream  # type: ignore[method-assign]
+        return self._endpoint.connect(factory)
+
+    def _buildUpstream(self, addr: Any) -> UpstreamConnection:
+        self.opened += 1
+        return UpstreamConnection(self._put, self._lost)
 
     def connect(self) -> Deferred[Any]:
         """
-        Open a new connection, bypassing the idle cache.
+        Open a new L{_UpstreamProtocol} (Twisted's general HTTP/1.1 client,
+        for health probes); it never joins the idle cache.
         """
         factory = Factory.forProtocol(_UpstreamProtocol)
         factory.buildProtocol = self._buildProtocol  # type: ignore[method-assign]
@@ -165,13 +180,15 @@ class _Connections:
 
     def _buildProtocol(self, addr: Any) -> _UpstreamProtocol:
         self.opened += 1
-        proto = _UpstreamProtocol(self._put)
-        proto._onLost = self._lost
+        proto = _UpstreamProtocol(self._close)
         return proto
 
-    def _put(self, proto: _UpstreamProtocol) -> None:
+    def _close(self, proto: Any) -> None:
+        assert proto.transport is not None
+        proto.transport.loseConnection()
+
+    def _put(self, proto: UpstreamConnection) -> None:
         if self._keepalive <= 0 or len(self.idle) >= self._keepalive:
-            assert proto.transport is not None
             proto.transport.loseConnection()
             return
         self.idle.append(proto)
@@ -179,13 +196,12 @@ class _Connections:
             self._idleTimeout, self._expire, proto
         )
 
-    def _expire(self, proto: _UpstreamProtocol) -> None:
+    def _expire(self, proto: UpstreamConnection) -> None:
         del self._timers[proto]
         self.idle.remove(proto)
-        assert proto.transport is not None
         proto.transport.loseConnection()
 
-    def _lost(self, proto: _UpstreamProtocol) -> None:
+    def _lost(self, proto: UpstreamConnection) -> None:
         timer = self._timers.pop(proto, None)
         if timer is not None:
             timer.cancel()
@@ -695,18 +711,27 @@ class Pool:
 
     def connection(
         self, backend: Backend
-    ) -> tuple[Optional[HTTP11ClientProtocol], Optional[Deferred[Any]]]:
+    ) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
         """
-        Get a connection to C{backend}.
+        Get a connection to C{backend} for forwarding a request.
 
         @return: C{(protocol, None)} when an idle persistent connection was
             reused, C{(None, deferred)} when a new one is being opened.
         """
         return self._connections[backend].get()
 
+    def freshConnection(self, backend: Backend) -> Deferred[UpstreamConnection]:
+        """
+        Open a new connection to C{backend} for forwarding a request,
+        ignoring idle ones.
+        """
+        return self._connections[backend].connectUpstream()
+
     def newConnection(self, backend: Backend) -> Deferred[Any]:
         """
-        Open a new connection to C{backend}, ignoring idle ones.
+        Open a new connection to C{backend} speaking Twisted's
+        L{HTTP11ClientProtocol}, for a health probe: it is closed after one
+        request and never joins the idle cache.
         """
         return self._connections[backend].connect()
 

@@ -8,76 +8,44 @@ shares none of its forwarding code: the stock resource opens a connection
 per request, speaks HTTP/1.0, reads the whole response into memory, keeps
 only the last value of a repeated header and answers 501 when the backend
 is down.  Here the request goes over a pooled HTTP/1.1 connection
-(L{twisted.web._newclient.HTTP11ClientProtocol}, the protocol behind
-Twisted's C{Agent}), the response streams back with backpressure both ways,
-and every failure maps to the right status, retry and passive-health event.
+(L{lbproxy._client.UpstreamConnection}, a small client protocol made for
+forwarding), the response streams back with backpressure both ways, and
+every failure maps to the right status, retry and passive-health event.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import (
-    ParseError,
-    RequestNotSent,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web._newclient import (
-    Request as _ClientRequest,
-)
-from twisted.web.client import FileBodyProducer
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from lbproxy._backend import Backend, Outcome
-from lbproxy._headers import HOP_BY_HOP, connectionTokens, requestHeaders
+from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
+from lbproxy._headers import HOP_BY_HOP, requestHeaderBlock
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
 
 #: Methods that may be sent again after a failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
 
-_RESET = (RequestTransmissionFailed, ResponseNeverReceived)
+#: Methods whose request, when it has no body, still says C{Content-Length:
+#: 0} (as Twisted's client does).
+_EXPECTS_BODY = frozenset([b"POST", b"PUT", b"PATCH"])
 
-#: The largest response head (status line and headers) taken from a
-#: backend; a larger one is an invalid response (502).  Twisted's client
-#: parser limits the length of each line, not their number.
-MAX_RESPONSE_HEAD = 64 * 1024
+#: Request bodies up to this size are written with the head in one write;
+#: larger ones stream from the spooled file.
+INLINE_BODY = 64 * 1024
 
-
-def _limitResponseHead(proto: Any, limit: int = MAX_RESPONSE_HEAD) -> None:
-    """
-    Make the response parser of C{proto} (an C{HTTP11ClientProtocol} that
-    has just sent a request) fail once the response head exceeds C{limit}
-    bytes; the protocol then gives up on the response with
-    L{ResponseFailed}.  Only head lines go through C{lineReceived}; the
-    body does not.
-    """
-    parser = getattr(proto, "_parser", None)
-    if parser is None or not hasattr(parser, "lineReceived"):
-        return
-    lineReceived = parser.lineReceived
-    received = 0
-
-    def limited(line: bytes) -> None:
-        nonlocal received
-        received += len(line) + 1
-        if received > limit:
-            raise ParseError("response head larger than %d bytes" % (limit,), line[:80])
-        lineReceived(line)
-
-    parser.lineReceived = limited
+_TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
+_NO_BODY_CODES = frozenset([204, 304])
 
 
 class UpstreamResource(ReverseProxyResource):
@@ -118,10 +86,11 @@ class UpstreamResource(ReverseProxyResource):
         return NOT_DONE_YET
 
 
-class _Exchange:
+class _Exchange(ResponseHandler):
     """
     One client request on its way through the pool: picks, retries,
-    timeouts and the mapping of failures to 502 and 504.
+    timeouts and the mapping of failures to 502 and 504.  It is the
+    L{ResponseHandler} of the backend connection that carries it.
     """
 
     _log = Logger()
@@ -136,30 +105,51 @@ class _Exchange:
         self._tried: set[Backend] = set()
         self._backend: Optional[Backend] = None
         self._started = 0.0
-        self._pending: Optional[Deferred[Any]] = None
+        self._latency = 0.0
+        self._connecting: Optional[Deferred[Any]] = None
+        self._conn: Optional[UpstreamConnection] = None
+        self._reused = False
+        self._inBody = False
+        self._paused = False
         self._timer: Optional[IDelayedCall] = None
         self._timedOut = False
         self._clientGone = False
         self._done = False
-        self._relay: Optional[_ResponseRelay] = None
-        self._proto: Any = None
 
     def start(self) -> None:
         request = self._request
+        method = self._method
+        uri = request.uri
+        if not (_TOKEN.match(method) and _URI.match(uri)):
+            self._done = True
+            writeError(request, 400)
+            return
         request.notifyFinish().addErrback(self._clientLost)
+        incoming = request.requestHeaders
         address = request.getClientAddress()
-        self._headers = requestHeaders(
-            request.requestHeaders,
-            getattr(address, "host", None),
-            request.isSecure(),
-            b"",
+        block = requestHeaderBlock(
+            incoming, getattr(address, "host", None), request.isSecure()
         )
-        self._clientHost = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
-        self._body = request.content
-        self._bodyLength = 0
-        if self._body is not None:
-            self._body.seek(0, 2)
-            self._bodyLength = self._body.tell()
+        hosts = incoming.getRawHeaders(b"host")
+        self._clientHost = hosts[0] if hosts else b""
+        body = request.content
+        length = 0
+        if body is not None:
+            body.seek(0, 2)
+            length = body.tell()
+        self._bodyFile: Any = None
+        tail = b"\r\n"
+        if length:
+            block += b"Content-Length: %d\r\n" % length
+            if length <= INLINE_BODY:
+                body.seek(0)
+                tail = b"\r\n" + body.read()
+            else:
+                self._bodyFile = body
+        elif method in _EXPECTS_BODY:
+            block += b"Content-Length: 0\r\n"
+        self._requestLine = b"%s %s HTTP/1.1\r\nHost: " % (method, uri)
+        self._block = b"\r\n" + block + tail
         self._attempt()
 
     # Choosing a backend
@@ -189,17 +179,17 @@ class _Exchange:
         pool.requestStarted(backend, self._request)
         proto, connecting = pool.connection(backend)
         if proto is not None:
-            self._send(proto, reused=True)
+            self._send(proto, True)
         else:
             assert connecting is not None
             self._connect(connecting)
 
     def _connect(self, connecting: Deferred[Any]) -> None:
-        self._pending = connecting
+        self._connecting = connecting
         connecting.addCallbacks(self._send, self._connectFailed, (False,))
 
     def _connectFailed(self, reason: Failure) -> None:
-        self._pending = None
+        self._connecting = None
         if self._clientGone:
             self._finishBackend(Outcome.CANCELLED)
             return
@@ -220,44 +210,41 @@ class _Exchange:
 
     # Sending the request
 
-    def _bodyProducer(self) -> Optional[FileBodyProducer]:
-        if not self._bodyLength:
-            return None
-        self._body.seek(0)
-        return FileBodyProducer(self._body)
-
-    def _send(self, proto: Any, reused: bool) -> None:
-        self._pending = None
-        self._proto = proto
+    def _send(self, proto: UpstreamConnection, reused: bool) -> None:
+        self._connecting = None
         backend = self._backend
         assert backend is not None
         if self._clientGone:
             self._finishBackend(Outcome.CANCELLED)
             proto.transport.loseConnection()
             return
-        headers = self._headers
+        self._reused = reused
+        if proto.lost:
+            if reused:
+                # Lost while idle, before anything was sent: never the
+                # backend's failure.
+                self._connect(self._pool.freshConnection(backend))
+            else:
+                self.failed(False, False, "connection lost before the request")
+            return
         if self._resource.preserveHost and self._clientHost:
             host = self._clientHost
         else:
             host = backend.name.encode("ascii")
-        headers.setRawHeaders(b"Host", [host])
-        clientRequest = _ClientRequest._construct(
-            self._method,
-            self._request.uri,
-            headers,
-            self._bodyProducer(),
-            persistent=True,
-            parsedURI=None,
-        )
-        d = proto.request(clientRequest)
-        _limitResponseHead(proto)
-        self._pending = d
+        self._conn = proto
+        self._inBody = False
         self._startTimer()
-        d.addCallbacks(self._gotResponse, self._requestFailed, errbackArgs=(reused,))
+        body = self._bodyFile
+        if body is not None:
+            body.seek(0)
+        proto.send(self, self._method, self._requestLine + host + self._block, body)
 
     def _startTimer(self) -> None:
-        self._stopTimer()
-        self._timer = self._reactor.callLater(self._pool.readTimeout, self._timeout)
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(self._pool.readTimeout)
+        else:
+            self._timer = self._reactor.callLater(self._pool.readTimeout, self._timeout)
 
     def _stopTimer(self) -> None:
         if self._timer is not None:
@@ -268,125 +255,114 @@ class _Exchange:
     def _timeout(self) -> None:
         self._timer = None
         self._timedOut = True
-        if self._pending is not None:
-            self._pending.cancel()
-        elif self._relay is not None:
-            self._relay.abort()
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.detach()
+        backend = self._backend
+        if self._inBody:
+            self._bodyBroken("read_timeout", Outcome.TIMEOUT)
+            return
+        self._log.warn(
+            "upstream {upstream}: {backend} sent no response head within "
+            "read_timeout ({timeout:g}s)",
+            upstream=self._pool.name,
+            backend=backend.name if backend else "?",
+            timeout=self._pool.readTimeout,
+        )
+        self._finishBackend(Outcome.TIMEOUT)
+        self._fail(504)
 
-    def _requestFailed(self, reason: Failure, reused: bool) -> None:
-        self._pending = None
+    # ResponseHandler: what the backend connection tells.
+
+    def failed(self, received: bool, invalid: bool, why: str) -> None:
+        self._conn = None
         self._stopTimer()
         backend = self._backend
         assert backend is not None
-        if self._timedOut:
-            self._log.warn(
-                "upstream {upstream}: {backend} sent no response head within "
-                "read_timeout ({timeout:g}s)",
-                upstream=self._pool.name,
-                backend=backend.name,
-                timeout=self._pool.readTimeout,
-            )
-            self._finishBackend(Outcome.TIMEOUT)
-            self._fail(504)
-            return
-        if self._clientGone or reason.check(CancelledError):
-            self._finishBackend(Outcome.CANCELLED)
-            return
-        if reason.check(RequestNotSent) or (
-            reused and self._idempotent and reason.check(*_RESET)
-        ):
-            # The keep-alive race: the backend closed an idle connection
-            # just as it was reused.  Not the backend's failure; try once
-            # more on a fresh connection.
-            self._connect(self._pool.newConnection(backend))
-            return
-        if reason.check(*_RESET):
-            self._log.warn(
-                "upstream {upstream}: {backend} closed the connection before "
-                "the response head",
-                upstream=self._pool.name,
-                backend=backend.name,
-            )
-            self._finishBackend(Outcome.RESET)
-            self._retryOr(502)
-            return
-        if reason.check(ResponseFailed):
-            failed: Any = reason.value
-            errors = "; ".join(f.getErrorMessage() for f in failed.reasons)
+        if invalid:
             self._log.warn(
                 "upstream {upstream}: {backend} sent an invalid response: {error}",
                 upstream=self._pool.name,
                 backend=backend.name,
-                error=errors,
+                error=why,
             )
             self._finishBackend(Outcome.INVALID)
             self._fail(502)
             return
-        self._log.failure(
-            "upstream {upstream}: forwarding to {backend} failed",
-            reason,
+        if self._reused and self._idempotent and not received:
+            # The keep-alive race: the backend closed an idle connection
+            # just as it was reused.  Not the backend's failure; try once
+            # more on a fresh connection.
+            self._connect(self._pool.freshConnection(backend))
+            return
+        self._log.warn(
+            "upstream {upstream}: {backend} closed the connection before "
+            "the response head",
             upstream=self._pool.name,
             backend=backend.name,
         )
-        self._finishBackend(Outcome.INVALID)
-        self._fail(502)
+        self._finishBackend(Outcome.RESET)
+        self._retryOr(502)
 
-    # The response
-
-    def _gotResponse(self, response: Any) -> None:
-        self._pending = None
-        self._stopTimer()
+    def headReceived(self, head: ResponseHead) -> None:
         self._latency = self._reactor.seconds() - self._started
+        self._inBody = True
         request = self._request
-        if self._clientGone:
-            response._transport.stopProducing()
-            self._finishBackend(Outcome.CANCELLED)
-            return
-        request.setResponseCode(response.code, response.phrase)
+        request.setResponseCode(head.code, head.phrase)
         out = request.responseHeaders
         out.removeHeader(b"server")
         out.removeHeader(b"date")
-        # Twisted's client parser keeps the connection-control headers
-        # (Connection among them) apart from response.headers; the names
-        # listed in Connection must be dropped as well.
-        parser = getattr(self._proto, "_parser", None)
-        drop = HOP_BY_HOP
-        if parser is not None:
-            drop = drop | connectionTokens(parser.connHeaders)
-        for name, values in response.headers.getAllRawHeaders():
+        drop = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
+        cookies = request.cookies
+        for name, value in head.headers:
             lowered = name.lower()
             if lowered in drop:
                 continue
             if lowered == b"set-cookie":
-                request.cookies.extend(values)
+                cookies.append(value)
             else:
-                out.setRawHeaders(name, values)
-        if response.length is not UNKNOWN_LENGTH:
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        self._relay = _ResponseRelay(self)
+                out.addRawHeader(name, value)
+        if (
+            head.length is not None
+            and self._method != b"HEAD"
+            and head.code not in _NO_BODY_CODES
+        ):
+            out.setRawHeaders(b"content-length", [b"%d" % head.length])
+        request.registerProducer(_ResponseRelay(self), True)
         self._startTimer()
-        response.deliverBody(self._relay)
 
-    def _bodyFinished(self, reason: Failure) -> None:
+    def bodyReceived(self, data: bytes) -> None:
+        if not self._paused:
+            self._startTimer()
+        self._request.write(data)
+
+    def bodyFinished(self, complete: bool, why: str) -> None:
+        self._conn = None
         self._stopTimer()
-        self._relay = None
-        if self._clientGone:
-            self._finishBackend(Outcome.CANCELLED)
-            return
-        if not self._timedOut and reason.check(ResponseDone, PotentialDataLoss):
+        request = self._request
+        if request.producer is not None:
+            request.unregisterProducer()
+        if complete:
             self._finishBackend(Outcome.SUCCESS)
             self._done = True
-            self._request.finish()
+            request.finish()
             return
+        self._bodyBroken(why, Outcome.RESET)
+
+    def _bodyBroken(self, why: str, outcome: Outcome) -> None:
+        request = self._request
+        if request.producer is not None:
+            request.unregisterProducer()
         backend = self._backend
         self._log.warn(
             "upstream {upstream}: {backend} broke off the response body "
             "({why}); closing the client connection",
             upstream=self._pool.name,
             backend=backend.name if backend else "?",
-            why="read_timeout" if self._timedOut else reason.getErrorMessage(),
+            why=why,
         )
-        self._finishBackend(Outcome.TIMEOUT if self._timedOut else Outcome.RESET)
+        self._finishBackend(outcome)
         self._abortClient()
 
     # Endings
@@ -426,66 +402,63 @@ class _Exchange:
     def _clientLost(self, reason: Failure) -> None:
         self._clientGone = True
         self._stopTimer()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
-        elif self._relay is not None:
-            self._relay.abort()
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach()
+            request = self._request
+            if request.producer is not None:
+                request.unregisterProducer()
+            self._finishBackend(Outcome.CANCELLED)
+
+    # Backpressure
+
+    def pauseBackend(self) -> None:
+        self._paused = True
+        self._stopTimer()
+        if self._conn is not None:
+            self._conn.pauseProducing()
+
+    def resumeBackend(self) -> None:
+        self._paused = False
+        if self._conn is not None:
+            self._startTimer()
+            self._conn.resumeProducing()
 
     def abortBackend(self) -> None:
         """
         Cut the connection to the backend: it will not be reused.
         """
-        transport = getattr(self._proto, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.detach()
+            self._stopTimer()
+            self._finishBackend(Outcome.CANCELLED)
+            self._abortClient()
 
 
 @implementer(IPushProducer)
-class _ResponseRelay(Protocol):
+class _ResponseRelay:
     """
-    Streams a response body from the backend to the client.
-
-    It is the client request's producer, so a client that reads slowly
-    pauses the backend connection; the read timeout is suspended meanwhile,
-    since the backend is not the one being slow.
+    The client request's producer while a response body streams from the
+    backend: a client that reads slowly pauses the backend connection; the
+    read timeout is suspended meanwhile, since the backend is not the one
+    being slow.
     """
 
-    transport: Any
+    __slots__ = ("_exchange",)
 
     def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange
-        self._request = exchange._request
-        self._paused = False
-
-    def connectionMade(self) -> None:
-        self._request.registerProducer(self, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self._paused:
-            self._exchange._startTimer()
-        self._request.write(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._request.producer is self:
-            self._request.unregisterProducer()
-        self._exchange._bodyFinished(reason)
-
-    def abort(self) -> None:
-        """
-        Give up on the body: the backend connection is closed.
-        """
-        self._exchange.abortBackend()
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._exchange._stopTimer()
-        self.transport.pauseProducing()
+        self._exchange.pauseBackend()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._exchange._startTimer()
-        self.transport.resumeProducing()
+        self._exchange.resumeBackend()
 
     def stopProducing(self) -> None:
-        self.abort()
+        self._exchange.abortBackend()

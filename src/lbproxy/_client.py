@@ -283,6 +283,7 @@ class UpstreamConnection(Protocol):
         self._persistent = True
         self._received = False
         self._sending: Optional[Any] = None
+        self._paused = False
         self._lostWaiters: list[Deferred[None]] = []
 
     @property
@@ -371,10 +372,20 @@ class UpstreamConnection(Protocol):
         return waiter
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        """
+        Stop reading the response: its reader cannot keep up.
+        """
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        """
+        Read the response again.
+        """
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
 
     # Receiving.
 
@@ -465,8 +476,13 @@ class UpstreamConnection(Protocol):
                 self.transport.loseConnection()
         if handler is not None:
             handler.bodyFinished(True, "")
-        if self._state == _IDLE and self._onIdle is not None:
-            self._onIdle(self)
+        if self._state == _IDLE:
+            # The reader may have paused us on the last bytes of the body:
+            # an idle connection must read, or it would miss its next
+            # response (and the backend closing it).
+            self.resumeProducing()
+            if self._onIdle is not None:
+                self._onIdle(self)
 
     def _bodyBroken(self, why: str) -> None:
         self._state = _DONE

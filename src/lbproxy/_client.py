@@ -305,6 +305,9 @@ class UpstreamConnection(Protocol):
         @param body: a file to stream as the body after C{head}, or
             L{None}.
         """
+        if self.lost:
+            handler.failed(False, False, "connection lost before the request was sent")
+            return
         if self._state != _IDLE:
             raise RuntimeError("the connection is busy")
         self.exchanges += 1
@@ -313,9 +316,6 @@ class UpstreamConnection(Protocol):
         self._state = _HEAD
         self._persistent = True
         self._received = False
-        if self.lost:
-            self._fail(False, False, "connection lost before the request was sent")
-            return
         self.transport.write(head)
         if body is not None:
             from twisted.web.client import FileBodyProducer

@@ -1,0 +1,400 @@
+"""
+Tests for L{lbproxy._client}: the HTTP/1.1 client protocol that forwards
+requests, over a L{StringTransport}.
+"""
+
+from __future__ import annotations
+
+import io
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy._client import (
+    MAX_HEAD_SIZE,
+    InvalidResponse,
+    ResponseHandler,
+    UpstreamConnection,
+    parseHead,
+)
+
+
+class _Recorder(ResponseHandler):
+    def __init__(self):
+        self.events = []
+        self.head = None
+        self.body = b""
+
+    def headReceived(self, head):
+        self.head = head
+        self.events.append("head")
+
+    def bodyReceived(self, data):
+        self.body += data
+
+    def bodyFinished(self, complete, why):
+        self.events.append(("finished", complete))
+
+    def failed(self, received, invalid, why):
+        self.events.append(("failed", received, invalid))
+
+
+class _Connection:
+    """
+    An L{UpstreamConnection} on a L{StringTransport}, recording when it
+    goes idle and when it is lost.
+    """
+
+    def __init__(self):
+        self.idle = []
+        self.lost = []
+        self.proto = UpstreamConnection(self.idle.append, self.lost.append)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def send(self, method=b"GET", head=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", body=None):
+        handler = _Recorder()
+        self.proto.send(handler, method, head, body)
+        return handler
+
+    def receive(self, data):
+        self.proto.dataReceived(data)
+
+    def lose(self, reason=ConnectionDone):
+        self.transport.disconnecting = True
+        self.proto.connectionLost(Failure(reason()))
+
+
+class ParseHeadTests(SynchronousTestCase):
+    def test_statusAndHeaders(self):
+        """
+        The status line gives the version, code and phrase; end-to-end
+        headers keep their order and spelling, repeated ones included.
+        """
+        head, length, chunked, bodyless = parseHead(
+            b"HTTP/1.1 201 Created Now\r\nSet-Cookie: a=1\r\nX-A:  v \r\n"
+            b"Set-Cookie: b=2\r\nContent-Length: 3",
+            b"GET",
+        )
+        self.assertEqual((head.version, head.code, head.phrase), ((1, 1), 201, b"Created Now"))
+        self.assertEqual(
+            head.headers,
+            [(b"Set-Cookie", b"a=1"), (b"X-A", b"v"), (b"Set-Cookie", b"b=2")],
+        )
+        self.assertEqual((length, chunked, bodyless, head.length), (3, False, False, 3))
+
+    def test_noPhraseAndBareLF(self):
+        """
+        A status line without a phrase, and lines ending in LF alone, are
+        accepted, as Twisted's parser accepts them.
+        """
+        head, _, _, _ = parseHead(b"HTTP/1.0 200\nA: b", b"GET")
+        self.assertEqual((head.version, head.code, head.phrase), ((1, 0), 200, b""))
+        self.assertEqual(head.headers, [(b"A", b"b")])
+
+    def test_foldedHeader(self):
+        """
+        A continuation line is joined to its header with a space.
+        """
+        head, _, _, _ = parseHead(b"HTTP/1.1 200 OK\r\nX-A: one\r\n  two\r\nB: c", b"GET")
+        self.assertEqual(head.headers, [(b"X-A", b"one two"), (b"B", b"c")])
+
+    def test_connectionTokens(self):
+        """
+        The tokens of Connection are lower-cased and kept apart from the
+        end-to-end headers, as are the other connection-control headers.
+        """
+        head, _, _, _ = parseHead(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Hop\r\nKeep-Alive: 5\r\n"
+            b"Transfer-Encoding: chunked\r\nX-Hop: 1",
+            b"GET",
+        )
+        self.assertEqual(head.connection, frozenset([b"keep-alive", b"x-hop"]))
+        self.assertEqual(head.headers, [(b"X-Hop", b"1")])
+
+    def test_invalid(self):
+        """
+        Garbage, a bad version or code, a header without a colon or with a
+        space before it, conflicting or non-numeric lengths, and transfer
+        codings other than chunked are all invalid.
+        """
+        for head in [
+            b"SSH-2.0-OpenSSH",
+            b"HTTP/9 200 OK",
+            b"HTTP/1.1 abc OK",
+            b"HTTP/1.1 2000 OK",
+            b"HTTP/1.1 200 OK\r\nNoColon",
+            b"HTTP/1.1 200 OK\r\nBad Name: 1",
+            b"HTTP/1.1 200 OK\r\n continuation first",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0x10",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
+        ]:
+            self.assertRaises(InvalidResponse, parseHead, head, b"GET")
+
+    def test_repeatedEqualLengths(self):
+        """
+        Repeated Content-Length values that agree are one length.
+        """
+        _, length, _, _ = parseHead(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 007", b"GET"
+        )
+        self.assertEqual(length, 7)
+
+    def test_noBody(self):
+        """
+        Responses to HEAD, and 204 and 304 responses, have no body; the
+        Content-Length of a HEAD response is an end-to-end header.
+        """
+        head, _, _, bodyless = parseHead(b"HTTP/1.1 200 OK\r\nContent-Length: 10", b"HEAD")
+        self.assertTrue(bodyless)
+        self.assertEqual(head.headers, [(b"Content-Length", b"10")])
+        for code in (b"204", b"304"):
+            head, _, _, bodyless = parseHead(b"HTTP/1.1 " + code + b" X", b"GET")
+            self.assertTrue(bodyless)
+            self.assertEqual(head.length, 0)
+
+    def test_chunkedAndDelimited(self):
+        """
+        Chunked wins over Content-Length; with neither, the body ends with
+        the connection.
+        """
+        head, length, chunked, _ = parseHead(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Length: 3", b"GET"
+        )
+        self.assertEqual((length, chunked, head.length), (None, True, None))
+        head, length, chunked, bodyless = parseHead(b"HTTP/1.1 200 OK", b"GET")
+        self.assertEqual((length, chunked, bodyless), (None, False, False))
+
+
+class ConnectionTests(SynchronousTestCase):
+    def test_requestWritten(self):
+        """
+        The head is written as given; a body file streams after it.
+        """
+        c = _Connection()
+        c.send(head=b"POST / HTTP/1.1\r\n\r\n", body=io.BytesIO(b"abc"), method=b"POST")
+        self.assertTrue(c.transport.value().startswith(b"POST / HTTP/1.1\r\n\r\n"))
+
+    def test_lengthDelimitedReused(self):
+        """
+        A complete response with a Content-Length is delivered, and the
+        connection goes idle for the next request.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+        self.assertEqual((h.events, c.idle), (["head"], []))
+        c.receive(b"lo")
+        self.assertEqual(h.body, b"hello")
+        self.assertEqual(h.events, ["head", ("finished", True)])
+        self.assertEqual(c.idle, [c.proto])
+        self.assertTrue(c.proto.reusable)
+        h2 = c.send()
+        c.receive(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(h2.events, ["head", ("finished", True)])
+        self.assertEqual(c.proto.exchanges, 2)
+
+    def test_interimSkipped(self):
+        """
+        1xx responses before the final one are skipped.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n")
+        self.assertEqual(h.events, [])
+        c.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(h.head.code, 200)
+        self.assertEqual(h.events, ["head", ("finished", True)])
+
+    def test_headInPieces(self):
+        """
+        A head split across reads is put together.
+        """
+        c = _Connection()
+        h = c.send()
+        for piece in [b"HTTP/1.1 200 OK\r", b"\nContent-Len", b"gth: 1\r\n\r", b"\nx"]:
+            c.receive(piece)
+        self.assertEqual((h.head.code, h.body), (200, b"x"))
+
+    def test_chunked(self):
+        """
+        A chunked body is decoded, and the connection is reused after the
+        last chunk.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n")
+        c.receive(b"2\r\nlo\r\n0\r\n\r\n")
+        self.assertEqual((h.body, h.events[-1]), (b"hello", ("finished", True)))
+        self.assertEqual(c.idle, [c.proto])
+
+    def test_notReused(self):
+        """
+        HTTP/1.0, Connection: close, and bytes after the response each
+        close the connection after the response instead of keeping it.
+        """
+        for response in [
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy",
+        ]:
+            c = _Connection()
+            h = c.send()
+            c.receive(response)
+            self.assertEqual(h.events[-1], ("finished", True))
+            self.assertEqual(c.idle, [])
+            self.assertTrue(c.transport.disconnecting)
+
+    def test_connectionDelimited(self):
+        """
+        A body without length ends, complete, when the backend closes.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\n\r\nsome")
+        c.receive(b" data")
+        self.assertEqual(h.events, ["head"])
+        c.lose()
+        self.assertEqual((h.body, h.events[-1]), (b"some data", ("finished", True)))
+        self.assertEqual(c.idle, [])
+        self.assertEqual(c.lost, [c.proto])
+
+    def test_lostBeforeHead(self):
+        """
+        A connection lost before any byte of the response fails with
+        nothing received; one lost in the middle of the head, with
+        something received.
+        """
+        c = _Connection()
+        h = c.send()
+        c.lose()
+        self.assertEqual(h.events, [("failed", False, False)])
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\n")
+        c.lose(ConnectionLost)
+        self.assertEqual(h.events, [("failed", True, False)])
+
+    def test_invalidResponse(self):
+        """
+        An invalid head fails as invalid and aborts the connection.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"SSH-2.0-OpenSSH\r\n\r\n")
+        self.assertEqual(h.events, [("failed", True, True)])
+        self.assertTrue(c.transport.disconnected)
+
+    def test_headTooLarge(self):
+        """
+        A head larger than L{MAX_HEAD_SIZE} is invalid, whether it ends or
+        not.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD_SIZE)
+        self.assertEqual(h.events, [("failed", True, True)])
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD_SIZE + b"\r\n\r\n")
+        self.assertEqual(h.events, [("failed", True, True)])
+
+    def test_truncatedBody(self):
+        """
+        A body cut short, with a length or chunked, finishes incomplete.
+        """
+        for response in [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n",
+        ]:
+            c = _Connection()
+            h = c.send()
+            c.receive(response)
+            c.lose(ConnectionLost)
+            self.assertEqual(h.events, ["head", ("finished", False)])
+            self.assertEqual(h.body, b"hel")
+
+    def test_badChunk(self):
+        """
+        Malformed chunked data breaks the body off and aborts the
+        connection.
+        """
+        c = _Connection()
+        h = c.send()
+        c.receive(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        self.assertEqual(h.events, ["head", ("finished", False)])
+        self.assertTrue(c.transport.disconnected)
+
+    def test_pausedThenIdleResumes(self):
+        """
+        A connection paused by its reader on the last bytes of a body
+        reads again once idle, so it sees its next response.
+        """
+        c = _Connection()
+
+        class Pausing(_Recorder):
+            def bodyReceived(self, data):
+                _Recorder.bodyReceived(self, data)
+                c.proto.pauseProducing()
+
+        h = Pausing()
+        c.proto.send(h, b"GET", b"GET / HTTP/1.1\r\n\r\n")
+        c.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(h.events[-1], ("finished", True))
+        self.assertEqual(c.transport.producerState, "producing")
+        self.assertEqual(c.idle, [c.proto])
+
+    def test_detach(self):
+        """
+        A handler that gives up hears nothing more, and the connection is
+        aborted, never reused.
+        """
+        c = _Connection()
+        h = c.send()
+        c.proto.detach()
+        self.assertTrue(c.transport.disconnected)
+        c.lose()
+        self.assertEqual(h.events, [])
+        self.assertEqual(c.idle, [])
+
+    def test_idleTalkCloses(self):
+        """
+        Bytes from the backend on an idle connection close it.
+        """
+        c = _Connection()
+        c.receive(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_busy(self):
+        """
+        A connection carries one exchange at a time.
+        """
+        c = _Connection()
+        c.send()
+        self.assertRaises(RuntimeError, c.send)
+
+    def test_sendOnLost(self):
+        """
+        Sending on a lost connection fails at once with nothing received.
+        """
+        c = _Connection()
+        c.lose()
+        h = c.send()
+        self.assertEqual(h.events, [("failed", False, False)])
+
+    def test_abortWaitsForLoss(self):
+        """
+        L{UpstreamConnection.abort} fires once the connection is lost.
+        """
+        c = _Connection()
+        d = c.proto.abort()
+        self.assertTrue(c.transport.disconnected)
+        self.assertNoResult(d)
+        c.lose()
+        self.successResultOf(d)
+        self.successResultOf(c.proto.whenLost())

@@ -102,3 +102,51 @@ class ResponseHeadersTests(SynchronousTestCase):
         headers = Headers({b"Connection": [b" Foo ,bar", b"baz"]})
         tokens = connectionTokens(headers)
         self.assertTrue({b"foo", b"bar", b"baz", b"upgrade"} <= tokens)
+
+
+class RequestHeaderBlockTests(SynchronousTestCase):
+    def test_sameRulesAsRequestHeaders(self):
+        """
+        L{requestHeaderBlock} writes, as header lines, what L{requestHeaders}
+        builds, less C{Host}: hop-by-hop headers and those named in
+        Connection dropped, every value of a repeated header kept in order,
+        the forwarding headers set.
+        """
+        from lbproxy._headers import requestHeaderBlock
+
+        incoming = Headers(
+            {
+                b"Host": [b"app.example"],
+                b"Connection": [b"keep-alive, X-Private"],
+                b"X-Private": [b"secret"],
+                b"Keep-Alive": [b"5"],
+                b"Accept": [b"a", b"b"],
+                b"X-Forwarded-For": [b"198.51.100.7"],
+                b"Content-Length": [b"3"],
+                b"X-Real-Ip": [b"spoofed"],
+            }
+        )
+        block = requestHeaderBlock(incoming, "192.0.2.1", True)
+        expected = requestHeaders(incoming, "192.0.2.1", True, b"x")
+        expected.removeHeader(b"host")
+        lines = sorted(block.split(b"\r\n")[:-1])
+        self.assertEqual(
+            lines,
+            sorted(
+                b"%s: %s" % (name, value)
+                for name, values in expected.getAllRawHeaders()
+                for value in values
+            ),
+        )
+        self.assertIn(b"X-Forwarded-For: 198.51.100.7, 192.0.2.1\r\n", block)
+        self.assertIn(b"Accept: a\r\nAccept: b\r\n", block)
+
+    def test_noAddress(self):
+        """
+        Without an IP address there is no X-Real-IP and no address added to
+        X-Forwarded-For; plain HTTP says so in X-Forwarded-Proto.
+        """
+        from lbproxy._headers import requestHeaderBlock
+
+        block = requestHeaderBlock(Headers(), None, False)
+        self.assertEqual(block, b"X-Forwarded-Proto: http\r\n")

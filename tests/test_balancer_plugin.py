@@ -318,11 +318,6 @@ class TwistdTests(SynchronousTestCase):
         status, output = self.check("", copyExample(self), "--reactor=poll")
         self.assertEqual((status, output.strip()), (0, "site.ini: OK"))
 
-    test_reactorChoiceKept.todo = (  # type: ignore[attr-defined]
-        "importing lbproxy imports lbproxy._proxy, whose base class module "
-        "twisted.web.proxy installs the global reactor at import time"
-    )
-
     def test_missingPluginReported(self) -> None:
         """
         Without it, the same file is invalid and the error lists the

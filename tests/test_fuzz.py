@@ -19,7 +19,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy import LoadBalancerService, ProxySite
+from lbproxy import Backend, LoadBalancerService, Pool, ProxySite, UpstreamResource
 from lbproxy._vhost import VirtualHost, VirtualHostResource
 from lbproxy.config import ConfigError, SiteConfig, parseConfigText
 from tests.test_site import Recorder
@@ -296,3 +296,159 @@ class RequestFuzzTests(SynchronousTestCase):
         Arbitrary bytes.
         """
         self.feed(data, cuts)
+
+
+_TOKEN = set(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _splitRequests(raw: bytes) -> tuple[list[tuple[bytes, dict[bytes, bytes], bytes]], bytes]:
+    """
+    Split what a backend received into complete requests and the rest,
+    asserting that each is well framed: a token method, an origin-form
+    target, token header names, one Host, no Transfer-Encoding, at most one
+    Content-Length and a body of exactly that length.
+    """
+    requests = []
+    while True:
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            return requests, raw
+        lines = raw[:end].split(b"\r\n")
+        method, target, version = lines[0].split(b" ")
+        assert method and set(method) <= _TOKEN, lines[0]
+        assert target.startswith(b"/") and version == b"HTTP/1.1", lines[0]
+        fields: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            assert name and set(name) <= _TOKEN, line
+            lowered = name.lower()
+            assert lowered not in (b"host", b"content-length") or lowered not in fields, lines
+            assert all(c >= 32 or c == 9 for c in value), line
+            fields[lowered] = value.strip()
+        assert b"transfer-encoding" not in fields, lines
+        assert b"host" in fields, lines
+        length = int(fields.get(b"content-length", b"0"))
+        start = end + 4
+        if len(raw) < start + length:
+            return requests, raw
+        requests.append((lines[0], fields, raw[start : start + length]))
+        raw = raw[start + length :]
+
+
+class ProxyFuzzTests(SynchronousTestCase):
+    """
+    Mutated requests through the whole proxy (virtual hosts, upstream
+    resource, pool) to an in-memory backend: whatever the client sends,
+    the backend receives only well-framed requests, each body exactly as
+    long as its Content-Length, and the client connection ends.
+    """
+
+    def feed(self, data: bytes, cuts: list[int]) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+        """
+        Send C{data} in pieces cut at C{cuts}, answering every request the
+        backend receives; return those requests.
+        """
+        reactor = MemoryReactorClock()
+        received: list[tuple[bytes, dict[bytes, bytes], bytes]] = []
+        pool = Pool("app", [Backend("127.0.0.1", 9000)], reactor=reactor, readTimeout=5.0)
+        upstream = UpstreamResource(pool, True)
+        root = VirtualHostResource(
+            [VirtualHost("app", ["app.example", "*.example"], {b"/": upstream})]
+        )
+        site = ProxySite(
+            root,
+            reactor=reactor,
+            maxHeaderSize=1024,
+            maxBodySize=64,
+            clientHeaderTimeout=10,
+            clientBodyTimeout=20,
+            keepaliveTimeout=30,
+        )
+        site.startFactory()
+        backends: list[tuple[Any, StringTransport, list[int]]] = []
+
+        def serveBackends() -> None:
+            for _ in range(20):
+                progress = False
+                while len(backends) < len(reactor.tcpClients):
+                    _, port, factory, _, _ = reactor.tcpClients[len(backends)]
+                    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+                    transport = StringTransport()
+                    protocol.makeConnection(transport)
+                    backends.append((protocol, transport, [0]))
+                    progress = True
+                for protocol, transport, answered in backends:
+                    if transport.disconnecting:
+                        continue
+                    requests, _ = _splitRequests(transport.value())
+                    while answered[0] < len(requests):
+                        received.append(requests[answered[0]])
+                        answered[0] += 1
+                        progress = True
+                        protocol.dataReceived(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        )
+                if not progress:
+                    return
+
+        try:
+            peer = IPv4Address("TCP", "192.0.2.1", 1234)
+            channel: Any = site.buildProtocol(peer)
+            transport = StringTransport(peerAddress=peer)
+            channel.makeConnection(transport)
+            start = 0
+            for cut in sorted(c % (len(data) + 1) for c in cuts) + [len(data)]:
+                channel.dataReceived(data[start:cut])
+                start = max(start, cut)
+                serveBackends()
+            for _ in range(4):
+                reactor.advance(31)
+                serveBackends()
+            output = transport.value()
+            self.assertTrue(transport.disconnecting, (data, output))
+            if output:
+                self.assertRegex(output[:13], rb"\AHTTP/1\.[01] [1-5]\d\d ")
+            for status in (b" 500 ", b"Traceback", b"Processing Failed"):
+                self.assertNotIn(status, output)
+            channel.connectionLost(None)
+        finally:
+            site.stopFactory()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        return received
+
+    def test_forwarded(self) -> None:
+        """
+        Unmutated, the requests do reach the backend, re-framed (so the
+        fuzzing below checks something).
+        """
+        [(line, fields, body)] = self.feed(_REQUESTS[3], [7, 70])
+        self.assertEqual((line, body), (b"POST /api/ HTTP/1.1", b"hello"))
+        self.assertEqual(fields[b"content-length"], b"5")
+        [(line, fields, body)] = self.feed(_REQUESTS[1], [])
+        self.assertEqual(line, b"GET /x?y=1 HTTP/1.1")
+        # The last of the five holds two requests, one for an unknown host (404).
+        self.assertEqual(len(self.feed(b"".join(_REQUESTS[:5]), [100])), 5)
+
+    @_SETTINGS
+    @given(st.sampled_from(_REQUESTS), _requestEdits, st.lists(st.integers(0, 500), max_size=4))
+    def test_mutatedRequests(
+        self, request: bytes, edits: list[tuple[int, int, int, bytes]], cuts: list[int]
+    ) -> None:
+        """
+        Valid requests with bytes inserted, deleted and replaced.
+        """
+        self.feed(_mutateBytes(request, edits), cuts)
+
+    @_SETTINGS
+    @given(
+        st.lists(st.sampled_from(_REQUESTS), min_size=1, max_size=4),
+        _requestEdits,
+        st.lists(st.integers(0, 1000), max_size=6),
+    )
+    def test_mutatedPipelines(
+        self, requests: list[bytes], edits: list[tuple[int, int, int, bytes]], cuts: list[int]
+    ) -> None:
+        """
+        Several requests in one stream, mutated, cut anywhere.
+        """
+        self.feed(_mutateBytes(b"".join(requests), edits), cuts)

@@ -308,7 +308,7 @@ def _splitRequests(raw: bytes) -> tuple[list[tuple[bytes, dict[bytes, bytes], by
     target, token header names, one Host, no Transfer-Encoding, at most one
     Content-Length and a body of exactly that length.
     """
-    requests = []
+    requests: list[tuple[bytes, dict[bytes, bytes], bytes]] = []
     while True:
         end = raw.find(b"\r\n\r\n")
         if end < 0:
@@ -372,7 +372,9 @@ class ProxyFuzzTests(SynchronousTestCase):
                 progress = False
                 while len(backends) < len(reactor.tcpClients):
                     _, port, factory, _, _ = reactor.tcpClients[len(backends)]
-                    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+                    protocol: Any = factory.buildProtocol(
+                        IPv4Address("TCP", "127.0.0.1", port)
+                    )
                     transport = StringTransport()
                     protocol.makeConnection(transport)
                     backends.append((protocol, transport, [0]))

@@ -577,7 +577,7 @@ class VirtualHostAbsoluteFormTests(SynchronousTestCase):
                 VirtualHost("other", ["elsewhere.example"], {b"/": other}),
             ]
         )
-        request = DummyRequest([])
+        request: Any = DummyRequest([])
         request.uri = b"http://elsewhere.example/x?y"
         request.path = b"http://elsewhere.example/x"
         request.requestHeaders.setRawHeaders(b"host", [b"app.example"])

@@ -34,6 +34,8 @@ class _RawClient(Protocol):
     for a condition on it or for the connection to close.
     """
 
+    transport: Any
+
     def __init__(self) -> None:
         self.data = b""
         self.closed: Deferred[bytes] = Deferred()
@@ -86,6 +88,8 @@ class _TapChannel(HTTPChannel):
     """
     A backend's channel that records the raw bytes it receives.
     """
+
+    site: Any
 
     def connectionMade(self) -> None:
         HTTPChannel.connectionMade(self)
@@ -397,7 +401,12 @@ class LimitTests(HardeningTestCase):
         dripping = LoopingCall(trickle)
         dripping.clock = reactor
         dripping.start(0.05)
-        self.addCleanup(lambda: dripping.running and dripping.stop())
+
+        def stopDripping() -> None:
+            if dripping.running:
+                dripping.stop()
+
+        self.addCleanup(stopDripping)
 
         fast = yield self.connect()
         durations = []

@@ -510,10 +510,19 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
         if not accessLog:
             s.error("access_log", accessLog, "a path, - for standard output, or off")
     workers = s.get("workers", _positiveInt, 1)
-    if workers != 1:
-        s.error("workers", str(workers), "1: several workers are not supported yet")
+    listen = tuple(s.getList("listen", _endpoint, _lines))
+    if workers > 1:
+        for description in listen:
+            kind = description.split(":", 1)[0].lower()
+            if kind not in ("tcp", "tcp6") and not kind.isdigit():
+                s.error(
+                    "workers",
+                    str(workers),
+                    f"1 with the listener {description!r}: several workers "
+                    "share tcp: and tcp6: listeners only",
+                )
     return ProxyConfig(
-        listen=tuple(s.getList("listen", _endpoint, _lines)),
+        listen=listen,
         accessLog=None if accessLog == "off" else (accessLog or defaults.accessLog),
         workers=workers,
         clientHeaderTimeout=s.get(

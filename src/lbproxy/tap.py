@@ -69,7 +69,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the L{lbproxy.LoadBalancerService} for parsed C{options}.
     """
+    from lbproxy._workers import WorkerParentService, workerFDs, workerService
     from lbproxy.service import LoadBalancerService
 
-    assert options.siteConfig is not None
-    return LoadBalancerService(options.siteConfig, reactor)
+    config = options.siteConfig
+    assert config is not None
+    fds = workerFDs()
+    if fds is not None:
+        return workerService(config, fds, reactor)  # type: ignore[no-any-return]
+    if config.proxy.workers > 1:
+        return WorkerParentService(config, options["config"], reactor)
+    return LoadBalancerService(config, reactor)

@@ -1,0 +1,335 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+C{workers = N}: several processes serving the same listening sockets.
+
+The parent opens every C{listen} socket itself and never accepts on them.
+It starts N worker processes (each a C{twistd -n lbproxy} on the same
+configuration file) that inherit the sockets and adopt them with
+L{IReactorSocket.adoptStreamPort}; the kernel hands each new connection
+to one of the workers.  The parent restarts a worker that dies, passes
+SIGHUP and SIGTERM on to the workers, and on its own stop waits for them
+to finish their requests.  The C{[demo:NAME]} backends run in the parent.
+
+Everything else is per worker: each worker has its own pools, so its own
+balancer state (round-robin position, least-connections counts, EWMA),
+its own passive failure accounting, its own active health checks (N
+workers probe each backend N times per interval) and its own idle
+connections to the backends (up to C{keepalive} each).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Optional, Sequence
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from lbproxy._config import SiteConfig
+
+#: The environment variable that tells a worker which inherited file
+#: descriptors are its listening sockets, in C{listen} order.
+WORKER_FDS = "LBPROXY_WORKER_FDS"
+
+#: Seconds a worker must have lived for its death to restart it at once;
+#: one that dies sooner is restarted after a delay that doubles up to
+#: L{MAX_RESTART_DELAY}.
+STABLE_AFTER = 10.0
+MAX_RESTART_DELAY = 30.0
+
+#: Seconds the parent waits for its workers to finish after SIGTERM
+#: before it kills them.
+STOP_TIMEOUT = 30.0
+
+
+def workerFDs() -> Optional[list[int]]:
+    """
+    The listening sockets this process was given as a worker, or L{None}
+    when it is not a worker.
+    """
+    value = os.environ.get(WORKER_FDS)
+    if value is None:
+        return None
+    return [int(fd) for fd in value.split(",") if fd]
+
+
+def listeningSocket(description: str) -> socket.socket:
+    """
+    Open the listening TCP socket that C{description} (a Twisted server
+    endpoint string, C{tcp:PORT[:interface=HOST][:backlog=N]} or C{tcp6:}),
+    describes.
+
+    @raise ValueError: for any other kind of endpoint.
+    """
+    from twisted.internet import endpoints
+
+    args, kwargs = endpoints._parse(description)  # type: ignore[attr-defined]
+    kind = "tcp"
+    if args and not args[0].isdigit():
+        kind = args[0].lower()
+        args = args[1:]
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(
+            f"workers > 1 needs tcp: or tcp6: listeners, not {description!r}"
+        )
+    port = int(args[0] if args else kwargs["port"])
+    interface = kwargs.get("interface", "::" if kind == "tcp6" else "")
+    backlog = int(kwargs.get("backlog", 50))
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, parent: WorkerParentService, number: int) -> None:
+        self.parent = parent
+        self.number = number
+        self.started = 0.0
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.parent._workerEnded(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerParentService(MultiService):
+    """
+    The parent of C{workers = N}: holds the listening sockets, runs the
+    workers, and passes signals on to them.
+
+    @ivar workers: the running workers' process transports, by number.
+    @ivar sockets: the listening sockets, in C{listen} order.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        configPath: str,
+        reactor: Any = None,
+        argv: Optional[Sequence[str]] = None,
+    ) -> None:
+        """
+        @param config: the checked configuration.
+        @param configPath: the file the workers read it from.
+        @param argv: the command that runs one worker (its environment
+            tells it which sockets are its); C{twistd -n lbproxy --config
+            configPath} by default.
+        """
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self.config = config
+        self.count = config.proxy.workers
+        self._argv = list(
+            argv
+            or [
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                "lbproxy",
+                "--config",
+                os.path.abspath(configPath),
+            ]
+        )
+        self.sockets: list[socket.socket] = []
+        self.workers: dict[int, Any] = {}
+        self._protocols: dict[int, _Worker] = {}
+        self._delays: dict[int, float] = {}
+        self._restarts: dict[int, Any] = {}
+        self._stopping = False
+        self._previousHup: Any = None
+        for demo in config.demos:
+            self._addDemo(demo)
+
+    def _addDemo(self, demo: Any) -> None:
+        from twisted.application import strports
+        from twisted.web.server import Site
+
+        from lbproxy._demo import DemoResource
+
+        site = Site(DemoResource(demo.name))
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        for description in demo.listen:
+            strports.service(description, site, reactor=self._reactor).setServiceParent(self)
+
+    def startService(self) -> None:
+        self._stopping = False
+        for description in self.config.proxy.listen:
+            self.sockets.append(listeningSocket(description))
+        MultiService.startService(self)
+        for number in range(self.count):
+            self._spawn(number)
+        self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
+
+    def _onHup(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.signalWorkers, signal.SIGHUP)
+
+    def signalWorkers(self, signum: int) -> None:
+        """
+        Send C{signum} to every running worker.
+        """
+        self._log.info(
+            "passing signal {signal} on to {count} worker(s)",
+            signal=signum,
+            count=len(self.workers),
+        )
+        for process in list(self.workers.values()):
+            try:
+                process.signalProcess(signum)
+            except Exception:
+                pass
+
+    def _spawn(self, number: int) -> None:
+        self._restarts.pop(number, None)
+        if self._stopping:
+            return
+        fds = [s.fileno() for s in self.sockets]
+        childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        for fd in fds:
+            childFDs[fd] = fd
+        env = dict(os.environ)
+        env[WORKER_FDS] = ",".join(str(fd) for fd in fds)
+        env["LBPROXY_WORKER"] = str(number)
+        protocol = _Worker(self, number)
+        protocol.started = self._reactor.seconds()
+        process = self._reactor.spawnProcess(
+            protocol, self._argv[0], self._argv, env=env, childFDs=childFDs
+        )
+        self.workers[number] = process
+        self._protocols[number] = protocol
+        self._log.info(
+            "worker {number} started, pid {pid}", number=number, pid=process.pid
+        )
+
+    def _workerEnded(self, protocol: _Worker, reason: Failure) -> None:
+        number = protocol.number
+        self.workers.pop(number, None)
+        self._protocols.pop(number, None)
+        if self._stopping:
+            return
+        lived = self._reactor.seconds() - protocol.started
+        if lived >= STABLE_AFTER:
+            delay = 0.0
+        else:
+            delay = min(MAX_RESTART_DELAY, max(0.5, self._delays.get(number, 0.25) * 2))
+        self._delays[number] = delay
+        self._log.warn(
+            "worker {number} ended ({why}) after {lived:.1f}s; restarting "
+            "it in {delay:g}s",
+            number=number,
+            why=reason.getErrorMessage(),
+            lived=lived,
+            delay=delay,
+        )
+        self._restarts[number] = self._reactor.callLater(delay, self._spawn, number)
+
+    def stopService(self) -> Deferred[Any]:
+        self._stopping = True
+        if self._previousHup is not None:
+            signal.signal(signal.SIGHUP, self._previousHup)
+            self._previousHup = None
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        ended = [p.ended for p in self._protocols.values()]
+        self.signalWorkers(signal.SIGTERM)
+        killer = self._reactor.callLater(STOP_TIMEOUT, self.signalWorkers, signal.SIGKILL)
+
+        def done(result: Any) -> Any:
+            if killer.active():
+                killer.cancel()
+            for sock in self.sockets:
+                sock.close()
+            self.sockets = []
+            return MultiService.stopService(self)
+
+        waiting = DeferredList(ended) if ended else succeed(None)
+        return waiting.addCallback(done)
+
+
+class AdoptedPortService(Service):
+    """
+    A listener on a socket inherited from the parent, adopted with
+    L{IReactorSocket.adoptStreamPort}.
+    """
+
+    def __init__(self, fd: int, factory: Any, reactor: Any) -> None:
+        self._fd = fd
+        self._factory = factory
+        self._reactor = reactor
+        self._port: Any = None
+        self._waitingForPort: Deferred[Any] = Deferred()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        sock = socket.socket(fileno=self._fd)
+        try:
+            self._port = self._reactor.adoptStreamPort(
+                self._fd, sock.family, self._factory
+            )
+        finally:
+            sock.detach()
+        # adoptStreamPort duplicated the descriptor: the inherited one is
+        # not needed any more.
+        os.close(self._fd)
+        self._waitingForPort.callback(self._port)
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self._port is not None:
+            port, self._port = self._port, None
+            return port.stopListening()
+        return None
+
+
+def workerService(config: SiteConfig, fds: Sequence[int], reactor: Any = None) -> Any:
+    """
+    The service of one worker: a L{lbproxy.LoadBalancerService} whose
+    C{listen} listeners adopt the sockets C{fds} (in C{listen} order) and
+    which runs no demo backend (the parent runs those).
+    """
+    from lbproxy.service import LoadBalancerService
+
+    class WorkerService(LoadBalancerService):
+        def __init__(self) -> None:
+            self._fds = list(fds)
+            LoadBalancerService.__init__(self, config, reactor)
+
+        def _listen(self, description: str, factory: Any) -> Any:
+            if factory is not getattr(self, "site", None) or not self._fds:
+                return LoadBalancerService._listen(self, description, factory)
+            if reactor is None:
+                from twisted.internet import reactor as _reactor
+            else:
+                _reactor = reactor
+            service = AdoptedPortService(self._fds.pop(0), factory, _reactor)
+            service.setServiceParent(self)
+            return service
+
+        def _addDemo(self, demo: Any) -> None:
+            pass
+
+    return WorkerService()

@@ -1,0 +1,87 @@
+"""
+Tests for L{lbproxy._workers}: the configuration of C{workers}, the
+parent's sockets, and how a worker finds its own.  The processes
+themselves are exercised in L{tests.integration.test_workers}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy._workers import WORKER_FDS, listeningSocket, workerFDs
+from lbproxy.config import ConfigError, parseConfigText
+
+_SITE = """
+[lbproxy]
+listen = {listen}
+workers = {workers}
+
+[upstream:app]
+servers = 127.0.0.1:9001
+
+[vhost:app]
+default = yes
+upstream = app
+"""
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_severalWorkers(self):
+        """
+        C{workers} may be more than 1 with TCP listeners.
+        """
+        config = parseConfigText(
+            _SITE.format(listen="tcp:8080\n    tcp6:8081", workers=4)
+        )
+        self.assertEqual(config.proxy.workers, 4)
+
+    def test_onlyTCP(self):
+        """
+        Several workers cannot share a listener that is not TCP.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            parseConfigText(_SITE.format(listen="unix:/tmp/lb.sock", workers=2))
+        self.assertIn("tcp: and tcp6: listeners only", "\n".join(caught.exception.errors))
+
+    def test_oneWorkerAnyListener(self):
+        """
+        With one worker, any endpoint will do.
+        """
+        config = parseConfigText(_SITE.format(listen="unix:/tmp/lb.sock", workers=1))
+        self.assertEqual(config.proxy.workers, 1)
+
+
+class SocketTests(SynchronousTestCase):
+    def test_listeningSocket(self):
+        """
+        The parent's socket listens on the endpoint's interface and port,
+        and does not block.
+        """
+        sock = listeningSocket("tcp:0:interface=127.0.0.1:backlog=10")
+        self.addCleanup(sock.close)
+        host, port = sock.getsockname()
+        self.assertEqual(host, "127.0.0.1")
+        self.assertNotEqual(port, 0)
+        self.assertEqual(sock.family, socket.AF_INET)
+        self.assertFalse(sock.getblocking())
+        client = socket.create_connection((host, port), timeout=5)
+        client.close()
+
+    def test_notTCP(self):
+        """
+        Only TCP endpoints can be opened by the parent.
+        """
+        self.assertRaises(ValueError, listeningSocket, "unix:/tmp/x.sock")
+
+    def test_workerFDs(self):
+        """
+        A worker learns its sockets from the environment; a process without
+        that variable is not a worker.
+        """
+        self.patch(os, "environ", {})
+        self.assertIsNone(workerFDs())
+        self.patch(os, "environ", {WORKER_FDS: "5,7"})
+        self.assertEqual(workerFDs(), [5, 7])

@@ -112,6 +112,21 @@ class _UpstreamProtocol(HTTP11ClientProtocol):
         return waiter
 
 
+class _QuietFactory(Factory):
+    """
+    A client factory that builds its protocol with a callable and does not
+    log "Starting factory" for every backend connection.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._build(addr)
+
+
 class _Connections:
     """
     The idle persistent connections to one backend.
@@ -161,9 +176,7 @@ class _Connections:
         Open a new connection for forwarding, bypassing the idle cache; it
         joins the cache after each complete exchange.
         """
-        factory = Factory.forProtocol(UpstreamConnection)
-        factory.buildProtocol = self._buildUpstream  # type: ignore[method-assign]
-        return self._endpoint.connect(factory)
+        return self._endpoint.connect(_QuietFactory(self._buildUpstream))
 
     def _buildUpstream(self, addr: Any) -> UpstreamConnection:
         self.opened += 1
@@ -174,9 +187,7 @@ class _Connections:
         Open a new L{_UpstreamProtocol} (Twisted's general HTTP/1.1 client,
         for health probes); it never joins the idle cache.
         """
-        factory = Factory.forProtocol(_UpstreamProtocol)
-        factory.buildProtocol = self._buildProtocol  # type: ignore[method-assign]
-        return self._endpoint.connect(factory)
+        return self._endpoint.connect(_QuietFactory(self._buildProtocol))
 
     def _buildProtocol(self, addr: Any) -> _UpstreamProtocol:
         self.opened += 1

@@ -572,6 +572,31 @@ class BrokenBackendTests(HardeningTestCase):
         self.assertFalse(client.isClosed)
 
     @inlineCallbacks
+    def test_keepaliveRaceNotIdempotent(self) -> Any:
+        """
+        The same race with a POST: the request may have been processed, so
+        it is not sent again; the client gets 502.
+        """
+
+        def behave(protocol: Any, data: bytes) -> None:
+            if protocol.index == 0 and data.count(b"\r\n\r\n") == 2 and data.endswith(b"abc"):
+                protocol.transport.loseConnection()
+            elif data.endswith(b"\r\n\r\n") or data.endswith(b"abc"):
+                protocol.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        factory, port = yield self.startRawBackend(behave)
+        yield self.startProxy(port, upstreamExtra="keepalive = 4\n")
+        client = yield self.connect()
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        yield client.waitFor(lambda d: d.endswith(b"\r\n\r\nok"))
+        client.transport.write(
+            b"POST / HTTP/1.1\r\nHost: app.example\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        received = yield client.waitFor(lambda d: b"HTTP/1.1 502" in d and d.endswith(b"</html>\n"))
+        self.assertIn(b"HTTP/1.1 502", received)
+        self.assertEqual(len(factory.connections), 1)
+
+    @inlineCallbacks
     def test_slowHead(self) -> Any:
         """
         A backend that sends its response head a byte at a time gets 504

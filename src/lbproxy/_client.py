@@ -55,6 +55,9 @@ _DIGITS = re.compile(rb"\A[0-9]+\Z")
 _CODE = re.compile(rb"\A[0-9]{3}\Z")
 _VERSION = re.compile(rb"\AHTTP/([0-9]+)\.([0-9]+)\Z")
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Control characters not allowed in a header value (all but HTAB): a NUL
+#: or a bare CR must not reach the client (RFC 9110 5.5).
+_CTL = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
 
 
 class InvalidResponse(Exception):
@@ -231,6 +234,8 @@ def _addHeader(
     if not sep or not _TOKEN.match(name):
         raise InvalidResponse(f"invalid header line {line[:80]!r}")
     value = value.strip(b" \t")
+    if len(value.translate(None, _CTL)) != len(value):
+        raise InvalidResponse(f"control character in header {name[:80]!r}")
     lowered = name.lower()
     if lowered in _CONNECTION_CONTROL:
         control.setdefault(lowered, []).append(value)

@@ -529,6 +529,12 @@ class BrokenBackendTests(HardeningTestCase):
             b"/longline": b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100000 + b"\r\n\r\n",
             b"/manylines": b"HTTP/1.1 200 OK\r\n" + b"X-Many: 0123456789\r\n" * 20000 + b"\r\n",
             b"/badlength": b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello",
+            b"/twolengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+            b"Content-Length: 6\r\n\r\nhello!",
+            b"/xchunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nhello",
+            b"/nulheader": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+            b"/crheader": b"HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: x=1\r\n"
+            b"Content-Length: 0\r\n\r\n",
         }
 
         def behave(protocol: Any, data: bytes) -> None:
@@ -542,6 +548,29 @@ class BrokenBackendTests(HardeningTestCase):
             received = yield self.get(path)
             self.assertEqual(_status(received), 502, (path, received[:200]))
             self.assertNotIn(b"Traceback", received)
+
+    @inlineCallbacks
+    def test_lengthAndChunkedResponse(self) -> Any:
+        """
+        A response with both Content-Length and Transfer-Encoding is read
+        by its chunking (RFC 9112 6.3) and reaches the client framed one
+        way only.
+        """
+
+        def behave(protocol: Any, data: bytes) -> None:
+            if data.endswith(b"\r\n\r\n"):
+                protocol.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                )
+
+        factory, port = yield self.startRawBackend(behave)
+        yield self.startProxy(port)
+        received = yield self.get()
+        head, _, body = received.partition(b"\r\n\r\n")
+        self.assertEqual(_status(received), 200)
+        self.assertNotIn(b"content-length", head.lower())
+        self.assertEqual(body, b"5\r\nhello\r\n0\r\n\r\n")
 
     @inlineCallbacks
     def test_keepaliveRace(self) -> Any:

@@ -587,3 +587,32 @@ class VirtualHostAbsoluteFormTests(SynchronousTestCase):
         self.assertEqual(originForm(b"/plain"), b"/plain")
         self.assertEqual(originForm(b"http://a:1"), b"/")
         self.assertEqual(originForm(b"https://a?q"), b"/?q")
+
+
+class ServiceWiringTests(SynchronousTestCase):
+    """
+    The [lbproxy] limits reach the service's L{ProxySite} and its channels.
+    """
+
+    def test_configReachesChannels(self) -> None:
+        from lbproxy import LoadBalancerService, parseConfigText
+
+        config = parseConfigText(
+            "[lbproxy]\nlisten = tcp:0:interface=127.0.0.1\nmax_connections = 7\n"
+            "client_header_timeout = 3s\nclient_body_timeout = 4s\n"
+            "keepalive_timeout = 5s\nmax_body_size = 6k\nmax_header_size = 2k\n",
+            "site.ini",
+        )
+        service = LoadBalancerService(config, MemoryReactorClock())
+        site = service.site
+        self.assertEqual(
+            (site.maxConnections, site.clientHeaderTimeout, site.clientBodyTimeout,
+             site.timeOut, site.maxBodySize, site.maxHeaderSize),
+            (7, 3.0, 4.0, 5.0, 6144, 2048),
+        )
+        channel = site.buildProtocol(_PEER)
+        self.assertEqual(
+            (channel.clientHeaderTimeout, channel.clientBodyTimeout,
+             channel.maxBodySize, channel.totalHeadersSize),
+            (3.0, 4.0, 6144, 2048),
+        )

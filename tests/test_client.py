@@ -398,3 +398,53 @@ class ConnectionTests(SynchronousTestCase):
         c.lose()
         self.successResultOf(d)
         self.successResultOf(c.proto.whenLost())
+
+
+class WriteNowTests(SynchronousTestCase):
+    def test_otherTransports(self):
+        """
+        Any transport but a plain TCP client gets a plain C{write}.
+        """
+        from lbproxy._client import writeNow
+
+        transport = StringTransport()
+        writeNow(transport, b"abc")
+        self.assertEqual(transport.value(), b"abc")
+
+    def test_tcpSocket(self):
+        """
+        On a connected TCP client with nothing buffered, the data goes to
+        the socket at once; what the socket does not take is buffered by
+        the transport, in order.
+        """
+        from twisted.internet import tcp
+
+        from lbproxy._client import writeNow
+
+        class FakeSocket:
+            def __init__(self, take):
+                self.take = take
+                self.sent = b""
+
+            def send(self, data):
+                taken = data[: self.take]
+                self.sent += taken
+                return len(taken)
+
+        written = []
+        transport = tcp.Client.__new__(tcp.Client)
+        transport.connected = True
+        transport.disconnecting = False
+        transport._tempDataLen = 0
+        transport.dataBuffer = b""
+        transport.offset = 0
+        transport.socket = FakeSocket(10)
+        transport.write = written.append
+        writeNow(transport, b"short")
+        self.assertEqual((transport.socket.sent, written), (b"short", []))
+        transport.socket = FakeSocket(3)
+        writeNow(transport, b"longer")
+        self.assertEqual((transport.socket.sent, written), (b"lon", [b"ger"]))
+        transport._tempDataLen = 1
+        writeNow(transport, b"queued")
+        self.assertEqual((transport.socket.sent, written), (b"lon", [b"ger", b"queued"]))

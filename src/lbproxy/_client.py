@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
+from twisted.internet.tcp import Client as _TCPClient
 from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder
 
@@ -257,6 +258,35 @@ def _headEnd(buffer: bytes) -> tuple[int, int]:
     return -1, -1
 
 
+def writeNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, straight to the socket when the transport
+    is a plain TCP connection with nothing buffered.
+
+    C{transport.write} only buffers, registers the socket for writing, and
+    sends on the reactor's next turn, which then unregisters it: two
+    C{epoll_ctl} calls and a turn of the loop for every request head.  A
+    request head almost always fits in the socket's send buffer, so it is
+    sent at once; whatever does not fit (or any error) goes through
+    C{transport.write} as usual, in order.
+    """
+    if (
+        type(transport) is _TCPClient
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 _IDLE, _HEAD, _BODY, _DONE = range(4)
 
 
@@ -321,7 +351,7 @@ class UpstreamConnection(Protocol):
         self._state = _HEAD
         self._persistent = True
         self._received = False
-        self.transport.write(head)
+        writeNow(self.transport, head)
         if body is not None:
             from twisted.web.client import FileBodyProducer
 

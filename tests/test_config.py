@@ -254,6 +254,22 @@ class ParseConfigTests(SynchronousTestCase):
         (error,) = _errors(_GOOD.replace("listen = tcp:8080          ; inline comments are allowed\n    tcp:8081:interface=127.0.0.1\n", ""))
         self.assertIn("[lbproxy] listen", error)
 
+    def test_listenListOnOneLine(self):
+        """
+        Lists may be whitespace separated on one line, as well as one item
+        per line.
+        """
+        config = parseConfigText(
+            _GOOD.replace(
+                "listen = tcp:8080          ; inline comments are allowed\n    tcp:8081:interface=127.0.0.1",
+                "listen = tcp:8080 tcp:8081:interface=127.0.0.1",
+            ),
+            "site.ini",
+        )
+        self.assertEqual(
+            config.proxy.listen, ("tcp:8080", "tcp:8081:interface=127.0.0.1")
+        )
+
     def test_readFile(self):
         path = FilePath(self.mktemp())
         path.setContent(_GOOD.encode("utf-8"))

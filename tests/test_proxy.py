@@ -122,6 +122,7 @@ class ForwardingTests(SynchronousTestCase):
         self.assertIn(b"Content-Length: 5\r\n", response)
         self.assertNotIn(b"X-Hop", response)
         self.assertNotIn(b"Content-Type", response)
+        self.assertNotIn(b"TwistedWeb", response)
         self.assertTrue(response.endswith(b"\r\n\r\nhello"))
 
     def test_connectionReused(self):
@@ -193,6 +194,7 @@ class FailureTests(SynchronousTestCase):
         response = h.response()
         self.assertTrue(response.startswith(b"HTTP/1.1 502 Bad Gateway"))
         self.assertIn(b"<h1>502 Bad Gateway</h1>", response)
+        self.assertNotIn(b"TwistedWeb", response)
         self.assertNotIn(b"Traceback", response)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 

@@ -510,7 +510,7 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
         if not accessLog:
             s.error("access_log", accessLog, "a path, - for standard output, or off")
     workers = s.get("workers", _positiveInt, 1)
-    listen = tuple(s.getList("listen", _endpoint, _lines))
+    listen = tuple(s.getList("listen", _endpoint))
     if workers > 1:
         for description in listen:
             kind = description.split(":", 1)[0].lower()
@@ -566,7 +566,11 @@ def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
 
 
 def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
-    from lbproxy.balancers import BalancerNotFound, InvalidBalancerOptions, buildBalancer
+    from lbproxy.balancers import (
+        BalancerNotFound,
+        InvalidBalancerOptions,
+        buildBalancer,
+    )
 
     s = _Section(reader, section, "upstream", _UPSTREAM_KEYS)
     d = UpstreamConfig(name=name, servers=())
@@ -629,7 +633,7 @@ def _readVHost(reader: _Reader, section: str, name: str) -> VHostConfig:
 
 def _readDemo(reader: _Reader, section: str, name: str) -> DemoConfig:
     s = _Section(reader, section, "demo", _DEMO_KEYS)
-    listen = s.getList("listen", _endpoint, _lines)
+    listen = s.getList("listen", _endpoint)
     if not s.has("listen"):
         reader.fail(section, "listen", "", "missing key; expected a server endpoint such as tcp:9001")
     return DemoConfig(name=name, listen=tuple(listen))

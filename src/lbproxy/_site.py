@@ -105,6 +105,13 @@ class ProxyRequest(Request):
     _bodyReceived = 0
     channel: ProxyChannel
 
+    def render(self, resrc: Any) -> None:
+        # Twisted's Request.process announces "Server: TwistedWeb/<version>"
+        # on every response; a proxy passes on the backend's Server header
+        # and adds none of its own.
+        self.responseHeaders.removeHeader(b"server")
+        Request.render(self, resrc)
+
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.maxBodySize
         if length is not None and length > limit:

@@ -29,5 +29,11 @@ class ExportTests(SynchronousTestCase):
             self.assertIs(public, private)
 
     def test_all(self):
+        """
+        C{__all__} lists exactly the lazily exported names.
+        """
         for name in lbproxy.__all__:
             self.assertTrue(hasattr(lbproxy, name), name)
+        self.assertEqual(
+            sorted(lbproxy.__all__), sorted([*lbproxy._EXPORTS, "__version__"])
+        )

@@ -43,7 +43,23 @@ _EXPORTS = {
     "buildPool": "lbproxy.service",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "Backend",
+    "BackendState",
+    "ConfigError",
+    "LoadBalancerService",
+    "Outcome",
+    "Pool",
+    "ProxySite",
+    "SiteConfig",
+    "UpstreamResource",
+    "VirtualHost",
+    "VirtualHostResource",
+    "__version__",
+    "buildPool",
+    "parseConfig",
+    "parseConfigText",
+]
 
 
 def __getattr__(name: str) -> Any:

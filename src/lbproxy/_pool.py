@@ -176,7 +176,10 @@ class _Connections:
         Open a new connection for forwarding, bypassing the idle cache; it
         joins the cache after each complete exchange.
         """
-        return self._endpoint.connect(_QuietFactory(self._buildUpstream))
+        connecting: Deferred[Any] = self._endpoint.connect(
+            _QuietFactory(self._buildUpstream)
+        )
+        return connecting
 
     def _buildUpstream(self, addr: Any) -> UpstreamConnection:
         self.opened += 1

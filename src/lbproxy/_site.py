@@ -453,11 +453,13 @@ class ProxySite(Site):
         channel.clientBodyTimeout = self.clientBodyTimeout
         return channel
 
-    def closeConnections(self) -> Deferred[None]:
+    def closeConnections(self, timeout: Optional[float] = None) -> Deferred[None]:
         """
         Close the idle client connections now, and every other one as soon
         as its response is complete (as nginx does on a graceful stop).
 
+        @param timeout: seconds after which the connections still open are
+            aborted; L{None} waits for as long as they take.
         @return: a L{Deferred} that fires once every connection is closed.
         """
         if not self.channels:
@@ -469,7 +471,25 @@ class ProxySite(Site):
             channel.persistent = False
             if not channel.requests:
                 channel.loseConnection()
+        if timeout is not None and self.channels:
+            deadline = self.reactor.callLater(timeout, self._abortConnections)
+
+            def cancelDeadline(result: Any) -> Any:
+                if deadline.active():
+                    deadline.cancel()
+                return result
+
+            drained.addBoth(cancelDeadline)
         return drained
+
+    def _abortConnections(self) -> None:
+        if self.channels:
+            self._log.warn(
+                "aborting {count} client connection(s) still busy at shutdown",
+                count=len(self.channels),
+            )
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
 
     def log(self, request: Any) -> None:
         """

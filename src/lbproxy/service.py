@@ -102,6 +102,10 @@ class LoadBalancerService(MultiService):
 
     _log = Logger()
 
+    #: Seconds that requests in flight get to finish when the service
+    #: stops; the client connections still open then are aborted.
+    shutdownTimeout = 30.0
+
     def __init__(self, config: SiteConfig, reactor: Any = None) -> None:
         MultiService.__init__(self)
         self.config = config
@@ -175,7 +179,7 @@ class LoadBalancerService(MultiService):
         d = MultiService.stopService(self)
 
         def closeClients(result: Any) -> Any:
-            return self.site.closeConnections()
+            return self.site.closeConnections(self.shutdownTimeout)
 
         def closePools(result: Any) -> Any:
             return DeferredList([p.close() for p in self.pools.values()])

@@ -133,8 +133,19 @@ class ParseHeadTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: -1",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0x10",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x00b",
+            b"HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: x=1",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n  folded",
+            b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n  folded",
         ]:
             self.assertRaises(InvalidResponse, parseHead, head, b"GET")
+
+    def test_trailingWhitespace(self):
+        """
+        Whitespace around a value is not part of it.
+        """
+        head, _, _, _ = parseHead(b"HTTP/1.1 200 OK\r\nA: \t v w \t\r\nB:x", b"GET")
+        self.assertEqual(head.headers, [(b"A", b"v w"), (b"B", b"x")])
 
     def test_repeatedEqualLengths(self):
         """

@@ -56,6 +56,13 @@ _DIGITS = re.compile(rb"\A[0-9]+\Z")
 _CODE = re.compile(rb"\A[0-9]{3}\Z")
 _VERSION = re.compile(rb"\AHTTP/([0-9]+)\.([0-9]+)\Z")
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: One header line: a token, a colon, the value (no NUL, no CR but the
+#: one of a CR LF) without the whitespace before it.
+_FIELD = re.compile(
+    rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n\x00]*)\r?$", re.M
+)
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_TRAILING = (b" ", b"\t")
 #: Control characters not allowed in a header value (all but HTAB): a NUL
 #: or a bare CR must not reach the client (RFC 9110 5.5).
 _CTL = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
@@ -159,46 +166,59 @@ def parseHead(
         connection's end), and C{bodyless} says that no body follows.
     @raise InvalidResponse: when it is not a valid response head.
     """
-    lines = data.split(b"\n")
-    status = lines[0]
+    status, _, block = data.partition(b"\n")
     if status[-1:] == b"\r":
         status = status[:-1]
-    parts = status.split(b" ", 2)
-    if len(parts) < 2:
-        raise InvalidResponse(f"invalid status line {status[:80]!r}")
-    version = _VERSION.match(parts[0])
-    if version is None:
-        raise InvalidResponse(f"invalid status line {status[:80]!r}")
-    if not _CODE.match(parts[1]):
+    if status[:9] == b"HTTP/1.1 " and status[12:13] in (b" ", b""):
+        version = (1, 1)
+        codeBytes = status[9:12]
+        phrase = status[13:]
+    else:
+        parts = status.split(b" ", 2)
+        match = _VERSION.match(parts[0]) if len(parts) >= 2 else None
+        if match is None:
+            raise InvalidResponse(f"invalid status line {status[:80]!r}")
+        version = (int(match.group(1)), int(match.group(2)))
+        codeBytes = parts[1]
+        phrase = parts[2] if len(parts) == 3 else b""
+    if not _CODE.match(codeBytes):
         raise InvalidResponse(f"invalid status code in {status[:80]!r}")
     headers: list[tuple[bytes, bytes]] = []
     control: dict[bytes, list[bytes]] = {}
-    pending: Optional[bytes] = None
-    for line in lines[1:]:
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        if line[:1] in (b" ", b"\t"):
-            if pending is None:
-                raise InvalidResponse("continuation line before any header")
-            pending += b" " + line.strip()
-            continue
-        if pending is not None:
-            _addHeader(pending, headers, control)
-        pending = line
-    if pending is not None:
-        _addHeader(pending, headers, control)
-    code = int(parts[1])
+    if block:
+        if b"\n " in block or b"\n\t" in block or block[:1] in (b" ", b"\t"):
+            _slowHeaders(block, headers, control)
+        else:
+            fields = _FIELD.findall(block)
+            if len(fields) != block.count(b"\n") + 1:
+                for line in block.split(b"\n"):
+                    if not _FIELD.match(line):
+                        raise InvalidResponse(f"invalid header line {line[:80]!r}")
+            append = headers.append
+            for field in fields:
+                name, value = field
+                if value[-1:] in _TRAILING:
+                    field = (name, value.rstrip(b" \t"))
+                lowered = name.lower()
+                if lowered in _CONNECTION_CONTROL:
+                    control.setdefault(lowered, []).append(field[1])
+                else:
+                    append(field)
+    code = int(codeBytes)
+    connection = control.get(b"connection")
     head = ResponseHead(
-        (int(version.group(1)), int(version.group(2))),
+        version,
         code,
-        parts[2] if len(parts) == 3 else b"",
+        phrase,
         headers,
         frozenset(
             token.strip().lower()
-            for value in control.get(b"connection", ())
+            for value in connection
             for token in value.split(b",")
             if token.strip()
-        ),
+        )
+        if connection
+        else _NO_TOKENS,
         None,
     )
     if 100 <= code < 200:
@@ -221,9 +241,37 @@ def parseHead(
             raise InvalidResponse(f"unsupported Transfer-Encoding {encodings[0]!r}")
         return head, None, True, False
     if lengths is not None:
-        length = _contentLength(lengths)
+        if len(lengths) == 1 and lengths[0].isdigit():
+            length = int(lengths[0])
+        else:
+            length = _contentLength(lengths)
         head.length = length
     return head, length, False, length == 0
+
+
+def _slowHeaders(
+    block: bytes,
+    headers: list[tuple[bytes, bytes]],
+    control: dict[bytes, list[bytes]],
+) -> None:
+    """
+    Parse header lines, some of them folded (continued on lines that start
+    with a space or a tab).
+    """
+    pending: Optional[bytes] = None
+    for line in block.split(b"\n"):
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if line[:1] in (b" ", b"\t"):
+            if pending is None:
+                raise InvalidResponse("continuation line before any header")
+            pending += b" " + line.strip()
+            continue
+        if pending is not None:
+            _addHeader(pending, headers, control)
+        pending = line
+    if pending is not None:
+        _addHeader(pending, headers, control)
 
 
 def _addHeader(
@@ -232,7 +280,7 @@ def _addHeader(
     control: dict[bytes, list[bytes]],
 ) -> None:
     name, sep, value = line.partition(b":")
-    if not sep or not _TOKEN.match(name):
+    if not sep or not _TOKEN.match(name) or b"\r" in value or b"\x00" in value:
         raise InvalidResponse(f"invalid header line {line[:80]!r}")
     value = value.strip(b" \t")
     if len(value.translate(None, _CTL)) != len(value):

@@ -313,7 +313,8 @@ class _Exchange(ResponseHandler):
         out = request.responseHeaders
         out.removeHeader(b"server")
         out.removeHeader(b"date")
-        drop = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
+        tokens = head.connection
+        drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else HOP_BY_HOP | tokens
         cookies = request.cookies
         for name, value in head.headers:
             lowered = name.lower()

@@ -14,6 +14,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.python.log import msg
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -259,6 +260,7 @@ class WalkthroughTests(ProxyTestCase):
                 self.assertEqual(response.code, 200)
 
         yield gatherResults([flow(20) for _ in range(10)])
+        msg(f"keep-alive: 200 requests over {a.connectionsMade} backend connections")
         self.assertLessEqual(a.connectionsMade, 20)
 
     @inlineCallbacks

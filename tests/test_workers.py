@@ -83,5 +83,5 @@ class SocketTests(SynchronousTestCase):
         """
         self.patch(os, "environ", {})
         self.assertIsNone(workerFDs())
-        self.patch(os, "environ", {WORKER_FDS: "5,7"})
-        self.assertEqual(workerFDs(), [5, 7])
+        self.patch(os, "environ", {WORKER_FDS: "5:2,7:10"})
+        self.assertEqual(workerFDs(), [(5, 2), (7, 10)])

@@ -34,7 +34,8 @@ from twisted.python.failure import Failure
 from lbproxy._config import SiteConfig
 
 #: The environment variable that tells a worker which inherited file
-#: descriptors are its listening sockets, in C{listen} order.
+#: descriptors are its listening sockets, in C{listen} order, as
+#: C{FD:FAMILY} items separated by commas.
 WORKER_FDS = "LBPROXY_WORKER_FDS"
 
 #: Seconds a worker must have lived for its death to restart it at once;
@@ -48,15 +49,21 @@ MAX_RESTART_DELAY = 30.0
 STOP_TIMEOUT = 30.0
 
 
-def workerFDs() -> Optional[list[int]]:
+def workerFDs() -> Optional[list[tuple[int, int]]]:
     """
-    The listening sockets this process was given as a worker, or L{None}
-    when it is not a worker.
+    The listening sockets this process was given as a worker, as
+    C{(file descriptor, address family)}, or L{None} when it is not a
+    worker.
     """
     value = os.environ.get(WORKER_FDS)
     if value is None:
         return None
-    return [int(fd) for fd in value.split(",") if fd]
+    sockets = []
+    for item in value.split(","):
+        if item:
+            fd, _, family = item.partition(":")
+            sockets.append((int(fd), int(family or socket.AF_INET)))
+    return sockets
 
 
 def listeningSocket(description: str) -> socket.socket:
@@ -205,12 +212,13 @@ class WorkerParentService(MultiService):
         self._restarts.pop(number, None)
         if self._stopping:
             return
-        fds = [s.fileno() for s in self.sockets]
         childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
-        for fd in fds:
-            childFDs[fd] = fd
+        for sock in self.sockets:
+            childFDs[sock.fileno()] = sock.fileno()
         env = dict(os.environ)
-        env[WORKER_FDS] = ",".join(str(fd) for fd in fds)
+        env[WORKER_FDS] = ",".join(
+            f"{sock.fileno()}:{int(sock.family)}" for sock in self.sockets
+        )
         env["LBPROXY_WORKER"] = str(number)
         protocol = _Worker(self, number)
         protocol.started = self._reactor.seconds()
@@ -276,8 +284,9 @@ class AdoptedPortService(Service):
     L{IReactorSocket.adoptStreamPort}.
     """
 
-    def __init__(self, fd: int, factory: Any, reactor: Any) -> None:
+    def __init__(self, fd: int, family: int, factory: Any, reactor: Any) -> None:
         self._fd = fd
+        self._family = family
         self._factory = factory
         self._reactor = reactor
         self._port: Any = None
@@ -285,13 +294,11 @@ class AdoptedPortService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        sock = socket.socket(fileno=self._fd)
-        try:
-            self._port = self._reactor.adoptStreamPort(
-                self._fd, sock.family, self._factory
-            )
-        finally:
-            sock.detach()
+        # (No socket object around the descriptor to learn its family: on
+        # PyPy, detaching one leaves the descriptor unusable.)
+        self._port = self._reactor.adoptStreamPort(
+            self._fd, self._family, self._factory
+        )
         # adoptStreamPort duplicated the descriptor: the inherited one is
         # not needed any more.
         os.close(self._fd)
@@ -305,7 +312,9 @@ class AdoptedPortService(Service):
         return None
 
 
-def workerService(config: SiteConfig, fds: Sequence[int], reactor: Any = None) -> Any:
+def workerService(
+    config: SiteConfig, fds: Sequence[tuple[int, int]], reactor: Any = None
+) -> Any:
     """
     The service of one worker: a L{lbproxy.LoadBalancerService} whose
     C{listen} listeners adopt the sockets C{fds} (in C{listen} order) and
@@ -325,7 +334,8 @@ def workerService(config: SiteConfig, fds: Sequence[int], reactor: Any = None) -
                 from twisted.internet import reactor as _reactor
             else:
                 _reactor = reactor
-            service = AdoptedPortService(self._fds.pop(0), factory, _reactor)
+            fd, family = self._fds.pop(0)
+            service = AdoptedPortService(fd, family, factory, _reactor)
             service.setServiceParent(self)
             return service
 

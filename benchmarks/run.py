@@ -1,7 +1,7 @@
 """
 lbproxy's benchmark: one command, loopback only, bounded in time.
 
-    python benchmarks/run.py                 # the full run (about 8 minutes)
+    python benchmarks/run.py                 # the full run (about 7 minutes)
     python benchmarks/run.py --quick         # 1 round of 3 s, for a smoke test
     python benchmarks/run.py --rows lbproxy,nginx --sizes tiny
 

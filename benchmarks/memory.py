@@ -17,7 +17,6 @@ import os
 import resource
 import selectors
 import socket
-import subprocess
 import sys
 import tempfile
 import time

@@ -6,6 +6,7 @@ requests, over a L{StringTransport}.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import StringTransport
@@ -48,8 +49,8 @@ class _Connection:
     """
 
     def __init__(self):
-        self.idle = []
-        self.lost = []
+        self.idle: list[UpstreamConnection] = []
+        self.lost: list[UpstreamConnection] = []
         self.proto = UpstreamConnection(self.idle.append, self.lost.append)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
@@ -442,8 +443,8 @@ class WriteNowTests(SynchronousTestCase):
                 self.sent += taken
                 return len(taken)
 
-        written = []
-        transport = tcp.Client.__new__(tcp.Client)
+        written: list[bytes] = []
+        transport: Any = tcp.Client.__new__(tcp.Client)
         transport.connected = True
         transport.disconnecting = False
         transport._tempDataLen = 0

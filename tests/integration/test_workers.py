@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import sys
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -37,7 +38,7 @@ class _Hello(Resource):
 class _Parent(ProcessProtocol):
     def __init__(self):
         self.output = b""
-        self.ended = Deferred()
+        self.ended: Deferred[Any] = Deferred()
 
     def outReceived(self, data):
         self.output += data
@@ -107,7 +108,7 @@ class WorkersTests(TestCase):
             _TWISTD + ["-n", "--pidfile=", "lbproxy", "--config", path.path],
             env=_ENV,
         )
-        seen = set()
+        seen: set[int] = set()
 
         def stop():
             if process.pid is not None:
@@ -145,4 +146,4 @@ class WorkersTests(TestCase):
         process.signalProcess("TERM")
         yield parent.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
         for pid in parent.workers().values():
-            yield self.waitFor(lambda: not _alive(pid), f"worker {pid} to end", 10)
+            yield self.waitFor(lambda pid=pid: not _alive(pid), f"worker {pid} to end", 10)

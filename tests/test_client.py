@@ -138,6 +138,8 @@ class ParseHeadTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: x=1",
             b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n  folded",
             b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n  folded",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x01b",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x7fb",
         ]:
             self.assertRaises(InvalidResponse, parseHead, head, b"GET")
 
@@ -145,8 +147,10 @@ class ParseHeadTests(SynchronousTestCase):
         """
         Whitespace around a value is not part of it.
         """
-        head, _, _, _ = parseHead(b"HTTP/1.1 200 OK\r\nA: \t v w \t\r\nB:x", b"GET")
-        self.assertEqual(head.headers, [(b"A", b"v w"), (b"B", b"x")])
+        head, _, _, _ = parseHead(
+            b"HTTP/1.1 200 OK\r\nA: \t v\tw \t\r\nB:x\r\nC: \xe9", b"GET"
+        )
+        self.assertEqual(head.headers, [(b"A", b"v\tw"), (b"B", b"x"), (b"C", b"\xe9")])
 
     def test_repeatedEqualLengths(self):
         """

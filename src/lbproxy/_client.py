@@ -56,10 +56,11 @@ _DIGITS = re.compile(rb"\A[0-9]+\Z")
 _CODE = re.compile(rb"\A[0-9]{3}\Z")
 _VERSION = re.compile(rb"\AHTTP/([0-9]+)\.([0-9]+)\Z")
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-#: One header line: a token, a colon, the value (no NUL, no CR but the
-#: one of a CR LF) without the whitespace before it.
+#: One header line: a token, a colon, the value without the whitespace
+#: before it; the value has no control character but HTAB (see L{_CTL}),
+#: and the line may end with the CR of a CR LF.
 _FIELD = re.compile(
-    rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n\x00]*)\r?$", re.M
+    rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r?$", re.M
 )
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _TRAILING = (b" ", b"\t")

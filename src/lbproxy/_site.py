@@ -18,8 +18,15 @@ from typing import IO, Any, Optional
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES, HTTPChannel, combinedLogFormatter
-from twisted.web.resource import IResource
+from twisted.python.failure import Failure
+from twisted.web.http import (
+    RESPONSES,
+    HTTPChannel,
+    combinedLogFormatter,
+    datetimeToString,
+    unquote,
+)
+from twisted.web.resource import IResource, _IEncodingResource
 from twisted.web.server import Request, Site
 
 from lbproxy._pages import PHRASES, errorBody
@@ -105,12 +112,36 @@ class ProxyRequest(Request):
     _bodyReceived = 0
     channel: ProxyChannel
 
-    def render(self, resrc: Any) -> None:
-        # Twisted's Request.process announces "Server: TwistedWeb/<version>"
-        # on every response; a proxy passes on the backend's Server header
-        # and adds none of its own.
-        self.responseHeaders.removeHeader(b"server")
-        Request.render(self, resrc)
+    def process(self) -> None:
+        """
+        Find the resource and render it, as L{Request.process} does, less
+        what a proxy does not want on its hot path: no C{Server} header
+        announcing Twisted's version (the backend's own is passed on), a
+        C{Date} formatted once a second rather than once a request, and no
+        per-segment split and unquote of the path when the root resource is
+        a leaf (a L{VirtualHostResource} routes on the raw path).
+        """
+        site = self.site = self.channel.site
+        self.responseHeaders.setRawHeaders(b"date", [_httpDate(site.reactor)])
+        self.prepath = []
+        root = site.resource
+        if getattr(root, "isLeaf", False):
+            self.postpath = []
+        else:
+            self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            Request.process(self)
+            self.responseHeaders.removeHeader(b"server")
+            return
+        try:
+            resrc = site.getResourceFor(self)
+            if _IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.maxBodySize
@@ -135,6 +166,21 @@ class ProxyRequest(Request):
             if not path.startswith(b"/"):
                 path = b"/" + path
         Request.requestReceived(self, command, path, version)
+
+
+_dateCache: list[Any] = [None, b""]
+
+
+def _httpDate(reactor: Any) -> bytes:
+    """
+    The current time as an HTTP date, formatted at most once a second.
+    """
+    now = int(reactor.seconds())
+    if _dateCache[0] != now:
+        _dateCache[0] = now
+        _dateCache[1] = datetimeToString(now)
+    date: bytes = _dateCache[1]
+    return date
 
 
 class ProxyChannel(HTTPChannel):
@@ -178,6 +224,29 @@ class ProxyChannel(HTTPChannel):
     _phase = _IDLE
     _headerTimer: Optional[IDelayedCall] = None
     _bodyTimer: Optional[IDelayedCall] = None
+
+    _secure: Optional[bool] = None
+    _host: Any = None
+    _peer: Any = None
+
+    # A connection's addresses and security do not change, but Twisted asks
+    # the transport again for every request (a getsockname() system call
+    # and a new address object each time): ask once.
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = HTTPChannel.isSecure(self)
+        return self._secure
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = HTTPChannel.getHost(self)
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = HTTPChannel.getPeer(self)
+        return self._peer
 
     def refuse(self, code: int) -> None:
         """

@@ -35,11 +35,13 @@ while i < len(lines):
         continue
     # copy blank line(s) after the directive
     while i < len(lines) and lines[i].strip() == "":
-        out.append(lines[i]); i += 1
+        out.append(lines[i])
+        i += 1
     # gather block
     block = []
     while i < len(lines) and (lines[i].strip() == "" or lines[i].startswith("   ")):
-        block.append(lines[i]); i += 1
+        block.append(lines[i])
+        i += 1
     trailing = []
     while block and block[-1].strip() == "":
         trailing.insert(0, block.pop())
@@ -53,7 +55,8 @@ while i < len(lines):
             outputs = []
             j += 1
             while j < len(block) and not block[j].startswith("   $ "):
-                outputs.append(block[j]); j += 1
+                outputs.append(block[j])
+                j += 1
             found = None
             for k in range(pointer, len(entries)):
                 if entries[k][0] == cmd:
@@ -67,7 +70,8 @@ while i < len(lines):
                 newblock.extend(("   " + o) if o else "" for o in entries[found][1])
                 replaced += 1
         else:
-            newblock.append(b); j += 1
+            newblock.append(b)
+            j += 1
     out.extend(newblock)
     out.extend(trailing)
 open(rst_path, "w").write("\n".join(out) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -131,3 +132,85 @@ class LoadBalancerServiceTests(SynchronousTestCase):
             sorted(port for port, *_ in reactor.tcpServers), [8080, 9001]
         )
         self.successResultOf(service.stopService())
+
+
+class ReloadTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.service = LoadBalancerService(parseConfigText(_SITE, "site.ini"), self.reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def test_reloadSwapsPools(self):
+        """
+        A reload builds new pools and virtual hosts for new requests and
+        closes the old pools; the listeners stay.
+        """
+        oldPool = self.service.pools["app"]
+        listeners = list(self.reactor.tcpServers)
+        new = parseConfigText(
+            _SITE.replace("127.0.0.1:9001 weight=3", "127.0.0.1:9003 weight=5"),
+            "site.ini",
+        )
+        self.successResultOf(self.service.reload(new))
+        pool = self.service.pools["app"]
+        self.assertIsNot(pool, oldPool)
+        self.assertEqual([(b.port, b.weight) for b in pool.backends], [(9003, 5), (9002, 1)])
+        self.assertIs(self.service.site.resource, self.service.resource)
+        self.assertIs(self.service.resource.vhostFor(b"app.example").resourceFor(b"/").pool, pool)
+        self.assertTrue(all(c.closed for c in oldPool._connections.values()))
+        self.assertEqual(self.reactor.tcpServers, listeners)
+        self.assertIs(self.service.config, new)
+
+    def test_reloadLimits(self):
+        """
+        New client limits apply to the site.
+        """
+        new = parseConfigText(_SITE.replace("access_log = off", "access_log = off\nmax_body_size = 1k"))
+        self.service.reload(new)
+        self.assertEqual(self.service.site.maxBodySize, 1024)
+
+    def test_listenChangeLogged(self):
+        from twisted.logger import capturedLogs
+
+        new = parseConfigText(_SITE.replace("tcp:8080:", "tcp:8081:"))
+        with capturedLogs() as events:
+            self.service.reload(new)
+        self.assertTrue(any(e.get("what") == "listen" for e in events))
+
+    def test_badFileKeepsRunning(self):
+        """
+        A file with errors is refused, logged, and the running
+        configuration stays.
+        """
+        from twisted.logger import capturedLogs
+
+        path = FilePath(self.mktemp())
+        path.setContent(_SITE.replace("weight=3", "weight=three").encode())
+        pool = self.service.pools["app"]
+        with capturedLogs() as events:
+            self.assertFalse(self.service.reloadFromFile(path.path))
+        self.assertIs(self.service.pools["app"], pool)
+        (event,) = [e for e in events if "refused" in e.get("log_format", "")]
+        self.assertIn("weight=three", event["errors"])
+
+    def test_goodFileTaken(self):
+        path = FilePath(self.mktemp())
+        path.setContent(_SITE.replace("weight=3", "weight=7").encode())
+        self.assertTrue(self.service.reloadFromFile(path.path))
+        self.assertEqual(self.service.pools["app"].backends[0].weight, 7)
+
+    def test_hangupHandler(self):
+        """
+        With reloadOnHangup, the service handles SIGHUP while it runs and
+        puts the previous handler back when it stops.
+        """
+        import signal
+
+        previous = signal.getsignal(signal.SIGHUP)
+        service = LoadBalancerService(parseConfigText(_SITE), self.reactor)
+        service.reloadOnHangup("site.ini")
+        service.startService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), service._onHangup)
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)

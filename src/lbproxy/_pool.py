@@ -156,6 +156,7 @@ class _Connections:
         self.idle: list[UpstreamConnection] = []
         self._timers: dict[UpstreamConnection, IDelayedCall] = {}
         self.opened = 0
+        self.closed = False
 
     def get(self) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
         """
@@ -202,7 +203,7 @@ class _Connections:
         proto.transport.loseConnection()
 
     def _put(self, proto: UpstreamConnection) -> None:
-        if self._keepalive <= 0 or len(self.idle) >= self._keepalive:
+        if self.closed or self._keepalive <= 0 or len(self.idle) >= self._keepalive:
             proto.transport.loseConnection()
             return
         self.idle.append(proto)
@@ -223,8 +224,10 @@ class _Connections:
 
     def close(self) -> Deferred[Any]:
         """
-        Close every idle connection.
+        Close every idle connection; a connection still busy is closed when
+        its exchange ends instead of going back to the cache.
         """
+        self.closed = True
         results = []
         for proto in list(self.idle):
             self._timers.pop(proto).cancel()

@@ -504,6 +504,19 @@ class ProxySite(Site):
         self.clientBodyTimeout = clientBodyTimeout
         self.maxConnections = maxConnections
 
+    def configure(self, proxy: Any) -> None:
+        """
+        Take the client limits of a new L{lbproxy.config.ProxyConfig} (on a
+        reload): connections opened from now on get them; open ones keep
+        those they started with.
+        """
+        self.timeOut = proxy.keepaliveTimeout
+        self.maxBodySize = proxy.maxBodySize
+        self.maxHeaderSize = proxy.maxHeaderSize
+        self.clientHeaderTimeout = proxy.clientHeaderTimeout
+        self.clientBodyTimeout = proxy.clientBodyTimeout
+        self.maxConnections = proxy.maxConnections
+
     def buildProtocol(self, addr: Any) -> Any:
         if self.maxConnections and len(self.channels) >= self.maxConnections:
             self.connectionsRefused += 1

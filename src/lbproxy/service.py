@@ -9,18 +9,26 @@ application, and what C{twistd lbproxy} uses.
 
 from __future__ import annotations
 
+import signal
 import sys
 from random import Random
 from typing import IO, Any, Optional
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.server import Site
 
 from lbproxy._backend import Backend
-from lbproxy._config import DemoConfig, SiteConfig, UpstreamConfig, VHostConfig
+from lbproxy._config import (
+    ConfigError,
+    DemoConfig,
+    SiteConfig,
+    UpstreamConfig,
+    VHostConfig,
+    parseConfig,
+)
 from lbproxy._demo import DemoResource
 from lbproxy._health import HealthChecker
 from lbproxy._pool import Pool
@@ -110,25 +118,11 @@ class LoadBalancerService(MultiService):
         MultiService.__init__(self)
         self.config = config
         self._reactor = reactor
-        self.pools = {
-            name: buildPool(upstream, reactor)
-            for name, upstream in config.upstreams.items()
-        }
-        self.healthCheckers: dict[str, HealthChecker] = {}
-        for name, upstream in config.upstreams.items():
-            if upstream.healthCheck is not None:
-                checker = HealthChecker(self.pools[name], upstream.healthCheck, reactor)
-                checker.setServiceParent(self)
-                self.healthCheckers[name] = checker
-        resources = {
-            name: UpstreamResource(pool, True, reactor)
-            for name, pool in self.pools.items()
-        }
-        vhosts = [buildVirtualHost(v, resources) for v in config.vhosts]
-        default = next(
-            (vh for vh, c in zip(vhosts, config.vhosts) if c.default), None
-        )
-        self.resource = VirtualHostResource(vhosts, default)
+        self._configPath: Optional[str] = None
+        self._previousHangup: Any = None
+        self.pools, self.healthCheckers, self.resource = self._build(config)
+        for checker in self.healthCheckers.values():
+            checker.setServiceParent(self)
         self._accessLog: Optional[IO[str]] = None
         self.site = ProxySite(
             self.resource,
@@ -147,6 +141,122 @@ class LoadBalancerService(MultiService):
         self.demos: dict[str, DemoResource] = {}
         for demo in config.demos:
             self._addDemo(demo)
+
+    def _build(
+        self, config: SiteConfig
+    ) -> tuple[dict[str, Pool], dict[str, HealthChecker], VirtualHostResource]:
+        """
+        Build the pools, health checkers and virtual hosts of C{config}.
+        """
+        reactor = self._reactor
+        pools = {
+            name: buildPool(upstream, reactor)
+            for name, upstream in config.upstreams.items()
+        }
+        checkers = {
+            name: HealthChecker(pools[name], upstream.healthCheck, reactor)
+            for name, upstream in config.upstreams.items()
+            if upstream.healthCheck is not None
+        }
+        resources = {
+            name: UpstreamResource(pool, True, reactor) for name, pool in pools.items()
+        }
+        vhosts = [buildVirtualHost(v, resources) for v in config.vhosts]
+        default = next(
+            (vh for vh, c in zip(vhosts, config.vhosts) if c.default), None
+        )
+        return pools, checkers, VirtualHostResource(vhosts, default)
+
+    def reload(self, config: SiteConfig) -> Deferred[Any]:
+        """
+        Switch to C{config} without dropping a request: new requests use
+        the new pools, balancers, health checks and virtual hosts, and the
+        client limits and access log change; requests in flight finish on
+        the old pools, which close their connections as they end.
+
+        Listeners, demo backends and C{workers} cannot change this way (the
+        sockets stay as they are); a change to them is logged and takes
+        effect at the next restart.
+
+        @return: a L{Deferred} that fires once the old health checks have
+            stopped and the old pools' idle connections are closed.
+        """
+        old = self.config
+        for what, before, after in [
+            ("listen", old.proxy.listen, config.proxy.listen),
+            ("workers", old.proxy.workers, config.proxy.workers),
+            ("demo backends", old.demos, config.demos),
+        ]:
+            if before != after:
+                self._log.warn(
+                    "reload: a change of {what} takes effect at the next "
+                    "restart; it is unchanged until then",
+                    what=what,
+                )
+        pools, checkers, resource = self._build(config)
+        oldPools, oldCheckers = self.pools, self.healthCheckers
+        self.pools, self.healthCheckers, self.resource = pools, checkers, resource
+        self.config = config
+        self.site.resource = resource
+        self.site.configure(config.proxy)
+        if self.running:
+            self._reopenAccessLog()
+        results = []
+        for checker in oldCheckers.values():
+            results.append(maybeDeferred(checker.disownServiceParent))
+        for checker in checkers.values():
+            checker.setServiceParent(self)
+        results.extend(pool.close() for pool in oldPools.values())
+        self._log.info(
+            "reloaded {source}: {upstreams} upstream(s), {vhosts} vhost(s)",
+            source=config.source,
+            upstreams=len(pools),
+            vhosts=len(config.vhosts),
+        )
+        return DeferredList(results)
+
+    def reloadFromFile(self, path: Optional[str] = None) -> bool:
+        """
+        Read the configuration file again and L{reload} it; a file with
+        errors is reported and the running configuration stays.
+
+        @param path: the file; the one the running configuration came from
+            when L{None}.
+        @return: whether the new configuration was taken.
+        """
+        path = path or self.config.source
+        try:
+            config = parseConfig(path)
+        except ConfigError as e:
+            self._log.error(
+                "reload of {path} refused, the running configuration stays:\n"
+                "{errors}",
+                path=path,
+                errors="\n".join(e.errors),
+            )
+            return False
+        self.reload(config)
+        return True
+
+    def reloadOnHangup(self, path: str) -> None:
+        """
+        Reload C{path} on SIGHUP while the service runs (as twistd lbproxy
+        does; an embedding application decides for itself).
+        """
+        self._configPath = path
+
+    def _onHangup(self, signum: int, frame: Any) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.callFromThread(self.reloadFromFile, self._configPath)
+
+    def _reopenAccessLog(self) -> None:
+        old = self._accessLog
+        self._accessLog = ProxySite.openAccessLog(self.config.proxy.accessLog)
+        self.site.accessLog = self._accessLog
+        if old is not None and old is not sys.__stdout__:
+            old.close()
 
     def _listen(self, description: str, factory: Any) -> Any:
         service = strports.service(description, factory, reactor=self._reactor)
@@ -174,8 +284,13 @@ class LoadBalancerService(MultiService):
         self._accessLog = ProxySite.openAccessLog(self.config.proxy.accessLog)
         self.site.accessLog = self._accessLog
         MultiService.startService(self)
+        if self._configPath is not None and hasattr(signal, "SIGHUP"):
+            self._previousHangup = signal.signal(signal.SIGHUP, self._onHangup)
 
     def stopService(self) -> Deferred[Any]:
+        if self._previousHangup is not None:
+            signal.signal(signal.SIGHUP, self._previousHangup)
+            self._previousHangup = None
         d = MultiService.stopService(self)
 
         def closeClients(result: Any) -> Any:

@@ -76,7 +76,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     assert config is not None
     fds = workerFDs()
     if fds is not None:
-        return workerService(config, fds, reactor)  # type: ignore[no-any-return]
+        worker = workerService(config, fds, reactor)
+        worker.reloadOnHangup(options["config"])
+        return worker  # type: ignore[no-any-return]
     if config.proxy.workers > 1:
         return WorkerParentService(config, options["config"], reactor)
-    return LoadBalancerService(config, reactor)
+    service = LoadBalancerService(config, reactor)
+    service.reloadOnHangup(options["config"])
+    return service

@@ -10,15 +10,16 @@ import re
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.filepath import FilePath
 from twisted.python.log import msg
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -179,15 +180,21 @@ class TwistdTests(TestCase):
         self.assertNotIn(b"Traceback", out + err)
 
     @inlineCallbacks
-    def test_streamInBoundedMemory(self):
+    def waitFor(self, condition, what, timeout=15.0):
         """
-        A 200 MB response streams through the proxy process while its memory
-        grows by less than 50 MB.
+        Poll C{condition} (which may return a Deferred) until it is true,
+        for at most C{timeout} seconds.
         """
-        size = 200 * 1024 * 1024
-        backend = yield startServer(_Big(size), reactor)
-        self.addCleanup(backend.stop)
-        path = self.writeConfig(_SITE.format(port=backend.port))
+        deadline = reactor.seconds() + timeout
+        while True:
+            result = yield maybeDeferred(condition)
+            if result:
+                return result
+            if reactor.seconds() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    def spawnProxy(self, path):
         proxy = _Proxy()
         process = reactor.spawnProcess(
             proxy,
@@ -202,6 +209,54 @@ class TwistdTests(TestCase):
             return proxy.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
 
         self.addCleanup(stop)
+        return proxy, process
+
+    @inlineCallbacks
+    def test_reloadOnHangup(self):
+        """
+        SIGHUP makes twistd lbproxy read its file again: new requests go to
+        the new backends; a file with errors is reported and the running
+        configuration keeps serving.
+        """
+        from lbproxy._demo import DemoResource
+
+        a = yield startServer(DemoResource("a"), reactor)
+        self.addCleanup(a.stop)
+        b = yield startServer(DemoResource("b"), reactor)
+        self.addCleanup(b.stop)
+        path = self.writeConfig(_SITE.format(port=a.port))
+        proxy, process = self.spawnProxy(path)
+        port = yield proxy.listening
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+
+        @inlineCallbacks
+        def body():
+            response = yield agent.request(b"GET", b"http://127.0.0.1:%d/" % port)
+            return (yield readBody(response))
+
+        self.assertEqual((yield body()), b"a\n")
+        FilePath(path).setContent(_SITE.format(port=b.port).encode("utf-8"))
+        process.signalProcess("HUP")
+        yield self.waitFor(lambda: body().addCallback(lambda got: got == b"b\n"), "b")
+
+        FilePath(path).setContent(b"[lbproxy]\nlisten = nowhere\n")
+        process.signalProcess("HUP")
+        yield self.waitFor(lambda: b"refused" in proxy.output, "the refusal in the log")
+        self.assertIn(b"listen = 'nowhere'", proxy.output)
+        self.assertEqual((yield body()), b"b\n")
+        self.assertIsNotNone(process.pid)  # still running
+
+    @inlineCallbacks
+    def test_streamInBoundedMemory(self):
+        """
+        A 200 MB response streams through the proxy process while its memory
+        grows by less than 50 MB.
+        """
+        size = 200 * 1024 * 1024
+        backend = yield startServer(_Big(size), reactor)
+        self.addCleanup(backend.stop)
+        path = self.writeConfig(_SITE.format(port=backend.port))
+        proxy, process = self.spawnProxy(path)
         port = yield proxy.listening
         pool = HTTPConnectionPool(reactor, persistent=False)
         agent = Agent(reactor, pool=pool)

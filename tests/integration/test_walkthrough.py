@@ -12,7 +12,7 @@ from collections import Counter
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python.log import msg
 from twisted.trial.unittest import TestCase
@@ -283,3 +283,54 @@ class WalkthroughTests(ProxyTestCase):
             "/upload", method="POST", data=FileBodyProducer(io.BytesIO(payload))
         )
         self.assertEqual((response.code, body), (200, expected))
+
+
+class _Held(Resource):
+    """
+    Holds every request until L{release} answers them with C{name}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name):
+        Resource.__init__(self)
+        self.name = name
+        self.pending = []
+        self.arrived = Deferred()
+
+    def render(self, request):
+        self.pending.append(request)
+        if not self.arrived.called:
+            self.arrived.callback(None)
+        return NOT_DONE_YET
+
+    def release(self):
+        for request in self.pending:
+            request.write(self.name)
+            request.finish()
+        self.pending = []
+
+
+class ReloadTests(ProxyTestCase):
+    @inlineCallbacks
+    def test_inFlightFinishOnOldPool(self):
+        """
+        After a reload, new requests go to the new backends while a request
+        already in flight finishes on the old one.
+        """
+        held = _Held(b"old")
+        a = yield self.startBackend(held)
+        b = yield self.startBackend(DemoResource("new"))
+        site = (
+            _PROXY
+            + "[vhost:app]\ndefault = yes\nupstream = app\n"
+        )
+        service = yield self.startProxy(site + _upstream("app", a.port))
+        inFlight = self.get("/")
+        yield held.arrived
+        service.reload(parseConfigText(site + _upstream("app", b.port), "test.ini"))
+        response, body = yield self.get("/")
+        self.assertEqual((response.code, body), (200, b"new\n"))
+        held.release()
+        response, body = yield inFlight
+        self.assertEqual((response.code, body), (200, b"old"))

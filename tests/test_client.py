@@ -251,13 +251,16 @@ class ConnectionTests(SynchronousTestCase):
 
     def test_notReused(self):
         """
-        HTTP/1.0, Connection: close, and bytes after the response each
-        close the connection after the response instead of keeping it.
+        HTTP/1.0, Connection: close, bytes after the response, and both
+        Content-Length and chunking each close the connection after the
+        response instead of keeping it.
         """
         for response in [
             b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ]:
             c = _Connection()
             h = c.send()

@@ -240,6 +240,11 @@ def parseHead(
     if encodings:
         if encodings[0].strip().lower() != b"chunked":
             raise InvalidResponse(f"unsupported Transfer-Encoding {encodings[0]!r}")
+        if lengths is not None:
+            # Both framings: the chunking wins (RFC 9112 6.3), but a
+            # backend that sends both is not to be trusted with the next
+            # request on this connection.
+            head.connection = head.connection | {b"close"}
         return head, None, True, False
     if lengths is not None:
         if len(lengths) == 1 and lengths[0].isdigit():

@@ -61,6 +61,27 @@ class _Sampling(BalancerBase):
         return drawn, sampler.drawExcluding(self._random, exclude, drawn)
 
 
+class _TwoChoices(_Sampling):
+    """
+    Draw two different backends by weight and keep the better one, as
+    C{_secondIsBetter} judges (the first drawn on a tie).
+    """
+
+    def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
+        first, second = self._drawTwo(exclude)
+        if first < 0:
+            return None
+        if second is not None and self._secondIsBetter(first, second):
+            return self._sampler.backends[second]
+        return self._sampler.backends[first]
+
+    def _secondIsBetter(self, first: int, second: int) -> bool:
+        """
+        Whether the backend drawn second (by index) is the better choice.
+        """
+        raise NotImplementedError()
+
+
 @implementer(IBalancer)
 class WeightedRandom(_Sampling):
     """
@@ -79,7 +100,7 @@ class WeightedRandom(_Sampling):
 
 
 @implementer(IBalancer)
-class PowerOfTwoChoices(_Sampling):
+class PowerOfTwoChoices(_TwoChoices):
     """
     The power of two random choices: draw two different backends by weight
     and take the one with fewer requests in flight relative to its weight
@@ -109,22 +130,13 @@ class PowerOfTwoChoices(_Sampling):
     ) -> None:
         self._counter.finished(backend)
 
-    def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
-        first, second = self._drawTwo(exclude)
-        if first < 0:
-            return None
+    def _secondIsBetter(self, first: int, second: int) -> bool:
         sampler = self._sampler
-        a = sampler.backends[first]
-        if second is None:
-            return a
-        b = sampler.backends[second]
         active = self._counter.active
         # active(b) / weight(b) < active(a) / weight(a), without dividing.
-        if active.get(b, 0) * sampler.weights[first] < (
-            active.get(a, 0) * sampler.weights[second]
-        ):
-            return b
-        return a
+        return active.get(sampler.backends[second], 0) * sampler.weights[first] < (
+            active.get(sampler.backends[first], 0) * sampler.weights[second]
+        )
 
 
 class _PeakEWMA:
@@ -172,7 +184,7 @@ class _PeakEWMA:
 
 
 @implementer(IBalancer)
-class PeakEWMA(_Sampling):
+class PeakEWMA(_TwoChoices):
     """
     Peak-EWMA latency with two random choices, as Finagle's and linkerd's
     C{PeakEwma} balancers do.
@@ -260,16 +272,7 @@ class PeakEWMA(_Sampling):
             return self.PENALTY + active
         return estimate * (active + 1)
 
-    def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
-        first, second = self._drawTwo(exclude)
-        if first < 0:
-            return None
-        sampler = self._sampler
-        a = sampler.backends[first]
-        if second is None:
-            return a
-        b = sampler.backends[second]
+    def _secondIsBetter(self, first: int, second: int) -> bool:
+        backends = self._sampler.backends
         now = self._clock()
-        if self._cost(b, now) < self._cost(a, now):
-            return b
-        return a
+        return self._cost(backends[second], now) < self._cost(backends[first], now)

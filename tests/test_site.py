@@ -294,6 +294,24 @@ class SmugglingTests(SynchronousTestCase):
         self.assertTrue(first < second < third, output)
         self.assertEqual(h.resource.seen[1][3], b"abc")
 
+    def test_pipelinedAfterBodyAnsweredAtOnce(self) -> None:
+        """
+        A request pipelined in the same read after one with a body that is
+        answered at once is read and answered too, not refused as if its
+        lines ended with a bare LF.
+        """
+        h = _Harness(self)
+        channel, transport = h.connect()
+        channel.dataReceived(
+            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        output = transport.value()
+        self.assertEqual(output.count(b"HTTP/1.1 200"), 2, output)
+        self.assertLess(output.index(b"ok:/1"), output.index(b"ok:/2"))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual([s[1] for s in h.resource.seen], [b"/1", b"/2"])
+
     def test_badPipelinedAfterGood(self) -> None:
         """
         A bad request pipelined after a good one gets its 400 only after

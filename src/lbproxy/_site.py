@@ -335,9 +335,17 @@ class ProxyChannel(HTTPChannel):
         elif self._phase == _BODY:
             self._restartBodyTimer()
         HTTPChannel.dataReceived(self, data)
-        if not self.refused and self.line_mode and b"\n" in self._buffer:
+        if (
+            not self.refused
+            and self.line_mode
+            and not self._busyReceiving
+            and b"\n" in self._buffer
+        ):
             # A bare LF in the head: lines end with CRLF here, so this line
-            # would be refused once complete; refuse it now.
+            # would be refused once complete; refuse it now.  (While busy,
+            # this is a request finished during the read that passes back
+            # what followed it, whole lines among it; the read goes on with
+            # them and checks what is left once done.)
             self.refuse(400)
 
     # The head

@@ -11,11 +11,11 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from lbproxy import ProxySite
+from lbproxy import ProxySite, _site
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 
@@ -633,4 +633,155 @@ class ServiceWiringTests(SynchronousTestCase):
             (channel.clientHeaderTimeout, channel.clientBodyTimeout,
              channel.maxBodySize, channel.totalHeadersSize),
             (3.0, 4.0, 6144, 2048),
+        )
+
+
+#: Requests that are accepted; each is served the same whether its head is
+#: read whole (in one pass) or line by line.
+GOOD_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a?b=c HTTP/1.1\r\nHost: a.example:8080\r\nUser-Agent: x\r\n"
+    b"Accept: */*\r\nX-Dup: 1\r\nx-dup: 2\r\nX-DUP:3\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET http://elsewhere/x?y HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"get /lower HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:\ta \r\nX-Empty:\r\nX-Spaces:   \r\n"
+    b"X-High: caf\xc3\xa9\xff\r\nX-Tab: a\tb\r\n\r\n",
+    b"GET /%7e~!$'()*+,;=:@ HTTP/1.1\r\nHost: a\r\nCookie: a=1; b=2\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: a\r\ncontent-length:\t0 \r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    b"POST /p HTTP/1.0\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+    # Left to the line-by-line path by the one-pass reader, and accepted.
+    b"\r\nGET /after-empty-line HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+
+
+class WholeHeadTests(SynchronousTestCase):
+    """
+    A request head that arrives complete is read in one pass
+    (L{ProxyChannel._readHeads}) with the same outcome, for good requests
+    and bad ones, as when it is read line by line.
+    """
+
+    def _serve(self, pieces: list[bytes], **siteArgs: Any) -> tuple[bytes, list[Any]]:
+        h = _Harness(self, **siteArgs)
+        channel, transport = h.connect()
+        for piece in pieces:
+            channel.dataReceived(piece)
+        seen = [
+            (method, uri, list(headers.getAllRawHeaders()), body)
+            for method, uri, headers, body in h.resource.seen
+        ]
+        return transport.value(), seen
+
+    def _assertSame(self, data: bytes, **siteArgs: Any) -> tuple[bytes, list[Any]]:
+        """
+        C{data} gets the same response and reaches the resource the same
+        way whole, a byte at a time, and in two pieces split anywhere.
+        """
+        whole = self._serve([data], **siteArgs)
+        byByte = self._serve([data[i : i + 1] for i in range(len(data))], **siteArgs)
+        self.assertEqual(whole, byByte, data)
+        for i in range(1, len(data)):
+            self.assertEqual(self._serve([data[:i], data[i:]], **siteArgs), whole, (data, i))
+        return whole
+
+    def test_oneReadIsOnePass(self) -> None:
+        """
+        A complete, clean head in one read is read in one pass, not line by
+        line.
+        """
+        if not _site._WHOLE_HEADS:
+            raise SkipTest("this Twisted's HTTPChannel is read line by line")
+        h = _Harness(self)
+        channel, transport = h.connect()
+        lines: list[bytes] = []
+        channel.lineReceived = lines.append
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\r\n")
+        self.assertEqual(lines, [])
+        self.assertEqual(_status(transport.value()), 200)
+        self.assertEqual(
+            h.resource.seen[0][2].getRawHeaders(b"x-a"), [b"b"]
+        )
+
+    def test_goodRequests(self) -> None:
+        """
+        Every request of L{GOOD_REQUESTS} is served, identically whole, a
+        byte at a time or split in two anywhere.
+        """
+        for data in GOOD_REQUESTS:
+            output, seen = self._assertSame(data)
+            self.assertIn(b" 200 OK\r\n", output, data)
+            self.assertNotIn(b"Connection: close\r\n\r\n<html>", output, data)
+            # OPTIONS * is answered by the site, not the resource.
+            self.assertEqual(len(seen), 0 if b" * " in data else 1, data)
+
+    def test_ampersandInName(self) -> None:
+        """
+        C{&} in a header name, a token character that Twisted 24.7 refuses
+        and later versions accept, is left to the line-by-line path.
+        """
+        self._assertSame(b"GET / HTTP/1.1\r\nHost: a\r\nX-Amp&: 1\r\n\r\n")
+
+    def test_badRequests(self) -> None:
+        """
+        Every vector of L{BAD_REQUESTS} gets the same refusal split in two
+        anywhere as whole or a byte at a time.
+        """
+        for name, data in BAD_REQUESTS:
+            output, seen = self._assertSame(data)
+            self.assertEqual(_status(output), 400, name)
+            self.assertEqual(seen, [], name)
+
+    def test_pipelinedOneRead(self) -> None:
+        """
+        Several requests in one read, answered as soon as they are read,
+        are each read and answered in order; nothing after a request that
+        closes the connection is read.
+        """
+        data = b"".join(GOOD_REQUESTS[:2] + GOOD_REQUESTS[10:14]) + (
+            b"GET /close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        output, seen = self._assertSame(data)
+        self.assertEqual(
+            [uri for _, uri, _, _ in seen], [b"/", b"/a?b=c", b"/p", b"/p", b"/p", b"/p", b"/close"]
+        )
+        self.assertEqual(output.count(b"HTTP/1.1 200"), 7)
+        self.assertNotIn(b"/never", output)
+
+    def test_headSizeLimit(self) -> None:
+        """
+        Around C{maxHeaderSize}, a head is accepted or refused with 431 the
+        same way whole as line by line.
+        """
+        base = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: "
+        statuses = set()
+        for pad in range(1000 - len(base) - 8, 1000 - len(base) + 8):
+            data = base + b"p" * pad + b"\r\n\r\n"
+            whole = self._serve([data], maxHeaderSize=1000)
+            byByte = self._serve(
+                [data[i : i + 1] for i in range(len(data))], maxHeaderSize=1000
+            )
+            self.assertEqual(whole, byByte, pad)
+            statuses.add(_status(whole[0]))
+        self.assertEqual(statuses, {200, 431})
+
+    def test_tooManyHeaders(self) -> None:
+        """
+        More headers than C{maxHeaders} are refused whole as line by line.
+        """
+        data = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 500 + b"\r\n"
+        whole = self._serve([data], maxHeaderSize=65536)
+        self.assertEqual(_status(whole[0]), 400)
+        self.assertEqual(
+            whole,
+            self._serve([data[i : i + 7] for i in range(0, len(data), 7)], maxHeaderSize=65536),
         )

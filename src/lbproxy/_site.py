@@ -18,6 +18,7 @@ from typing import IO, Any, Optional
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import (
     RESPONSES,
@@ -26,6 +27,7 @@ from twisted.web.http import (
     datetimeToString,
     unquote,
 )
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, _IEncodingResource
 from twisted.web.server import Request, Site
 
@@ -62,6 +64,37 @@ _ABSOLUTE = re.compile(rb"\A[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
 #: The most hex digits a chunk size may have: 16 is 2**64 - 1, far beyond
 #: any max_body_size, and bounds the number a client can make us parse.
 _MAX_CHUNK_SIZE_DIGITS = 16
+
+#: A token (RFC 9110 5.6.2), less C{&}, which Twisted 24.7 does not count
+#: as a token character: a name with it takes the line-by-line path.
+_TOKEN = rb"[!#$%'*+\-.^_`|~0-9A-Za-z]+"
+
+#: A request line that every supported Twisted parses the same way:
+#: a token method, a target of printable ASCII, and HTTP/1.0 or 1.1.
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/1\.[01])\Z")
+
+#: The header lines of a head, CRLF-separated, that need none of the
+#: refusals of the line-by-line path: a token name directly followed by
+#: the colon (so no whitespace before it and no obs-fold), and a value with
+#: no control character but HTAB.
+_FIELDS = re.compile(
+    rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*)(?:\r\n" + _TOKEN
+    + rb":[\t\x20-\x7e\x80-\xff]*)*"
+)
+
+#: Whether this Twisted has the HTTPChannel and LineReceiver state that
+#: L{ProxyChannel._readHeads} reads and sets (present from 24.7 to 26.10).
+_WHOLE_HEADS = all(
+    hasattr(cls, name)
+    for cls, name in (
+        (HTTPChannel, "_HTTPChannel__first_line"),
+        (HTTPChannel, "_HTTPChannel__header"),
+        (HTTPChannel, "_receivedHeaderSize"),
+        (HTTPChannel, "_receivedHeaderCount"),
+        (LineReceiver, "_busyReceiving"),
+        (LineReceiver, "_buffer"),
+    )
+)
 
 #: What L{ProxyChannel._phase} can be.
 _IDLE, _HEAD, _BODY, _HANDLING = "idle", "head", "body", "handling"
@@ -206,6 +239,11 @@ class ProxyChannel(HTTPChannel):
     Twisted's own parser refuses several of these already; the checks here
     make the list complete and the answer uniform.
 
+    A head that arrives complete and needs none of these refusals is read
+    in one pass (L{_readHeads}) rather than line by line, which is most of
+    the cost of a small request; every other head takes the line-by-line
+    path, which alone decides each refusal.
+
     @ivar maxBodySize: the largest request body accepted, in bytes.
     @ivar clientHeaderTimeout: seconds the whole request head may take, or
         L{None} for no limit.
@@ -277,6 +315,8 @@ class ProxyChannel(HTTPChannel):
     # Timers
 
     def _cancelTimers(self) -> None:
+        if self._headerTimer is None and self._bodyTimer is None:
+            return
         for name in ("_headerTimer", "_bodyTimer"):
             timer = getattr(self, name)
             if timer is not None:
@@ -330,10 +370,14 @@ class ProxyChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
+        if self._phase == _BODY:
+            self._restartBodyTimer()
+        elif _WHOLE_HEADS and self._readHeads(data):
+            if self.refused or self.transport.disconnecting or not self._buffer:
+                return
+            data = b""
         if self._phase == _IDLE and data:
             self._startHead()
-        elif self._phase == _BODY:
-            self._restartBodyTimer()
         HTTPChannel.dataReceived(self, data)
         if (
             not self.refused
@@ -349,6 +393,97 @@ class ProxyChannel(HTTPChannel):
             self.refuse(400)
 
     # The head
+
+    def _readHeads(self, data: bytes) -> bool:
+        """
+        Read each complete request head at the start of the buffer (C{data}
+        appended) in one pass, when it is one that the line-by-line path
+        (L{lineReceived}, L{headerReceived}) would accept as it is, and
+        drive L{HTTPChannel}'s state as that path does.  Anything else (an
+        incomplete head, one too large, or any line that path might refuse
+        or treat specially) is left to it, so every refusal keeps its one
+        implementation and its status.
+
+        @return: whether C{data} was consumed (it is then in the buffer, or
+            read); if not, nothing was changed.
+        """
+        consumed = False
+        while (
+            self.line_mode
+            and not self._busyReceiving
+            and not self.paused
+            and self.persistent
+            and not self._handlingRequest
+            and not self.refused
+            and not self.transport.disconnecting
+            and self._receivedHeaderSize == 0
+            and self._HTTPChannel__first_line == 1
+            and not self._HTTPChannel__header  # type: ignore[attr-defined]
+        ):
+            buffer = self._buffer + data if data else self._buffer
+            # Every line, and all of them, within the limits (else 431).
+            limit = min(self.MAX_LENGTH, self.totalHeadersSize)
+            end = buffer.find(b"\r\n\r\n", 0, limit + 4)
+            if end <= 0:
+                break
+            head = buffer[:end]
+            first = head.find(b"\r\n")
+            if first == -1:
+                first = end
+            request = _REQUEST_LINE.match(head, 0, first)
+            if request is None or request.group(1).upper() == b"CONNECT":
+                break
+            lines = head[first + 2 :].split(b"\r\n") if first < end else []
+            if len(lines) > self.maxHeaders or (
+                lines and _FIELDS.fullmatch(head, first + 2) is None
+            ):
+                break
+
+            consumed = True
+            data = b""
+            self._buffer = buffer[end + 4 :]
+            self.resetTimeout()
+            # The head is complete: no client_header_timeout to start, as
+            # allHeadersReceived would cancel it before it could fire.
+            self._phase = _HEAD
+            self._busyReceiving = True
+            try:
+                self._acceptHead(request.groups(), lines, end - 2 * len(lines))
+            finally:
+                self._busyReceiving = False
+        return consumed
+
+    def _acceptHead(self, requestLine: Any, lines: list[bytes], size: int) -> None:
+        """
+        What L{HTTPChannel.lineReceived} does for a request line, these
+        header lines and the empty line, all validated by L{_readHeads}.
+        """
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        self._command, self._path, self._version = requestLine
+        self._receivedHeaderSize = size
+        addRawHeader = request.requestHeaders.addRawHeader
+        for line in lines:
+            name, _, value = line.partition(b":")
+            lowered = name.lower()
+            if lowered == b"content-length" or lowered == b"transfer-encoding":
+                # The framing headers take the line-by-line path's own
+                # rules (and transfer decoders).
+                if not self.headerReceived(line):
+                    return
+            else:
+                addRawHeader(name, value.strip(b" \t"))
+        self._receivedHeaderCount = len(lines)
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
 
     def lineReceived(self, line: bytes) -> None:
         if self.refused:

@@ -64,8 +64,28 @@ class _Sampling(BalancerBase):
 class _TwoChoices(_Sampling):
     """
     Draw two different backends by weight and keep the better one, as
-    C{_secondIsBetter} judges (the first drawn on a tie).
+    C{_secondIsBetter} judges (the first drawn on a tie), counting the
+    requests in flight to each backend for it.
     """
+
+    def __init__(self, random: Optional[Random] = None) -> None:
+        super().__init__(random)
+        self._counter = ActiveCounter()
+
+    @property
+    def active(self) -> dict[Any, int]:
+        """
+        The requests in flight per backend, as this balancer counts them.
+        """
+        return self._counter.active
+
+    def requestStarted(self, backend: Any, request: Any) -> None:
+        self._counter.started(backend)
+
+    def requestFinished(
+        self, backend: Any, request: Any, outcome: Any, latency: float
+    ) -> None:
+        self._counter.finished(backend)
 
     def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
         first, second = self._drawTwo(exclude)
@@ -110,25 +130,6 @@ class PowerOfTwoChoices(_TwoChoices):
     flooded the way least connections floods a newcomer, and a pick costs
     two draws whatever the size of the pool.
     """
-
-    def __init__(self, random: Optional[Random] = None) -> None:
-        super().__init__(random)
-        self._counter = ActiveCounter()
-
-    @property
-    def active(self) -> dict[Any, int]:
-        """
-        The requests in flight per backend, as this balancer counts them.
-        """
-        return self._counter.active
-
-    def requestStarted(self, backend: Any, request: Any) -> None:
-        self._counter.started(backend)
-
-    def requestFinished(
-        self, backend: Any, request: Any, outcome: Any, latency: float
-    ) -> None:
-        self._counter.finished(backend)
 
     def _secondIsBetter(self, first: int, second: int) -> bool:
         sampler = self._sampler
@@ -226,15 +227,7 @@ class PeakEWMA(_TwoChoices):
             raise ValueError(f"decay must be positive, not {decay!r}")
         self._decay = decay
         self._clock = clock if clock is not None else time.monotonic
-        self._counter = ActiveCounter()
         self._ewma: dict[Any, _PeakEWMA] = {}
-
-    @property
-    def active(self) -> dict[Any, int]:
-        """
-        The requests in flight per backend, as this balancer counts them.
-        """
-        return self._counter.active
 
     def estimate(self, backend: Any) -> float:
         """
@@ -250,13 +243,10 @@ class PeakEWMA(_TwoChoices):
         now = self._clock()
         self._ewma = {b: self._ewma.get(b) or _PeakEWMA(now) for b in self.backends}
 
-    def requestStarted(self, backend: Any, request: Any) -> None:
-        self._counter.started(backend)
-
     def requestFinished(
         self, backend: Any, request: Any, outcome: Any, latency: float
     ) -> None:
-        self._counter.finished(backend)
+        super().requestFinished(backend, request, outcome, latency)
         ewma = self._ewma.get(backend)
         if ewma is None or outcome is Outcome.CANCELLED:
             return

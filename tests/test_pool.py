@@ -22,6 +22,7 @@ from lbproxy._pool import (
     slowStartStep,
     slowStartWeight,
 )
+from lbproxy.balancers._base import BalancerBase
 from lbproxy.balancers._roundrobin import RoundRobin
 
 UP = BackendState.UP
@@ -32,7 +33,7 @@ DISABLED = BackendState.DISABLED
 
 
 @implementer(IBalancer)
-class RecordingBalancer:
+class RecordingBalancer(BalancerBase):
     """
     A balancer that picks the first eligible backend and records what the
     pool told it.
@@ -42,11 +43,11 @@ class RecordingBalancer:
     """
 
     def __init__(self) -> None:
-        self.backends: tuple[Any, ...] = ()
+        super().__init__()
         self.changes: list[tuple[tuple[str, float], ...]] = []
 
     def backendsChanged(self, backends: tuple[Any, ...]) -> None:
-        self.backends = tuple(backends)
+        super().backendsChanged(backends)
         self.changes.append(tuple((b.name, b.effectiveWeight) for b in backends))
 
     def pick(self, request: Any, exclude: Collection[Any] = ()) -> Optional[Any]:
@@ -54,14 +55,6 @@ class RecordingBalancer:
             if backend not in exclude:
                 return backend
         return None
-
-    def requestStarted(self, backend: Any, request: Any) -> None:
-        pass
-
-    def requestFinished(
-        self, backend: Any, request: Any, outcome: Any, latency: float
-    ) -> None:
-        pass
 
 
 def makePool(

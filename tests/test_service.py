@@ -8,28 +8,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from lbproxy import LoadBalancerService, ProxySite, parseConfigText
-
-
-class _Slow(Resource):
-    isLeaf = True
-
-    def __init__(self):
-        Resource.__init__(self)
-        self.pending = []
-
-    def render(self, request):
-        self.pending.append(request)
-        return NOT_DONE_YET
+from tests.integration.test_walkthrough import Hang
 
 
 class CloseConnectionsTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.resource = _Slow()
+        self.resource = Hang()
         self.site = ProxySite(self.resource, reactor=self.reactor)
 
     def connect(self):

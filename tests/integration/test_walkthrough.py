@@ -25,7 +25,7 @@ from lbproxy._demo import DemoResource
 from lbproxy.testing import startServer
 
 
-class _Hang(Resource):
+class Hang(Resource):
     """
     Accepts requests and never answers them.
     """
@@ -224,7 +224,7 @@ class WalkthroughTests(ProxyTestCase):
         A backend that accepts the request but never answers gets the client
         a 504 once read_timeout has passed.
         """
-        hang = _Hang()
+        hang = Hang()
         a = yield self.startBackend(hang)
         yield self.startProxy(
             _PROXY

@@ -32,6 +32,7 @@ from twisted.web.resource import IResource, _IEncodingResource
 from twisted.web.server import Request, Site
 
 from lbproxy._pages import PHRASES, errorBody
+from lbproxy._vhost import originForm
 
 try:
     from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
@@ -193,12 +194,9 @@ class ProxyRequest(Request):
         Request.handleContentChunk(self, data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        absolute = _ABSOLUTE.match(path)
-        if absolute is not None:
-            path = path[absolute.end() :]
-            if not path.startswith(b"/"):
-                path = b"/" + path
-        Request.requestReceived(self, command, path, version)
+        # The channel let through only origin-form, "*" and http(s)
+        # absolute-form targets; the last lose their scheme and authority.
+        Request.requestReceived(self, command, originForm(path), version)
 
 
 _dateCache: list[Any] = [None, b""]

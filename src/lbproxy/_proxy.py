@@ -27,7 +27,12 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from lbproxy._backend import Backend, Outcome
-from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
+from lbproxy._client import (
+    _TOKEN,
+    ResponseHandler,
+    ResponseHead,
+    UpstreamConnection,
+)
 from lbproxy._headers import HOP_BY_HOP, requestHeaderBlock
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
@@ -43,7 +48,6 @@ _EXPECTS_BODY = frozenset([b"POST", b"PUT", b"PATCH"])
 #: larger ones stream from the spooled file.
 INLINE_BODY = 64 * 1024
 
-_TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _URI = re.compile(rb"\A[\x21-\x7e]+\Z")
 _NO_BODY_CODES = frozenset([204, 304])
 

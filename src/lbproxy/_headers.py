@@ -1,12 +1,12 @@
 # -*- test-case-name: tests.test_headers -*-
 """
-Header rewriting between client and backend.  Pure functions over
+Header rewriting between client and backend.  Pure functions of
 L{twisted.web.http_headers.Headers}.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 from twisted.web.http_headers import Headers
 
@@ -50,61 +50,6 @@ def connectionTokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def endToEnd(headers: Headers) -> Iterable[tuple[bytes, Sequence[bytes]]]:
-    """
-    Every header of C{headers} that is not hop-by-hop, with all its values
-    in order.
-    """
-    drop = connectionTokens(headers)
-    for name, values in headers.getAllRawHeaders():
-        if name.lower() not in drop:
-            yield name, values
-
-
-def requestHeaders(
-    incoming: Headers,
-    clientAddress: Optional[str],
-    secure: bool,
-    host: bytes,
-) -> Headers:
-    """
-    Build the headers of the request sent to the backend.
-
-    Hop-by-hop headers are dropped; C{X-Forwarded-For} gets the client
-    address appended; C{X-Forwarded-Proto}, C{X-Forwarded-Host} and
-    C{X-Real-IP} are set; C{Host} becomes C{host}.  C{Content-Length} is
-    dropped: the body is re-framed for the backend.
-
-    @param incoming: the client's request headers.
-    @param clientAddress: the client's IP address, or L{None} when it is
-        not an IP connection.
-    @param secure: whether the client connected over TLS.
-    @param host: the C{Host} value to send.
-    """
-    outgoing = Headers()
-    for name, values in endToEnd(incoming):
-        lowered = name.lower()
-        if lowered in _REQUEST_OWN:
-            continue
-        if lowered == b"x-forwarded-for":
-            continue
-        outgoing.setRawHeaders(name, values)
-    address = (clientAddress or "").encode("ascii", "replace")
-    forwarded = list(incoming.getRawHeaders(b"x-forwarded-for", []))
-    if address:
-        forwarded = forwarded + [address]
-    if forwarded:
-        outgoing.setRawHeaders(b"X-Forwarded-For", [b", ".join(forwarded)])
-    if address:
-        outgoing.setRawHeaders(b"X-Real-IP", [address])
-    outgoing.setRawHeaders(b"X-Forwarded-Proto", [b"https" if secure else b"http"])
-    clientHost = incoming.getRawHeaders(b"host")
-    if clientHost:
-        outgoing.setRawHeaders(b"X-Forwarded-Host", clientHost[:1])
-    outgoing.setRawHeaders(b"Host", [host])
-    return outgoing
-
-
 def requestHeaderBlock(
     incoming: Headers,
     clientAddress: Optional[str],
@@ -112,11 +57,22 @@ def requestHeaderBlock(
 ) -> bytes:
     """
     The headers of the request sent to a backend, as header lines ready to
-    be written, by the rules of L{requestHeaders} but without C{Host},
-    which depends on the backend and is added by the caller.
+    be written.
+
+    Hop-by-hop headers, and those named in C{Connection}, are dropped;
+    C{X-Forwarded-For} gets the client address appended; C{X-Forwarded-Proto},
+    C{X-Forwarded-Host} and C{X-Real-IP} are set (replacing what the client
+    sent).  C{Content-Length} is dropped, since the body is re-framed for the
+    backend, and so is C{Host}, which depends on the backend and is added
+    by the caller.
 
     The client's headers were validated when they were parsed, so they are
     copied once, as bytes, without another pass through L{Headers}.
+
+    @param incoming: the client's request headers.
+    @param clientAddress: the client's IP address, or L{None} when it is
+        not an IP connection.
+    @param secure: whether the client connected over TLS.
     """
     drop = connectionTokens(incoming)
     lines = []

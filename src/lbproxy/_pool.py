@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Collection, Iterable, Optional
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -27,18 +28,6 @@ from lbproxy._client import UpstreamConnection
 from lbproxy._interfaces import IBalancer
 
 
-def _isIPv4(host: str) -> bool:
-    from twisted.internet.abstract import isIPAddress
-
-    return isIPAddress(host)
-
-
-def _isIPv6(host: str) -> bool:
-    from twisted.internet.abstract import isIPv6Address
-
-    return isIPv6Address(host)
-
-
 def backendEndpoint(
     reactor: Any,
     backend: Backend,
@@ -55,11 +44,11 @@ def backendEndpoint(
     C{service_identity} unless C{tlsVerify} is false.
     """
     endpoint: IStreamClientEndpoint
-    if _isIPv4(backend.host):
+    if isIPAddress(backend.host):
         endpoint = TCP4ClientEndpoint(
             reactor, backend.host, backend.port, timeout=connectTimeout
         )
-    elif _isIPv6(backend.host):
+    elif isIPv6Address(backend.host):
         endpoint = TCP6ClientEndpoint(
             reactor, backend.host, backend.port, timeout=connectTimeout
         )

@@ -633,10 +633,7 @@ class ProxySite(Site):
             reads (else 408), or L{None}.
         @param maxConnections: see L{maxConnections}.
         """
-        if reactor is None:
-            Site.__init__(self, resource, timeout=keepaliveTimeout)
-        else:
-            Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
+        Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
         self.channels: set[ProxyChannel] = set()
         self.maxBodySize = maxBodySize

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 
 class DemoResource(Resource):
@@ -47,3 +48,19 @@ class DemoResource(Resource):
             return json.dumps(seen, indent=2).encode("utf-8") + b"\n"
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return self.name.encode("utf-8") + b"\n"
+
+
+class DemoSite(Site):
+    """
+    The L{Site} of a C{[demo:NAME]} backend: quiet, no access log.
+
+    @ivar resource: its L{DemoResource}.
+    """
+
+    noisy = False
+
+    def __init__(self, name: str) -> None:
+        Site.__init__(self, DemoResource(name))
+
+    def log(self, request: Any) -> None:
+        pass

@@ -171,13 +171,10 @@ class WorkerParentService(MultiService):
 
     def _addDemo(self, demo: Any) -> None:
         from twisted.application import strports
-        from twisted.web.server import Site
 
-        from lbproxy._demo import DemoResource
+        from lbproxy._demo import DemoSite
 
-        site = Site(DemoResource(demo.name))
-        site.noisy = False
-        site.log = lambda request: None  # type: ignore[method-assign]
+        site = DemoSite(demo.name)
         for description in demo.listen:
             strports.service(description, site, reactor=self._reactor).setServiceParent(self)
 

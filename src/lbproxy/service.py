@@ -18,7 +18,6 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from lbproxy._backend import Backend
 from lbproxy._config import (
@@ -29,7 +28,7 @@ from lbproxy._config import (
     VHostConfig,
     parseConfig,
 )
-from lbproxy._demo import DemoResource
+from lbproxy._demo import DemoResource, DemoSite
 from lbproxy._health import HealthChecker
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
@@ -200,7 +199,7 @@ class LoadBalancerService(MultiService):
         self.site.resource = resource
         self.site.configure(config.proxy)
         if self.running:
-            self._reopenAccessLog()
+            self._setAccessLog(config.proxy.accessLog)
         results = []
         for checker in oldCheckers.values():
             results.append(maybeDeferred(checker.disownServiceParent))
@@ -251,9 +250,13 @@ class LoadBalancerService(MultiService):
             from twisted.internet import reactor
         reactor.callFromThread(self.reloadFromFile, self._configPath)
 
-    def _reopenAccessLog(self) -> None:
+    def _setAccessLog(self, path: Optional[str]) -> None:
+        """
+        Log to C{path} (see L{ProxySite.openAccessLog}; L{None} for no
+        access log), closing the log file used so far.
+        """
         old = self._accessLog
-        self._accessLog = ProxySite.openAccessLog(self.config.proxy.accessLog)
+        self._accessLog = ProxySite.openAccessLog(path)
         self.site.accessLog = self._accessLog
         if old is not None and old is not sys.__stdout__:
             old.close()
@@ -265,11 +268,8 @@ class LoadBalancerService(MultiService):
         return service
 
     def _addDemo(self, demo: DemoConfig) -> None:
-        resource = DemoResource(demo.name)
-        self.demos[demo.name] = resource
-        site = Site(resource)
-        site.noisy = False
-        site.log = lambda request: None  # type: ignore[method-assign]
+        site = DemoSite(demo.name)
+        self.demos[demo.name] = site.resource
         for description in demo.listen:
             self._listeners.append(self._listen(description, site))
 
@@ -281,8 +281,7 @@ class LoadBalancerService(MultiService):
         return gatherResults([s._waitingForPort for s in self._listeners])
 
     def startService(self) -> None:
-        self._accessLog = ProxySite.openAccessLog(self.config.proxy.accessLog)
-        self.site.accessLog = self._accessLog
+        self._setAccessLog(self.config.proxy.accessLog)
         MultiService.startService(self)
         if self._configPath is not None and hasattr(signal, "SIGHUP"):
             self._previousHangup = signal.signal(signal.SIGHUP, self._onHangup)
@@ -300,10 +299,7 @@ class LoadBalancerService(MultiService):
             return DeferredList([p.close() for p in self.pools.values()])
 
         def closeLog(result: Any) -> Any:
-            log, self._accessLog = self._accessLog, None
-            self.site.accessLog = None
-            if log is not None and log is not sys.__stdout__:
-                log.close()
+            self._setAccessLog(None)
             return result
 
         return d.addCallback(closeClients).addCallback(closePools).addCallback(closeLog)

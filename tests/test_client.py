@@ -454,6 +454,8 @@ class WriteNowTests(SynchronousTestCase):
         transport: Any = tcp.Client.__new__(tcp.Client)
         transport.connected = True
         transport.disconnecting = False
+        transport.TLS = False
+        transport._writeDisconnected = False
         transport._tempDataLen = 0
         transport.dataBuffer = b""
         transport.offset = 0

@@ -101,6 +101,54 @@ class ForwardingTests(SynchronousTestCase):
         self.assertIn(b"X-Real-Ip: 192.0.2.1\r\n", sent)
         self.assertNotIn(b"Connection: close", sent)
 
+    def test_idleConnectionsExpire(self):
+        """
+        An idle backend connection is closed C{keepaliveTimeout} seconds
+        after its last response, each on its own time.
+        """
+        h = _Harness(self, count=1, keepaliveTimeout=10.0)
+        other = h.site.buildProtocol(IPv4Address("TCP", "192.0.2.2", 4321))
+        other.makeConnection(StringTransport())
+        h.send(_GET)
+        _, first, firstTransport = h.accept()
+        h.reactor.advance(4)
+        other.dataReceived(_GET)
+        _, second, secondTransport = h.accept()
+        first.dataReceived(_OK)
+        h.reactor.advance(4)
+        second.dataReceived(_OK)
+        idle = h.pool._connections[h.backends[0]].idle
+        self.assertEqual(len(idle), 2)
+        h.reactor.advance(5.9)
+        self.assertFalse(firstTransport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(firstTransport.disconnecting)
+        self.assertFalse(secondTransport.disconnecting)
+        h.reactor.advance(3.9)
+        self.assertFalse(secondTransport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(secondTransport.disconnecting)
+        self.assertEqual(idle, [])
+
+    def test_reusedConnectionDoesNotExpire(self):
+        """
+        A connection taken from the idle cache is not closed by its old
+        idle timeout.
+        """
+        h = _Harness(self, count=1, keepaliveTimeout=10.0)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(_OK)
+        h.reactor.advance(9)
+        h.send(_GET)
+        h.reactor.advance(2)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(_OK)
+        h.reactor.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
     def test_hostNotPreserved(self):
         h = _Harness(self, preserveHost=False)
         h.send(_GET)

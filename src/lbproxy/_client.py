@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Client as _TCPClient
+from twisted.internet.tcp import Server as _TCPServer
 from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder
 
@@ -312,22 +313,31 @@ def _headEnd(buffer: bytes) -> tuple[int, int]:
     return -1, -1
 
 
+#: The transports that L{writeNow} may write to directly: plain TCP
+#: connections, whose C{socket} is the connection's own.
+_TCP_TRANSPORTS = (_TCPClient, _TCPServer)
+
+
 def writeNow(transport: Any, data: bytes) -> None:
     """
     Write C{data} to C{transport}, straight to the socket when the transport
-    is a plain TCP connection with nothing buffered.
+    is a plain TCP connection (no TLS) with nothing buffered.
 
     C{transport.write} only buffers, registers the socket for writing, and
     sends on the reactor's next turn, which then unregisters it: two
-    C{epoll_ctl} calls and a turn of the loop for every request head.  A
-    request head almost always fits in the socket's send buffer, so it is
-    sent at once; whatever does not fit (or any error) goes through
-    C{transport.write} as usual, in order.
+    C{epoll_ctl} calls and a turn of the loop for every request head and
+    every response.  A request head or a small response almost always fits
+    in the socket's send buffer, so it is sent at once; whatever does not
+    fit (or any error) goes through C{transport.write} as usual, in order,
+    and with its flow control (a registered producer is paused when the
+    transport's buffer fills).
     """
     if (
-        type(transport) is _TCPClient
+        type(transport) in _TCP_TRANSPORTS
         and transport.connected
         and not transport.disconnecting
+        and not transport.TLS
+        and not transport._writeDisconnected
         and not transport._tempDataLen
         and transport.offset == len(transport.dataBuffer)
     ):

@@ -26,6 +26,7 @@ from twisted.web._newclient import HTTP11ClientProtocol
 from lbproxy._backend import Backend, BackendState, Outcome
 from lbproxy._client import UpstreamConnection
 from lbproxy._interfaces import IBalancer
+from lbproxy._timer import Deadline
 
 
 def backendEndpoint(
@@ -128,6 +129,10 @@ class _Connections:
     ready, which C{read_timeout} needs.  This small cache, keyed by the
     L{Backend} itself, does those three things.
 
+    Idle connections expire C{idleTimeout} seconds after they were put
+    back; one L{Deadline} per backend sweeps them, rather than a delayed
+    call scheduled and cancelled for each connection on every request.
+
     @ivar idle: idle connections, oldest first.
     """
 
@@ -143,7 +148,8 @@ class _Connections:
         self._keepalive = keepalive
         self._idleTimeout = idleTimeout
         self.idle: list[UpstreamConnection] = []
-        self._timers: dict[UpstreamConnection, IDelayedCall] = {}
+        self._idleSince: dict[UpstreamConnection, float] = {}
+        self._sweep = Deadline(reactor, self._expire)
         self.opened = 0
         self.closed = False
 
@@ -156,7 +162,7 @@ class _Connections:
         """
         while self.idle:
             proto = self.idle.pop()
-            self._timers.pop(proto).cancel()
+            del self._idleSince[proto]
             if proto.reusable:
                 return proto, None
         return None, self.connectUpstream()
@@ -196,20 +202,27 @@ class _Connections:
             proto.transport.loseConnection()
             return
         self.idle.append(proto)
-        self._timers[proto] = self._reactor.callLater(
-            self._idleTimeout, self._expire, proto
-        )
+        self._idleSince[proto] = self._reactor.seconds()
+        if self._sweep.deadline is None:
+            self._sweep.set(self._idleTimeout)
 
-    def _expire(self, proto: UpstreamConnection) -> None:
-        del self._timers[proto]
-        self.idle.remove(proto)
-        proto.transport.loseConnection()
+    def _expire(self) -> None:
+        now = self._reactor.seconds()
+        idle, since = self.idle, self._idleSince
+        while idle and now - since[idle[0]] >= self._idleTimeout:
+            proto = idle.pop(0)
+            del since[proto]
+            proto.transport.loseConnection()
+        if idle:
+            self._sweep.set(since[idle[0]] + self._idleTimeout - now)
+        else:
+            self._sweep.cancel()
 
     def _lost(self, proto: UpstreamConnection) -> None:
-        timer = self._timers.pop(proto, None)
-        if timer is not None:
-            timer.cancel()
+        if self._idleSince.pop(proto, None) is not None:
             self.idle.remove(proto)
+            if not self.idle:
+                self._sweep.cancel()
 
     def close(self) -> Deferred[Any]:
         """
@@ -217,11 +230,10 @@ class _Connections:
         its exchange ends instead of going back to the cache.
         """
         self.closed = True
-        results = []
-        for proto in list(self.idle):
-            self._timers.pop(proto).cancel()
-            results.append(proto.abort())
+        self._sweep.cancel()
+        results = [proto.abort() for proto in self.idle]
         self.idle = []
+        self._idleSince.clear()
         return DeferredList(results)
 
 

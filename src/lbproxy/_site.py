@@ -31,7 +31,9 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, _IEncodingResource
 from twisted.web.server import Request, Site
 
+from lbproxy._client import writeNow
 from lbproxy._pages import PHRASES, errorBody
+from lbproxy._timer import Deadline
 from lbproxy._vhost import originForm
 
 try:
@@ -177,6 +179,17 @@ class ProxyRequest(Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def write(self, data: bytes) -> None:
+        """
+        Write C{data}, and the response head with it the first time: one
+        send for a response that fits in one write (see
+        L{ProxyChannel.writeHeaders}).
+        """
+        Request.write(self, data)
+        channel = self.channel
+        if channel is not None and getattr(channel, "_pendingHead", None) is not None:
+            channel.flushHead()
+
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.maxBodySize
         if length is not None and length > limit:
@@ -284,6 +297,79 @@ class ProxyChannel(HTTPChannel):
             self._peer = HTTPChannel.getPeer(self)
         return self._peer
 
+    # The idle timeout (keepalive_timeout)
+
+    _idle: Optional[Deadline] = None
+
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:  # type: ignore[override]
+        """
+        L{TimeoutMixin.setTimeout} on a L{Deadline}: L{HTTPChannel} turns
+        the idle timeout off while it handles each request and on again
+        after it, which would otherwise cancel one delayed call and
+        schedule another for every request.
+        """
+        previous = self.timeOut
+        self.timeOut = period
+        idle = self._idle
+        if period is None:
+            if idle is not None:
+                idle.clear()
+        else:
+            if idle is None:
+                idle = self._idle = Deadline(self.site.reactor, self.timeoutConnection)
+            idle.set(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        idle = self._idle
+        if idle is not None and idle.deadline is not None and self.timeOut is not None:
+            idle.set(self.timeOut)
+
+    # Writing responses
+
+    _pendingHead: Optional[bytes] = None
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any
+    ) -> None:
+        """
+        Hold the response head until the first write of the body, so that a
+        small response goes to the client in one send.  L{ProxyRequest.write}
+        flushes it before returning, so it never waits beyond the call that
+        wrote it.
+        """
+        self.flushHead()
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self._pendingHead = b"".join(lines)
+
+    def write(self, data: bytes) -> None:
+        """
+        Write C{data}, after the held response head, at once when the
+        socket takes it (see L{writeNow}).
+        """
+        head = self._pendingHead
+        if head is not None:
+            self._pendingHead = None
+            data = head + data
+        if data:
+            writeNow(self.transport, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
+
+    def flushHead(self) -> None:
+        """
+        Write the held response head, if any.
+        """
+        head = self._pendingHead
+        if head is not None:
+            self._pendingHead = None
+            writeNow(self.transport, head)
+
     def refuse(self, code: int) -> None:
         """
         Answer C{code} with a short page and close the connection.
@@ -291,6 +377,7 @@ class ProxyChannel(HTTPChannel):
         if self.refused:
             return
         self.refused = True
+        self.flushHead()
         self._cancelTimers()
         if self.transport.disconnecting:
             # Already closing after a response: nothing more may be sent.
@@ -359,6 +446,8 @@ class ProxyChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancelTimers()
+        if self._idle is not None:
+            self._idle.cancel()
         self.site.channels.discard(self)
         HTTPChannel.connectionLost(self, reason)
         if not self.site.channels and self.site._drained is not None:
@@ -574,6 +663,7 @@ class ProxyChannel(HTTPChannel):
             HTTPChannel.rawDataReceived(self, data)
 
     def requestDone(self, request: Any) -> None:
+        self.flushHead()
         self._phase = _IDLE
         HTTPChannel.requestDone(self, request)
 

@@ -130,6 +130,12 @@ class ResponseHandler:
         The body ended: completely (C{complete}), or not, because of C{why}.
         """
 
+    def readTimedOut(self) -> None:
+        """
+        The connection's C{readDeadline} passed: the backend was silent for
+        too long.
+        """
+
     def failed(self, received: bool, invalid: bool, why: str) -> None:
         """
         No response head: the connection was lost, after some bytes of the
@@ -361,11 +367,16 @@ class UpstreamConnection(Protocol):
     @ivar lost: whether the connection is lost.
     @ivar reusable: whether it may carry another request.
     @ivar exchanges: how many requests it has carried.
+    @ivar readDeadline: the L{lbproxy._timer.Deadline} its handler keeps
+        for C{read_timeout}, or L{None}; when it passes, the handler's
+        L{ResponseHandler.readTimedOut} is called.  It is cancelled when
+        the connection is lost.
     """
 
     transport: Any
     lost = False
     exchanges = 0
+    readDeadline: Any = None
 
     def __init__(
         self,
@@ -469,6 +480,14 @@ class UpstreamConnection(Protocol):
         waiter: Deferred[None] = Deferred()
         self._lostWaiters.append(waiter)
         return waiter
+
+    def readTimedOut(self) -> None:
+        """
+        Tell the handler that its C{readDeadline} passed.
+        """
+        handler = self._handler
+        if handler is not None:
+            handler.readTimedOut()
 
     def pauseProducing(self) -> None:
         """
@@ -603,6 +622,8 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
+        if self.readDeadline is not None:
+            self.readDeadline.cancel()
         state = self._state
         if state == _HEAD:
             self._fail(

@@ -19,7 +19,7 @@ import re
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.proxy import ReverseProxyResource
@@ -36,6 +36,7 @@ from lbproxy._client import (
 from lbproxy._headers import HOP_BY_HOP, requestHeaderBlock
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
+from lbproxy._timer import Deadline
 
 #: Methods that may be sent again after a failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
@@ -115,7 +116,7 @@ class _Exchange(ResponseHandler):
         self._reused = False
         self._inBody = False
         self._paused = False
-        self._timer: Optional[IDelayedCall] = None
+        self._timer: Optional[Deadline] = None
         self._timedOut = False
         self._clientGone = False
         self._done = False
@@ -244,16 +245,20 @@ class _Exchange(ResponseHandler):
         proto.send(self, self._method, self._requestLine + host + self._block, body)
 
     def _startTimer(self) -> None:
-        timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(self._pool.readTimeout)
-        else:
-            self._timer = self._reactor.callLater(self._pool.readTimeout, self._timeout)
+        # read_timeout runs on the backend connection's own Deadline, which
+        # outlives the exchange: a reset per read moves a number, and no
+        # delayed call is scheduled and cancelled per request.
+        conn = self._conn
+        assert conn is not None
+        timer = conn.readDeadline
+        if timer is None:
+            timer = conn.readDeadline = Deadline(self._reactor, conn.readTimedOut)
+        self._timer = timer
+        timer.set(self._pool.readTimeout)
 
     def _stopTimer(self) -> None:
         if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
+            self._timer.clear()
             self._timer = None
 
     def _timeout(self) -> None:
@@ -278,6 +283,9 @@ class _Exchange(ResponseHandler):
         self._fail(504)
 
     # ResponseHandler: what the backend connection tells.
+
+    def readTimedOut(self) -> None:
+        self._timeout()
 
     def failed(self, received: bool, invalid: bool, why: str) -> None:
         self._conn = None

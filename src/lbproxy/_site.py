@@ -309,7 +309,7 @@ class ProxyChannel(HTTPChannel):
         schedule another for every request.
         """
         previous = self.timeOut
-        self.timeOut = period
+        self.timeOut = period  # type: ignore[assignment]
         idle = self._idle
         if period is None:
             if idle is not None:

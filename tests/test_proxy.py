@@ -173,6 +173,120 @@ class ForwardingTests(SynchronousTestCase):
         self.assertNotIn(b"TwistedWeb", response)
         self.assertTrue(response.endswith(b"\r\n\r\nhello"))
 
+    def test_headSentBeforeBody(self):
+        """
+        A head that arrives without its body goes to the client at once;
+        the body follows as it arrives, and meanwhile a slow client can
+        pause the backend.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        response = h.response()
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 OK\r\n"), response)
+        self.assertTrue(response.endswith(b"Content-Length: 5\r\n\r\n"), response)
+        protocol.dataReceived(b"he")
+        self.assertTrue(h.response().endswith(b"\r\n\r\nhe"))
+        request = h.client.requests[0]
+        self.assertIsNotNone(request.producer)
+        h.clientTransport.producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        h.clientTransport.producer.resumeProducing()
+        protocol.dataReceived(b"llo")
+        self.assertTrue(h.response().endswith(b"\r\n\r\nhello"))
+        self.assertIsNone(request.producer)
+
+    def test_unknownLengthChunkedForHTTP11(self):
+        """
+        A body of unknown length (delimited by the backend closing) goes to
+        an HTTP/1.1 client chunked, and the client connection stays open.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        response = h.response()
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", response)
+        self.assertTrue(response.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), response)
+        self.assertFalse(h.clientTransport.disconnecting)
+
+    def test_unknownLengthForHTTP10(self):
+        """
+        An HTTP/1.0 client gets a body of unknown length as it is, ended by
+        closing the connection.
+        """
+        h = _Harness(self)
+        h.send(b"GET / HTTP/1.0\r\n\r\n")
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        response = h.response()
+        self.assertTrue(response.startswith(b"HTTP/1.0 200 OK\r\n"), response)
+        self.assertNotIn(b"chunked", response)
+        self.assertTrue(response.endswith(b"\r\n\r\nabc"), response)
+        self.assertTrue(h.clientTransport.disconnecting)
+
+    def test_bodylessResponses(self):
+        """
+        The response to HEAD keeps the backend's Content-Length and has no
+        body; a 204 and a 304 have neither; the connection stays usable.
+        """
+        h = _Harness(self, count=1)
+        h.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n")
+        self.assertTrue(h.response().endswith(b"Content-Length: 42\r\n\r\n"), h.response())
+        for code in (b"204 No Content", b"304 Not Modified"):
+            h.clientTransport.clear()
+            h.send(_GET)
+            protocol.dataReceived(b"HTTP/1.1 " + code + b"\r\nETag: x\r\n\r\n")
+            response = h.response()
+            self.assertTrue(response.startswith(b"HTTP/1.1 " + code + b"\r\n"), response)
+            self.assertTrue(response.endswith(b"ETag: x\r\n\r\n"), response)
+            self.assertNotIn(b"Content-Length", response)
+            self.assertNotIn(b"chunked", response)
+        self.assertFalse(h.clientTransport.disconnecting)
+
+    def test_headersSetBeforeTheResponse(self):
+        """
+        Headers and cookies put on the request before the backend answered
+        (by a balancer, say) are sent with the backend's, and the backend's
+        Date and Server replace lbproxy's.
+        """
+        h = _Harness(self)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        request = h.client.requests[0]
+        request.responseHeaders.addRawHeader(b"X-Balancer", b"yes")
+        request.addCookie(b"pin", b"1")
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nDate: then\r\nServer: app\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        response = h.response()
+        self.assertIn(b"X-Balancer: yes\r\n", response)
+        self.assertIn(b"Set-Cookie: pin=1\r\n", response)
+        self.assertIn(b"Date: then\r\n", response)
+        self.assertIn(b"Server: app\r\n", response)
+        self.assertEqual(response.count(b"Date:"), 1)
+
+    def test_formBodyNotParsed(self):
+        """
+        A form body is forwarded, not parsed into C{args}; the query string
+        still is.
+        """
+        h = _Harness(self)
+        h.send(
+            b"POST /f?q=1 HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 3\r\n\r\na=1"
+        )
+        self.assertEqual(h.client.requests[0].args, {b"q": [b"1"]})
+        _, protocol, transport = h.accept()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\na=1"))
+
     def test_connectionReused(self):
         """
         A second request reuses the idle backend connection.

@@ -120,6 +120,13 @@ class ResponseHandler:
         The response head arrived.
         """
 
+    def headReadDone(self) -> None:
+        """
+        Everything of the read that brought the head (and maybe some or
+        all of the body) has been delivered, and more of the body, if any,
+        comes in later reads.
+        """
+
     def bodyReceived(self, data: bytes) -> None:
         """
         Some of the body arrived.
@@ -552,6 +559,8 @@ class UpstreamConnection(Protocol):
             if handler is not None:
                 handler.headReceived(head)
             self._bodyDone(rest)
+            if handler is not None:
+                handler.headReadDone()
             return
         if chunked:
             self._decoder = _ChunkedTransferDecoder(self._bodyReceived, self._bodyDone)
@@ -566,6 +575,8 @@ class UpstreamConnection(Protocol):
             handler.headReceived(head)
         if rest and self._state == _BODY:
             self._bodyData(rest)
+        if handler is not None and self._handler is handler:
+            handler.headReadDone()
 
     def _bodyData(self, data: bytes) -> None:
         try:

@@ -321,12 +321,25 @@ class _Exchange(ResponseHandler):
         self._latency = self._reactor.seconds() - self._started
         self._inBody = True
         request = self._request
+        tokens = head.connection
+        drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else HOP_BY_HOP | tokens
+        hold = getattr(request, "holdProxiedHead", None)
+        if hold is not None:
+            # lbproxy's own request: the head goes out as bytes, with the
+            # first bytes of the body when they came in the same read.
+            hold(
+                head.code,
+                head.phrase,
+                [b"%s: %s\r\n" % field for field in head.headers
+                 if field[0].lower() not in drop],
+                head.length,
+            )
+            self._startTimer()
+            return
         request.setResponseCode(head.code, head.phrase)
         out = request.responseHeaders
         out.removeHeader(b"server")
         out.removeHeader(b"date")
-        tokens = head.connection
-        drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else HOP_BY_HOP | tokens
         cookies = request.cookies
         for name, value in head.headers:
             lowered = name.lower()
@@ -344,6 +357,19 @@ class _Exchange(ResponseHandler):
             out.setRawHeaders(b"content-length", [b"%d" % head.length])
         request.registerProducer(_ResponseRelay(self), True)
         self._startTimer()
+
+    def headReadDone(self) -> None:
+        if self._done or self._clientGone:
+            return
+        request = self._request
+        if request.producer is None:
+            # The body goes on past this read: send the head now, and let
+            # a slow client pause the backend from here on.  (A response
+            # that ended within the read never needed either.)
+            channel = request.channel
+            if channel is not None and getattr(channel, "_pendingHead", None):
+                channel.flushHead()
+            request.registerProducer(_ResponseRelay(self), True)
 
     def bodyReceived(self, data: bytes) -> None:
         if not self._paused:

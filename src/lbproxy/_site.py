@@ -21,10 +21,12 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.http import (
+    NO_BODY_CODES,
     RESPONSES,
     HTTPChannel,
     combinedLogFormatter,
     datetimeToString,
+    parse_qs,
     unquote,
 )
 from twisted.web.iweb import INonQueuedRequestFactory
@@ -190,6 +192,48 @@ class ProxyRequest(Request):
         if channel is not None and getattr(channel, "_pendingHead", None) is not None:
             channel.flushHead()
 
+    def holdProxiedHead(
+        self, code: int, phrase: bytes, headerLines: list[bytes], length: Optional[int]
+    ) -> None:
+        """
+        Start the response with a backend's status and header lines, as
+        the first L{write} would with L{responseHeaders}, but without a pass
+        through L{Headers}: the lines were validated when the backend's
+        head was parsed.  The head is held by the channel until the first
+        write of the body, or L{ProxyChannel.flushHead}.
+
+        What L{responseHeaders} and L{cookies} already hold (set by a
+        balancer or the application before the response came) is sent
+        too, less C{Date} and C{Server}, which come from the backend.
+
+        @param headerLines: C{Name: value\r\n} lines.
+        @param length: the body's length, or L{None} when unknown (then an
+            HTTP/1.1 client gets it chunked).
+        """
+        self.code = code
+        self.code_message = phrase
+        self.startedWriting = 1
+        version = self.clientproto
+        lines = [b"%s %d %s\r\n" % (version, code, phrase)]
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            if name != b"Date" and name != b"Server":
+                for value in values:
+                    lines.append(b"%s: %s\r\n" % (name, value))
+        lines.extend(headerLines)
+        for cookie in self.cookies:
+            lines.append(b"Set-Cookie: %s\r\n" % cookie)
+        bodyless = self.method == b"HEAD" or code in NO_BODY_CODES
+        if not bodyless:
+            if length is not None:
+                lines.append(b"Content-Length: %d\r\n" % length)
+            elif version == b"HTTP/1.1":
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                self.chunked = 1
+        lines.append(b"\r\n")
+        self.channel.holdHead(b"".join(lines))
+        if bodyless:
+            self.write = _discard  # type: ignore[method-assign]
+
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.maxBodySize
         if length is not None and length > limit:
@@ -207,9 +251,28 @@ class ProxyRequest(Request):
         Request.handleContentChunk(self, data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        # The channel let through only origin-form, "*" and http(s)
-        # absolute-form targets; the last lose their scheme and authority.
-        Request.requestReceived(self, command, originForm(path), version)
+        """
+        What L{Request.requestReceived} does, less its parsing of form
+        bodies into C{args}: a proxy forwards a body, it does not read it
+        (and a multipart body would be read whole into memory).  The query
+        string is still parsed into C{args}.
+
+        The channel let through only origin-form, C{*} and http(s)
+        absolute-form targets; the last lose their scheme and authority.
+        """
+        self.content.seek(0, 0)  # type: ignore[union-attr]
+        path = originForm(path)
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.path, question, query = path.partition(b"?")
+        self.args = parse_qs(query, 1) if question else {}
+        self.process()
+
+
+def _discard(data: bytes) -> None:
+    """
+    The C{write} of a response that has no body (to C{HEAD}, or 204, 304).
+    """
 
 
 _dateCache: list[Any] = [None, b""]
@@ -338,13 +401,12 @@ class ProxyChannel(HTTPChannel):
         flushes it before returning, so it never waits beyond the call that
         wrote it.
         """
-        self.flushHead()
         lines = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 lines.extend((name, b": ", value, b"\r\n"))
         lines.append(b"\r\n")
-        self._pendingHead = b"".join(lines)
+        self.holdHead(b"".join(lines))
 
     def write(self, data: bytes) -> None:
         """
@@ -357,6 +419,14 @@ class ProxyChannel(HTTPChannel):
             data = head + data
         if data:
             writeNow(self.transport, data)
+
+    def holdHead(self, head: bytes) -> None:
+        """
+        Hold C{head} (a response head, as bytes) to be sent with the first
+        write of the body, or by L{flushHead}.
+        """
+        self.flushHead()
+        self._pendingHead = head
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))

@@ -95,3 +95,25 @@ class VirtualHostResourceTests(SynchronousTestCase):
         root = VirtualHostResource([self.exact])
         code, _ = self.render(root, b"www.example.com", b"/elsewhere")
         self.assertEqual(code, 404)
+
+
+class VirtualHostCacheTests(SynchronousTestCase):
+    def test_answersRemembered(self):
+        """
+        The same Host value gets the same answer, from the cache, which
+        stops growing at L{_CACHED_HOSTS} distinct values while the answers
+        stay right.
+        """
+        from lbproxy import _vhost
+
+        app = VirtualHost("app", ["app.example", "*.app.example"], {b"/": _Leaf(b"a")})
+        other = VirtualHost("other", ["other.example"], {b"/": _Leaf(b"o")})
+        root = VirtualHostResource([app, other], default=other)
+        self.assertIs(root.vhostFor(b"App.Example:80"), app)
+        self.assertIs(root.vhostFor(b"App.Example:80"), app)
+        self.assertIn(b"App.Example:80", root._cache)
+        for i in range(_vhost._CACHED_HOSTS + 10):
+            self.assertIs(root.vhostFor(b"x%d.app.example" % i), app)
+        self.assertEqual(len(root._cache), _vhost._CACHED_HOSTS)
+        self.assertIs(root.vhostFor(b"nowhere.example"), other)
+        self.assertIs(root.vhostFor(None), other)

@@ -129,7 +129,10 @@ class _Exchange(ResponseHandler):
             self._done = True
             writeError(request, 400)
             return
-        request.notifyFinish().addErrback(self._clientLost)
+        if hasattr(request, "onConnectionLost"):
+            request.onConnectionLost = self._clientLost
+        else:
+            request.notifyFinish().addErrback(self._clientLost)
         incoming = request.requestHeaders
         address = request.getClientAddress()
         block = requestHeaderBlock(

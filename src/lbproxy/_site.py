@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -149,6 +149,17 @@ class ProxyRequest(Request):
     defaultContentType = None
     _bodyReceived = 0
     channel: ProxyChannel
+
+    #: Called with the reason if the client connection is lost before the
+    #: response is finished: what C{notifyFinish().addErrback(f)} does,
+    #: without a L{Deferred} made and fired for every request.
+    onConnectionLost: Optional[Callable[[Failure], object]] = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        Request.connectionLost(self, reason)
+        callback, self.onConnectionLost = self.onConnectionLost, None
+        if callback is not None:
+            callback(reason)
 
     def process(self) -> None:
         """

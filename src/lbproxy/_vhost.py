@@ -80,6 +80,11 @@ def normaliseHost(host: Optional[bytes]) -> str:
     return text.rstrip(".")
 
 
+#: How many distinct C{Host} values L{VirtualHostResource.vhostFor}
+#: remembers.
+_CACHED_HOSTS = 1024
+
+
 @implementer(IResource)
 class VirtualHostResource(Resource):
     """
@@ -112,11 +117,27 @@ class VirtualHostResource(Resource):
                 else:
                     self._exact.setdefault(name, vhost)
         self._wildcards.sort(key=lambda item: -len(item[0]))
+        self._cache: dict[Optional[bytes], Optional[VirtualHost]] = {}
 
     def vhostFor(self, host: Optional[bytes]) -> Optional[VirtualHost]:
         """
         The vhost serving C{host} (a C{Host} header value), or L{None}.
+
+        The answers for the first L{_CACHED_HOSTS} distinct values are
+        remembered: a site sees few of them, and a client that makes up
+        new ones only fills the cache, it does not grow it.
         """
+        cache = self._cache
+        try:
+            return cache[host]
+        except KeyError:
+            pass
+        vhost = self._vhostFor(host)
+        if len(cache) < _CACHED_HOSTS:
+            cache[host] = vhost
+        return vhost
+
+    def _vhostFor(self, host: Optional[bytes]) -> Optional[VirtualHost]:
         name = normaliseHost(host)
         vhost = self._exact.get(name)
         if vhost is not None:

@@ -17,6 +17,7 @@ connections:
     twisted-stock   twisted.web.proxy.ReverseProxyResource (CPython)
     lbproxy         lbproxy on CPython (this interpreter)
     lbproxy-pypy    lbproxy on PyPy (a venv it creates with pypy3)
+    lbproxy-pypy-gc the same with PYPY_GC_NURSERY=64MB (see docs/performance.rst)
     lbproxy-w2      lbproxy on CPython with workers = 2
 
 CPU pinning (taskset): the proxy under test runs on CPU 0; wrk and the
@@ -56,8 +57,13 @@ ROWS = [
     "twisted-stock",
     "lbproxy",
     "lbproxy-pypy",
+    "lbproxy-pypy-gc",
     "lbproxy-w2",
 ]
+
+#: The PyPy nursery of the lbproxy-pypy-gc row: PyPy's default (4 MB, or
+#: half the L2 cache) makes a minor collection every few hundred requests.
+PYPY_NURSERY = "64MB"
 PROXY_CPU = "0"
 LOAD_CPU = "1"
 ALL_CPUS = "0-1"
@@ -455,7 +461,7 @@ def main() -> None:
                     continue
                 argv = twistdArgv(sys.executable, row, config, workdir)
                 cpus = ALL_CPUS if workers > 1 else PROXY_CPU
-            elif row == "lbproxy-pypy":
+            elif row in ("lbproxy-pypy", "lbproxy-pypy-gc"):
                 python = pypyVenv(Path(args.pypy_venv))
                 if python is None:
                     notes[row] = "not run: no pypy3"
@@ -465,7 +471,12 @@ def main() -> None:
                 cpus = PROXY_CPU
             else:
                 raise AssertionError(row)
-            p = procs.start(row, argv, cpus, workdir, env=env if row.startswith("lbproxy") else None)
+            rowEnv = env if row.startswith("lbproxy") else None
+            if row == "lbproxy-pypy-gc":
+                rowEnv = dict(env, PYPY_GC_NURSERY=PYPY_NURSERY)
+            elif rowEnv is not None:
+                rowEnv = {k: v for k, v in env.items() if k != "PYPY_GC_NURSERY"}
+            p = procs.start(row, argv, cpus, workdir, env=rowEnv)
             waitForPort(port, p, row, workdir)
             ports[row] = port
         active = [r for r in rows if r in ports]
@@ -488,7 +499,7 @@ def main() -> None:
                         args.connections,
                     )
                     raw[row][size].append(result)
-                    log(f"  {size:>4} {row:<14} {result['rps']:>10.0f} req/s  p99 {result['p99']:.2f} ms  errors {result['errors']:g}")
+                    log(f"  {size:>4} {row:<16} {result['rps']:>10.0f} req/s  p99 {result['p99']:.2f} ms  errors {result['errors']:g}")
         report(raw, rows, sizes, notes, args)
         out = HERE / "results"
         out.mkdir(exist_ok=True)
@@ -520,21 +531,26 @@ def report(
         f"proxy on CPU {PROXY_CPU}, wrk and the nginx backend on CPU {LOAD_CPU} "
         f"(lbproxy-w2 on CPUs {ALL_CPUS}); medians.\n"
     )
-    header = f"| {'size':<5} | {'row':<14} | {'req/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} | {'errors':>6} | {'/ nginx':>7} |"
+    header = (
+        f"| {'size':<5} | {'row':<16} | {'req/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} "
+        f"| {'errors':>6} | {'/ nginx':>7} | {'/ stock':>7} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for size in sizes:
         base = med("nginx", size, "rps") if "nginx" in raw else float("nan")
+        stock = med("twisted-stock", size, "rps") if "twisted-stock" in raw else float("nan")
         for row in rows:
             if row not in raw:
-                print(f"| {size:<5} | {row:<14} | {notes.get(row, 'not run'):<50}")
+                print(f"| {size:<5} | {row:<16} | {notes.get(row, 'not run'):<50}")
                 continue
             rps = med(row, size, "rps")
             ratio = rps / base if base == base and base else float("nan")
+            toStock = rps / stock if stock == stock and stock else float("nan")
             errors = sum(r["errors"] for r in raw[row][size])
             print(
-                f"| {size:<5} | {row:<14} | {rps:>9.0f} | {med(row, size, 'p50'):>8.2f} | "
-                f"{med(row, size, 'p99'):>8.2f} | {errors:>6g} | {ratio:>7.2f} |"
+                f"| {size:<5} | {row:<16} | {rps:>9.0f} | {med(row, size, 'p50'):>8.2f} | "
+                f"{med(row, size, 'p99'):>8.2f} | {errors:>6g} | {ratio:>7.2f} | {toStock:>7.2f} |"
             )
     sys.stdout.flush()
 

@@ -287,6 +287,18 @@ class ForwardingTests(SynchronousTestCase):
         _, protocol, transport = h.accept()
         self.assertTrue(transport.value().endswith(b"\r\n\r\na=1"))
 
+    def test_errorPageHasDate(self):
+        """
+        lbproxy's own pages (here a 502) carry a C{Date}, and only one.
+        """
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        h.refuse()
+        response = h.response()
+        self.assertTrue(response.startswith(b"HTTP/1.1 502 "), response)
+        self.assertIn(b"\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n", response)
+        self.assertEqual(response.count(b"Date:"), 1)
+
     def test_connectionReused(self):
         """
         A second request reuses the idle backend connection.

@@ -226,14 +226,7 @@ def parseHead(
         code,
         phrase,
         headers,
-        frozenset(
-            token.strip().lower()
-            for value in connection
-            for token in value.split(b",")
-            if token.strip()
-        )
-        if connection
-        else _NO_TOKENS,
+        _connectionTokens(connection) if connection else _NO_TOKENS,
         None,
     )
     if 100 <= code < 200:
@@ -267,6 +260,31 @@ def parseHead(
             length = _contentLength(lengths)
         head.length = length
     return head, length, False, length == 0
+
+
+#: The tokens of the C{Connection} values seen most (C{keep-alive},
+#: C{close}), bounded by L{_CACHED_TOKENS}.
+_tokenCache: dict[bytes, frozenset[bytes]] = {}
+_CACHED_TOKENS = 64
+
+
+def _connectionTokens(values: list[bytes]) -> frozenset[bytes]:
+    """
+    The lower-cased tokens of C{Connection} header values.
+    """
+    if len(values) == 1:
+        cached = _tokenCache.get(values[0])
+        if cached is not None:
+            return cached
+    tokens = frozenset(
+        token.strip().lower()
+        for value in values
+        for token in value.split(b",")
+        if token.strip()
+    )
+    if len(values) == 1 and len(_tokenCache) < _CACHED_TOKENS:
+        _tokenCache[values[0]] = tokens
+    return tokens
 
 
 def _slowHeaders(

@@ -41,8 +41,11 @@ def connectionTokens(headers: Headers) -> frozenset[bytes]:
     The lower-cased header names listed in C{Connection}, plus the fixed
     hop-by-hop set: every header name that must not cross the proxy.
     """
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return HOP_BY_HOP
     names = set(HOP_BY_HOP)
-    for value in headers.getRawHeaders(b"connection", ()):
+    for value in values:
         for token in value.split(b","):
             token = token.strip().lower()
             if token:

@@ -165,13 +165,14 @@ class ProxyRequest(Request):
         """
         Find the resource and render it, as L{Request.process} does, less
         what a proxy does not want on its hot path: no C{Server} header
-        announcing Twisted's version (the backend's own is passed on), a
-        C{Date} formatted once a second rather than once a request, and no
+        announcing Twisted's version (the backend's own is passed on), no
+        C{Date} (a proxied response has the backend's; lbproxy's own pages
+        get one from L{ProxyChannel.writeHeaders}, formatted once a
+        second), and no
         per-segment split and unquote of the path when the root resource is
         a leaf (a L{VirtualHostResource} routes on the raw path).
         """
         site = self.site = self.channel.site
-        self.responseHeaders.setRawHeaders(b"date", [_httpDate(site.reactor)])
         self.prepath = []
         root = site.resource
         if getattr(root, "isLeaf", False):
@@ -284,6 +285,25 @@ def _discard(data: bytes) -> None:
     """
     The C{write} of a response that has no body (to C{HEAD}, or 204, 304).
     """
+
+
+_nonQueuedCache: dict[Any, bool] = {}
+
+
+def _nonQueued(factory: Any) -> bool:
+    """
+    Whether C{factory} provides L{INonQueuedRequestFactory}, asked once per
+    factory rather than once per request.
+    """
+    try:
+        return _nonQueuedCache[factory]
+    except KeyError:
+        answer = _nonQueuedCache[factory] = bool(
+            INonQueuedRequestFactory.providedBy(factory)
+        )
+        return answer
+    except TypeError:  # pragma: no cover (an unhashable factory)
+        return bool(INonQueuedRequestFactory.providedBy(factory))
 
 
 _dateCache: list[Any] = [None, b""]
@@ -408,11 +428,14 @@ class ProxyChannel(HTTPChannel):
     ) -> None:
         """
         Hold the response head until the first write of the body, so that a
-        small response goes to the client in one send.  L{ProxyRequest.write}
+        small response goes to the client in one send; add a C{Date} when
+        the response has none.  L{ProxyRequest.write}
         flushes it before returning, so it never waits beyond the call that
         wrote it.
         """
         lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        if not headers.hasHeader(b"date"):
+            lines.extend((b"Date: ", _httpDate(self.site.reactor), b"\r\n"))
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 lines.extend((name, b": ", value, b"\r\n"))
@@ -627,7 +650,7 @@ class ProxyChannel(HTTPChannel):
         header lines and the empty line, all validated by L{_readHeads}.
         """
         factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
+        if _nonQueued(factory):
             request = factory(self)
         else:
             request = factory(self, len(self.requests))

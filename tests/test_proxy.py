@@ -5,6 +5,11 @@ L{StringTransport}, backends reached through a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import gc
+import platform
+import weakref
+from unittest import SkipTest
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import (
     ConnectionDone,
@@ -298,6 +303,29 @@ class ForwardingTests(SynchronousTestCase):
         self.assertTrue(response.startswith(b"HTTP/1.1 502 "), response)
         self.assertIn(b"\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n", response)
         self.assertEqual(response.count(b"Date:"), 1)
+
+    def test_noCycles(self):
+        """
+        A proxied request and its exchange are freed as soon as the
+        response is done, without the cyclic garbage collector (so a busy
+        proxy does not make it run every few requests).
+        """
+        if platform.python_implementation() != "CPython":
+            raise SkipTest("needs reference counting")
+        h = _Harness(self, count=1)
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.dataReceived(_OK)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        h.send(_GET)
+        request = weakref.ref(h.client.requests[0])
+        exchange = weakref.ref(protocol._wrappedProtocol._handler)
+        protocol.dataReceived(_OK)
+        self.assertTrue(h.response().endswith(b"hello"))
+        self.assertIsNone(request())
+        self.assertIsNone(exchange())
 
     def test_connectionReused(self):
         """

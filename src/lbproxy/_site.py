@@ -155,6 +155,13 @@ class ProxyRequest(Request):
     #: without a L{Deferred} made and fired for every request.
     onConnectionLost: Optional[Callable[[Failure], object]] = None
 
+    def finish(self) -> None:
+        # The callback is usually a bound method of whatever handles the
+        # request, which holds the request: letting go of it here leaves no
+        # cycle for the garbage collector to find after every request.
+        self.onConnectionLost = None
+        Request.finish(self)
+
     def connectionLost(self, reason: Failure) -> None:
         Request.connectionLost(self, reason)
         callback, self.onConnectionLost = self.onConnectionLost, None

@@ -580,6 +580,19 @@ class UpstreamConnection(Protocol):
             if handler is not None:
                 handler.headReadDone()
             return
+        if length is not None and len(rest) >= length:
+            # The whole body came with the head (a small response): no
+            # transfer decoder to build and feed.
+            self._decoder = None
+            self._state = _BODY
+            if handler is not None:
+                handler.headReceived(head)
+            if self._state == _BODY:
+                self._bodyReceived(rest if len(rest) == length else rest[:length])
+                self._bodyDone(rest[length:])
+            if handler is not None:
+                handler.headReadDone()
+            return
         if chunked:
             self._decoder = _ChunkedTransferDecoder(self._bodyReceived, self._bodyDone)
         else:

@@ -59,6 +59,18 @@ def requestHeaderBlock(
     secure: bool,
 ) -> bytes:
     """
+    The headers of the request sent to a backend: the block of
+    L{forwardedHeaders}.
+    """
+    return forwardedHeaders(incoming, clientAddress, secure)[0]
+
+
+def forwardedHeaders(
+    incoming: Headers,
+    clientAddress: Optional[str],
+    secure: bool,
+) -> tuple[bytes, Optional[bytes]]:
+    """
     The headers of the request sent to a backend, as header lines ready to
     be written.
 
@@ -76,6 +88,7 @@ def requestHeaderBlock(
     @param clientAddress: the client's IP address, or L{None} when it is
         not an IP connection.
     @param secure: whether the client connected over TLS.
+    @return: the header lines, and the client's C{Host} (or L{None}).
     """
     drop = connectionTokens(incoming)
     lines = []
@@ -105,4 +118,4 @@ def requestHeaderBlock(
     )
     if clientHost is not None:
         lines.append(b"X-Forwarded-Host: %s\r\n" % clientHost)
-    return b"".join(lines)
+    return b"".join(lines), clientHost

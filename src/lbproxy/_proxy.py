@@ -33,7 +33,7 @@ from lbproxy._client import (
     ResponseHead,
     UpstreamConnection,
 )
-from lbproxy._headers import HOP_BY_HOP, requestHeaderBlock
+from lbproxy._headers import HOP_BY_HOP, forwardedHeaders
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
 from lbproxy._timer import Deadline
@@ -135,11 +135,10 @@ class _Exchange(ResponseHandler):
             request.notifyFinish().addErrback(self._clientLost)
         incoming = request.requestHeaders
         address = request.getClientAddress()
-        block = requestHeaderBlock(
+        block, clientHost = forwardedHeaders(
             incoming, getattr(address, "host", None), request.isSecure()
         )
-        hosts = incoming.getRawHeaders(b"host")
-        self._clientHost = hosts[0] if hosts else b""
+        self._clientHost = clientHost or b""
         body = request.content
         length = 0
         if body is not None:
@@ -377,7 +376,11 @@ class _Exchange(ResponseHandler):
     def bodyReceived(self, data: bytes) -> None:
         if not self._paused:
             self._startTimer()
-        self._request.write(data)
+        request = self._request
+        if request.startedWriting and hasattr(request, "writeBody"):
+            request.writeBody(data)
+        else:
+            request.write(data)
 
     def bodyFinished(self, complete: bool, why: str) -> None:
         self._conn = None

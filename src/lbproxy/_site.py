@@ -155,6 +155,10 @@ class ProxyRequest(Request):
     #: without a L{Deferred} made and fired for every request.
     onConnectionLost: Optional[Callable[[Failure], object]] = None
 
+    #: The request's C{Host} header, set by L{ProxyChannel} once it has
+    #: checked that there is exactly one and that it is valid.
+    hostHeader: bytes
+
     def finish(self) -> None:
         # The callback is usually a bound method of whatever handles the
         # request, which holds the request: letting go of it here leaves no
@@ -251,7 +255,22 @@ class ProxyRequest(Request):
         lines.append(b"\r\n")
         self.channel.holdHead(b"".join(lines))
         if bodyless:
-            self.write = _discard  # type: ignore[method-assign]
+            self.write = self.writeBody = _discard  # type: ignore[method-assign]
+
+    def writeBody(self, data: bytes) -> None:
+        """
+        Write part of a body whose head L{holdProxiedHead} wrote: what
+        L{write} does after the first write, without its layers.
+        """
+        if self.finished:
+            raise RuntimeError("writeBody called after finish")
+        if self._disconnected or not data:
+            return
+        self.sentLength += len(data)
+        if self.chunked:
+            self.channel.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.channel.write(data)
 
     def gotLength(self, length: Optional[int]) -> None:
         limit = self.channel.maxBodySize
@@ -760,6 +779,7 @@ class ProxyChannel(HTTPChannel):
             return 400 if getattr(self, "_version", b"") == b"HTTP/1.1" else 0
         if len(hosts) != 1 or (hosts[0] and _HOST.match(hosts[0]) is None):
             return 400
+        request.hostHeader = hosts[0]
         return 0
 
     def allContentReceived(self) -> None:

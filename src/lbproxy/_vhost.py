@@ -80,6 +80,8 @@ def normaliseHost(host: Optional[bytes]) -> str:
     return text.rstrip(".")
 
 
+_UNCHECKED = object()
+
 #: How many distinct C{Host} values L{VirtualHostResource.vhostFor}
 #: remembers.
 _CACHED_HOSTS = 1024
@@ -153,7 +155,12 @@ class VirtualHostResource(Resource):
             # reduces an absolute-form target.
             request.uri = originForm(request.uri)
             request.path = request.uri.split(b"?", 1)[0]
-        vhost = self.vhostFor(request.getHeader(b"host"))
+        # lbproxy's channel has already found and checked the Host header
+        # (and set it on the request itself, not as a class default).
+        host = getattr(request, "__dict__", {}).get("hostHeader", _UNCHECKED)
+        if host is _UNCHECKED:
+            host = request.getHeader(b"host")
+        vhost = self.vhostFor(host)
         resource = vhost.resourceFor(request.path) if vhost is not None else None
         if resource is None:
             return renderError(request, 404)

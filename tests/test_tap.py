@@ -110,3 +110,22 @@ class DropinTests(SynchronousTestCase):
         makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
         self.assertIn("lbproxy", makers)
         self.assertEqual(makers["lbproxy"].options, Options)
+
+
+class PyPyAdviceTests(SynchronousTestCase):
+    def test_advice(self):
+        """
+        On PyPy without C{PYPY_GC_NURSERY}, lbproxy says how to set it;
+        with it set, or on CPython, it says nothing.
+        """
+        from twisted.logger import capturedLogs
+
+        from lbproxy.tap import adviseOnPyPy
+
+        with capturedLogs() as events:
+            adviseOnPyPy("PyPy", {})
+            adviseOnPyPy("PyPy", {"PYPY_GC_NURSERY": "16MB"})
+            adviseOnPyPy("CPython", {})
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["size"], "64MB")
+        self.assertIn("PYPY_GC_NURSERY", events[0]["log_format"])

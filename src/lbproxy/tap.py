@@ -82,7 +82,7 @@ def adviseOnPyPy(implementation: str, environ: Mapping[str, str]) -> None:
     if implementation == "PyPy" and "PYPY_GC_NURSERY" not in environ:
         _log.info(
             "PyPy with its default GC nursery: start lbproxy with "
-            "PYPY_GC_NURSERY={size} for about 1.3 to 1.6 times the requests "
+            "PYPY_GC_NURSERY={size} for about 1.2 to 1.6 times the requests "
             "per second (see the performance page of the documentation)",
             size=PYPY_NURSERY_ADVICE,
         )

@@ -231,10 +231,9 @@ class _Connections:
         """
         self.closed = True
         self._sweep.cancel()
-        results = [proto.abort() for proto in self.idle]
-        self.idle = []
+        idle, self.idle = self.idle, []
         self._idleSince.clear()
-        return DeferredList(results)
+        return DeferredList([proto.abort() for proto in idle])
 
 
 def _backendId(poolName: str, backend: Backend) -> str:

@@ -233,6 +233,9 @@ class ProxyRequest(Request):
         @param length: the body's length, or L{None} when unknown (then an
             HTTP/1.1 client gets it chunked).
         """
+        if self._disconnected:
+            # As Request.write: nothing more goes to a client that left.
+            return
         self.code = code
         self.code_message = phrase
         self.startedWriting = 1

@@ -63,6 +63,13 @@ _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _FIELD = re.compile(
     rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r?$", re.M
 )
+#: A block of header lines, every one valid by L{_FIELD}, all ending with
+#: CR LF (but the last, whose end is the head's): checked in one match so
+#: that the lines can then be split without a regular expression each.
+_CRLF_FIELDS = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*"
+    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*"
+)
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _TRAILING = (b" ", b"\t")
 #: Control characters not allowed in a header value (all but HTAB): a NUL
@@ -203,6 +210,16 @@ def parseHead(
     if block:
         if b"\n " in block or b"\n\t" in block or block[:1] in (b" ", b"\t"):
             _slowHeaders(block, headers, control)
+        elif _CRLF_FIELDS.fullmatch(block) is not None:
+            append = headers.append
+            for line in block.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                value = value.strip(b" \t")
+                lowered = name.lower()
+                if lowered in _CONNECTION_CONTROL:
+                    control.setdefault(lowered, []).append(value)
+                else:
+                    append((name, value))
         else:
             fields = _FIELD.findall(block)
             if len(fields) != block.count(b"\n") + 1:

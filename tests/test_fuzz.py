@@ -453,3 +453,42 @@ class ProxyFuzzTests(SynchronousTestCase):
         Several requests in one stream, mutated, cut anywhere.
         """
         self.feed(_mutateBytes(b"".join(requests), edits), cuts)
+
+
+_HEADER_NAMES = st.sampled_from(
+    [b"a", b"X-A", b"Connection", b"Content-Length", b"Transfer-Encoding",
+     b"Set-Cookie", b"bad name", b"", b" folded"]
+)
+_VALUE_PIECES = st.sampled_from(
+    [b"a", b" ", b"\t", b"\r", b"\x00", b"\x7f", b"\xe9", b",", b"5",
+     b"close", b"chunked", b"keep-alive", b":"]
+)
+_HEADER_LINES = st.lists(
+    st.tuples(_HEADER_NAMES, st.lists(_VALUE_PIECES, max_size=6)), max_size=6
+)
+
+
+class ResponseHeadFuzzTests(SynchronousTestCase):
+    @settings(max_examples=500, deadline=None, derandomize=True, database=None)
+    @given(_HEADER_LINES)
+    def test_oneMatchAgreesWithLineByLine(self, lines):
+        """
+        A header block with CR LF line ends (read by one match and a split
+        when it is valid as a whole) parses as the same block with bare LF
+        line ends (read by the line-by-line expression) does: the same
+        headers, framing and tokens, or the same refusal.
+        """
+        from lbproxy._client import InvalidResponse, parseHead
+
+        fields = [name + b":" + b"".join(value) for name, value in lines]
+
+        def parse(head):
+            try:
+                h, length, chunked, bodyless = parseHead(head, b"GET")
+            except InvalidResponse:
+                return "invalid"
+            return (h.code, h.headers, h.connection, h.length, length, chunked, bodyless)
+
+        crlf = parse(b"HTTP/1.1 200 OK\r\n" + b"\r\n".join(fields))
+        lf = parse(b"HTTP/1.1 200 OK\n" + b"\n".join(fields))
+        self.assertEqual(crlf, lf)

@@ -82,8 +82,8 @@ def adviseOnPyPy(implementation: str, environ: Mapping[str, str]) -> None:
     if implementation == "PyPy" and "PYPY_GC_NURSERY" not in environ:
         _log.info(
             "PyPy with its default GC nursery: start lbproxy with "
-            "PYPY_GC_NURSERY={size} for about 1.2 to 1.6 times the requests "
-            "per second (see the performance page of the documentation)",
+            "PYPY_GC_NURSERY={size} for a higher rate and a much lower p99 "
+            "latency (see the performance page of the documentation)",
             size=PYPY_NURSERY_ADVICE,
         )
 

@@ -515,6 +515,39 @@ class FailureTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(h.clientTransport.disconnecting)
 
+    def test_readTimeoutCoversTheWholeHead(self):
+        """
+        The response head must arrive whole within read_timeout of the
+        request: its bytes, sent one by one, do not each buy more time.
+        """
+        h = _Harness(self, count=1, readTimeout=2.0)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: 1\r\n":
+            protocol.dataReceived(bytes([byte]))
+            h.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(h.response().startswith(b"HTTP/1.1 504 "), h.response())
+
+    def test_noReadTimeoutWhilePaused(self):
+        """
+        While a slow client has paused the backend, read_timeout does not
+        run (the backend is not the one being slow); it starts again when
+        the client reads again.
+        """
+        h = _Harness(self, count=1, readTimeout=2.0)
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        h.clientTransport.producer.pauseProducing()
+        h.reactor.advance(10)
+        self.assertFalse(transport.disconnecting)
+        h.clientTransport.producer.resumeProducing()
+        h.reactor.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
     def test_clientGoneClosesBackend(self):
         """
         A client that disconnects while waiting closes the backend request.

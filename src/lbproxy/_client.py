@@ -33,6 +33,8 @@ from twisted.internet.tcp import Server as _TCPServer
 from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder
 
+from lbproxy._timer import Deadline
+
 #: Response heads larger than this are invalid.
 MAX_HEAD_SIZE = 64 * 1024
 
@@ -409,16 +411,15 @@ class UpstreamConnection(Protocol):
     @ivar lost: whether the connection is lost.
     @ivar reusable: whether it may carry another request.
     @ivar exchanges: how many requests it has carried.
-    @ivar readDeadline: the L{lbproxy._timer.Deadline} its handler keeps
-        for C{read_timeout}, or L{None}; when it passes, the handler's
-        L{ResponseHandler.readTimedOut} is called.  It is cancelled when
-        the connection is lost.
+    @ivar readDeadline: the L{lbproxy._timer.Deadline} of C{read_timeout}
+        (see L{armReadTimeout}), or L{None}.
     """
 
     transport: Any
     lost = False
     exchanges = 0
-    readDeadline: Any = None
+    readDeadline: Optional[Deadline] = None
+    _readTimeout = 0.0
 
     def __init__(
         self,
@@ -523,6 +524,22 @@ class UpstreamConnection(Protocol):
         self._lostWaiters.append(waiter)
         return waiter
 
+    def armReadTimeout(self, reactor: Any, seconds: float) -> Deadline:
+        """
+        Start (or restart) the read timeout: unless the whole response head
+        arrives within C{seconds}, and then each read of the body within
+        C{seconds} of the one before, the handler's
+        L{ResponseHandler.readTimedOut} is called.
+        The handler turns it off with the returned L{Deadline}'s C{clear}
+        (it is cancelled when the connection is lost).
+        """
+        deadline = self.readDeadline
+        if deadline is None:
+            deadline = self.readDeadline = Deadline(reactor, self.readTimedOut)
+        self._readTimeout = seconds
+        deadline.set(seconds)
+        return deadline
+
     def readTimedOut(self) -> None:
         """
         Tell the handler that its C{readDeadline} passed.
@@ -549,9 +566,15 @@ class UpstreamConnection(Protocol):
 
     # Receiving.
 
+    def _pushBackReadDeadline(self) -> None:
+        deadline = self.readDeadline
+        if deadline is not None and deadline.deadline is not None:
+            deadline.set(self._readTimeout)
+
     def dataReceived(self, data: bytes) -> None:
         state = self._state
         if state == _BODY:
+            self._pushBackReadDeadline()
             self._bodyData(data)
             return
         if state != _HEAD:
@@ -585,6 +608,10 @@ class UpstreamConnection(Protocol):
                 continue
             break
         self._buffer = b""
+        # The whole head came within read_timeout (its bytes one by one do
+        # not each buy more time); from here on, the timeout runs between
+        # two reads of the body.
+        self._pushBackReadDeadline()
         if head.version != (1, 1) or b"close" in head.connection:
             self._persistent = False
         handler = self._handler

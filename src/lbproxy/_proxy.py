@@ -100,6 +100,21 @@ class _Exchange(ResponseHandler):
 
     _log = Logger()
 
+    # The state of an exchange that has just begun (class attributes, so
+    # that each exchange sets only what it changes).
+    _backend: Optional[Backend] = None
+    _started = 0.0
+    _latency = 0.0
+    _connecting: Optional[Deferred[Any]] = None
+    _conn: Optional[UpstreamConnection] = None
+    _reused = False
+    _inBody = False
+    _paused = False
+    _timer: Optional[Deadline] = None
+    _timedOut = False
+    _clientGone = False
+    _done = False
+
     def __init__(self, resource: UpstreamResource, request: Any) -> None:
         self._resource = resource
         self._pool = resource.pool
@@ -108,18 +123,6 @@ class _Exchange(ResponseHandler):
         self._method = request.method
         self._idempotent = request.method in IDEMPOTENT
         self._tried: set[Backend] = set()
-        self._backend: Optional[Backend] = None
-        self._started = 0.0
-        self._latency = 0.0
-        self._connecting: Optional[Deferred[Any]] = None
-        self._conn: Optional[UpstreamConnection] = None
-        self._reused = False
-        self._inBody = False
-        self._paused = False
-        self._timer: Optional[Deadline] = None
-        self._timedOut = False
-        self._clientGone = False
-        self._done = False
 
     def start(self) -> None:
         request = self._request
@@ -248,15 +251,12 @@ class _Exchange(ResponseHandler):
 
     def _startTimer(self) -> None:
         # read_timeout runs on the backend connection's own Deadline, which
-        # outlives the exchange: a reset per read moves a number, and no
-        # delayed call is scheduled and cancelled per request.
+        # outlives the exchange and which the connection pushes back on
+        # every read: no delayed call is scheduled and cancelled per
+        # request.
         conn = self._conn
         assert conn is not None
-        timer = conn.readDeadline
-        if timer is None:
-            timer = conn.readDeadline = Deadline(self._reactor, conn.readTimedOut)
-        self._timer = timer
-        timer.set(self._pool.readTimeout)
+        self._timer = conn.armReadTimeout(self._reactor, self._pool.readTimeout)
 
     def _stopTimer(self) -> None:
         if self._timer is not None:
@@ -336,7 +336,6 @@ class _Exchange(ResponseHandler):
                  if field[0].lower() not in drop],
                 head.length,
             )
-            self._startTimer()
             return
         request.setResponseCode(head.code, head.phrase)
         out = request.responseHeaders
@@ -358,7 +357,6 @@ class _Exchange(ResponseHandler):
         ):
             out.setRawHeaders(b"content-length", [b"%d" % head.length])
         request.registerProducer(_ResponseRelay(self), True)
-        self._startTimer()
 
     def headReadDone(self) -> None:
         if self._done or self._clientGone:
@@ -374,8 +372,6 @@ class _Exchange(ResponseHandler):
             request.registerProducer(_ResponseRelay(self), True)
 
     def bodyReceived(self, data: bytes) -> None:
-        if not self._paused:
-            self._startTimer()
         request = self._request
         if request.startedWriting and hasattr(request, "writeBody"):
             request.writeBody(data)

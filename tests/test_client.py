@@ -469,3 +469,21 @@ class WriteNowTests(SynchronousTestCase):
         transport._tempDataLen = 1
         writeNow(transport, b"queued")
         self.assertEqual((transport.socket.sent, written), (b"lon", [b"ger", b"queued"]))
+
+
+class ConnectionControlTests(SynchronousTestCase):
+    def test_hopByHopKeptApart(self):
+        """
+        Every hop-by-hop header is one that L{parseHead} keeps apart from
+        the end-to-end headers, which lets the proxy pass those on without
+        filtering them again.
+        """
+        from lbproxy._client import _CONNECTION_CONTROL, parseHead
+        from lbproxy._headers import HOP_BY_HOP
+
+        self.assertLessEqual(HOP_BY_HOP, _CONNECTION_CONTROL)
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(
+            b"%s: x\r\n" % name for name in sorted(HOP_BY_HOP - {b"transfer-encoding"})
+        ) + b"X-End: 1"
+        parsed = parseHead(head, b"GET")[0]
+        self.assertEqual(parsed.headers, [(b"X-End", b"1")])

@@ -329,13 +329,13 @@ class _Exchange(ResponseHandler):
         if hold is not None:
             # lbproxy's own request: the head goes out as bytes, with the
             # first bytes of the body when they came in the same read.
-            hold(
-                head.code,
-                head.phrase,
-                [b"%s: %s\r\n" % field for field in head.headers
-                 if field[0].lower() not in drop],
-                head.length,
-            )
+            if drop is HOP_BY_HOP:
+                # parseHead kept every hop-by-hop header apart already.
+                lines = [b"%s: %s\r\n" % field for field in head.headers]
+            else:
+                lines = [b"%s: %s\r\n" % field for field in head.headers
+                         if field[0].lower() not in drop]
+            hold(head.code, head.phrase, lines, head.length)
             return
         request.setResponseCode(head.code, head.phrase)
         out = request.responseHeaders

@@ -186,7 +186,8 @@ class ProxyRequest(Request):
         site = self.site = self.channel.site
         self.prepath = []
         root = site.resource
-        if getattr(root, "isLeaf", False):
+        leaf = getattr(root, "isLeaf", False)
+        if leaf:
             self.postpath = []
         else:
             self.postpath = list(map(unquote, self.path[1:].split(b"/")))
@@ -195,7 +196,12 @@ class ProxyRequest(Request):
             self.responseHeaders.removeHeader(b"server")
             return
         try:
-            resrc = site.getResourceFor(self)
+            if leaf:
+                # What Site.getResourceFor finds for a leaf root: the root.
+                self.sitepath = []
+                resrc = root
+            else:
+                resrc = site.getResourceFor(self)
             if _IEncodingResource.providedBy(resrc):
                 encoder = resrc.getEncoder(self)
                 if encoder is not None:

@@ -198,7 +198,7 @@ class ProxyRequest(Request):
         try:
             if leaf:
                 # What Site.getResourceFor finds for a leaf root: the root.
-                self.sitepath = []
+                self.sitepath: list[bytes] = []
                 resrc = root
             else:
                 resrc = site.getResourceFor(self)

@@ -593,9 +593,7 @@ class UpstreamConnection(Protocol):
                     self._buffer = buffer
                 return
             try:
-                head, length, chunked, bodyless = parseHead(
-                    buffer[:end], self._method
-                )
+                head, length, chunked, _ = parseHead(buffer[:end], self._method)
             except InvalidResponse as e:
                 self._fail(True, True, str(e))
                 return
@@ -615,18 +613,10 @@ class UpstreamConnection(Protocol):
         if head.version != (1, 1) or b"close" in head.connection:
             self._persistent = False
         handler = self._handler
-        if bodyless:
-            self._decoder = None
-            self._state = _BODY
-            if handler is not None:
-                handler.headReceived(head)
-            self._bodyDone(rest)
-            if handler is not None:
-                handler.headReadDone()
-            return
         if length is not None and len(rest) >= length:
-            # The whole body came with the head (a small response): no
-            # transfer decoder to build and feed.
+            # The whole body came with the head (a small response, or none
+            # at all: a bodyless response has length 0): no transfer
+            # decoder to build and feed.
             self._decoder = None
             self._state = _BODY
             if handler is not None:

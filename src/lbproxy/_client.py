@@ -245,7 +245,7 @@ def parseHead(
         code,
         phrase,
         headers,
-        _connectionTokens(connection) if connection else _NO_TOKENS,
+        parseConnectionTokens(connection) if connection else _NO_TOKENS,
         None,
     )
     if 100 <= code < 200:
@@ -287,7 +287,7 @@ _tokenCache: dict[bytes, frozenset[bytes]] = {}
 _CACHED_TOKENS = 64
 
 
-def _connectionTokens(values: list[bytes]) -> frozenset[bytes]:
+def parseConnectionTokens(values: list[bytes]) -> frozenset[bytes]:
     """
     The lower-cased tokens of C{Connection} header values.
     """

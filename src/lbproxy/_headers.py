@@ -10,6 +10,8 @@ from typing import Optional
 
 from twisted.web.http_headers import Headers
 
+from lbproxy._client import parseConnectionTokens
+
 #: Headers that describe one connection, never forwarded (RFC 9110 7.6.1),
 #: plus C{Proxy-Connection}, which old clients still send.
 HOP_BY_HOP = frozenset(
@@ -44,13 +46,7 @@ def connectionTokens(headers: Headers) -> frozenset[bytes]:
     values = headers.getRawHeaders(b"connection")
     if not values:
         return HOP_BY_HOP
-    names = set(HOP_BY_HOP)
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip().lower()
-            if token:
-                names.add(token)
-    return frozenset(names)
+    return HOP_BY_HOP | parseConnectionTokens(values)
 
 
 def requestHeaderBlock(

@@ -24,7 +24,7 @@ C{Connection: close} or trailing bytes.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol
@@ -287,7 +287,7 @@ _tokenCache: dict[bytes, frozenset[bytes]] = {}
 _CACHED_TOKENS = 64
 
 
-def parseConnectionTokens(values: list[bytes]) -> frozenset[bytes]:
+def parseConnectionTokens(values: Sequence[bytes]) -> frozenset[bytes]:
     """
     The lower-cased tokens of C{Connection} header values.
     """

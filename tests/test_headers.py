@@ -7,15 +7,15 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from lbproxy._headers import connectionTokens, requestHeaderBlock
+from lbproxy._headers import connectionTokens, forwardedHeaders
 
 
 def sentHeaders(incoming, clientAddress, secure):
     """
-    The header lines L{requestHeaderBlock} writes, read back into
+    The header lines L{forwardedHeaders} writes, read back into
     L{Headers} (in order, repeated names kept).
     """
-    block = requestHeaderBlock(incoming, clientAddress, secure)
+    block, _ = forwardedHeaders(incoming, clientAddress, secure)
     lines = block.split(b"\r\n")
     assert lines[-1] == b"", block
     out = Headers()
@@ -84,6 +84,16 @@ class RequestHeadersTests(SynchronousTestCase):
         self.assertEqual(out.getRawHeaders(b"x-forwarded-proto"), [b"https"])
         self.assertEqual(out.getRawHeaders(b"x-forwarded-host"), [b"app.example.com:8080"])
         self.assertIsNone(out.getRawHeaders(b"host"))
+
+    def test_clientHostReturned(self):
+        """
+        L{forwardedHeaders} also returns the client's Host, for the caller
+        to send on; L{None} when there is none.
+        """
+        _, host = forwardedHeaders(self.incoming(), "192.0.2.7", False)
+        self.assertEqual(host, b"app.example.com:8080")
+        _, host = forwardedHeaders(Headers(), "192.0.2.7", False)
+        self.assertIsNone(host)
 
     def test_spoofedRealIPReplaced(self):
         incoming = Headers({b"X-Real-IP": [b"1.1.1.1"], b"X-Forwarded-Proto": [b"https"]})

@@ -49,18 +49,6 @@ def connectionTokens(headers: Headers) -> frozenset[bytes]:
     return HOP_BY_HOP | parseConnectionTokens(values)
 
 
-def requestHeaderBlock(
-    incoming: Headers,
-    clientAddress: Optional[str],
-    secure: bool,
-) -> bytes:
-    """
-    The headers of the request sent to a backend: the block of
-    L{forwardedHeaders}.
-    """
-    return forwardedHeaders(incoming, clientAddress, secure)[0]
-
-
 def forwardedHeaders(
     incoming: Headers,
     clientAddress: Optional[str],

@@ -366,9 +366,7 @@ class _Exchange(ResponseHandler):
             # The body goes on past this read: send the head now, and let
             # a slow client pause the backend from here on.  (A response
             # that ended within the read never needed either.)
-            channel = request.channel
-            if channel is not None and getattr(channel, "_pendingHead", None):
-                channel.flushHead()
+            request.flushHead()
             request.registerProducer(_ResponseRelay(self), True)
 
     def bodyReceived(self, data: bytes) -> None:

@@ -217,8 +217,14 @@ class ProxyRequest(Request):
         L{ProxyChannel.writeHeaders}).
         """
         Request.write(self, data)
+        self.flushHead()
+
+    def flushHead(self) -> None:
+        """
+        Send the response head that the channel holds, if any, now.
+        """
         channel = self.channel
-        if channel is not None and getattr(channel, "_pendingHead", None) is not None:
+        if channel is not None:
             channel.flushHead()
 
     def holdProxiedHead(
@@ -247,10 +253,7 @@ class ProxyRequest(Request):
         self.startedWriting = 1
         version = self.clientproto
         lines = [b"%s %d %s\r\n" % (version, code, phrase)]
-        for name, values in self.responseHeaders.getAllRawHeaders():
-            if name != b"Date" and name != b"Server":
-                for value in values:
-                    lines.append(b"%s: %s\r\n" % (name, value))
+        lines.extend(_headerLines(self.responseHeaders, _BACKEND_OWN))
         lines.extend(headerLines)
         for cookie in self.cookies:
             lines.append(b"Set-Cookie: %s\r\n" % cookie)
@@ -314,6 +317,24 @@ class ProxyRequest(Request):
         self.path, question, query = path.partition(b"?")
         self.args = parse_qs(query, 1) if question else {}
         self.process()
+
+
+#: The response headers a proxied response takes from its backend rather
+#: than from the request (see L{ProxyRequest.holdProxiedHead}).
+_BACKEND_OWN = frozenset([b"Date", b"Server"])
+
+
+def _headerLines(headers: Any, skip: frozenset[bytes] = frozenset()) -> list[bytes]:
+    """
+    The C{Name: value} lines of C{headers} (a L{Headers}), one per value,
+    less the names in C{skip} (spelled as L{Headers} spells them).
+    """
+    return [
+        b"%s: %s\r\n" % (name, value)
+        for name, values in headers.getAllRawHeaders()
+        if name not in skip
+        for value in values
+    ]
 
 
 def _discard(data: bytes) -> None:
@@ -468,12 +489,10 @@ class ProxyChannel(HTTPChannel):
         flushes it before returning, so it never waits beyond the call that
         wrote it.
         """
-        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        lines = [b"%s %s %s\r\n" % (version, code, reason)]
         if not headers.hasHeader(b"date"):
-            lines.extend((b"Date: ", _httpDate(self.site.reactor), b"\r\n"))
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                lines.extend((name, b": ", value, b"\r\n"))
+            lines.append(b"Date: %s\r\n" % _httpDate(self.site.reactor))
+        lines.extend(_headerLines(headers))
         lines.append(b"\r\n")
         self.holdHead(b"".join(lines))
 

@@ -16,7 +16,7 @@ every failure maps to the right status, retry and passive-health event.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -114,6 +114,9 @@ class _Exchange(ResponseHandler):
     _timedOut = False
     _clientGone = False
     _done = False
+    #: How body bytes reach the client: L{ProxyRequest.writeBody} once
+    #: its head is written, else (L{None}) the request's C{write}.
+    _writeBody: Optional[Callable[[bytes], None]] = None
 
     def __init__(self, resource: UpstreamResource, request: Any) -> None:
         self._resource = resource
@@ -336,6 +339,8 @@ class _Exchange(ResponseHandler):
                 lines = [b"%s: %s\r\n" % field for field in head.headers
                          if field[0].lower() not in drop]
             hold(head.code, head.phrase, lines, head.length)
+            if request.startedWriting:
+                self._writeBody = request.writeBody
             return
         request.setResponseCode(head.code, head.phrase)
         out = request.responseHeaders
@@ -370,11 +375,10 @@ class _Exchange(ResponseHandler):
             request.registerProducer(_ResponseRelay(self), True)
 
     def bodyReceived(self, data: bytes) -> None:
-        request = self._request
-        if request.startedWriting and hasattr(request, "writeBody"):
-            request.writeBody(data)
+        if self._writeBody is not None:
+            self._writeBody(data)
         else:
-            request.write(data)
+            self._request.write(data)
 
     def bodyFinished(self, complete: bool, why: str) -> None:
         self._conn = None

@@ -2,10 +2,10 @@
 Where lbproxy's time goes under load: py-spy samples a live lbproxy while
 wrk drives it, and the samples are summed by function.
 
-    python benchmarks/profile.py                  # CPython, /tiny, 10 s
-    python benchmarks/profile.py --size 100k --seconds 20
-    python benchmarks/profile.py --python /path/to/pypy3 --no-spy  # PyPy
-    python benchmarks/profile.py --no-spy --src /tmp/old/src  # A/B runs
+    python benchmarks/profile_live.py                  # CPython, /tiny, 10 s
+    python benchmarks/profile_live.py --size 100k --seconds 20
+    python benchmarks/profile_live.py --python /path/to/pypy3 --no-spy  # PyPy
+    python benchmarks/profile_live.py --no-spy --src /tmp/old/src  # A/B runs
 
 It starts an nginx backend and one lbproxy, as benchmarks/run.py does
 (proxy on CPU 0, wrk and the backend on CPU 1, loopback only), records
@@ -32,6 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
 
 
+def frameName(frame: str) -> str:
+    """
+    C{function (file.py)} for one py-spy frame, C{function (path/file.py:line)}:
+    samples of the same function at different lines count together.
+    """
+    function, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0] if ":" in where else where.rstrip(")")
+    return f"{function} ({path.rsplit('/', 1)[-1]})"
+
+
 def summarise(raw: Path, top: int) -> str:
     """
     Sum py-spy's raw (collapsed stack) output by function.
@@ -45,8 +55,7 @@ def summarise(raw: Path, top: int) -> str:
             continue
         n = int(count)
         samples += n
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
-                  + ")" for f in stack.split(";")]
+        frames = [frameName(f) for f in stack.split(";")]
         selfTime[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n

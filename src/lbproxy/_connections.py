@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+The connections to one backend: the endpoint that reaches it, and the
+cache of its idle persistent connections.
+
+This is kept apart from L{lbproxy._pool.Pool}, which decides which backend
+gets a request (states, balancer, counters) and asks this module for a
+connection to it: the pool never touches a transport, and nothing here
+knows about backend states.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol
+
+from lbproxy._backend import Backend
+from lbproxy._client import UpstreamConnection
+from lbproxy._timer import Deadline
+
+
+def backendEndpoint(
+    reactor: Any,
+    backend: Backend,
+    connectTimeout: float,
+    tlsVerify: bool = True,
+    tlsCA: Optional[str] = None,
+) -> IStreamClientEndpoint:
+    """
+    Build the client endpoint that reaches C{backend}.
+
+    An IP address gets a plain TCP endpoint (no resolver round trip); a name
+    gets a L{HostnameEndpoint}.  An C{https} backend is wrapped in TLS,
+    verified against C{tlsCA} (or the platform's trust store) with
+    C{service_identity} unless C{tlsVerify} is false.
+    """
+    endpoint: IStreamClientEndpoint
+    if isIPAddress(backend.host):
+        endpoint = TCP4ClientEndpoint(
+            reactor, backend.host, backend.port, timeout=connectTimeout
+        )
+    elif isIPv6Address(backend.host):
+        endpoint = TCP6ClientEndpoint(
+            reactor, backend.host, backend.port, timeout=connectTimeout
+        )
+    else:
+        endpoint = HostnameEndpoint(
+            reactor, backend.host.encode("idna"), backend.port, timeout=connectTimeout
+        )
+    if backend.scheme == "https":
+        from lbproxy._tls import clientCreator
+
+        endpoint = wrapClientTLS(
+            clientCreator(backend.host, verify=tlsVerify, caFile=tlsCA), endpoint
+        )
+    return endpoint
+
+
+class _UpstreamProtocol(HTTP11ClientProtocol):
+    """
+    L{HTTP11ClientProtocol} that tells its pool when it is lost, so that an
+    idle connection the backend closed leaves the cache at once, and that
+    tells anyone who asks with L{whenLost}.
+
+    @ivar lost: whether the connection is lost (set as soon as
+        C{connectionLost} starts, so code that the loss calls back sees it).
+    """
+
+    _onLost: Optional[Callable[[_UpstreamProtocol], None]] = None
+    lost = False
+    _lostWaiters: Optional[list[Deferred[None]]] = None
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost = True
+        HTTP11ClientProtocol.connectionLost(self, reason)
+        if self._onLost is not None:
+            self._onLost(self)
+        waiters, self._lostWaiters = self._lostWaiters or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenLost(self) -> Deferred[None]:
+        """
+        @return: a L{Deferred} that fires once the connection is lost.
+        """
+        if self.lost:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        if self._lostWaiters is None:
+            self._lostWaiters = []
+        self._lostWaiters.append(waiter)
+        return waiter
+
+
+class QuietFactory(Factory):
+    """
+    A client factory that builds its protocol with a callable and does not
+    log "Starting factory" for every backend connection.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._build(addr)
+
+
+class BackendConnections:
+    """
+    The idle persistent connections to one backend.
+
+    Twisted's L{twisted.web.client.HTTPConnectionPool} keys connections by
+    URI, so every request would have to be turned into a URI and parsed
+    back; it cannot tell its caller whether a connection was reused (which
+    decides whether a failure is the backend's fault or the keep-alive
+    race), and its Deferred gives no moment at which the connection is
+    ready, which C{read_timeout} needs.  This small cache, keyed by the
+    L{Backend} itself, does those three things.
+
+    Idle connections expire C{idleTimeout} seconds after they were put
+    back; one L{Deadline} per backend sweeps them, rather than a delayed
+    call scheduled and cancelled for each connection on every request.
+
+    @ivar idle: idle connections, oldest first.
+    @ivar opened: how many connections were opened in total.
+    @ivar closed: whether L{close} was called: connections that end their
+        exchange are closed instead of joining the cache.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint,
+        keepalive: int,
+        idleTimeout: float,
+    ) -> None:
+        """
+        @param reactor: an L{IReactorTime}.
+        @param endpoint: the endpoint that reaches the backend (see
+            L{backendEndpoint}).
+        @param keepalive: the most idle connections kept.
+        @param idleTimeout: seconds an idle connection is kept.
+        """
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._keepalive = keepalive
+        self._idleTimeout = idleTimeout
+        self.idle: list[UpstreamConnection] = []
+        self._idleSince: dict[UpstreamConnection, float] = {}
+        self._sweep = Deadline(reactor, self._expire)
+        self.opened = 0
+        self.closed = False
+
+    def get(self) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
+        """
+        Take an idle connection, or start a new one.
+
+        @return: C{(protocol, None)} for a reused connection, or
+            C{(None, deferred)} where C{deferred} fires with a new one.
+        """
+        while self.idle:
+            proto = self.idle.pop()
+            del self._idleSince[proto]
+            if proto.reusable:
+                return proto, None
+        return None, self.connectUpstream()
+
+    def connectUpstream(self) -> Deferred[UpstreamConnection]:
+        """
+        Open a new connection for forwarding, bypassing the idle cache; it
+        joins the cache after each complete exchange.
+        """
+        connecting: Deferred[Any] = self._endpoint.connect(
+            QuietFactory(self._buildUpstream)
+        )
+        return connecting
+
+    def _buildUpstream(self, addr: Any) -> UpstreamConnection:
+        self.opened += 1
+        return UpstreamConnection(self._put, self._lost)
+
+    def connect(self) -> Deferred[Any]:
+        """
+        Open a new L{_UpstreamProtocol} (Twisted's general HTTP/1.1 client,
+        for health probes); it never joins the idle cache.
+        """
+        return self._endpoint.connect(QuietFactory(self._buildProtocol))
+
+    def _buildProtocol(self, addr: Any) -> _UpstreamProtocol:
+        self.opened += 1
+        proto = _UpstreamProtocol(self._close)
+        return proto
+
+    def _close(self, proto: Any) -> None:
+        assert proto.transport is not None
+        proto.transport.loseConnection()
+
+    def _put(self, proto: UpstreamConnection) -> None:
+        if self.closed or self._keepalive <= 0 or len(self.idle) >= self._keepalive:
+            proto.transport.loseConnection()
+            return
+        self.idle.append(proto)
+        self._idleSince[proto] = self._reactor.seconds()
+        if self._sweep.deadline is None:
+            self._sweep.set(self._idleTimeout)
+
+    def _expire(self) -> None:
+        now = self._reactor.seconds()
+        idle, since = self.idle, self._idleSince
+        while idle and now - since[idle[0]] >= self._idleTimeout:
+            proto = idle.pop(0)
+            del since[proto]
+            proto.transport.loseConnection()
+        if idle:
+            self._sweep.set(since[idle[0]] + self._idleTimeout - now)
+        else:
+            self._sweep.cancel()
+
+    def _lost(self, proto: UpstreamConnection) -> None:
+        if self._idleSince.pop(proto, None) is not None:
+            self.idle.remove(proto)
+            if not self.idle:
+                self._sweep.cancel()
+
+    def close(self) -> Deferred[Any]:
+        """
+        Close every idle connection; a connection still busy is closed when
+        its exchange ends instead of going back to the cache.
+        """
+        self.closed = True
+        self._sweep.cancel()
+        idle, self.idle = self.idle, []
+        self._idleSince.clear()
+        return DeferredList([proto.abort() for proto in idle])

@@ -143,6 +143,19 @@ class ParseHeadTests(SynchronousTestCase):
         ]:
             self.assertRaises(InvalidResponse, parseHead, head, b"GET")
 
+    def test_ampersandInName(self):
+        """
+        A header name with C{&}, a token character that Twisted 24.7 does
+        not accept, is invalid, whether the head is read in one match, line
+        by line, or with folded lines.
+        """
+        for head in [
+            b"HTTP/1.1 200 OK\r\nX-Amp&: 1",
+            b"HTTP/1.1 200 OK\nX-Amp&: 1",
+            b"HTTP/1.1 200 OK\r\nX-Amp&: 1\r\n  folded",
+        ]:
+            self.assertRaises(InvalidResponse, parseHead, head, b"GET")
+
     def test_trailingWhitespace(self):
         """
         Whitespace around a value is not part of it.

@@ -33,6 +33,7 @@ from twisted.internet.tcp import Server as _TCPServer
 from twisted.python.failure import Failure
 from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder
 
+from lbproxy._http import CTL, FIELD_VALUE, FIELDS, NO_BODY_CODES, TOKEN, TOKEN_RE
 from lbproxy._timer import Deadline
 
 #: Response heads larger than this are invalid.
@@ -54,29 +55,21 @@ _CONNECTION_CONTROL = frozenset(
     ]
 )
 
-_NO_BODY_CODES = frozenset([204, 304])
 _DIGITS = re.compile(rb"\A[0-9]+\Z")
 _CODE = re.compile(rb"\A[0-9]{3}\Z")
 _VERSION = re.compile(rb"\AHTTP/([0-9]+)\.([0-9]+)\Z")
-_TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-#: One header line: a token, a colon, the value without the whitespace
-#: before it; the value has no control character but HTAB (see L{_CTL}),
-#: and the line may end with the CR of a CR LF.
+#: One header line, for the heads that L{FIELDS} does not match as a
+#: whole (lines ending with LF alone, or an invalid line somewhere): a
+#: L{TOKEN}, a colon, the L{FIELD_VALUE} without the whitespace before it;
+#: the line may end with the CR of a CR LF.
 _FIELD = re.compile(
-    rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r?$", re.M
+    rb"^(" + TOKEN + rb"):[ \t]*(" + FIELD_VALUE + rb")\r?$", re.M
 )
-#: A block of header lines, every one valid by L{_FIELD}, all ending with
-#: CR LF (but the last, whose end is the head's): checked in one match so
-#: that the lines can then be split without a regular expression each.
-_CRLF_FIELDS = re.compile(
-    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*"
-    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*"
-)
+#: L{lbproxy._http.TOKEN_RE}, under the name that L{lbproxy._proxy}
+#: imports it by until it imports it from L{lbproxy._http}.
+_TOKEN = TOKEN_RE
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _TRAILING = (b" ", b"\t")
-#: Control characters not allowed in a header value (all but HTAB): a NUL
-#: or a bare CR must not reach the client (RFC 9110 5.5).
-_CTL = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
 
 
 class InvalidResponse(Exception):
@@ -212,7 +205,7 @@ def parseHead(
     if block:
         if b"\n " in block or b"\n\t" in block or block[:1] in (b" ", b"\t"):
             _slowHeaders(block, headers, control)
-        elif _CRLF_FIELDS.fullmatch(block) is not None:
+        elif FIELDS.fullmatch(block) is not None:
             append = headers.append
             for line in block.split(b"\r\n"):
                 name, _, value = line.partition(b":")
@@ -259,7 +252,7 @@ def parseHead(
             headers.extend((b"Content-Length", v) for v in lengths)
         head.length = 0
         return head, 0, False, True
-    if code in _NO_BODY_CODES:
+    if code in NO_BODY_CODES:
         head.length = 0
         return head, 0, False, True
     encodings = control.get(b"transfer-encoding")
@@ -337,10 +330,10 @@ def _addHeader(
     control: dict[bytes, list[bytes]],
 ) -> None:
     name, sep, value = line.partition(b":")
-    if not sep or not _TOKEN.match(name) or b"\r" in value or b"\x00" in value:
+    if not sep or not TOKEN_RE.match(name) or b"\r" in value or b"\x00" in value:
         raise InvalidResponse(f"invalid header line {line[:80]!r}")
     value = value.strip(b" \t")
-    if len(value.translate(None, _CTL)) != len(value):
+    if len(value.translate(None, CTL)) != len(value):
         raise InvalidResponse(f"control character in header {name[:80]!r}")
     lowered = name.lower()
     if lowered in _CONNECTION_CONTROL:

@@ -2,18 +2,116 @@
 """
 Name-based virtual hosts: the request's C{Host} picks a vhost, the longest
 matching route prefix of the vhost picks the resource.
+
+A route may lead to any L{IResource}.  An L{lbproxy.UpstreamResource}
+forwards the raw path and query, so it is rendered at once, with nothing
+made per request; any other resource (a L{twisted.web.static.File}
+directory, a Klein app, a tree of the embedder's own) is given
+C{request.prepath} and C{request.postpath} with the route's prefix consumed
+and is traversed from there, as L{twisted.web.server.Site} and
+L{twisted.web.vhost.NameVirtualHost} would.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Container, Iterable, Mapping, Optional, Sequence
+from urllib.parse import unquote_to_bytes as unquote
 
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from lbproxy._pages import renderError
+from lbproxy._pages import errorBody, renderError
+
+
+class _Mount:
+    """
+    How a route reaches a resource that reads its path: the route's prefix
+    becomes C{request.prepath}, the rest of the path C{request.postpath},
+    and the resource is traversed from there as L{twisted.web.server.Site}
+    traverses its root (L{getChildForRequest}).
+
+    Such a route owns its prefix as whole path segments: C{/static} (or
+    C{/static/}) is C{/static} and what is below C{/static/}, never
+    C{/staticfoo}.
+
+    @ivar key: the prefix without its trailing slash (C{b""} for the root):
+        a path the route serves starts with it, followed by C{/} or nothing.
+    @ivar prepath: the prefix's segments, unquoted.
+    @ivar exact: whether a request for exactly L{key} is the route's: it
+        is, unless the route was written with a trailing slash and L{key}
+        is a route of its own.
+    @ivar redirect: whether a request for exactly L{key} is answered with a
+        redirect to C{key + b"/"} (the route was written with a trailing
+        slash) rather than rendered.
+    """
+
+    __slots__ = ("key", "prepath", "exact", "redirect")
+
+    def __init__(self, prefix: bytes, prefixes: Container[bytes]) -> None:
+        """
+        @param prefix: the route's prefix.
+        @param prefixes: the prefixes of all the vhost's routes.
+        """
+        self.key = prefix.rstrip(b"/")
+        self.prepath = [unquote(s) for s in self.key.split(b"/")[1:]]
+        self.redirect = self.key != prefix and bool(self.key)
+        self.exact = not self.redirect or self.key not in prefixes
+
+    def owns(self, path: bytes) -> bool:
+        """
+        Whether C{path}, which starts with L{key}, is the route's.
+        """
+        end = len(self.key)
+        if len(path) == end:
+            return self.exact
+        return path[end] == 0x2F  # b"/"
+
+    def render(self, resource: IResource, request: Any) -> Any:
+        """
+        Traverse C{resource} for C{request} and render what is found.
+        """
+        rest = request.path[len(self.key) :]
+        if rest:
+            request.postpath = [unquote(s) for s in rest[1:].split(b"/")]
+        elif self.redirect:
+            return _redirectWithSlash(request, self.key)
+        else:
+            request.postpath = []
+        request.prepath = list(self.prepath)
+        return getChildForRequest(resource, request).render(request)
+
+
+def _redirectWithSlash(request: Any, path: bytes) -> bytes:
+    """
+    Answer a request for C{path} with a redirect to C{path + b"/"}, its
+    query kept, as nginx does for a prefix location written with a slash:
+    301 for C{GET} and C{HEAD}, 308 (which keeps the method and body) for
+    anything else.
+    """
+    query = request.uri.partition(b"?")[2]
+    location = path + b"/" + (b"?" + query if query else b"")
+    code = 301 if request.method in (b"GET", b"HEAD") else 308
+    body = errorBody(code)
+    request.setResponseCode(code)
+    request.responseHeaders.setRawHeaders(b"location", [location])
+    request.responseHeaders.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    return body
+
+
+def _readsPath(resource: IResource) -> bool:
+    """
+    Whether C{resource} needs C{request.prepath} and C{request.postpath}
+    (and traversal): every resource but an L{lbproxy.UpstreamResource},
+    which forwards C{request.uri} whole.
+    """
+    # Imported here: lbproxy._proxy stands on the client side, which must
+    # stay free to import this module.
+    from lbproxy._proxy import UpstreamResource
+
+    return not isinstance(resource, UpstreamResource)
 
 
 class VirtualHost:
@@ -22,7 +120,17 @@ class VirtualHost:
 
     @ivar serverNames: lower-cased exact names and C{*.domain} wildcards.
     @ivar routes: C{(prefix, resource)} pairs, longest prefix first; the
-        prefix C{b"/"} (or C{b""}) matches every path.
+        prefix C{b"/"} (or C{b""}) matches every path.  The prefix of an
+        L{lbproxy.UpstreamResource} is matched as bytes (C{/api} matches
+        C{/apix}, as an nginx prefix location); that of any other resource
+        as whole segments (C{/static} and C{/static/} match C{/static} and
+        C{/static/...} only), and C{/static/} answers a request for
+        C{/static} with a redirect to C{/static/}, unless C{/static} is a
+        route of its own.
+    @ivar table: the routes as L{routeFor} reads them: C{(key, resource,
+        mount)}, in the order of L{routes}; C{mount} is L{None} for an
+        L{lbproxy.UpstreamResource}, rendered as it is, else the L{_Mount}
+        that sets the request's paths and traverses the resource.
     """
 
     def __init__(
@@ -36,15 +144,34 @@ class VirtualHost:
         self.routes: Sequence[tuple[bytes, IResource]] = sorted(
             routes.items(), key=lambda item: -len(item[0])
         )
+        table: list[tuple[bytes, IResource, Optional[_Mount]]] = []
+        for prefix, resource in self.routes:
+            if _readsPath(resource):
+                mount = _Mount(prefix, routes)
+                table.append((mount.key, resource, mount))
+            else:
+                table.append((prefix, resource, None))
+        self.table: Sequence[tuple[bytes, IResource, Optional[_Mount]]] = tuple(table)
+
+    def routeFor(self, path: bytes) -> Optional[tuple[bytes, IResource, Optional[_Mount]]]:
+        """
+        The route of C{path}: the one with the longest prefix that matches
+        it, as a C{(key, resource, mount)} entry of L{table}, or L{None}.
+        C{mount} is L{None} for a resource rendered as it is.
+        """
+        for entry in self.table:
+            if path.startswith(entry[0]):
+                mount = entry[2]
+                if mount is None or mount.owns(path):
+                    return entry
+        return None
 
     def resourceFor(self, path: bytes) -> Optional[IResource]:
         """
         The resource of the longest route prefix of C{path}, or L{None}.
         """
-        for prefix, resource in self.routes:
-            if path.startswith(prefix):
-                return resource
-        return None
+        entry = self.routeFor(path)
+        return None if entry is None else entry[1]
 
     def __repr__(self) -> str:
         return f"<VirtualHost {self.name!r} {list(self.serverNames)!r}>"
@@ -161,8 +288,12 @@ class VirtualHostResource(Resource):
         if host is _UNCHECKED:
             host = request.getHeader(b"host")
         vhost = self.vhostFor(host)
-        resource = vhost.resourceFor(request.path) if vhost is not None else None
-        if resource is None:
+        entry = vhost.routeFor(request.path) if vhost is not None else None
+        if entry is None:
             return renderError(request, 404)
-        result = resource.render(request)
+        _, resource, mount = entry
+        if mount is None:
+            result = resource.render(request)
+        else:
+            result = mount.render(resource, request)
         return NOT_DONE_YET if result is NOT_DONE_YET else result

@@ -4,10 +4,17 @@ Tests for L{lbproxy._config}: every value parser and every class of error.
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy._config import parseBool, parseServer, parseStatusRanges
+import lbproxy
+from lbproxy._config import parseServer
+from lbproxy._values import parseBool, parseStatusRanges
 from lbproxy.config import (
     ConfigError,
     ServerConfig,
@@ -325,3 +332,107 @@ class ClientLimitsTests(SynchronousTestCase):
             "site.ini",
         ).proxy
         self.assertEqual((proxy.clientHeaderTimeout, proxy.clientBodyTimeout), (2.0, 0.75))
+
+
+#: Where lbproxy is imported from (src/ in a checkout).
+_SOURCE = os.path.dirname(os.path.abspath(lbproxy.__file__))
+
+
+def _lbproxyImports(path: str) -> set[str]:
+    """
+    The lbproxy modules that the module at C{path} imports anywhere in it,
+    at module level or inside a function.
+    """
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    package = "lbproxy.balancers" if os.path.basename(os.path.dirname(path)) == "balancers" else "lbproxy"
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0]
+                module = base + ("." + node.module if node.module else "")
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name == "lbproxy" or name.startswith("lbproxy.")}
+
+
+def _modulesAfter(statements: str) -> list[str]:
+    """
+    Run C{statements} in a fresh interpreter and return the lbproxy modules
+    it then has imported.
+    """
+    code = (
+        statements
+        + "\nimport sys\n"
+        + "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'lbproxy')))"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(_SOURCE))
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return output.decode("ascii").split()
+
+
+class ImportTests(SynchronousTestCase):
+    """
+    The configuration reader imports the balancers (to check an upstream's
+    C{balancer}) and the balancers parse durations: both take the value
+    parsers from L{lbproxy._values}, which imports nothing of lbproxy, so
+    there is no import cycle, not even one hidden in a function.
+    """
+
+    def test_valuesIsALeaf(self):
+        """
+        L{lbproxy._values} imports no lbproxy module, and importing it alone
+        imports nothing of lbproxy beyond the package.
+        """
+        self.assertEqual(_lbproxyImports(os.path.join(_SOURCE, "_values.py")), set())
+        self.assertEqual(
+            _modulesAfter("import lbproxy._values"),
+            ["lbproxy", "lbproxy._values", "lbproxy._version"],
+        )
+
+    def test_balancersDoNotImportTheConfiguration(self):
+        """
+        No module of L{lbproxy.balancers} imports the configuration reader,
+        and building every built-in balancer, with the options that take
+        durations, leaves it unimported.
+        """
+        directory = os.path.join(_SOURCE, "balancers")
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".py"):
+                imported = _lbproxyImports(os.path.join(directory, name))
+                self.assertEqual(
+                    {m for m in imported if "config" in m}, set(), name
+                )
+        modules = _modulesAfter(
+            "from lbproxy.balancers import buildBalancer, findBalancerFactories\n"
+            "for name in findBalancerFactories():\n"
+            "    options = {'consistent_hash': {'key': 'uri'},\n"
+            "               'ewma': {'decay': '2s'},\n"
+            "               'sticky': {'max_age': '1h'}}.get(name, {})\n"
+            "    buildBalancer(name, options)\n"
+        )
+        self.assertIn("lbproxy._values", modules)
+        self.assertNotIn("lbproxy._config", modules)
+
+    def test_eitherOrder(self):
+        """
+        The configuration reader and the balancers import in either order.
+        """
+        for statements in [
+            "import lbproxy._config\nimport lbproxy.balancers",
+            "import lbproxy.balancers\nimport lbproxy._config",
+        ]:
+            modules = _modulesAfter(statements)
+            self.assertIn("lbproxy._config", modules)
+            self.assertIn("lbproxy.balancers", modules)

@@ -15,6 +15,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
+from lbproxy._values import (
+    isHostName,
+    isName,
+    parseBool,
+    parseDuration,
+    parseEndpoint,
+    parseNonNegativeInt,
+    parsePositiveDuration,
+    parsePositiveInt,
+    parsePositiveSize,
+    parseRoutes,
+    parseServerName,
+    parseStatusRanges,
+    splitLines,
+    splitWords,
+)
+from lbproxy.balancers import BalancerNotFound, InvalidBalancerOptions, buildBalancer
+
 T = TypeVar("T")
 
 
@@ -162,121 +180,6 @@ class SiteConfig:
     source: str = "<string>"
 
 
-# Value parsers: each takes the raw text and returns the value or raises
-# ValueError whose message says what was expected.
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_SIZE = re.compile(r"^(\d+)([kmg])?$")
-_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, None: 1}
-_BOOLEANS = {
-    "yes": True,
-    "true": True,
-    "on": True,
-    "1": True,
-    "no": False,
-    "false": False,
-    "off": False,
-    "0": False,
-}
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)"
-    r"(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$"
-)
-
-
-def parseDuration(text: str) -> float:
-    """
-    Parse C{500ms}, C{2s}, C{1m}, C{1h}, C{1d} or a bare number of seconds.
-    """
-    match = _DURATION.match(text.strip().lower())
-    if match is None:
-        raise ValueError("a duration such as 500ms, 2s, 1m or 1h")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def parseSize(text: str) -> int:
-    """
-    Parse a size in bytes with an optional C{k}, C{m} or C{g} suffix.
-    """
-    match = _SIZE.match(text.strip().lower())
-    if match is None:
-        raise ValueError("a size such as 512, 16k, 100m or 1g")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-
-def parseBool(text: str) -> bool:
-    """
-    Parse C{yes}/C{no} (or C{true}/C{false}, C{on}/C{off}, C{1}/C{0}).
-    """
-    try:
-        return _BOOLEANS[text.strip().lower()]
-    except KeyError:
-        raise ValueError("yes or no") from None
-
-
-def _intParser(low: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(what) from None
-        if value < low:
-            raise ValueError(what)
-        return value
-
-    return parse
-
-
-_positiveInt = _intParser(1, "a whole number of at least 1")
-_nonNegativeInt = _intParser(0, "a whole number of at least 0")
-
-
-def _positiveDuration(text: str) -> float:
-    value = parseDuration(text)
-    if value <= 0:
-        raise ValueError("a duration greater than zero, such as 500ms or 2s")
-    return value
-
-
-def _positiveSize(text: str) -> int:
-    value = parseSize(text)
-    if value <= 0:
-        raise ValueError("a size greater than zero, such as 16k or 100m")
-    return value
-
-
-def _items(text: str) -> list[str]:
-    return text.split()
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _endpoint(text: str) -> str:
-    """
-    Check a Twisted server endpoint description, such as C{tcp:8080}.
-    """
-    from twisted.internet.endpoints import serverFromString
-
-    try:
-        serverFromString(_NoReactor(), text)
-    except Exception as e:
-        raise ValueError(
-            f"a Twisted server endpoint description such as tcp:8080 ({e})"
-        ) from None
-    return text
-
-
-class _NoReactor:
-    """
-    Stands in for the reactor while endpoint descriptions are checked:
-    building an endpoint only stores its reactor.
-    """
-
-
 def parseServer(text: str) -> ServerConfig:
     """
     Parse a C{servers} line: C{[http://|https://]HOST[:PORT]} followed by
@@ -305,18 +208,18 @@ def parseServer(text: str) -> ServerConfig:
     port = int(match.group(2)) if match.group(2) else (443 if scheme == "https" else 80)
     if not 0 < port < 65536:
         raise ValueError(f"a port between 1 and 65535 in {expected}")
-    if ":" not in host and not _HOSTNAME.match(host.lower()):
+    if ":" not in host and not isHostName(host.lower()):
         raise ValueError(f"a valid host name in {expected}")
     options: dict[str, Any] = {}
     for param in params:
         name, sep, value = param.partition("=")
         try:
             if name == "weight" and sep:
-                options["weight"] = _positiveInt(value)
+                options["weight"] = parsePositiveInt(value)
             elif name == "max_fails" and sep:
-                options["maxFails"] = _nonNegativeInt(value)
+                options["maxFails"] = parseNonNegativeInt(value)
             elif name == "fail_timeout" and sep:
-                options["failTimeout"] = _positiveDuration(value)
+                options["failTimeout"] = parsePositiveDuration(value)
             elif name in ("backup", "down") and not sep:
                 options[name] = True
             else:
@@ -326,48 +229,6 @@ def parseServer(text: str) -> ServerConfig:
     if options.get("backup") and options.get("down"):
         raise ValueError("a server that is either backup or down, not both")
     return ServerConfig(host=host.lower(), port=port, scheme=scheme, **options)
-
-
-def parseStatusRanges(text: str) -> tuple[tuple[int, int], ...]:
-    """
-    Parse status codes and ranges such as C{200-399 404}.
-    """
-    expected = "status codes or ranges between 100 and 599, such as 200-399 404"
-    ranges = []
-    for item in _items(text):
-        low, sep, high = item.partition("-")
-        try:
-            lo, hi = int(low), int(high if sep else low)
-        except ValueError:
-            raise ValueError(expected) from None
-        if not (100 <= lo <= hi <= 599):
-            raise ValueError(expected)
-        ranges.append((lo, hi))
-    if not ranges:
-        raise ValueError(expected)
-    return tuple(ranges)
-
-
-def parseServerName(text: str) -> str:
-    """
-    Check one server name: an exact name or C{*.domain}, lower-cased.
-    """
-    name = text.lower().rstrip(".")
-    if not _HOSTNAME.match(name):
-        raise ValueError("host names such as app.example.com or *.example.com")
-    return name
-
-
-def _routes(text: str) -> list[tuple[str, str]]:
-    words = _items(text)
-    expected = "pairs of a path prefix starting with / and an upstream name"
-    if len(words) % 2:
-        raise ValueError(expected)
-    pairs = list(zip(words[::2], words[1::2]))
-    for prefix, upstream in pairs:
-        if not prefix.startswith("/") or not _NAME.match(upstream):
-            raise ValueError(expected)
-    return pairs
 
 
 # Keys of SPEC.md that this version knows about but does not implement yet:
@@ -432,7 +293,7 @@ class _Section:
             self.error(key, value, str(e))
             return default
 
-    def getList(self, key: str, parse: Callable[[str], T], split: Callable[[str], list[str]] = _items) -> list[T]:
+    def getList(self, key: str, parse: Callable[[str], T], split: Callable[[str], list[str]] = splitWords) -> list[T]:
         if key not in self._values:
             return []
         result = []
@@ -509,8 +370,8 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
         accessLog = accessLog.strip()
         if not accessLog:
             s.error("access_log", accessLog, "a path, - for standard output, or off")
-    workers = s.get("workers", _positiveInt, 1)
-    listen = tuple(s.getList("listen", _endpoint))
+    workers = s.get("workers", parsePositiveInt, 1)
+    listen = tuple(s.getList("listen", parseEndpoint))
     if workers > 1:
         for description in listen:
             kind = description.split(":", 1)[0].lower()
@@ -526,18 +387,18 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
         accessLog=None if accessLog == "off" else (accessLog or defaults.accessLog),
         workers=workers,
         clientHeaderTimeout=s.get(
-            "client_header_timeout", _positiveDuration, defaults.clientHeaderTimeout
+            "client_header_timeout", parsePositiveDuration, defaults.clientHeaderTimeout
         ),
         clientBodyTimeout=s.get(
-            "client_body_timeout", _positiveDuration, defaults.clientBodyTimeout
+            "client_body_timeout", parsePositiveDuration, defaults.clientBodyTimeout
         ),
         keepaliveTimeout=s.get(
-            "keepalive_timeout", _positiveDuration, defaults.keepaliveTimeout
+            "keepalive_timeout", parsePositiveDuration, defaults.keepaliveTimeout
         ),
-        maxBodySize=s.get("max_body_size", _positiveSize, defaults.maxBodySize),
-        maxHeaderSize=s.get("max_header_size", _positiveSize, defaults.maxHeaderSize),
+        maxBodySize=s.get("max_body_size", parsePositiveSize, defaults.maxBodySize),
+        maxHeaderSize=s.get("max_header_size", parsePositiveSize, defaults.maxHeaderSize),
         maxConnections=s.get(
-            "max_connections", _nonNegativeInt, defaults.maxConnections
+            "max_connections", parseNonNegativeInt, defaults.maxConnections
         ),
     )
 
@@ -555,10 +416,10 @@ def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
     d = HealthCheckConfig(path=path)
     return HealthCheckConfig(
         path=path,
-        interval=s.get("health_interval", _positiveDuration, d.interval),
-        timeout=s.get("health_timeout", _positiveDuration, d.timeout),
-        rise=s.get("health_rise", _positiveInt, d.rise),
-        fall=s.get("health_fall", _positiveInt, d.fall),
+        interval=s.get("health_interval", parsePositiveDuration, d.interval),
+        timeout=s.get("health_timeout", parsePositiveDuration, d.timeout),
+        rise=s.get("health_rise", parsePositiveInt, d.rise),
+        fall=s.get("health_fall", parsePositiveInt, d.fall),
         status=s.get("health_status", parseStatusRanges, d.status),
         body=s.raw("health_body"),
         mandatory=s.get("health_mandatory", parseBool, d.mandatory),
@@ -566,15 +427,9 @@ def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
 
 
 def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
-    from lbproxy.balancers import (
-        BalancerNotFound,
-        InvalidBalancerOptions,
-        buildBalancer,
-    )
-
     s = _Section(reader, section, "upstream", _UPSTREAM_KEYS)
     d = UpstreamConfig(name=name, servers=())
-    servers = s.getList("servers", parseServer, _lines)
+    servers = s.getList("servers", parseServer, splitLines)
     if not s.has("servers"):
         reader.fail(section, "servers", "", "missing key; expected one or more HOST:PORT lines")
     elif not servers and s.ok:
@@ -601,12 +456,12 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
         servers=tuple(servers),
         balancer=balancer,
         balancerOptions=options,
-        maxFails=s.get("max_fails", _nonNegativeInt, d.maxFails),
-        failTimeout=s.get("fail_timeout", _positiveDuration, d.failTimeout),
-        connectTimeout=s.get("connect_timeout", _positiveDuration, d.connectTimeout),
-        readTimeout=s.get("read_timeout", _positiveDuration, d.readTimeout),
-        nextUpstreamTries=s.get("next_upstream_tries", _nonNegativeInt, d.nextUpstreamTries),
-        keepalive=s.get("keepalive", _nonNegativeInt, d.keepalive),
+        maxFails=s.get("max_fails", parseNonNegativeInt, d.maxFails),
+        failTimeout=s.get("fail_timeout", parsePositiveDuration, d.failTimeout),
+        connectTimeout=s.get("connect_timeout", parsePositiveDuration, d.connectTimeout),
+        readTimeout=s.get("read_timeout", parsePositiveDuration, d.readTimeout),
+        nextUpstreamTries=s.get("next_upstream_tries", parseNonNegativeInt, d.nextUpstreamTries),
+        keepalive=s.get("keepalive", parseNonNegativeInt, d.keepalive),
         healthCheck=_readHealth(s),
         slowStart=s.get("slow_start", parseDuration, d.slowStart),
         tlsVerify=s.get("tls_verify", parseBool, d.tlsVerify),
@@ -619,21 +474,21 @@ def _readVHost(reader: _Reader, section: str, name: str) -> VHostConfig:
     upstream = s.raw("upstream")
     if upstream is not None:
         upstream = upstream.strip()
-        if not _NAME.match(upstream):
+        if not isName(upstream):
             s.error("upstream", upstream, "the name of an [upstream:NAME] section")
     return VHostConfig(
         name=name,
         serverNames=tuple(s.getList("server_names", parseServerName)),
         default=s.get("default", parseBool, False),
         upstream=upstream,
-        routes=tuple(s.get("routes", _routes, [])),
+        routes=tuple(s.get("routes", parseRoutes, [])),
         preserveHost=s.get("preserve_host", parseBool, True),
     )
 
 
 def _readDemo(reader: _Reader, section: str, name: str) -> DemoConfig:
     s = _Section(reader, section, "demo", _DEMO_KEYS)
-    listen = s.getList("listen", _endpoint)
+    listen = s.getList("listen", parseEndpoint)
     if not s.has("listen"):
         reader.fail(section, "listen", "", "missing key; expected a server endpoint such as tcp:9001")
     return DemoConfig(name=name, listen=tuple(listen))
@@ -713,7 +568,7 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
         kind, sep, name = section.partition(":")
         kind = kind.strip()
         name = name.strip()
-        if kind in ("upstream", "vhost", "demo") and sep and _NAME.match(name):
+        if kind in ("upstream", "vhost", "demo") and sep and isName(name):
             if kind == "upstream":
                 upstreams[name] = _readUpstream(reader, section, name)
             elif kind == "vhost":

@@ -15,9 +15,8 @@ from lbproxy._config import (
     VHostConfig,
     parseConfig,
     parseConfigText,
-    parseDuration,
-    parseSize,
 )
+from lbproxy._values import parseDuration, parseSize
 
 __all__ = [
     "ConfigError",

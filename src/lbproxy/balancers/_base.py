@@ -23,6 +23,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from lbproxy._interfaces import IBalancer, IBalancerFactory
+from lbproxy._values import parseDuration
 
 Weight = Union[int, float]
 
@@ -268,8 +269,6 @@ def durationOption(
 
     @raise InvalidBalancerOptions: when the value is not a positive duration.
     """
-    from lbproxy._config import parseDuration
-
     text = options.get(name)
     if text is None:
         return default

@@ -29,6 +29,8 @@ from lbproxy._health import (
     JITTER,
     HealthChecker,
     HTTPProbe,
+    NoAnswer,
+    ParseError,
     ProbeFailed,
     describeFailure,
 )
@@ -766,6 +768,102 @@ class HTTPProbeTests(SynchronousTestCase):
         self.answer(protocol, b"SSH-2.0-OpenSSH\r\n\r\n")
         self.assertIn("ParseError", describeFailure(self.failureResultOf(d)))
         self.assertTrue(transport.closed)
+
+    def test_garbageIsDescribed(self) -> None:
+        """
+        The failure of an answer that is not HTTP says what was wrong with
+        it.
+        """
+        d = self.probe()
+        protocol, transport = connect(self.reactor)
+        self.answer(protocol, b"SSH-2.0-OpenSSH\r\n\r\n")
+        failure = self.failureResultOf(d, ParseError)
+        self.assertEqual(
+            describeFailure(failure),
+            "ParseError: invalid status line b'SSH-2.0-OpenSSH'",
+        )
+
+    def test_lostForAReason(self) -> None:
+        """
+        A connection lost before the answer for another reason than its
+        close (a TLS handshake refused, say) fails the probe with that
+        reason.
+        """
+        d = self.probe()
+        protocol, transport = connect(self.reactor)
+        transport.lose(OSError("certificate verify failed"))
+        self.assertEqual(
+            describeFailure(self.failureResultOf(d, OSError)),
+            "OSError: certificate verify failed",
+        )
+
+    def test_closedInTheHead(self) -> None:
+        """
+        A connection closed in the middle of the response head fails the
+        probe as one closed before the answer.
+        """
+        d = self.probe()
+        protocol, transport = connect(self.reactor)
+        self.answer(protocol, b"HTTP/1.1 200 OK\r\nContent-")
+        transport.lose(ConnectionDone())
+        failure = self.failureResultOf(d, NoAnswer)
+        self.assertEqual(
+            describeFailure(failure), "connection closed before a complete response"
+        )
+
+    def test_chunkedBody(self) -> None:
+        """
+        C{health_body} is searched for in a chunked body too, across
+        chunks, and a chunked body that ends without it fails the probe.
+        """
+        d = self.probe(body="ALL GOOD")
+        protocol, transport = connect(self.reactor)
+        self.answer(
+            protocol,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nis ALL\r\n",
+        )
+        self.assertNoResult(d)
+        self.answer(protocol, b"5\r\n GOOD\r\n0\r\n\r\n")
+        self.assertEqual(
+            self.successResultOf(d), "status 200, body contains 'ALL GOOD'"
+        )
+        d = self.probe(body="ALL GOOD")
+        protocol, transport = connect(self.reactor)
+        self.answer(
+            protocol,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nBAD\r\n0\r\n\r\n",
+        )
+        self.failureResultOf(d, ProbeFailed)
+
+    def test_bodyUntilTheConnectionCloses(self) -> None:
+        """
+        A body without a length ends when the connection closes: the probe
+        then judges what it read.
+        """
+        d = self.probe(body="ALL GOOD")
+        protocol, transport = connect(self.reactor)
+        self.answer(protocol, b"HTTP/1.0 200 OK\r\n\r\nstatus: ALL GOOD")
+        self.assertEqual(
+            self.successResultOf(d), "status 200, body contains 'ALL GOOD'"
+        )
+        d = self.probe(body="ALL GOOD")
+        protocol, transport = connect(self.reactor)
+        self.answer(protocol, b"HTTP/1.0 200 OK\r\n\r\nstatus: BAD")
+        transport.lose(ConnectionDone())
+        self.reactor.advance(0)
+        self.failureResultOf(d, ProbeFailed)
+
+    def test_invalidPath(self) -> None:
+        """
+        A check path that cannot be sent fails the probe without a
+        connection.
+        """
+        d = self.probe(path="/health\x00z")
+        self.assertIn(
+            "invalid health check path", describeFailure(self.failureResultOf(d))
+        )
+        self.assertEqual(self.reactor.tcpClients, [])
 
     def test_cancelClosesTheConnection(self) -> None:
         """

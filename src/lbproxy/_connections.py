@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_pool -*-
 """
-The connections to one backend: the endpoint that reaches it, and the
-cache of its idle persistent connections.
+The connections to one backend: the endpoint that reaches it, the cache
+of its idle persistent connections, and the one-off connections of health
+probes.
 
 This is kept apart from L{lbproxy._pool.Pool}, which decides which backend
 gets a request (states, balancer, counters) and asks this module for a
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -23,8 +24,6 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
 
 from lbproxy._backend import Backend
 from lbproxy._client import UpstreamConnection
@@ -66,42 +65,6 @@ def backendEndpoint(
             clientCreator(backend.host, verify=tlsVerify, caFile=tlsCA), endpoint
         )
     return endpoint
-
-
-class _UpstreamProtocol(HTTP11ClientProtocol):
-    """
-    L{HTTP11ClientProtocol} that tells its pool when it is lost, so that an
-    idle connection the backend closed leaves the cache at once, and that
-    tells anyone who asks with L{whenLost}.
-
-    @ivar lost: whether the connection is lost (set as soon as
-        C{connectionLost} starts, so code that the loss calls back sees it).
-    """
-
-    _onLost: Optional[Callable[[_UpstreamProtocol], None]] = None
-    lost = False
-    _lostWaiters: Optional[list[Deferred[None]]] = None
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.lost = True
-        HTTP11ClientProtocol.connectionLost(self, reason)
-        if self._onLost is not None:
-            self._onLost(self)
-        waiters, self._lostWaiters = self._lostWaiters or [], None
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def whenLost(self) -> Deferred[None]:
-        """
-        @return: a L{Deferred} that fires once the connection is lost.
-        """
-        if self.lost:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        if self._lostWaiters is None:
-            self._lostWaiters = []
-        self._lostWaiters.append(waiter)
-        return waiter
 
 
 class QuietFactory(Factory):
@@ -193,21 +156,23 @@ class BackendConnections:
         self.opened += 1
         return UpstreamConnection(self._put, self._lost)
 
-    def connect(self) -> Deferred[Any]:
+    def connect(
+        self, build: Callable[[], UpstreamConnection] = UpstreamConnection
+    ) -> Deferred[UpstreamConnection]:
         """
-        Open a new L{_UpstreamProtocol} (Twisted's general HTTP/1.1 client,
-        for health probes); it never joins the idle cache.
+        Open a new connection that never joins the idle cache (for a health
+        probe, which closes it after one request).
+
+        @param build: makes the protocol: L{UpstreamConnection} or a
+            subclass, built without the cache's callbacks.
         """
-        return self._endpoint.connect(QuietFactory(self._buildProtocol))
 
-    def _buildProtocol(self, addr: Any) -> _UpstreamProtocol:
-        self.opened += 1
-        proto = _UpstreamProtocol(self._close)
-        return proto
+        def buildProtocol(addr: Any) -> UpstreamConnection:
+            self.opened += 1
+            return build()
 
-    def _close(self, proto: Any) -> None:
-        assert proto.transport is not None
-        proto.transport.loseConnection()
+        connecting: Deferred[Any] = self._endpoint.connect(QuietFactory(buildProtocol))
+        return connecting
 
     def _put(self, proto: UpstreamConnection) -> None:
         if self.closed or self._keepalive <= 0 or len(self.idle) >= self._keepalive:

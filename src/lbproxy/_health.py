@@ -23,22 +23,12 @@ from twisted.internet.defer import (
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import (
-    Request,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-    _DataLoss,
-)
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 
 from lbproxy._backend import Backend, BackendState
+from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
 from lbproxy._config import HealthCheckConfig
 from lbproxy._pool import Pool
 
@@ -48,6 +38,8 @@ __all__ = [
     "BackendCheck",
     "HTTPProbe",
     "HealthChecker",
+    "NoAnswer",
+    "ParseError",
     "ProbeFailed",
     "describeFailure",
 ]
@@ -76,6 +68,29 @@ class ProbeFailed(Exception):
         self.detail = detail
 
 
+class NoAnswer(Exception):
+    """
+    A probe got no complete answer: the connection broke before the end of
+    the response.
+
+    @ivar detail: what happened, for the logs, a L{str}.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ParseError(Exception):
+    """
+    The backend's answer to a probe is not valid HTTP/1.1.
+
+    (The name is the one Twisted's client gave this failure, under which
+    it appeared in the health check log lines until lbproxy probed with
+    its own client.)
+    """
+
+
 def _describeStatus(ranges: tuple[tuple[int, int], ...]) -> str:
     return " ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
 
@@ -86,19 +101,8 @@ def describeFailure(failure: Failure) -> str:
     C{"status 500, expected 200-399"}, and the like.
     """
     error: Any = failure.value
-    if isinstance(error, ProbeFailed):
+    if isinstance(error, (ProbeFailed, NoAnswer)):
         return error.detail
-    if isinstance(
-        error, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed)
-    ):
-        reasons = [
-            r for r in error.reasons if not r.check(ConnectionDone, ConnectionLost)
-        ]
-        if not reasons:
-            return "connection closed before a complete response"
-        return "; ".join(describeFailure(r) for r in reasons)
-    if isinstance(error, _DataLoss):
-        return "connection closed before the end of the body"
     if isinstance(error, (_error.ConnectionRefusedError, ConnectionRefusedError)):
         return "connection refused"
     if isinstance(error, (_error.TCPTimedOutError, _error.TimeoutError)):
@@ -108,43 +112,108 @@ def describeFailure(failure: Failure) -> str:
     return f"{type(error).__name__}: {failure.getErrorMessage()}"
 
 
-class _BodySearch(Protocol):
+class _ProbeConnection(UpstreamConnection):
     """
-    Read a response body until C{needle} shows up, C{limit} bytes were
-    read, or the body ends.
+    The connection of one probe: an L{UpstreamConnection} that remembers
+    why it was lost, so that a probe that never got its answer can say why
+    (a TLS handshake refused, say) rather than only that the connection
+    closed.
 
-    @ivar finished: fires with whether C{needle} was found, or fails with
-        the reason the body broke off.
+    @ivar lostReason: the L{Failure} given to C{connectionLost}, or L{None}.
     """
 
-    def __init__(self, needle: bytes, limit: int) -> None:
-        self._needle = needle
+    lostReason: Optional[Failure] = None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lostReason = reason
+        UpstreamConnection.connectionLost(self, reason)
+
+
+class _ProbeAnswer(ResponseHandler):
+    """
+    Judge the response to a probe as it arrives.
+
+    The status decides at once, unless C{body} is set: then the body is
+    searched for it as it arrives, keeping at most C{limit} bytes, until
+    it shows up, C{limit} bytes were read, or the body ends.
+
+    @ivar result: fires with a short description of a passing answer, or
+        fails with L{ProbeFailed} (a wrong answer), L{NoAnswer} or
+        L{ParseError}.  Nothing after its result changes it.
+    @ivar truncated: whether the body was cut off at C{limit} bytes.
+    """
+
+    def __init__(
+        self,
+        connection: _ProbeConnection,
+        passes: Callable[[int], bool],
+        expected: str,
+        body: Optional[str],
+        limit: int,
+    ) -> None:
+        self._connection = connection
+        self._passes = passes
+        self._expected = expected
+        self._body = body
+        self._needle = None if body is None else body.encode("utf-8")
         self._limit = limit
-        self._buffer = b""
+        self._code = 0
+        self._seen = b""
         self.truncated = False
-        self.finished: Deferred[bool] = Deferred()
+        self.result: Deferred[str] = Deferred()
 
-    def _finish(self, found: bool) -> None:
-        if not self.finished.called:
-            self.finished.callback(found)
+    def _pass(self, description: str) -> None:
+        if not self.result.called:
+            self.result.callback(description)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
+    def _fail(self, error: Exception | Failure) -> None:
+        if not self.result.called:
+            self.result.errback(error)
+
+    def _lacks(self) -> None:
+        where = f" in its first {self._limit} bytes" if self.truncated else ""
+        self._fail(
+            ProbeFailed(
+                f"status {self._code}, but the body does not contain "
+                f"{self._body!r}{where}"
+            )
+        )
+
+    def headReceived(self, head: ResponseHead) -> None:
+        code = self._code = head.code
+        if not self._passes(code):
+            self._fail(ProbeFailed(f"status {code}, expected {self._expected}"))
+        elif self._needle is None:
+            self._pass(f"status {code}")
+
+    def bodyReceived(self, data: bytes) -> None:
+        if self.result.called or self._needle is None:
             return
-        self._buffer += data[: self._limit - len(self._buffer)]
-        if self._needle in self._buffer:
-            self._finish(True)
-        elif len(self._buffer) >= self._limit:
+        self._seen += data[: self._limit - len(self._seen)]
+        if self._needle in self._seen:
+            self._pass(f"status {self._code}, body contains {self._body!r}")
+        elif len(self._seen) >= self._limit:
             self.truncated = True
-            self._finish(False)
+            self._lacks()
 
-    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
-        if self.finished.called:
+    def bodyFinished(self, complete: bool, why: str) -> None:
+        if self.result.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._finish(self._needle in self._buffer)
+        if not complete:
+            self._fail(NoAnswer(why))
         else:
-            self.finished.errback(reason)
+            # The search already passed if the needle were there.
+            self._lacks()
+
+    def failed(self, received: bool, invalid: bool, why: str) -> None:
+        if invalid:
+            self._fail(ParseError(why))
+            return
+        reason = self._connection.lostReason
+        if reason is not None and not reason.check(ConnectionDone, ConnectionLost):
+            self._fail(reason)
+        else:
+            self._fail(NoAnswer("connection closed before a complete response"))
 
 
 class HTTPProbe:
@@ -156,12 +225,23 @@ class HTTPProbe:
     It passes when the status is one of C{health_status} and, with
     C{health_body} set, when the first L{BODY_LIMIT} bytes of the body
     contain it.  The body is not read otherwise.
+
+    The probe speaks through lbproxy's own L{UpstreamConnection}, the
+    client that forwards requests, rather than Twisted's public
+    L{twisted.web.client.Agent}: with it the probe holds its connection,
+    so that it can abort it the moment the answer is judged (a wrong
+    status, the body searched far enough) and wait until it is closed (as
+    L{HealthChecker.stopService} does); the body comes to the probe as it
+    arrives, so at most L{BODY_LIMIT} bytes of it are ever kept; the
+    connection is counted by the pool like every other; and a backend is
+    judged by the same parsing of responses that requests to it will
+    meet.  An L{Agent} hides its connection in its
+    L{HTTPConnectionPool} and buffers a body until someone reads it.
     """
 
     def __init__(self, pool: Pool, config: HealthCheckConfig) -> None:
         self._pool = pool
         self._config = config
-        self._needle = None if config.body is None else config.body.encode("utf-8")
 
     def __call__(self, backend: Backend) -> Deferred[str]:
         """
@@ -176,50 +256,54 @@ class HTTPProbe:
     def _passes(self, code: int) -> bool:
         return any(lo <= code <= hi for lo, hi in self._config.status)
 
+    def requestHead(self, backend: Backend) -> bytes:
+        """
+        The request a probe of C{backend} sends.
+
+        @raise ValueError: when the check path cannot be sent as is.
+        """
+        path = self._config.path.encode("utf-8")
+        if any(byte <= 0x20 or byte == 0x7F for byte in path):
+            raise ValueError(f"invalid health check path {path!r}")
+        return b"".join(
+            [
+                b"GET ",
+                path,
+                b" HTTP/1.1\r\nHost: ",
+                backend.name.encode("idna"),
+                b"\r\nUser-Agent: ",
+                USER_AGENT,
+                b"\r\nConnection: close\r\n\r\n",
+            ]
+        )
+
     async def _probe(self, backend: Backend) -> str:
-        proto = await self._pool.newConnection(backend)
+        head = self.requestHead(backend)
+        connection = await self._pool.newConnection(backend, _ProbeConnection)
+        assert isinstance(connection, _ProbeConnection)
         try:
-            headers = Headers(
-                {
-                    b"host": [backend.name.encode("idna")],
-                    b"user-agent": [USER_AGENT],
-                }
+            answer = _ProbeAnswer(
+                connection,
+                self._passes,
+                _describeStatus(self._config.status),
+                self._config.body,
+                BODY_LIMIT,
             )
-            request = Request(
-                b"GET", self._config.path.encode("utf-8"), headers, None, False
-            )
-            response = await proto.request(request)
-            code = response.code
-            if not self._passes(code):
-                raise ProbeFailed(
-                    f"status {code}, expected {_describeStatus(self._config.status)}"
-                )
-            if self._needle is None:
-                return f"status {code}"
-            search = _BodySearch(self._needle, BODY_LIMIT)
-            response.deliverBody(search)
-            found = await search.finished
-            if not found:
-                where = f" in its first {BODY_LIMIT} bytes" if search.truncated else ""
-                raise ProbeFailed(
-                    f"status {code}, but the body does not contain "
-                    f"{self._config.body!r}{where}"
-                )
-            return f"status {code}, body contains {self._config.body!r}"
+            connection.send(answer, b"GET", head)
+            return await answer.result
         finally:
-            await _close(proto)
+            await _close(connection)
 
 
-async def _close(proto: Any) -> None:
+async def _close(connection: UpstreamConnection) -> None:
     """
-    Close a probe's connection at once, and wait until it is closed.
-
-    @param proto: an L{lbproxy._pool._UpstreamProtocol}.
+    Close a probe's connection at once (its response is judged, or the
+    probe was cancelled), and wait until it is closed.
     """
-    if proto.lost:
+    if connection.lost:
         return
-    lost = proto.whenLost()
-    proto.transport.abortConnection()
+    lost = connection.whenLost()
+    connection.detach()
     await lost
 
 

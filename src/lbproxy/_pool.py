@@ -538,13 +538,19 @@ class Pool:
         """
         return self._connections[backend].connectUpstream()
 
-    def newConnection(self, backend: Backend) -> Deferred[Any]:
+    def newConnection(
+        self,
+        backend: Backend,
+        build: Callable[[], UpstreamConnection] = UpstreamConnection,
+    ) -> Deferred[UpstreamConnection]:
         """
-        Open a new connection to C{backend} speaking Twisted's
-        L{HTTP11ClientProtocol}, for a health probe: it is closed after one
-        request and never joins the idle cache.
+        Open a new connection to C{backend} for a health probe: it is
+        closed after one request and never joins the idle cache.
+
+        @param build: makes the protocol, an L{UpstreamConnection} (or a
+            subclass of it).
         """
-        return self._connections[backend].connect()
+        return self._connections[backend].connect(build)
 
     def connectionsOpened(self, backend: Backend) -> int:
         """

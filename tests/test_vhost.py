@@ -4,12 +4,19 @@ Tests for L{lbproxy._vhost}.
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import File
 from twisted.web.test.requesthelper import DummyRequest
 
+from lbproxy import ProxySite
 from lbproxy._vhost import VirtualHost, VirtualHostResource, normaliseHost
+
+_PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 
 
 class _Leaf(Resource):
@@ -361,3 +368,276 @@ class TreeRouteTests(SynchronousTestCase):
         self.assertIs(vhost.resourceFor(b"/site/x"), tree)
         self.assertIs(vhost.resourceFor(b"/site"), tree)
         self.assertIs(vhost.resourceFor(b"/sitex"), upstream)
+
+
+def _directory(testCase):
+    """
+    A directory for L{static.File}: C{public/} holds C{hello.txt} and
+    C{sub/inner.txt}, and has C{secret.txt} next to it, which must never be
+    served.
+
+    @return: the L{FilePath} of C{public/}.
+    """
+    base = FilePath(testCase.mktemp())
+    public = base.child("public")
+    public.child("sub").makedirs()
+    public.child("hello.txt").setContent(b"hello\n")
+    public.child("sub").child("inner.txt").setContent(b"inner\n")
+    base.child("secret.txt").setContent(b"top secret\n")
+    return public
+
+
+#: Requests that try to leave the directory served at C{/static/}.
+_ESCAPES = [
+    b"/static/../secret.txt",
+    b"/static/%2e%2e/secret.txt",
+    b"/static/%2E%2E/secret.txt",
+    b"/static/..%2fsecret.txt",
+    b"/static/%2e%2e%2fsecret.txt",
+    b"/static/sub/../../secret.txt",
+    b"/static/sub/%2e%2e/%2e%2e/secret.txt",
+    b"/static/..%5csecret.txt",
+    b"/static/%2fetc%2fpasswd",
+]
+
+
+class StaticFileDummyRequestTests(SynchronousTestCase):
+    """
+    A L{static.File} directory behind a vhost route, rendered with
+    L{DummyRequest}s (which run the file's producer to the end).
+    """
+
+    def setUp(self):
+        self.public = _directory(self)
+
+    def test_fileUnderPrefix(self):
+        root = VirtualHostResource(
+            [VirtualHost("app", ["app.example"], {b"/static/": File(self.public.path)})]
+        )
+        self.assertEqual(
+            _render(root, _request(b"app.example", b"/static/hello.txt")),
+            (200, b"hello\n"),
+        )
+        self.assertEqual(
+            _render(root, _request(b"app.example", b"/static/sub/inner.txt")),
+            (200, b"inner\n"),
+        )
+
+    def test_fileOfDefaultVhost(self):
+        """
+        A directory at C{/} of the default vhost serves any unknown host.
+        """
+        files = VirtualHost("files", [], {b"/": File(self.public.path)})
+        root = VirtualHostResource(
+            [VirtualHost("app", ["app.example"], {b"/": _Leaf(b"app")})], default=files
+        )
+        self.assertEqual(
+            _render(root, _request(b"unknown.example", b"/hello.txt")), (200, b"hello\n")
+        )
+        self.assertEqual(_render(root, _request(b"app.example", b"/hello.txt")), (200, b"app"))
+
+
+class _Site:
+    """
+    A L{ProxySite} over C{root}, driven on L{StringTransport}s.
+    """
+
+    def __init__(self, testCase, root):
+        self.reactor = MemoryReactorClock()
+        self.site = ProxySite(root, reactor=self.reactor)
+        self.site.startFactory()
+        testCase.addCleanup(self.site.stopFactory)
+
+    def get(self, path, host=b"app.example", method=b"GET"):
+        """
+        Send one request on a new connection.
+
+        @return: the status, the headers (lower-case names to lists of
+            values) and the body of the response.
+        """
+        channel = self.site.buildProtocol(_PEER)
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 80), peerAddress=_PEER
+        )
+        channel.makeConnection(transport)
+        channel.dataReceived(
+            b"%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+            % (method, path, host)
+        )
+        return _parseResponse(transport.value(), method == b"HEAD")
+
+
+def _parseResponse(data, head=False):
+    """
+    The status, headers and body of the one HTTP/1.1 response in C{data}.
+    """
+    top, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise AssertionError(f"no complete response head in {data[:300]!r}")
+    lines = top.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    if head:
+        return status, headers, rest
+    if headers.get(b"transfer-encoding") == [b"chunked"]:
+        body = b""
+        while True:
+            size, _, rest = rest.partition(b"\r\n")
+            length = int(size.split(b";")[0], 16)
+            if length == 0:
+                break
+            body, rest = body + rest[:length], rest[length + 2 :]
+        return status, headers, body
+    length = int(headers[b"content-length"][0]) if b"content-length" in headers else len(rest)
+    return status, headers, rest[:length]
+
+
+class StaticFileSiteTests(SynchronousTestCase):
+    """
+    A L{static.File} directory behind a vhost route of a L{ProxySite}, on
+    L{StringTransport}: listings, redirects and escapes, which need no file
+    producer (that is run by Twisted's global cooperator; the integration
+    tests read files over real sockets).
+    """
+
+    def setUp(self):
+        self.public = _directory(self)
+        self.proxy = _Site(
+            self,
+            VirtualHostResource(
+                [
+                    VirtualHost(
+                        "app",
+                        ["app.example"],
+                        {b"/": _Leaf(b"app"), b"/static/": File(self.public.path)},
+                    )
+                ],
+                default=VirtualHost("files", [], {b"/": File(self.public.path)}),
+            ),
+        )
+
+    def test_listing(self):
+        """
+        C{/static/} lists the directory, with links relative to it.
+        """
+        status, _, body = self.proxy.get(b"/static/")
+        self.assertEqual(status, 200)
+        self.assertIn(b'href="hello.txt"', body)
+        self.assertIn(b'href="sub/"', body)
+        self.assertNotIn(b"secret", body)
+
+    def test_headOfFile(self):
+        status, headers, body = self.proxy.get(b"/static/hello.txt", method=b"HEAD")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers[b"content-length"], [b"6"])
+        self.assertEqual(body, b"")
+
+    def test_prefixWithoutSlash(self):
+        """
+        C{/static} is redirected to C{/static/}, the query kept.
+        """
+        status, headers, _ = self.proxy.get(b"/static?x=1")
+        self.assertEqual((status, headers[b"location"]), (301, [b"/static/?x=1"]))
+        status, headers, _ = self.proxy.get(b"/staticx")
+        self.assertEqual(status, 200)
+
+    def test_subdirectoryWithoutSlash(self):
+        """
+        A subdirectory asked for without its slash gets L{static.File}'s own
+        redirect, to the URL under the route's prefix.
+        """
+        status, headers, _ = self.proxy.get(b"/static/sub")
+        self.assertIn(status, (301, 302))
+        [location] = headers[b"location"]
+        self.assertTrue(location.endswith(b"/static/sub/"), location)
+        self.assertIn(location.split(b"/static/")[0], (b"", b"http://app.example"))
+
+    def test_escapes(self):
+        """
+        No path, whether with C{..} or C{%2e%2e} or an encoded slash, serves
+        a file outside the directory.
+        """
+        for path in _ESCAPES:
+            status, _, body = self.proxy.get(path)
+            self.assertEqual(status, 404, path)
+            self.assertNotIn(b"top secret", body)
+
+    def test_defaultVhost(self):
+        """
+        A host matching no vhost gets the default's directory at C{/}, and
+        cannot leave it either.
+        """
+        status, _, body = self.proxy.get(b"/", host=b"unknown.example")
+        self.assertEqual(status, 200)
+        self.assertIn(b'href="hello.txt"', body)
+        status, headers, _ = self.proxy.get(
+            b"/hello.txt", host=b"unknown.example", method=b"HEAD"
+        )
+        self.assertEqual((status, headers[b"content-length"]), (200, [b"6"]))
+        for path in _ESCAPES:
+            path = path[len(b"/static") :]
+            status, _, body = self.proxy.get(path, host=b"unknown.example")
+            self.assertEqual(status, 404, path)
+            self.assertNotIn(b"top secret", body)
+
+
+class _URLs(Resource):
+    """
+    A leaf answering with C{request.prePathURL()} and the URL of a sibling
+    by C{request.URLPath()}.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain")
+        return b"%s %s" % (
+            request.prePathURL(),
+            str(request.URLPath().sibling(b"other")).encode("ascii"),
+        )
+
+
+class TreeSiteTests(SynchronousTestCase):
+    """
+    A two-level tree of plain resources behind a vhost route of a
+    L{ProxySite}, on L{StringTransport}.
+    """
+
+    def setUp(self):
+        tree = _Tree()
+        tree.children[b"docs"].putChild(b"urls", _URLs())
+        self.proxy = _Site(
+            self,
+            VirtualHostResource(
+                [VirtualHost("app", ["app.example"], {b"/": _Leaf(b"app"), b"/site/": tree})]
+            ),
+        )
+
+    def test_traversed(self):
+        self.assertEqual(
+            self.proxy.get(b"/site/docs/page/a%20b")[::2],
+            (200, b"page site,docs,page|a b"),
+        )
+        self.assertEqual(self.proxy.get(b"/site/")[::2], (200, b"index site,|"))
+        self.assertEqual(self.proxy.get(b"/other")[::2], (200, b"app"))
+        self.assertEqual(self.proxy.get(b"/site/nothing")[0], 404)
+
+    def test_urls(self):
+        """
+        C{request.prePathURL()} and C{request.URLPath()} name the resource
+        under the route's prefix.
+        """
+        self.assertEqual(
+            self.proxy.get(b"/site/docs/urls/x")[::2],
+            (
+                200,
+                b"http://app.example/site/docs/urls http://app.example/site/docs/other",
+            ),
+        )
+
+    def test_redirectToSlash(self):
+        status, headers, _ = self.proxy.get(b"/site")
+        self.assertEqual((status, headers[b"location"]), (301, [b"/site/"]))

@@ -5,7 +5,13 @@ Tests for L{lbproxy.service} and the graceful close of L{ProxySite}.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.defer import FirstError
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import (
+    MemoryReactorClock,
+    RaisingMemoryReactor,
+    StringTransport,
+)
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -119,6 +125,32 @@ class LoadBalancerServiceTests(SynchronousTestCase):
             sorted(port for port, *_ in reactor.tcpServers), [8080, 9001]
         )
         self.successResultOf(service.stopService())
+
+    def test_whenListening(self):
+        """
+        L{LoadBalancerService.whenListening} fires once every listener
+        listens, with the proxy's ports first and the demo backends'
+        after.
+        """
+        reactor = MemoryReactorClock()
+        service = LoadBalancerService(parseConfigText(_SITE), reactor)
+        listening = service.whenListening()
+        self.assertNoResult(listening)
+        service.startService()
+        self.addCleanup(service.stopService)
+        ports = self.successResultOf(listening)
+        self.assertEqual([p.getHost().port for p in ports], [8080, 9001])
+
+    def test_portInUse(self):
+        """
+        A port that cannot be opened makes the start fail at once.
+        """
+        reactor = RaisingMemoryReactor(
+            listenException=CannotListenError("127.0.0.1", 8080, OSError("in use"))
+        )
+        service = LoadBalancerService(parseConfigText(_SITE), reactor)
+        self.assertRaises(CannotListenError, service.startService)
+        self.failureResultOf(service.whenListening(), FirstError)
 
 
 class ReloadTests(SynchronousTestCase):

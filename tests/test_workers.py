@@ -9,9 +9,17 @@ from __future__ import annotations
 import os
 import socket
 
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy._workers import WORKER_FDS, listeningSocket, workerFDs
+from lbproxy._workers import (
+    WORKER_FDS,
+    AdoptedPortService,
+    listeningSocket,
+    workerFDs,
+    workerService,
+)
 from lbproxy.config import ConfigError, parseConfigText
 
 _SITE = """
@@ -85,3 +93,55 @@ class SocketTests(SynchronousTestCase):
         self.assertIsNone(workerFDs())
         self.patch(os, "environ", {WORKER_FDS: "5:2,7:10"})
         self.assertEqual(workerFDs(), [(5, 2), (7, 10)])
+
+
+class AdoptedPortServiceTests(SynchronousTestCase):
+    """
+    A worker adopts the sockets it inherited.
+    """
+
+    def inherited(self) -> int:
+        """
+        A descriptor like one a worker inherits: a listening socket's.
+        """
+        sock = listeningSocket("tcp:0:interface=127.0.0.1")
+        self.addCleanup(sock.close)
+        return os.dup(sock.fileno())
+
+    def test_adopts(self):
+        """
+        Started, the service adopts the descriptor with its family, closes
+        the inherited descriptor (the reactor has its own copy), and tells
+        L{AdoptedPortService.whenListening}; stopped, it stops listening.
+        """
+        reactor = MemoryReactorClock()
+        factory = Factory()
+        fd = self.inherited()
+        service = AdoptedPortService(fd, socket.AF_INET, factory, reactor)
+        waiting = service.whenListening()
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(reactor.adoptedPorts, [(fd, socket.AF_INET, factory)])
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertIs(self.successResultOf(waiting), service.port)
+        self.successResultOf(service.stopService())
+        self.assertIsNone(service.port)
+
+    def test_workerService(self):
+        """
+        A worker's service adopts its sockets for the C{listen} listeners,
+        in order, and listens on nothing else (the parent runs the demo
+        backends).
+        """
+        reactor = MemoryReactorClock()
+        config = parseConfigText(
+            _SITE.format(listen="tcp:8080", workers=2)
+            + "\n[demo:blue]\nlisten = tcp:9001\n"
+        )
+        fd = self.inherited()
+        service = workerService(config, [(fd, socket.AF_INET)], reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(reactor.adoptedPorts, [(fd, socket.AF_INET, service.site)])
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual(len(self.successResultOf(service.whenListening())), 1)

@@ -25,13 +25,15 @@ import socket
 import sys
 from typing import Any, Optional, Sequence
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy._config import SiteConfig
+from lbproxy._listeners import EndpointListener, ListenerService, parseTCPDescription
 
 #: The environment variable that tells a worker which inherited file
 #: descriptors are its listening sockets, in C{listen} order, as
@@ -74,26 +76,19 @@ def listeningSocket(description: str) -> socket.socket:
 
     @raise ValueError: for any other kind of endpoint.
     """
-    from twisted.internet import endpoints
-
-    args, kwargs = endpoints._parse(description)  # type: ignore[attr-defined]
-    kind = "tcp"
-    if args and not args[0].isdigit():
-        kind = args[0].lower()
-        args = args[1:]
-    if kind not in ("tcp", "tcp6"):
+    try:
+        listen = parseTCPDescription(description)
+    except ValueError as e:
         raise ValueError(
-            f"workers > 1 needs tcp: or tcp6: listeners, not {description!r}"
-        )
-    port = int(args[0] if args else kwargs["port"])
-    interface = kwargs.get("interface", "::" if kind == "tcp6" else "")
-    backlog = int(kwargs.get("backlog", 50))
-    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+            f"workers > 1 needs tcp: or tcp6: listeners, not {description!r} ({e})"
+        ) from None
+    interface, port = listen.interface, listen.port
+    family = socket.AF_INET6 if listen.kind == "tcp6" or ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((interface, port))
-        sock.listen(backlog)
+        sock.listen(listen.backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -164,22 +159,20 @@ class WorkerParentService(MultiService):
         self._protocols: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, Any] = {}
-        self._stopping = False
+        self._shuttingDown = False
         self._previousHup: Any = None
         for demo in config.demos:
             self._addDemo(demo)
 
     def _addDemo(self, demo: Any) -> None:
-        from twisted.application import strports
-
         from lbproxy._demo import DemoSite
 
         site = DemoSite(demo.name)
         for description in demo.listen:
-            strports.service(description, site, reactor=self._reactor).setServiceParent(self)
+            EndpointListener(description, site, self._reactor).setServiceParent(self)
 
     def startService(self) -> None:
-        self._stopping = False
+        self._shuttingDown = False
         for description in self.config.proxy.listen:
             self.sockets.append(listeningSocket(description))
         MultiService.startService(self)
@@ -207,7 +200,7 @@ class WorkerParentService(MultiService):
 
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
-        if self._stopping:
+        if self._shuttingDown:
             return
         childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for sock in self.sockets:
@@ -232,7 +225,7 @@ class WorkerParentService(MultiService):
         number = protocol.number
         self.workers.pop(number, None)
         self._protocols.pop(number, None)
-        if self._stopping:
+        if self._shuttingDown:
             return
         lived = self._reactor.seconds() - protocol.started
         if lived >= STABLE_AFTER:
@@ -251,7 +244,7 @@ class WorkerParentService(MultiService):
         self._restarts[number] = self._reactor.callLater(delay, self._spawn, number)
 
     def stopService(self) -> Deferred[Any]:
-        self._stopping = True
+        self._shuttingDown = True
         if self._previousHup is not None:
             signal.signal(signal.SIGHUP, self._previousHup)
             self._previousHup = None
@@ -275,38 +268,32 @@ class WorkerParentService(MultiService):
         return waiting.addCallback(done)
 
 
-class AdoptedPortService(Service):
+class AdoptedPortService(ListenerService):
     """
     A listener on a socket inherited from the parent, adopted with
     L{IReactorSocket.adoptStreamPort}.
     """
 
     def __init__(self, fd: int, family: int, factory: Any, reactor: Any) -> None:
-        self._fd = fd
+        ListenerService.__init__(self)
+        self._inheritedFD = fd
         self._family = family
         self._factory = factory
         self._reactor = reactor
-        self._port: Any = None
-        self._waitingForPort: Deferred[Any] = Deferred()
 
-    def startService(self) -> None:
-        Service.startService(self)
+    def __repr__(self) -> str:
+        return f"<AdoptedPortService fd {self._inheritedFD}>"
+
+    def openPort(self) -> Deferred[IListeningPort]:
         # (No socket object around the descriptor to learn its family: on
         # PyPy, detaching one leaves the descriptor unusable.)
-        self._port = self._reactor.adoptStreamPort(
-            self._fd, self._family, self._factory
+        port = self._reactor.adoptStreamPort(
+            self._inheritedFD, self._family, self._factory
         )
         # adoptStreamPort duplicated the descriptor: the inherited one is
         # not needed any more.
-        os.close(self._fd)
-        self._waitingForPort.callback(self._port)
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        if self._port is not None:
-            port, self._port = self._port, None
-            return port.stopListening()
-        return None
+        os.close(self._inheritedFD)
+        return succeed(port)
 
 
 def workerService(

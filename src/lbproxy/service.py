@@ -14,7 +14,6 @@ import sys
 from random import Random
 from typing import IO, Any, Optional
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.logger import Logger
@@ -30,6 +29,7 @@ from lbproxy._config import (
 )
 from lbproxy._demo import DemoResource, DemoSite
 from lbproxy._health import HealthChecker
+from lbproxy._listeners import EndpointListener, ListenerService
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
 from lbproxy._site import ProxySite
@@ -134,7 +134,7 @@ class LoadBalancerService(MultiService):
             clientBodyTimeout=config.proxy.clientBodyTimeout,
             maxConnections=config.proxy.maxConnections,
         )
-        self._listeners = []
+        self._listeners: list[ListenerService] = []
         for description in config.proxy.listen:
             self._listeners.append(self._listen(description, self.site))
         self.demos: dict[str, DemoResource] = {}
@@ -261,9 +261,13 @@ class LoadBalancerService(MultiService):
         if old is not None and old is not sys.__stdout__:
             old.close()
 
-    def _listen(self, description: str, factory: Any) -> Any:
-        service = strports.service(description, factory, reactor=self._reactor)
-        service._raiseSynchronously = True
+    def _listen(self, description: str, factory: Any) -> ListenerService:
+        """
+        Add a listener on C{description} serving C{factory}: it listens
+        when the service starts, and a port that cannot be opened (in use,
+        say) makes the start fail.
+        """
+        service = EndpointListener(description, factory, self._reactor)
         service.setServiceParent(self)
         return service
 
@@ -276,9 +280,12 @@ class LoadBalancerService(MultiService):
     def whenListening(self) -> Deferred[list[Any]]:
         """
         Fire with every listening port (proxy listeners first, then demo
-        backends) once all are listening.
+        backends) once all are listening, or fail (with a
+        L{twisted.internet.defer.FirstError}) when one could not listen.
         """
-        return gatherResults([s._waitingForPort for s in self._listeners])
+        return gatherResults(
+            [s.whenListening() for s in self._listeners], consumeErrors=True
+        )
 
     def startService(self) -> None:
         self._setAccessLog(self.config.proxy.accessLog)

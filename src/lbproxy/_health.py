@@ -235,8 +235,9 @@ class HTTPProbe:
     arrives, so at most L{BODY_LIMIT} bytes of it are ever kept; the
     connection is counted by the pool like every other; and a backend is
     judged by the same parsing of responses that requests to it will
-    meet.  An L{Agent} hides its connection in its
-    L{HTTPConnectionPool} and buffers a body until someone reads it.
+    meet.  An C{Agent} hides its connection in its
+    L{twisted.web.client.HTTPConnectionPool}, and buffers in memory
+    whatever of a body arrives before the body is asked for.
     """
 
     def __init__(self, pool: Pool, config: HealthCheckConfig) -> None:

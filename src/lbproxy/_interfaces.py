@@ -136,3 +136,73 @@ class IBalancerFactory(Interface):
         @raise lbproxy.balancers.InvalidBalancerOptions: when an option is
             unknown or its value is bad.
         """
+
+
+class IProxyRequest(Interface):
+    """
+    What forwarding a client request to a backend needs of that request,
+    beyond L{twisted.web.iweb.IRequest}: how the backend's response goes
+    back, and how the exchange learns that the client left.
+
+    lbproxy's own HTTP/1.1 requests (L{lbproxy.ProxySite}'s) provide it
+    directly and write a proxied head as bytes; any other
+    L{twisted.web.iweb.IRequest} (an embedder's plain L{Site}, an HTTP/2
+    stream's request) is adapted to it, through the request's public API.
+    """
+
+    hostHeader = Attribute(
+        "The request's C{Host} header value as L{bytes}, or L{None} when it "
+        "has none."
+    )
+    onConnectionLost = Attribute(
+        "L{None}, or a callable taking a L{twisted.python.failure.Failure}: "
+        "called once if the client connection is lost before the response "
+        "is finished.  Set by the exchange; cleared when the request finishes."
+    )
+    startedWriting = Attribute("Whether the response head is written or held.")
+
+    def holdProxiedHead(code, phrase, headerLines, length):
+        """
+        Start the response with a backend's status and headers.  The head
+        may be held until the first L{writeBody} or L{flushHead}.
+
+        @param code: the status code, an L{int}.
+        @param phrase: the reason phrase, L{bytes}.
+        @param headerLines: the end-to-end header lines to send, each
+            C{b"Name: value\\r\\n"}, already validated.
+        @param length: the body's length in bytes, or L{None} when unknown.
+        """
+
+    def writeBody(data):
+        """
+        Write part of the response body (L{bytes}) after L{holdProxiedHead}.
+        """
+
+    def flushHead():
+        """
+        Send a held response head now: the body will take more than this
+        read of the backend connection.
+        """
+
+    def finish():
+        """
+        The response is complete (as L{twisted.web.iweb.IRequest.finish}).
+        """
+
+    def abortConnection():
+        """
+        Close the client connection at once, without finishing the
+        response: a response whose backend broke off must not look
+        complete.
+        """
+
+    def registerProducer(producer, streaming):
+        """
+        As L{twisted.internet.interfaces.IConsumer.registerProducer}: the
+        client's connection pauses C{producer} while it cannot keep up.
+        """
+
+    def unregisterProducer():
+        """
+        As L{twisted.internet.interfaces.IConsumer.unregisterProducer}.
+        """

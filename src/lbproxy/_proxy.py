@@ -21,19 +21,18 @@ from typing import Any, Callable, Optional
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
+from twisted.web.http import Request
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from lbproxy._backend import Backend, Outcome
-from lbproxy._client import (
-    _TOKEN,
-    ResponseHandler,
-    ResponseHead,
-    UpstreamConnection,
-)
+from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
 from lbproxy._headers import HOP_BY_HOP, forwardedHeaders
+from lbproxy._http import NO_BODY_CODES, TOKEN_RE
+from lbproxy._interfaces import IProxyRequest
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
 from lbproxy._timer import Deadline
@@ -50,7 +49,6 @@ _EXPECTS_BODY = frozenset([b"POST", b"PUT", b"PATCH"])
 INLINE_BODY = 64 * 1024
 
 _URI = re.compile(rb"\A[\x21-\x7e]+\Z")
-_NO_BODY_CODES = frozenset([204, 304])
 
 
 class UpstreamResource(ReverseProxyResource):
@@ -91,38 +89,58 @@ class UpstreamResource(ReverseProxyResource):
         return NOT_DONE_YET
 
 
+def _proxyRequest(request: Any) -> Any:
+    """
+    C{request} as an L{IProxyRequest}: itself when it provides it, else
+    its registered adapter.
+
+    C{IProxyRequest(request)} would ask the request first, and a
+    L{twisted.web.server.Request} is L{Componentized}: it would keep the
+    answer (the request itself, or the adapter, which holds the request)
+    in its own adapter cache, a reference cycle per request.
+    """
+    proxied = IProxyRequest.__adapt__(request)
+    if proxied is None:
+        raise TypeError(f"{request!r} cannot be adapted to IProxyRequest")
+    return proxied
+
+
+#: What an exchange is doing (L{_Exchange._stage}), in the order it can
+#: go through them: finding a backend, connecting, sending and waiting for
+#: the response head (again for a retry); relaying the response body; done
+#: with the client (answered, refused with an error page, or cut off);
+#: abandoned, because the client left.
+_FORWARDING, _RELAYING, _ANSWERED, _ABANDONED = range(4)
+
+
 class _Exchange(ResponseHandler):
     """
     One client request on its way through the pool: picks, retries,
     timeouts and the mapping of failures to 502 and 504.  It is the
-    L{ResponseHandler} of the backend connection that carries it.
+    L{ResponseHandler} of the backend connection that carries it, and
+    talks to the client request only through L{IProxyRequest}.
     """
 
     _log = Logger()
 
     # The state of an exchange that has just begun (class attributes, so
     # that each exchange sets only what it changes).
+    _stage = _FORWARDING
     _backend: Optional[Backend] = None
     _started = 0.0
     _latency = 0.0
     _connecting: Optional[Deferred[Any]] = None
     _conn: Optional[UpstreamConnection] = None
     _reused = False
-    _inBody = False
-    _paused = False
     _timer: Optional[Deadline] = None
-    _timedOut = False
-    _clientGone = False
-    _done = False
-    #: How body bytes reach the client: L{ProxyRequest.writeBody} once
-    #: its head is written, else (L{None}) the request's C{write}.
-    _writeBody: Optional[Callable[[bytes], None]] = None
+    _relay: Optional[_ResponseRelay] = None
 
     def __init__(self, resource: UpstreamResource, request: Any) -> None:
         self._resource = resource
         self._pool = resource.pool
         self._reactor = resource.reactor
         self._request = request
+        self._proxied = _proxyRequest(request)
         self._method = request.method
         self._idempotent = request.method in IDEMPOTENT
         self._tried: set[Backend] = set()
@@ -131,14 +149,11 @@ class _Exchange(ResponseHandler):
         request = self._request
         method = self._method
         uri = request.uri
-        if not (_TOKEN.match(method) and _URI.match(uri)):
-            self._done = True
+        if not (TOKEN_RE.match(method) and _URI.match(uri)):
+            self._stage = _ANSWERED
             writeError(request, 400)
             return
-        if hasattr(request, "onConnectionLost"):
-            request.onConnectionLost = self._clientLost
-        else:
-            request.notifyFinish().addErrback(self._clientLost)
+        self._proxied.onConnectionLost = self._clientLost
         incoming = request.requestHeaders
         address = request.getClientAddress()
         block, clientHost = forwardedHeaders(
@@ -168,7 +183,7 @@ class _Exchange(ResponseHandler):
     # Choosing a backend
 
     def _attempt(self) -> None:
-        if self._clientGone:
+        if self._stage == _ABANDONED:
             return
         pool = self._pool
         backend = None
@@ -203,7 +218,7 @@ class _Exchange(ResponseHandler):
 
     def _connectFailed(self, reason: Failure) -> None:
         self._connecting = None
-        if self._clientGone:
+        if self._stage == _ABANDONED:
             self._finishBackend(Outcome.CANCELLED)
             return
         self._log.warn(
@@ -227,7 +242,7 @@ class _Exchange(ResponseHandler):
         self._connecting = None
         backend = self._backend
         assert backend is not None
-        if self._clientGone:
+        if self._stage == _ABANDONED:
             self._finishBackend(Outcome.CANCELLED)
             proto.transport.loseConnection()
             return
@@ -245,7 +260,6 @@ class _Exchange(ResponseHandler):
         else:
             host = backend.name.encode("ascii")
         self._conn = proto
-        self._inBody = False
         self._startTimer()
         body = self._bodyFile
         if body is not None:
@@ -268,13 +282,12 @@ class _Exchange(ResponseHandler):
 
     def _timeout(self) -> None:
         self._timer = None
-        self._timedOut = True
         conn, self._conn = self._conn, None
         if conn is None:
             return
         conn.detach()
         backend = self._backend
-        if self._inBody:
+        if self._stage == _RELAYING:
             self._bodyBroken("read_timeout", Outcome.TIMEOUT)
             return
         self._log.warn(
@@ -324,79 +337,51 @@ class _Exchange(ResponseHandler):
 
     def headReceived(self, head: ResponseHead) -> None:
         self._latency = self._reactor.seconds() - self._started
-        self._inBody = True
-        request = self._request
+        self._stage = _RELAYING
         tokens = head.connection
-        drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else HOP_BY_HOP | tokens
-        hold = getattr(request, "holdProxiedHead", None)
-        if hold is not None:
-            # lbproxy's own request: the head goes out as bytes, with the
-            # first bytes of the body when they came in the same read.
-            if drop is HOP_BY_HOP:
-                # parseHead kept every hop-by-hop header apart already.
-                lines = [b"%s: %s\r\n" % field for field in head.headers]
-            else:
-                lines = [b"%s: %s\r\n" % field for field in head.headers
-                         if field[0].lower() not in drop]
-            hold(head.code, head.phrase, lines, head.length)
-            if request.startedWriting:
-                self._writeBody = request.writeBody
-            return
-        request.setResponseCode(head.code, head.phrase)
-        out = request.responseHeaders
-        out.removeHeader(b"server")
-        out.removeHeader(b"date")
-        cookies = request.cookies
-        for name, value in head.headers:
-            lowered = name.lower()
-            if lowered in drop:
-                continue
-            if lowered == b"set-cookie":
-                cookies.append(value)
-            else:
-                out.addRawHeader(name, value)
-        if (
-            head.length is not None
-            and self._method != b"HEAD"
-            and head.code not in _NO_BODY_CODES
-        ):
-            out.setRawHeaders(b"content-length", [b"%d" % head.length])
-        request.registerProducer(_ResponseRelay(self), True)
+        if tokens <= HOP_BY_HOP:
+            # parseHead kept every hop-by-hop header apart already.
+            lines = [b"%s: %s\r\n" % field for field in head.headers]
+        else:
+            drop = HOP_BY_HOP | tokens
+            lines = [b"%s: %s\r\n" % field for field in head.headers
+                     if field[0].lower() not in drop]
+        # The head may be held, to go out with the first bytes of the body
+        # when they came in the same read.
+        self._proxied.holdProxiedHead(head.code, head.phrase, lines, head.length)
 
     def headReadDone(self) -> None:
-        if self._done or self._clientGone:
+        if self._stage != _RELAYING or self._relay is not None:
             return
-        request = self._request
-        if request.producer is None:
-            # The body goes on past this read: send the head now, and let
-            # a slow client pause the backend from here on.  (A response
-            # that ended within the read never needed either.)
-            request.flushHead()
-            request.registerProducer(_ResponseRelay(self), True)
+        # The body goes on past this read: send the head now, and let a
+        # slow client pause the backend from here on.  (A response that
+        # ended within the read never needed either.)
+        proxied = self._proxied
+        proxied.flushHead()
+        self._relay = _ResponseRelay(self)
+        proxied.registerProducer(self._relay, True)
 
     def bodyReceived(self, data: bytes) -> None:
-        if self._writeBody is not None:
-            self._writeBody(data)
-        else:
-            self._request.write(data)
+        self._proxied.writeBody(data)
 
     def bodyFinished(self, complete: bool, why: str) -> None:
         self._conn = None
         self._stopTimer()
-        request = self._request
-        if request.producer is not None:
-            request.unregisterProducer()
+        self._unregisterRelay()
         if complete:
             self._finishBackend(Outcome.SUCCESS)
-            self._done = True
-            request.finish()
+            self._stage = _ANSWERED
+            self._proxied.finish()
             return
         self._bodyBroken(why, Outcome.RESET)
 
+    def _unregisterRelay(self) -> None:
+        if self._relay is not None:
+            self._relay = None
+            self._proxied.unregisterProducer()
+
     def _bodyBroken(self, why: str, outcome: Outcome) -> None:
-        request = self._request
-        if request.producer is not None:
-            request.unregisterProducer()
+        self._unregisterRelay()
         backend = self._backend
         self._log.warn(
             "upstream {upstream}: {backend} broke off the response body "
@@ -422,28 +407,20 @@ class _Exchange(ResponseHandler):
         self._pool.requestFinished(backend, self._request, outcome, latency)
 
     def _fail(self, code: int) -> None:
-        if self._clientGone or self._done:
+        if self._stage >= _ANSWERED:
             return
-        self._done = True
-        request = self._request
-        if request.startedWriting:
+        if self._proxied.startedWriting:
             self._abortClient()
             return
-        writeError(request, code)
+        self._stage = _ANSWERED
+        writeError(self._request, code)
 
     def _abortClient(self) -> None:
-        self._done = True
-        transport = self._request.channel.transport if self._request.channel else None
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        self._stage = _ANSWERED
+        self._proxied.abortConnection()
 
     def _clientLost(self, reason: Failure) -> None:
-        self._clientGone = True
+        self._stage = _ABANDONED
         self._stopTimer()
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
@@ -452,21 +429,17 @@ class _Exchange(ResponseHandler):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.detach()
-            request = self._request
-            if request.producer is not None:
-                request.unregisterProducer()
+            self._unregisterRelay()
             self._finishBackend(Outcome.CANCELLED)
 
     # Backpressure
 
     def pauseBackend(self) -> None:
-        self._paused = True
         self._stopTimer()
         if self._conn is not None:
             self._conn.pauseProducing()
 
     def resumeBackend(self) -> None:
-        self._paused = False
         if self._conn is not None:
             self._startTimer()
             self._conn.resumeProducing()
@@ -505,3 +478,97 @@ class _ResponseRelay:
 
     def stopProducing(self) -> None:
         self._exchange.abortBackend()
+
+
+@implementer(IProxyRequest)
+class _PlainRequest:
+    """
+    L{IProxyRequest} for a request that is not lbproxy's own (an
+    embedder's plain L{twisted.web.server.Site}, an HTTP/2 stream's), through
+    the public API of L{twisted.web.http.Request}: the backend's head goes
+    through C{responseHeaders}, the body through C{write}, and the loss of
+    the client is learnt from C{notifyFinish}.
+    """
+
+    hostHeader: Optional[bytes]
+    startedWriting = False
+    _callback: Optional[Callable[[Failure], object]] = None
+    _watching = False
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.hostHeader = request.getHeader(b"host")
+
+    @property
+    def onConnectionLost(self) -> Optional[Callable[[Failure], object]]:
+        return self._callback
+
+    @onConnectionLost.setter
+    def onConnectionLost(self, callback: Optional[Callable[[Failure], object]]) -> None:
+        self._callback = callback
+        if callback is not None and not self._watching:
+            self._watching = True
+            self._request.notifyFinish().addErrback(self._lost)
+
+    def _lost(self, reason: Failure) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback(reason)
+
+    def holdProxiedHead(
+        self, code: int, phrase: bytes, headerLines: list[bytes], length: Optional[int]
+    ) -> None:
+        request = self._request
+        self.startedWriting = True
+        request.setResponseCode(code, phrase)
+        out = request.responseHeaders
+        # The backend's own, not Twisted's.
+        out.removeHeader(b"server")
+        out.removeHeader(b"date")
+        cookies = request.cookies
+        for line in headerLines:
+            name, _, value = line[:-2].partition(b": ")
+            if name.lower() == b"set-cookie":
+                # Request.write sets Set-Cookie from its cookies, replacing
+                # what responseHeaders hold.
+                cookies.append(value)
+            else:
+                out.addRawHeader(name, value)
+        if (
+            length is not None
+            and request.method != b"HEAD"
+            and code not in NO_BODY_CODES
+        ):
+            out.setRawHeaders(b"content-length", [b"%d" % length])
+
+    def writeBody(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def flushHead(self) -> None:
+        request = self._request
+        if not request.startedWriting:
+            request.write(b"")
+
+    def finish(self) -> None:
+        self._callback = None
+        self._request.finish()
+
+    def abortConnection(self) -> None:
+        request = self._request
+        transport: Any = request.transport
+        channel: Any = request.channel
+        if transport is not None:
+            # HTTP/1.1: the connection.
+            transport.abortConnection()
+        elif channel is not None:
+            # HTTP/2: the stream, which is reset.
+            channel.abortConnection()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._request.unregisterProducer()
+
+
+registerAdapter(_PlainRequest, Request, IProxyRequest)

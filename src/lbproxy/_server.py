@@ -1,0 +1,751 @@
+# -*- test-case-name: tests.test_site -*-
+"""
+lbproxy's HTTP/1.1 server protocol: it reads requests from a client
+connection and hands each to the site's resources as a
+L{twisted.web.server.Request}.
+
+Twisted's L{twisted.web.http.HTTPChannel} does this too, but a proxy needs
+more of it than its public interface offers: refusals that it does not make
+(a chunk size of 20 digits, a folded header, a second C{Host}), limits it
+does not have (a timeout for the head and for gaps in the body, 413 as the
+body grows), a request head read in one pass rather than line by line, and
+a response head held back to go out with the first bytes of the body.
+Built on C{HTTPChannel}, each of those meant reading or writing its private
+state, which changes between releases.  Here the connection is a plain
+L{Protocol} and the request's C{channel} is a L{RequestChannel}, the role
+Twisted's own C{H2Stream} plays for an HTTP/2 stream; the contract between
+them is the public one L{twisted.web.http.Request} already relies on.
+
+What is refused, with a short page, before anything reaches a resource:
+
+  - 400 for an ambiguous or malformed request: C{Content-Length} with
+    C{Transfer-Encoding}; more than one C{Content-Length} or
+    C{Transfer-Encoding}; a C{Transfer-Encoding} other than exactly
+    C{chunked}, or in HTTP/1.0; a bad chunk size, extension or chunk
+    ending; a control character (NUL, CR, LF, ...) in a header; a header
+    name that is not a token (whitespace before the colon among others); a
+    folded header (obs-fold); a line ending in a bare LF; several C{Host}
+    headers, an invalid one, or none in HTTP/1.1; a request target that is
+    neither origin-form (C{/...}), absolute-form over http(s) nor C{*};
+    more than L{ProxyChannel.maxHeaders} header lines;
+  - 405 for C{CONNECT}: lbproxy is not a forward proxy;
+  - 408 when the head takes longer than C{clientHeaderTimeout} or the body
+    pauses longer than C{clientBodyTimeout};
+  - 413 for a body larger than C{maxBodySize}, announced or reached;
+  - 431 for a head larger than C{maxHeaderSize}.
+
+Requests on a connection are read one at a time: while one is handled,
+what follows it is buffered (and the socket paused past
+L{_READ_AHEAD} bytes), so pipelined requests are answered in order.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToString
+
+from lbproxy._chunked import ChunkedDecoder, MalformedChunks
+from lbproxy._client import writeNow
+from lbproxy._http import ABSOLUTE, FIELDS, TOKEN
+from lbproxy._pages import PHRASES, errorBody
+from lbproxy._timer import Deadline
+
+#: The head of lbproxy's own refusals; the connection closes after them.
+_REFUSAL = (
+    b"HTTP/1.1 %d %s\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Connection: close\r\n"
+    b"\r\n"
+)
+
+#: A request line: a token method, a target of printable ASCII, and
+#: HTTP/1.0 or 1.1, separated by single spaces.
+_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) (HTTP/1\.[01])\Z")
+
+#: A C{Host} value: a DNS name (letters, digits, C{-}, C{.}, C{_}), an IPv4
+#: address or a bracketed IPv6 address, with an optional port.  Stricter
+#: than RFC 3986's reg-name, which also allows sub-delims and %-escapes that
+#: no real host name needs.
+_HOST = re.compile(rb"\A(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+
+#: A C{Content-Length} value (after optional whitespace is stripped): 18
+#: digits are far beyond any C{max_body_size} and bound what is parsed.
+_LENGTH = re.compile(rb"[0-9]{1,18}\Z")
+
+#: How many bytes after a request still being handled are read before the
+#: socket is paused (as Twisted's C{HTTPChannel} does).
+_READ_AHEAD = 64 * 1024
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+#: What L{ProxyChannel} is doing: waiting for or reading a request head,
+#: reading a body, waiting for a request's response, or closing.
+_HEAD, _BODY, _HANDLING, _CLOSING = range(4)
+
+#: What the connection's one L{Deadline} is timing.
+_KEEPALIVE, _HEADER, _BODY_GAP, _ABORT = range(4)
+_TIMEOUT_NAMES = {_HEADER: "client_header_timeout", _BODY_GAP: "client_body_timeout"}
+
+
+def phrase(code: int) -> bytes:
+    """
+    The reason phrase lbproxy sends with C{code}.
+    """
+    text = PHRASES.get(code)
+    if text is not None:
+        return text.encode("ascii")
+    return RESPONSES.get(code, b"Error")
+
+
+def headerLines(headers: Any, skip: frozenset[bytes] = frozenset()) -> list[bytes]:
+    """
+    The C{Name: value\\r\\n} lines of C{headers} (a L{Headers}, or the list
+    of C{(name, value)} pairs older Twisted releases pass to
+    C{writeHeaders}), less the names in C{skip} (spelled as L{Headers}
+    spells them).
+    """
+    if isinstance(headers, list):
+        return [b"%s: %s\r\n" % pair for pair in headers if pair[0] not in skip]
+    return [
+        b"%s: %s\r\n" % (name, value)
+        for name, values in headers.getAllRawHeaders()
+        if name not in skip
+        for value in values
+    ]
+
+
+_dateCache: list[Any] = [None, b""]
+
+
+def httpDate(reactor: Any) -> bytes:
+    """
+    The current time as an HTTP date, formatted at most once a second.
+    """
+    now = int(reactor.seconds())
+    if _dateCache[0] != now:
+        _dateCache[0] = now
+        _dateCache[1] = datetimeToString(now)
+    date: bytes = _dateCache[1]
+    return date
+
+
+class RequestChannel:
+    """
+    What a request's C{channel} is: its connection as that one request
+    sees it, the role Twisted's C{H2Stream} plays for an HTTP/2 stream.
+
+    The contract, which L{twisted.web.http.Request} relies on: the
+    attributes C{site}, C{factory} and C{transport}, and C{getPeer},
+    C{getHost}, C{isSecure}, C{write}, C{writeSequence}, C{writeHeaders},
+    C{registerProducer}, C{unregisterProducer}, C{loseConnection} and
+    C{requestDone}.  lbproxy's requests add C{holdHead} and C{flushHead}.
+
+    Once its request is done, or the connection lost, the channel is
+    detached: every call does nothing, so a late write of a finished
+    request can never reach the response of the next one.
+    """
+
+    __slots__ = ("_connection", "site", "factory", "transport")
+
+    def __init__(self, connection: ProxyChannel) -> None:
+        self._connection: Optional[ProxyChannel] = connection
+        self.site = connection.site
+        self.factory = connection.site
+        self.transport = connection.transport
+
+    @property
+    def attached(self) -> bool:
+        """
+        Whether the request is still the connection's current one.
+        """
+        return self._connection is not None
+
+    def detach(self) -> None:
+        self._connection = None
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer() if self._connection is None else (
+            self._connection.getPeer()
+        )
+
+    def getHost(self) -> Any:
+        return self.transport.getHost() if self._connection is None else (
+            self._connection.getHost()
+        )
+
+    def isSecure(self) -> bool:
+        connection = self._connection
+        if connection is None:
+            return ISSLTransport(self.transport, None) is not None
+        return connection.isSecure()
+
+    def write(self, data: bytes) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.write(b"".join(iovec))
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.writeHeaders(version, code, reason, headers)
+
+    def holdHead(self, head: bytes) -> None:
+        """
+        Hold C{head} (a whole response head, as bytes) to be sent with the
+        first write of the body, or by L{flushHead}.
+        """
+        connection = self._connection
+        if connection is not None:
+            connection.holdHead(head)
+
+    def flushHead(self) -> None:
+        """
+        Send the held response head, if any, now.
+        """
+        connection = self._connection
+        if connection is not None:
+            connection.flushHead()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.transport.registerProducer(producer, streaming)
+        else:
+            # As a disconnected transport does: the producer is told.
+            producer.stopProducing()
+
+    def unregisterProducer(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.transport.unregisterProducer()
+
+    def loseConnection(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.loseConnection()
+
+    def abortConnection(self) -> None:
+        """
+        Close the connection at once, discarding what is not sent yet: a
+        response that cannot be completed must not look complete.
+        """
+        connection = self._connection
+        if connection is not None:
+            connection.transport.abortConnection()
+
+    def requestDone(self, request: Any) -> None:
+        connection = self._connection
+        if connection is not None:
+            self._connection = None
+            connection.requestDone(self)
+
+
+class ProxyChannel(Protocol):
+    """
+    One client connection: reads its requests (see the module docstring for
+    what is refused), hands each to the site's C{requestFactory} and sends
+    the responses back in order.
+
+    @ivar site: the L{lbproxy.ProxySite}.
+    @ivar maxBodySize: the largest request body accepted, in bytes.
+    @ivar totalHeadersSize: the largest request head accepted, in bytes.
+    @ivar maxHeaders: the most header lines a head may have.
+    @ivar clientHeaderTimeout: seconds the whole request head may take, or
+        L{None} for no limit.
+    @ivar clientBodyTimeout: seconds between two reads of the body, or
+        L{None} for no limit.
+    @ivar timeOut: seconds an idle connection is kept between requests, or
+        L{None}.
+    @ivar abortTimeout: seconds a refused client has to read its answer
+        before the connection is aborted.
+    @ivar persistent: whether the connection stays open after the current
+        response.
+    @ivar refused: whether the connection was refused and is closing.
+    """
+
+    _log = Logger()
+    site: Any
+    factory: Any
+    transport: Any
+    requestFactory: Callable[..., Any]
+    maxBodySize = 100 * 1024 * 1024
+    totalHeadersSize = 16 * 1024
+    maxHeaders = 500
+    clientHeaderTimeout: Optional[float] = None
+    clientBodyTimeout: Optional[float] = None
+    timeOut: Optional[float] = None
+    abortTimeout: Optional[float] = 15.0
+    persistent = True
+    refused = False
+
+    # The state of a connection that has just begun (class attributes, so
+    # that each connection sets only what it changes).
+    _phase = _HEAD
+    _input = b""
+    #: How far L{_input} is known to hold no end of head.
+    _scanned = 0
+    _current: Any = None
+    _stream: Optional[RequestChannel] = None
+    _parsing = False
+    _readPaused = False
+    _remaining = 0
+    _received = 0
+    _chunks: Optional[ChunkedDecoder] = None
+    _pendingHead: Optional[bytes] = None
+    _timer: Optional[Deadline] = None
+    _timing = _KEEPALIVE
+    _peer: Any = None
+    _host: Any = None
+
+    # The connection
+
+    def connectionMade(self) -> None:
+        self.site.channels.add(self)
+        self._timer = Deadline(self.site.reactor, self._timedOut)
+        if self.clientHeaderTimeout is not None:
+            self._arm(_HEADER, self.clientHeaderTimeout)
+        else:
+            self._arm(_KEEPALIVE, self.timeOut)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._phase = _CLOSING
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+        self._input = b""
+        site = self.site
+        site.channels.discard(self)
+        request, stream = self._current, self._stream
+        self._current = self._stream = None
+        if stream is not None:
+            stream.detach()
+        if request is not None:
+            request.connectionLost(reason if reason is not None else Failure(
+                ConnectionError("connection lost")))
+        site.channelClosed()
+
+    def getPeer(self) -> Any:
+        # A connection's addresses do not change, but asking the transport
+        # makes a system call and a new address object each time.
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
+
+    _secure: Optional[bool] = None
+
+    def isSecure(self) -> bool:
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = ISSLTransport(self.transport, None) is not None
+        return secure
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a request is being read or answered on this connection.
+        """
+        return self._current is not None
+
+    @property
+    def requests(self) -> list[Any]:
+        """
+        The request being read or answered, in a list (empty when there is
+        none), as L{twisted.web.http.HTTPChannel.requests}.
+        """
+        current = self._current
+        return [] if current is None else [current]
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what is written is sent.
+        """
+        self.flushHead()
+        self._phase = _CLOSING
+        self.transport.loseConnection()
+
+    # Timers
+
+    def _arm(self, timing: int, seconds: Optional[float]) -> None:
+        timer = self._timer
+        if timer is None:
+            return
+        self._timing = timing
+        if seconds is None:
+            timer.clear()
+        else:
+            timer.set(seconds)
+
+    def _timedOut(self) -> None:
+        timing = self._timing
+        if timing == _ABORT:
+            self.transport.abortConnection()
+        elif timing == _KEEPALIVE:
+            self.loseConnection()
+        else:
+            self._log.info(
+                "client {client} exceeded {which}",
+                client=getattr(self.getPeer(), "host", "?"),
+                which=_TIMEOUT_NAMES[timing],
+            )
+            self.refuse(408)
+
+    # Reading
+
+    def dataReceived(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _CLOSING:
+            return
+        pending = self._input
+        if phase == _HANDLING:
+            self._input = pending + data
+            if len(self._input) > _READ_AHEAD and not self._readPaused:
+                self._readPaused = True
+                self.transport.pauseProducing()
+            return
+        if not pending:
+            self._input = data
+            if phase == _HEAD and self._timing != _HEADER:
+                # The first bytes of a head: its own time limit begins.
+                self._arm(_HEADER, self.clientHeaderTimeout)
+        else:
+            self._input = pending + data
+        self._parse()
+
+    def _parse(self) -> None:
+        """
+        Read what L{_input} holds, as far as it goes: heads, bodies, and
+        the requests after them as long as each is answered at once.
+        """
+        if self._parsing:
+            return
+        self._parsing = True
+        try:
+            while self._input:
+                phase = self._phase
+                if phase == _HEAD:
+                    if not self._readHead():
+                        break
+                elif phase == _BODY:
+                    data, self._input = self._input, b""
+                    self._readBody(data)
+                else:
+                    break
+        finally:
+            self._parsing = False
+
+    def _readHead(self) -> bool:
+        """
+        Read one request head from L{_input}, if it is all there.
+
+        @return: whether a head was read (or refused): L{False} when more
+            bytes are needed.
+        """
+        buf = self._input
+        skip = 2 if buf[:2] == b"\r\n" else 0
+        # One empty line before a request line is forgiven (RFC 9112 2.2).
+        limit = self.totalHeadersSize
+        end = buf.find(b"\r\n\r\n", max(skip, self._scanned - 3), skip + limit + 4)
+        if end < 0:
+            if len(buf) < skip + 2:
+                return False
+            bounded = buf[: skip + limit + 4]
+            if bounded.count(b"\n") != bounded.count(b"\r\n"):
+                # A line ending in a bare LF: refused as soon as it is seen.
+                self.refuse(400)
+            elif len(buf) >= skip + limit + 4:
+                self.refuse(431)
+            else:
+                self._scanned = len(buf)
+            return self.refused
+        self._scanned = 0
+        self._input = buf[end + 4 :]
+        first = buf.find(b"\r\n", skip, end + 2)
+        requestLine = _REQUEST_LINE.match(buf, skip, first)
+        if requestLine is None:
+            self.refuse(400)
+            return True
+        method, target, version = requestLine.groups()
+        if method.upper() == b"CONNECT":
+            self.refuse(405)
+            return True
+        if first == end:
+            lines: list[bytes] = []
+        else:
+            if FIELDS.fullmatch(buf, first + 2, end) is None:
+                self.refuse(400)
+                return True
+            lines = buf[first + 2 : end].split(b"\r\n")
+            if len(lines) > self.maxHeaders:
+                self.refuse(400)
+                return True
+        self._acceptHead(method, target, version, lines)
+        return True
+
+    def _acceptHead(
+        self, method: bytes, target: bytes, version: bytes, lines: list[bytes]
+    ) -> None:
+        """
+        Check a head whose lines are well-formed, and start its request.
+        """
+        if not (target[:1] == b"/" or target == b"*" or ABSOLUTE.match(target)):
+            self.refuse(400)
+            return
+        stream = RequestChannel(self)
+        request = self.requestFactory(stream)
+        addRawHeader = request.requestHeaders.addRawHeader
+        host = length = transferEncoding = connection = expect = None
+        for line in lines:
+            name, _, value = line.partition(b":")
+            value = value.strip(b" \t")
+            lowered = name.lower()
+            if lowered in _SPECIAL:
+                if lowered == b"host":
+                    if host is not None:
+                        return self.refuse(400)
+                    host = value
+                elif lowered == b"content-length":
+                    if length is not None:
+                        return self.refuse(400)
+                    length = value
+                elif lowered == b"transfer-encoding":
+                    if transferEncoding is not None:
+                        return self.refuse(400)
+                    transferEncoding = value
+                elif lowered == b"connection":
+                    connection = value if connection is None else connection + b"," + value
+                else:
+                    expect = value
+            addRawHeader(name, value)
+
+        if host is None:
+            if version == b"HTTP/1.1":
+                return self.refuse(400)
+        elif host and _HOST.match(host) is None:
+            return self.refuse(400)
+        request.hostHeader = host
+
+        chunked = False
+        size = 0
+        if transferEncoding is not None:
+            if (
+                length is not None
+                or version != b"HTTP/1.1"
+                or transferEncoding.lower() != b"chunked"
+            ):
+                return self.refuse(400)
+            chunked = True
+        elif length is not None:
+            if _LENGTH.match(length) is None:
+                return self.refuse(400)
+            size = int(length)
+            if size > self.maxBodySize:
+                return self.refuse(413)
+
+        if version == b"HTTP/1.1":
+            if connection is not None and b"close" in _tokens(connection):
+                self.persistent = False
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        else:
+            self.persistent = False
+
+        self._current = request
+        self._stream = stream
+        self._method, self._target, self._version = method, target, version
+        if chunked or size:
+            if (
+                expect is not None
+                and version == b"HTTP/1.1"
+                and expect.lower() == b"100-continue"
+            ):
+                self.transport.write(_CONTINUE)
+            request.gotLength(None if chunked else size)
+            self._phase = _BODY
+            self._received = 0
+            if chunked:
+                self._chunks = ChunkedDecoder(self._chunkReceived, self._bodyDone)
+            else:
+                self._chunks = None
+                self._remaining = size
+            self._arm(_BODY_GAP, self.clientBodyTimeout)
+        else:
+            request.gotLength(0)
+            self._dispatch()
+
+    def _readBody(self, data: bytes) -> None:
+        self._arm(_BODY_GAP, self.clientBodyTimeout)
+        chunks = self._chunks
+        if chunks is not None:
+            try:
+                chunks.dataReceived(data)
+            except MalformedChunks:
+                self.refuse(400)
+            return
+        remaining = self._remaining
+        if len(data) < remaining:
+            self._remaining = remaining - len(data)
+            self._current.handleContentChunk(data)
+            return
+        self._remaining = 0
+        self._current.handleContentChunk(data[:remaining])
+        self._bodyDone(data[remaining:])
+
+    def _chunkReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        if self._received > self.maxBodySize:
+            self.refuse(413)
+            return
+        self._current.handleContentChunk(data)
+
+    def _bodyDone(self, rest: bytes) -> None:
+        if self.refused:
+            return
+        self._chunks = None
+        self._input = rest + self._input if self._input else rest
+        self._dispatch()
+        if not self._parsing:
+            self._parse()
+
+    def _dispatch(self) -> None:
+        """
+        The whole request is read: hand it to the resources.  What follows
+        it waits in L{_input} until it is answered.
+        """
+        self._phase = _HANDLING
+        self._arm(_KEEPALIVE, None)
+        request = self._current
+        request.requestReceived(self._method, self._target, self._version)
+
+    def requestDone(self, stream: RequestChannel) -> None:
+        """
+        The request of C{stream} (the current one) is answered: close the
+        connection or go on with the next request.
+        """
+        self.flushHead()
+        self._current = self._stream = None
+        if self._phase == _CLOSING:
+            return
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._phase = _HEAD
+        if self._input:
+            self._arm(_HEADER, self.clientHeaderTimeout)
+        else:
+            self._arm(_KEEPALIVE, self.timeOut)
+        if self._readPaused:
+            self._readPaused = False
+            self.transport.resumeProducing()
+        if self._input and not self._parsing:
+            self._parse()
+
+    # Writing
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        Hold the response head until the first write of the body, so that a
+        small response goes to the client in one send; add a C{Date} when
+        the response has none.
+        """
+        lines = [b"%s %s %s\r\n" % (version, code, reason)]
+        if isinstance(headers, list):
+            dated = any(name.lower() == b"date" for name, _ in headers)
+        else:
+            dated = headers.hasHeader(b"date")
+        if not dated:
+            lines.append(b"Date: %s\r\n" % httpDate(self.site.reactor))
+        lines.extend(headerLines(headers))
+        lines.append(b"\r\n")
+        self.holdHead(b"".join(lines))
+
+    def holdHead(self, head: bytes) -> None:
+        """
+        Hold C{head} (a response head, as bytes) to be sent with the first
+        write of the body, or by L{flushHead}.
+        """
+        self.flushHead()
+        self._pendingHead = head
+
+    def flushHead(self) -> None:
+        """
+        Write the held response head, if any.
+        """
+        head = self._pendingHead
+        if head is not None:
+            self._pendingHead = None
+            writeNow(self.transport, head)
+
+    def write(self, data: bytes) -> None:
+        """
+        Write C{data}, after the held response head, at once when the
+        socket takes it (see L{writeNow}).
+        """
+        head = self._pendingHead
+        if head is not None:
+            self._pendingHead = None
+            data = head + data
+        if data:
+            writeNow(self.transport, data)
+
+    def refuse(self, code: int) -> None:
+        """
+        Answer C{code} with a short page and close the connection, reading
+        nothing more.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        self._phase = _CLOSING
+        self._input = b""
+        self.flushHead()
+        request, self._current = self._current, None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.detach()
+        if request is not None and request.content is not None:
+            request.content.close()
+        if self.transport.disconnecting:
+            # Already closing after a response: nothing more may be sent.
+            self._arm(_KEEPALIVE, None)
+            return
+        body = errorBody(code)
+        self._log.info(
+            "refused a request from {client}: {code}",
+            client=getattr(self.getPeer(), "host", "?"),
+            code=code,
+        )
+        self.transport.write(_REFUSAL % (code, phrase(code), len(body)) + body)
+        # A client that does not read the refusal is cut off after
+        # abortTimeout, as Twisted does when a connection times out.
+        self._arm(_ABORT, self.abortTimeout)
+        self.transport.loseConnection()
+
+
+#: The header names L{ProxyChannel._acceptHead} looks at, lower-cased.
+_SPECIAL = frozenset(
+    [b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"]
+)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip(b" \t").lower() for token in value.split(b",")]

@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
+from dataclasses import MISSING
+from typing import Any
 
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import lbproxy
-from lbproxy._config import parseServer
-from lbproxy._values import parseBool, parseStatusRanges
+from lbproxy._config import _NOT_YET, defaultOf, parseServer, sectionKeys
+from lbproxy._values import BadItems, listOf, parseBool, parseStatusRanges
 from lbproxy.config import (
     ConfigError,
+    DemoConfig,
+    HealthCheckConfig,
+    ProxyConfig,
     ServerConfig,
+    UpstreamConfig,
+    VHostConfig,
     parseConfig,
     parseConfigText,
     parseDuration,
@@ -133,6 +141,27 @@ class ValueParserTests(SynchronousTestCase):
         self.assertEqual(parseStatusRanges("200-399 404"), ((200, 399), (404, 404)))
         for bad in ("", "99", "400-300", "2xx"):
             self.assertRaises(ValueError, parseStatusRanges, bad)
+
+    def test_lists(self):
+        """
+        A list parser parses each item and names every bad one with what was
+        expected of it; C{nonEmpty} refuses a list of no item.
+        """
+        parse = listOf(parseSize)
+        self.assertEqual(parse("1k 2\n 3"), (1024, 2, 3))
+        self.assertEqual(parse(""), ())
+        with self.assertRaises(BadItems) as caught:
+            parse("1k big 2 huge")
+        self.assertEqual(
+            caught.exception.items,
+            [
+                ("big", "a size such as 512, 16k, 100m or 1g"),
+                ("huge", "a size such as 512, 16k, 100m or 1g"),
+            ],
+        )
+        with self.assertRaises(ValueError) as refused:
+            listOf(parseSize, nonEmpty="one size or more")("")
+        self.assertEqual(str(refused.exception), "one size or more")
 
 
 class ParseConfigTests(SynchronousTestCase):
@@ -334,6 +363,345 @@ class ClientLimitsTests(SynchronousTestCase):
         self.assertEqual((proxy.clientHeaderTimeout, proxy.clientBodyTimeout), (2.0, 0.75))
 
 
+#: A minimal valid section of each kind, to which a test adds keys.
+_MINIMAL = {
+    "lbproxy": "[lbproxy]\n",
+    "upstream": "[upstream:app]\nservers = 127.0.0.1:9001\n",
+    "vhost": "[upstream:app]\nservers = 127.0.0.1:9001\n[lbproxy]\nlisten = tcp:8080\n"
+    "[vhost:site]\nupstream = app\ndefault = yes\n",
+    "demo": "[demo:blue]\nlisten = tcp:9001\n",
+}
+
+#: For every declared key, a value that is not its default and what it
+#: becomes.  A key declared without an entry here fails
+#: L{DeclarationTests.test_everyKeyReachesItsAttribute}.
+_SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
+    "lbproxy": {
+        "listen": ("tcp:8080 tcp:8081", ("tcp:8080", "tcp:8081")),
+        "access_log": ("/var/log/lbproxy.log", "/var/log/lbproxy.log"),
+        "workers": ("4", 4),
+        "client_header_timeout": ("2s", 2.0),
+        "client_body_timeout": ("750ms", 0.75),
+        "keepalive_timeout": ("1m", 60.0),
+        "max_body_size": ("1g", 1024**3),
+        "max_header_size": ("8k", 8192),
+        "max_connections": ("0", 0),
+    },
+    "upstream": {
+        "servers": (
+            "127.0.0.1:9001\n  127.0.0.1:9002 backup",
+            (ServerConfig("127.0.0.1", 9001), ServerConfig("127.0.0.1", 9002, backup=True)),
+        ),
+        "balancer": ("least_conn", "least_conn"),
+        "balancer.": (None, None),  # see test_prefixKeys
+        "max_fails": ("0", 0),
+        "fail_timeout": ("30s", 30.0),
+        "connect_timeout": ("1s", 1.0),
+        "read_timeout": ("2m", 120.0),
+        "next_upstream_tries": ("3", 3),
+        "keepalive": ("0", 0),
+        "slow_start": ("30s", 30.0),
+        "tls_verify": ("no", False),
+        "tls_ca": ("/etc/ca.pem", "/etc/ca.pem"),
+        "health_check": ("/healthz", "/healthz"),
+        "health_interval": ("1s", 1.0),
+        "health_timeout": ("500ms", 0.5),
+        "health_rise": ("5", 5),
+        "health_fall": ("1", 1),
+        "health_status": ("200 204", ((200, 200), (204, 204))),
+        "health_body": ("ok", "ok"),
+        "health_mandatory": ("yes", True),
+    },
+    "vhost": {
+        "server_names": ("A.example.com *.b.example.com", ("a.example.com", "*.b.example.com")),
+        "default": ("yes", True),
+        "upstream": ("app", "app"),
+        "routes": ("/api/ app", (("/api/", "app"),)),
+        "preserve_host": ("no", False),
+    },
+    "demo": {"listen": ("tcp:9002 tcp:9003", ("tcp:9002", "tcp:9003"))},
+}
+
+
+def _sectionOf(kind, text):
+    """
+    Parse C{text} and return the object of the section of C{kind} it tests
+    (for an upstream, its health check when C{cls} is L{HealthCheckConfig}).
+    """
+    config = parseConfigText(text, "site.ini")
+    return {
+        "lbproxy": config.proxy,
+        "upstream": config.upstreams.get("app"),
+        "vhost": config.vhosts[0] if config.vhosts else None,
+        "demo": config.demos[0] if config.demos else None,
+    }[kind]
+
+
+class DeclarationTests(SynchronousTestCase):
+    """
+    Each key is declared once, on the attribute it fills; the accepted keys,
+    the defaults and the parsing all come from the declarations.
+    """
+
+    def test_declaredOnce(self):
+        """
+        Within a kind of section, each key name is declared once, with a
+        line of documentation, and none is also refused as not supported.
+        """
+        for kind in _MINIMAL:
+            names = [key.name for _, key in sectionKeys(kind)]
+            self.assertEqual(len(names), len(set(names)), kind)
+            self.assertFalse(set(names) & _NOT_YET.get(kind, set()), kind)
+            for _, key in sectionKeys(kind):
+                self.assertTrue(key.doc.strip(), key.name)
+                self.assertNotIn("\n", key.doc, key.name)
+
+    def test_unknownKeyListsTheDeclaredKeys(self):
+        """
+        The unknown-key error of each kind of section lists exactly the
+        declared keys (a prefix such as C{balancer.} is not listed).
+        """
+        for kind, text in _MINIMAL.items():
+            names = sorted(key.name for _, key in sectionKeys(kind) if not key.isPrefix)
+            (error,) = _errors(text + "colour = blue\n")
+            self.assertTrue(
+                error.endswith(": " + ", ".join(names)), (kind, error)
+            )
+
+    def test_everyKeyReachesItsAttribute(self):
+        """
+        Every declared key, given a value that is not its default, sets the
+        attribute it declares, parsed.
+        """
+        for kind, samples in _SAMPLES.items():
+            self.assertEqual(
+                sorted(samples), sorted(key.name for _, key in sectionKeys(kind)), kind
+            )
+        for kind in _SAMPLES:
+            for cls, key in sectionKeys(kind):
+                if key.isPrefix:
+                    continue
+                text, expected = _SAMPLES[kind][key.name]
+                self.assertNotEqual(expected, defaultOf(cls, key), key.name)
+                source = "".join(
+                    line
+                    for line in _MINIMAL[kind].splitlines(True)
+                    if not line.startswith(f"{key.name} = ")
+                )
+                if cls is HealthCheckConfig and key.name != "health_check":
+                    source += "health_check = /\n"
+                section = _sectionOf(kind, f"{source}\n{key.name} = {text}\n")
+                if cls is HealthCheckConfig:
+                    section = section.healthCheck
+                self.assertEqual(getattr(section, key.attribute), expected, key.name)
+
+    def test_prefixKeys(self):
+        """
+        Every C{balancer.*} key goes, without its prefix, to the upstream's
+        C{balancerOptions}.
+        """
+        upstream = _sectionOf(
+            "upstream",
+            _MINIMAL["upstream"] + "balancer = sticky\nbalancer.cookie = c\n"
+            "balancer.max_age = 1h\n",
+        )
+        self.assertEqual(upstream.balancerOptions, {"cookie": "c", "max_age": "1h"})
+
+    def test_defaults(self):
+        """
+        A section that gives only its required keys gets the attributes'
+        defaults.
+        """
+        self.assertEqual(_sectionOf("lbproxy", _MINIMAL["lbproxy"]), ProxyConfig())
+        self.assertEqual(
+            _sectionOf("upstream", _MINIMAL["upstream"]),
+            UpstreamConfig("app", (ServerConfig("127.0.0.1", 9001),)),
+        )
+        self.assertEqual(
+            _sectionOf("vhost", _MINIMAL["vhost"]),
+            VHostConfig("site", default=True, upstream="app"),
+        )
+        self.assertEqual(
+            _sectionOf("demo", _MINIMAL["demo"]), DemoConfig("blue", ("tcp:9001",))
+        )
+
+    def test_requiredKeys(self):
+        """
+        A required key that is missing is named with what was expected.
+        """
+        self.assertEqual(
+            _errors("[upstream:app]\n"),
+            [
+                "site.ini: [upstream:app] servers = '': missing key; "
+                "expected one or more HOST:PORT lines"
+            ],
+        )
+        self.assertEqual(
+            _errors("[demo:blue]\n"),
+            [
+                "site.ini: [demo:blue] listen = '': missing key; "
+                "expected a server endpoint such as tcp:9001"
+            ],
+        )
+
+    def test_badValueReportedOnce(self):
+        """
+        A key whose value is bad is reported once: the checks across
+        sections do not report it again as missing.
+        """
+        self.assertEqual(
+            _errors(_MINIMAL["vhost"].replace("upstream = app", "upstream = app two")),
+            [
+                "site.ini: [vhost:site] upstream = 'app two': bad value; "
+                "expected the name of an [upstream:NAME] section"
+            ],
+        )
+        (error,) = _errors(_MINIMAL["vhost"].replace("tcp:8080", "tcp:http"))
+        self.assertIn("[lbproxy] listen = 'tcp:http': bad value", error)
+        (error,) = _errors(
+            _MINIMAL["vhost"].replace("default = yes", "server_names = bad!name")
+        )
+        self.assertIn("[vhost:site] server_names = 'bad!name': bad value", error)
+
+    def test_emptyBalancer(self):
+        """
+        An empty C{balancer} is an error listing the balancers, as any other
+        name that no plugin has.
+        """
+        (error,) = _errors(_MINIMAL["upstream"] + "balancer =\n")
+        self.assertIn("[upstream:app] balancer = '': bad value", error)
+        self.assertIn("round_robin", error)
+
+    def test_healthKeysNeedHealthCheck(self):
+        """
+        A C{health_*} key without C{health_check} is an error naming it,
+        whatever its value.
+        """
+        self.assertEqual(
+            _errors(_MINIMAL["upstream"] + "health_rise = 2\nhealth_fall = none\n"),
+            [
+                "site.ini: [upstream:app] health_rise = '2': bad value; "
+                "expected health_check = PATH to be set as well",
+                "site.ini: [upstream:app] health_fall = 'none': bad value; "
+                "expected health_check = PATH to be set as well",
+            ],
+        )
+
+
+#: The reference documentation of site.ini.
+_DOCS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "docs",
+    "configuration.rst",
+)
+
+
+def _documentedKeys():
+    """
+    Read the key tables of docs/configuration.rst.
+
+    @return: for each kind of section, the key names of its table (the
+        first list-table under its heading whose first column is C{Key}),
+        mapped to the text of their Default cell.
+    """
+    with open(_DOCS, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    heading = re.compile(r"^``\[(\w+)(?::NAME)?\]``")
+    tables = {}
+    kind = None
+    rows = []
+    for number, line in enumerate(lines):
+        if line.startswith("   * - "):
+            rows.append([line[len("   * - ") :]])
+        elif line.startswith("     - ") and rows:
+            rows[-1].append(line[len("     - ") :])
+        elif line.startswith("       ") and rows:
+            rows[-1][-1] += " " + line.strip()
+        elif line.strip() and not line.startswith("   "):
+            if rows and rows[0][0] == "Key" and kind and kind not in tables:
+                tables[kind] = {row[0].strip("`"): row[1] for row in rows[1:]}
+            rows = []
+            match = heading.match(line)
+            following = lines[number + 1] if number + 1 < len(lines) else ""
+            if match and following.startswith("---"):
+                kind = match.group(1)
+    return tables
+
+
+class DocumentationTests(SynchronousTestCase):
+    """
+    docs/configuration.rst cannot drift from the declarations.
+    """
+
+    def test_everyKeyDocumented(self):
+        """
+        The table of each kind of section lists exactly its declared keys,
+        each with the declared default: C{(required)} for a required key,
+        C{(none)} for one with no value by default, else a value that parses
+        to the default.
+        """
+        documented = _documentedKeys()
+        self.assertEqual(sorted(documented), sorted(_MINIMAL))
+        for kind, table in documented.items():
+            declared = {
+                key.name + ("OPTION" if key.isPrefix else ""): (cls, key)
+                for cls, key in sectionKeys(kind)
+            }
+            self.assertEqual(sorted(table), sorted(declared), kind)
+            for name, cell in table.items():
+                cls, key = declared[name]
+                default = defaultOf(cls, key)
+                if cell == "(required)":
+                    self.assertTrue(key.required, name)
+                elif cell == "(none)":
+                    self.assertFalse(key.required, name)
+                    self.assertIn(default, (None, (), {}, MISSING), name)
+                else:
+                    text = re.fullmatch(r"``([^`]+)``", cell)
+                    if text is None:
+                        self.fail(f"{name}: default {cell!r} is not ``VALUE``")
+                    self.assertEqual(key.parse(text.group(1)), default, name)
+
+    def test_notSupportedYetDocumented(self):
+        """
+        The keys refused as not supported yet are listed in the
+        documentation's section about them.
+        """
+        with open(_DOCS, encoding="utf-8") as f:
+            text = f.read()
+        section = text[text.index("Not supported yet\n") :]
+        section = section[: section.index("Reloading")]
+        for kind, names in _NOT_YET.items():
+            line = next(
+                line for line in section.split(";") if f"``[{kind}" in line
+            )
+            for name in names:
+                self.assertIn(f"``{name}``", line, (kind, name))
+
+    def test_errorExample(self):
+        """
+        The file of nine mistakes in the documentation gives exactly the
+        errors it shows.
+        """
+        with open(_DOCS, encoding="utf-8") as f:
+            text = f.read()
+        example = text[text.index("This file has nine mistakes") :]
+        ini = example[example.index(".. code-block:: ini") :]
+        ini = ini[: ini.index(".. code-block:: console")]
+        ini = "\n".join(line[3:] for line in ini.splitlines()[2:])
+        output = example[example.index(".. code-block:: console") :]
+        output = output[: output.index("$ echo")]
+        shown = [
+            line.strip()
+            for line in output.splitlines()
+            if line.startswith("     broken.ini: ")
+        ]
+        with self.assertRaises(ConfigError) as caught:
+            parseConfigText(ini, "broken.ini")
+        self.assertEqual(len(shown), 9)
+        self.assertEqual(caught.exception.errors, shown)
+
+
 #: Where lbproxy is imported from (src/ in a checkout).
 _SOURCE = os.path.dirname(os.path.abspath(lbproxy.__file__))
 
@@ -346,7 +714,7 @@ def _lbproxyImports(path: str) -> set[str]:
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     package = "lbproxy.balancers" if os.path.basename(os.path.dirname(path)) == "balancers" else "lbproxy"
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)

@@ -3,6 +3,14 @@
 site.ini: read with L{configparser}, checked completely, and turned into
 frozen objects that the rest of lbproxy builds from.
 
+Each key is declared once, on the attribute of the frozen object it fills:
+its name in site.ini, its default (the attribute's), its value parser (from
+L{lbproxy._values}) and one line saying what it is for.  The keys a section
+accepts, the defaults, the parsing and the error messages all come from
+those declarations; what involves more than one key (the C{health_*} keys
+need C{health_check}, the balancer must accept its options, vhosts must
+name upstreams that exist) is checked after.
+
 Parsing is pure: no reactor, no sockets, nothing read but the file.  Every
 problem found is reported at once, each naming the file, the section, the
 key, the bad value and what was expected.
@@ -12,28 +20,55 @@ from __future__ import annotations
 
 import configparser
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, cast
 
 from lbproxy._values import (
+    BadItems,
     isHostName,
     isName,
+    listOf,
+    parseAccessLog,
     parseBool,
     parseDuration,
     parseEndpoint,
     parseNonNegativeInt,
+    parseOptionalText,
+    parsePath,
     parsePositiveDuration,
     parsePositiveInt,
     parsePositiveSize,
     parseRoutes,
     parseServerName,
     parseStatusRanges,
+    parseText,
+    parseUpstreamName,
+    parseWord,
     splitLines,
-    splitWords,
 )
 from lbproxy.balancers import BalancerNotFound, InvalidBalancerOptions, buildBalancer
 
-T = TypeVar("T")
+D = TypeVar("D")
+P = TypeVar("P")
+
+__all__ = [
+    "ConfigError",
+    "DemoConfig",
+    "HealthCheckConfig",
+    "Key",
+    "ProxyConfig",
+    "ServerConfig",
+    "SiteConfig",
+    "UpstreamConfig",
+    "VHostConfig",
+    "defaultOf",
+    "parseBool",
+    "parseConfig",
+    "parseConfigText",
+    "parseServer",
+    "parseStatusRanges",
+    "sectionKeys",
+]
 
 
 class ConfigError(ValueError):
@@ -47,6 +82,82 @@ class ConfigError(ValueError):
     def __init__(self, errors: Sequence[str]) -> None:
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True)
+class Key:
+    """
+    The declaration of one site.ini key.
+
+    @ivar name: the key as written in site.ini.  A name ending in C{.}
+        declares every key with that prefix (C{balancer.}): the value is then
+        a mapping of the rest of each key's name to its parsed value.
+    @ivar parse: turns the raw text into the value, or raises L{ValueError}
+        saying what was expected (L{BadItems} for a list: one error per bad
+        item).
+    @ivar doc: one line saying what the key is for.
+    @ivar required: what to expect, in the error when the key is missing
+        from its section; empty when it may be left out.
+    @ivar attribute: the attribute of the frozen object the key fills.
+    """
+
+    name: str
+    parse: Callable[[str], Any]
+    doc: str
+    required: str = ""
+    attribute: str = ""
+
+    @property
+    def isPrefix(self) -> bool:
+        """
+        Whether this declares every key starting with L{name}.
+        """
+        return self.name.endswith(".")
+
+
+#: Where a dataclass field keeps its L{Key}, in its C{metadata}.
+_KEY = "lbproxy.config.key"
+
+
+def _key(name: str, parse: Callable[[str], Any], doc: str, required: str = "") -> Mapping[str, Key]:
+    """
+    The field metadata that declares a key: C{field(metadata=_key(...))}
+    alone for an attribute with no default (one that must be given when the
+    object is built in Python), through L{_setting} otherwise.
+    """
+    return {_KEY: Key(name, parse, doc, required)}
+
+
+def _setting(name: str, default: D, parse: Callable[[str], P], doc: str) -> Union[D, P]:
+    """
+    Declare a key that fills the attribute being defined: its name in
+    site.ini, its default, its parser and a line of documentation.
+
+    @return: the dataclass field, typed as the values it may hold (so that
+        mypy checks both the default and the parser against the attribute).
+    """
+    return cast(Union[D, P], field(default=default, metadata=_key(name, parse, doc)))
+
+
+def _keysOf(cls: type) -> list[Key]:
+    """
+    The keys that the fields of dataclass C{cls} declare, in field order,
+    each with the attribute it fills.
+    """
+    return [
+        replace(f.metadata[_KEY], attribute=f.name) for f in fields(cls) if _KEY in f.metadata
+    ]
+
+
+def defaultOf(cls: type, key: Key) -> Any:
+    """
+    The default of C{key} (one of C{cls}'s), or L{dataclasses.MISSING} when
+    the attribute has none.
+    """
+    f: Field[Any] = {f.name: f for f in fields(cls)}[key.attribute]
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
 
 
 @dataclass(frozen=True)
@@ -67,117 +178,6 @@ class ServerConfig:
     down: bool = False
     maxFails: Optional[int] = None
     failTimeout: Optional[float] = None
-
-
-@dataclass(frozen=True)
-class HealthCheckConfig:
-    """
-    The active health check of an upstream.
-
-    @ivar status: the passing status codes, as inclusive C{(low, high)}
-        ranges.
-    @ivar body: text the body must contain to pass, or L{None}.
-    """
-
-    path: str
-    interval: float = 5.0
-    timeout: float = 2.0
-    rise: int = 2
-    fall: int = 3
-    status: tuple[tuple[int, int], ...] = ((200, 399),)
-    body: Optional[str] = None
-    mandatory: bool = False
-
-
-@dataclass(frozen=True)
-class UpstreamConfig:
-    """
-    An C{[upstream:NAME]} section.  Durations are in seconds.
-    """
-
-    name: str
-    servers: tuple[ServerConfig, ...]
-    balancer: str = "round_robin"
-    balancerOptions: Mapping[str, str] = field(default_factory=dict)
-    maxFails: int = 1
-    failTimeout: float = 10.0
-    connectTimeout: float = 5.0
-    readTimeout: float = 60.0
-    nextUpstreamTries: int = 0
-    keepalive: int = 32
-    healthCheck: Optional[HealthCheckConfig] = None
-    slowStart: float = 0.0
-    tlsVerify: bool = True
-    tlsCA: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class VHostConfig:
-    """
-    A C{[vhost:NAME]} section.
-
-    @ivar serverNames: lower-cased exact names and C{*.domain} wildcards.
-    @ivar upstream: the upstream for every path no route matches, or
-        L{None} (such paths get 404).
-    @ivar routes: C{(path prefix, upstream name)} pairs.
-    """
-
-    name: str
-    serverNames: tuple[str, ...] = ()
-    default: bool = False
-    upstream: Optional[str] = None
-    routes: tuple[tuple[str, str], ...] = ()
-    preserveHost: bool = True
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """
-    A C{[demo:NAME]} section: a built-in sample backend answering with its
-    name.
-    """
-
-    name: str
-    listen: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """
-    The C{[lbproxy]} section.  Durations are in seconds, sizes in bytes.
-
-    @ivar accessLog: a path, C{"-"} for standard output, or L{None} (off).
-    @ivar maxConnections: the most client connections open at once (0: no
-        limit); beyond it a new connection is accepted and closed at once.
-    """
-
-    listen: tuple[str, ...] = ()
-    accessLog: Optional[str] = "-"
-    workers: int = 1
-    clientHeaderTimeout: float = 10.0
-    clientBodyTimeout: float = 60.0
-    keepaliveTimeout: float = 75.0
-    maxBodySize: int = 100 * 1024 * 1024
-    maxHeaderSize: int = 16 * 1024
-    maxConnections: int = 10000
-
-
-@dataclass(frozen=True)
-class SiteConfig:
-    """
-    A whole configuration.
-
-    @ivar upstreams: upstream name to L{UpstreamConfig}.
-    @ivar vhosts: the virtual hosts, in file order.
-    @ivar demos: the built-in sample backends to start.
-    @ivar source: the file it came from, for messages.
-    """
-
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
-    vhosts: tuple[VHostConfig, ...] = ()
-    demos: tuple[DemoConfig, ...] = ()
-    source: str = "<string>"
 
 
 def parseServer(text: str) -> ServerConfig:
@@ -231,6 +231,211 @@ def parseServer(text: str) -> ServerConfig:
     return ServerConfig(host=host.lower(), port=port, scheme=scheme, **options)
 
 
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """
+    The active health check of an upstream, from the C{health_*} keys of its
+    section.
+
+    @ivar status: the passing status codes, as inclusive C{(low, high)}
+        ranges.
+    @ivar body: text the body must contain to pass, or L{None}.
+    """
+
+    path: str = field(
+        metadata=_key("health_check", parsePath, "the path to probe; turns active checks on")
+    )
+    interval: float = _setting(
+        "health_interval", 5.0, parsePositiveDuration, "the time between two probes of a backend"
+    )
+    timeout: float = _setting(
+        "health_timeout", 2.0, parsePositiveDuration, "how long a probe may take"
+    )
+    rise: int = _setting(
+        "health_rise", 2, parsePositiveInt, "passing probes in a row that bring a backend up"
+    )
+    fall: int = _setting(
+        "health_fall", 3, parsePositiveInt, "failing probes in a row that take a backend down"
+    )
+    status: tuple[tuple[int, int], ...] = _setting(
+        "health_status", ((200, 399),), parseStatusRanges, "the status codes that pass"
+    )
+    body: Optional[str] = _setting(
+        "health_body", None, parseText, "text the response body must contain to pass"
+    )
+    mandatory: bool = _setting(
+        "health_mandatory", False, parseBool, "backends start down until a probe passes"
+    )
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """
+    An C{[upstream:NAME]} section.  Durations are in seconds.
+
+    @ivar balancerOptions: the C{balancer.*} keys, without C{balancer.}.
+    @ivar healthCheck: from the C{health_*} keys, or L{None} without
+        C{health_check}.
+    """
+
+    name: str
+    servers: tuple[ServerConfig, ...] = field(
+        metadata=_key(
+            "servers",
+            listOf(parseServer, splitLines, nonEmpty="one or more HOST:PORT lines"),
+            "the backends, one server line per line",
+            required="one or more HOST:PORT lines",
+        )
+    )
+    balancer: str = _setting(
+        "balancer", "round_robin", parseWord, "the balancer plugin that picks a backend"
+    )
+    balancerOptions: Mapping[str, str] = field(
+        default_factory=dict,
+        metadata=_key("balancer.", parseText, "an option of the chosen balancer"),
+    )
+    maxFails: int = _setting(
+        "max_fails", 1, parseNonNegativeInt, "failures within fail_timeout that take a backend out"
+    )
+    failTimeout: float = _setting(
+        "fail_timeout", 10.0, parsePositiveDuration, "the window of max_fails and how long a backend stays out"
+    )
+    connectTimeout: float = _setting(
+        "connect_timeout", 5.0, parsePositiveDuration, "how long a backend may take to accept a connection"
+    )
+    readTimeout: float = _setting(
+        "read_timeout", 60.0, parsePositiveDuration, "how long a backend may be silent while it answers"
+    )
+    nextUpstreamTries: int = _setting(
+        "next_upstream_tries", 0, parseNonNegativeInt, "backends one request may try (0: each once)"
+    )
+    keepalive: int = _setting(
+        "keepalive", 32, parseNonNegativeInt, "idle connections kept open per backend"
+    )
+    healthCheck: Optional[HealthCheckConfig] = None
+    slowStart: float = _setting(
+        "slow_start", 0.0, parseDuration, "how long a returning backend takes to reach its weight"
+    )
+    tlsVerify: bool = _setting(
+        "tls_verify", True, parseBool, "verify the certificates of https:// servers"
+    )
+    tlsCA: Optional[str] = _setting(
+        "tls_ca", None, parseOptionalText, "a PEM file of the authorities to trust for https:// servers"
+    )
+
+
+@dataclass(frozen=True)
+class VHostConfig:
+    """
+    A C{[vhost:NAME]} section.
+
+    @ivar serverNames: lower-cased exact names and C{*.domain} wildcards.
+    @ivar upstream: the upstream for every path no route matches, or
+        L{None} (such paths get 404).
+    @ivar routes: C{(path prefix, upstream name)} pairs.
+    """
+
+    name: str
+    serverNames: tuple[str, ...] = _setting(
+        "server_names", (), listOf(parseServerName), "the host names this vhost answers"
+    )
+    default: bool = _setting(
+        "default", False, parseBool, "also answer every host no vhost names"
+    )
+    upstream: Optional[str] = _setting(
+        "upstream", None, parseUpstreamName, "the upstream of every path no route matches"
+    )
+    routes: tuple[tuple[str, str], ...] = _setting(
+        "routes", (), parseRoutes, "path prefixes and the upstream each goes to"
+    )
+    preserveHost: bool = _setting(
+        "preserve_host", True, parseBool, "send the client's Host to the backend"
+    )
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """
+    A C{[demo:NAME]} section: a built-in sample backend answering with its
+    name.
+    """
+
+    name: str
+    listen: tuple[str, ...] = field(
+        metadata=_key(
+            "listen",
+            listOf(parseEndpoint),
+            "where the sample backend listens",
+            required="a server endpoint such as tcp:9001",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """
+    The C{[lbproxy]} section.  Durations are in seconds, sizes in bytes.
+
+    @ivar accessLog: a path, C{"-"} for standard output, or L{None} (off).
+    @ivar maxConnections: the most client connections open at once (0: no
+        limit); beyond it a new connection is accepted and closed at once.
+    """
+
+    listen: tuple[str, ...] = _setting(
+        "listen", (), listOf(parseEndpoint), "where clients connect"
+    )
+    accessLog: Optional[str] = _setting(
+        "access_log", "-", parseAccessLog, "where the access log goes: a path, - or off"
+    )
+    workers: int = _setting(
+        "workers", 1, parsePositiveInt, "processes sharing the listening sockets"
+    )
+    clientHeaderTimeout: float = _setting(
+        "client_header_timeout", 10.0, parsePositiveDuration, "how long a request head may take"
+    )
+    clientBodyTimeout: float = _setting(
+        "client_body_timeout", 60.0, parsePositiveDuration, "the longest pause within a request body"
+    )
+    keepaliveTimeout: float = _setting(
+        "keepalive_timeout", 75.0, parsePositiveDuration, "how long a client connection may be idle"
+    )
+    maxBodySize: int = _setting(
+        "max_body_size", 100 * 1024 * 1024, parsePositiveSize, "the largest request body"
+    )
+    maxHeaderSize: int = _setting(
+        "max_header_size", 16 * 1024, parsePositiveSize, "the largest request head"
+    )
+    maxConnections: int = _setting(
+        "max_connections", 10000, parseNonNegativeInt, "client connections open at once (0: no limit)"
+    )
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """
+    A whole configuration.
+
+    @ivar upstreams: upstream name to L{UpstreamConfig}.
+    @ivar vhosts: the virtual hosts, in file order.
+    @ivar demos: the built-in sample backends to start.
+    @ivar source: the file it came from, for messages.
+    """
+
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    vhosts: tuple[VHostConfig, ...] = ()
+    demos: tuple[DemoConfig, ...] = ()
+    source: str = "<string>"
+
+
+#: The classes whose fields declare the keys of each kind of section.
+_SECTIONS: Mapping[str, tuple[type, ...]] = {
+    "lbproxy": (ProxyConfig,),
+    "upstream": (UpstreamConfig, HealthCheckConfig),
+    "vhost": (VHostConfig,),
+    "demo": (DemoConfig,),
+}
+
 # Keys of SPEC.md that this version knows about but does not implement yet:
 # accepting them silently would promise what is not there.
 _NOT_YET = {
@@ -239,38 +444,50 @@ _NOT_YET = {
 }
 
 
+def sectionKeys(kind: str) -> list[tuple[type, Key]]:
+    """
+    The keys a kind of section accepts (C{"lbproxy"}, C{"upstream"},
+    C{"vhost"} or C{"demo"}), each with the class whose attribute it fills.
+    """
+    return [(cls, key) for cls in _SECTIONS[kind] for key in _keysOf(cls)]
+
+
 class _Section:
     """
     Reads the keys of one section, collecting errors instead of stopping at
     the first one.
+
+    @ivar ok: whether no error was found in this section so far.
     """
 
-    def __init__(
-        self, reader: _Reader, section: str, kind: str, allowed: Sequence[str]
-    ) -> None:
+    def __init__(self, reader: _Reader, section: str, kind: str) -> None:
         self._reader = reader
         self.section = section
-        self._values = dict(reader.parser.items(section)) if section else {}
+        self._values = dict(reader.parser.items(section))
         self.ok = True
-        prefixAllowed = kind == "upstream"
-        for key, value in self._values.items():
-            if key in _NOT_YET.get(kind, ()):
-                self.error(key, value, "nothing: this key is not supported yet")
-            elif key not in allowed and not (
-                prefixAllowed and key.startswith("balancer.")
-            ):
+        keys = [key for _, key in sectionKeys(kind)]
+        names = {key.name for key in keys if not key.isPrefix}
+        prefixes = tuple(key.name for key in keys if key.isPrefix)
+        for name, value in self._values.items():
+            if name in _NOT_YET.get(kind, ()):
+                self.error(name, value, "nothing: this key is not supported yet")
+            elif name not in names and not name.startswith(prefixes):
                 self.error(
-                    key,
+                    name,
                     value,
                     "one of the keys of [{}]: {}".format(
                         section.split(":")[0] + (":NAME" if ":" in section else ""),
-                        ", ".join(sorted(allowed)),
+                        ", ".join(sorted(names)),
                     ),
                     unknown=True,
                 )
 
     def error(self, key: str, value: str, expected: str, unknown: bool = False) -> None:
+        """
+        Report a bad value of C{key} (or an unknown C{key}).
+        """
         self.ok = False
+        self._reader.bad.add((self.section, key))
         what = "unknown key" if unknown else "bad value"
         self._reader.errors.append(
             f"{self._reader.filename}: [{self.section}] {key} = {value!r}: "
@@ -278,223 +495,161 @@ class _Section:
         )
 
     def has(self, key: str) -> bool:
+        """
+        Whether the section gives C{key}.
+        """
         return key in self._values
 
     def raw(self, key: str) -> Optional[str]:
+        """
+        The text of C{key}, or L{None} when the section does not give it.
+        """
         return self._values.get(key)
 
-    def get(self, key: str, parse: Callable[[str], T], default: T) -> T:
-        if key not in self._values:
-            return default
-        value = self._values[key]
-        try:
-            return parse(value)
-        except ValueError as e:
-            self.error(key, value, str(e))
-            return default
+    def read(self, cls: type) -> dict[str, Any]:
+        """
+        Parse the keys that C{cls} declares, reporting each bad value and
+        each required key that is missing.
 
-    def getList(self, key: str, parse: Callable[[str], T], split: Callable[[str], list[str]] = splitWords) -> list[T]:
-        if key not in self._values:
-            return []
-        result = []
-        for item in split(self._values[key]):
+        @return: the keyword arguments of C{cls} for the keys given with a
+            good value; the others are left to C{cls}'s defaults.
+        """
+        values: dict[str, Any] = {}
+        for key in _keysOf(cls):
+            if key.isPrefix:
+                values[key.attribute] = self._readPrefix(key)
+                continue
+            text = self._values.get(key.name)
+            if text is None:
+                if key.required:
+                    self._reader.fail(
+                        self.section, key.name, "", f"missing key; expected {key.required}"
+                    )
+                continue
             try:
-                result.append(parse(item))
+                values[key.attribute] = key.parse(text)
+            except BadItems as e:
+                for item, expected in e.items:
+                    self.error(key.name, item, expected)
             except ValueError as e:
-                self.error(key, item, str(e))
-        return result
+                self.error(key.name, text, str(e))
+        return values
 
-    def balancerOptions(self) -> dict[str, str]:
-        return {
-            key[len("balancer.") :]: value
-            for key, value in self._values.items()
-            if key.startswith("balancer.")
-        }
+    def _readPrefix(self, key: Key) -> dict[str, Any]:
+        """
+        Parse every key starting with C{key.name}, by the rest of its name.
+        """
+        values = {}
+        for name, text in self._values.items():
+            if name.startswith(key.name):
+                try:
+                    values[name[len(key.name) :]] = key.parse(text)
+                except ValueError as e:
+                    self.error(name, text, str(e))
+        return values
 
 
 class _Reader:
+    """
+    The state of one reading of a file: the parsed INI and the errors so
+    far.
+
+    @ivar bad: C{(section, key)} for each key already reported, so that the
+        checks across sections do not report it again as missing.
+    """
+
     def __init__(self, parser: configparser.ConfigParser, filename: str) -> None:
         self.parser = parser
         self.filename = filename
         self.errors: list[str] = []
+        self.bad: set[tuple[str, str]] = set()
+
+    def reported(self, section: str, *keys: str) -> bool:
+        """
+        Whether a bad value of any of C{keys} of C{section} was reported.
+        """
+        return any((section, key) in self.bad for key in keys)
 
     def fail(self, section: str, key: str, value: str, expected: str) -> None:
+        """
+        Report a problem of C{key} that is not a bad value of its own.
+        """
         self.errors.append(
             f"{self.filename}: [{section}] {key} = {value!r}: {expected}"
         )
 
 
-_PROXY_KEYS = (
-    "listen",
-    "access_log",
-    "workers",
-    "client_header_timeout",
-    "client_body_timeout",
-    "keepalive_timeout",
-    "max_body_size",
-    "max_header_size",
-    "max_connections",
-)
-_UPSTREAM_KEYS = (
-    "servers",
-    "balancer",
-    "max_fails",
-    "fail_timeout",
-    "connect_timeout",
-    "read_timeout",
-    "next_upstream_tries",
-    "keepalive",
-    "health_check",
-    "health_interval",
-    "health_timeout",
-    "health_rise",
-    "health_fall",
-    "health_status",
-    "health_body",
-    "health_mandatory",
-    "slow_start",
-    "tls_verify",
-    "tls_ca",
-)
-_VHOST_KEYS = ("server_names", "default", "upstream", "routes", "preserve_host")
-_DEMO_KEYS = ("listen",)
-
-
 def _readProxy(reader: _Reader) -> ProxyConfig:
     if not reader.parser.has_section("lbproxy"):
         return ProxyConfig()
-    s = _Section(reader, "lbproxy", "lbproxy", _PROXY_KEYS)
-    defaults = ProxyConfig()
-    accessLog = s.raw("access_log")
-    if accessLog is not None:
-        accessLog = accessLog.strip()
-        if not accessLog:
-            s.error("access_log", accessLog, "a path, - for standard output, or off")
-    workers = s.get("workers", parsePositiveInt, 1)
-    listen = tuple(s.getList("listen", parseEndpoint))
-    if workers > 1:
-        for description in listen:
+    s = _Section(reader, "lbproxy", "lbproxy")
+    proxy = ProxyConfig(**s.read(ProxyConfig))
+    if proxy.workers > 1:
+        for description in proxy.listen:
             kind = description.split(":", 1)[0].lower()
             if kind not in ("tcp", "tcp6") and not kind.isdigit():
                 s.error(
                     "workers",
-                    str(workers),
+                    str(proxy.workers),
                     f"1 with the listener {description!r}: several workers "
                     "share tcp: and tcp6: listeners only",
                 )
-    return ProxyConfig(
-        listen=listen,
-        accessLog=None if accessLog == "off" else (accessLog or defaults.accessLog),
-        workers=workers,
-        clientHeaderTimeout=s.get(
-            "client_header_timeout", parsePositiveDuration, defaults.clientHeaderTimeout
-        ),
-        clientBodyTimeout=s.get(
-            "client_body_timeout", parsePositiveDuration, defaults.clientBodyTimeout
-        ),
-        keepaliveTimeout=s.get(
-            "keepalive_timeout", parsePositiveDuration, defaults.keepaliveTimeout
-        ),
-        maxBodySize=s.get("max_body_size", parsePositiveSize, defaults.maxBodySize),
-        maxHeaderSize=s.get("max_header_size", parsePositiveSize, defaults.maxHeaderSize),
-        maxConnections=s.get(
-            "max_connections", parseNonNegativeInt, defaults.maxConnections
-        ),
-    )
+    return proxy
 
 
 def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
-    healthKeys = [k for k in _UPSTREAM_KEYS if k.startswith("health_") and s.has(k)]
-    path = s.raw("health_check")
-    if path is None:
-        for key in healthKeys:
-            s.error(key, s.raw(key) or "", "health_check = PATH to be set as well")
+    if not s.has("health_check"):
+        for key in _keysOf(HealthCheckConfig):
+            if s.has(key.name):
+                s.error(key.name, s.raw(key.name) or "", "health_check = PATH to be set as well")
         return None
-    path = path.strip()
-    if not path.startswith("/") or any(c.isspace() for c in path):
-        s.error("health_check", path, "a path starting with /, such as /healthz")
-    d = HealthCheckConfig(path=path)
-    return HealthCheckConfig(
-        path=path,
-        interval=s.get("health_interval", parsePositiveDuration, d.interval),
-        timeout=s.get("health_timeout", parsePositiveDuration, d.timeout),
-        rise=s.get("health_rise", parsePositiveInt, d.rise),
-        fall=s.get("health_fall", parsePositiveInt, d.fall),
-        status=s.get("health_status", parseStatusRanges, d.status),
-        body=s.raw("health_body"),
-        mandatory=s.get("health_mandatory", parseBool, d.mandatory),
-    )
+    values = s.read(HealthCheckConfig)
+    if "path" not in values:
+        return None
+    return HealthCheckConfig(**values)
 
 
 def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
-    s = _Section(reader, section, "upstream", _UPSTREAM_KEYS)
-    d = UpstreamConfig(name=name, servers=())
-    servers = s.getList("servers", parseServer, splitLines)
-    if not s.has("servers"):
-        reader.fail(section, "servers", "", "missing key; expected one or more HOST:PORT lines")
-    elif not servers and s.ok:
-        s.error("servers", s.raw("servers") or "", "one or more HOST:PORT lines")
-    seen = set()
-    for server in servers:
-        key = (server.scheme, server.host, server.port)
-        if key in seen:
-            s.error("servers", f"{server.host}:{server.port}", "each server listed once")
-        seen.add(key)
-    balancer = (s.raw("balancer") or d.balancer).strip()
-    options = s.balancerOptions()
-    try:
-        buildBalancer(balancer, options)
-    except BalancerNotFound as e:
-        s.error(
-            "balancer", balancer, "the name of a balancer plugin: " + ", ".join(e.available)
-        )
-    except InvalidBalancerOptions as e:
-        s.error("balancer", balancer, f"valid balancer.* options: {e}")
-    tlsCA = s.raw("tls_ca")
-    return UpstreamConfig(
-        name=name,
-        servers=tuple(servers),
-        balancer=balancer,
-        balancerOptions=options,
-        maxFails=s.get("max_fails", parseNonNegativeInt, d.maxFails),
-        failTimeout=s.get("fail_timeout", parsePositiveDuration, d.failTimeout),
-        connectTimeout=s.get("connect_timeout", parsePositiveDuration, d.connectTimeout),
-        readTimeout=s.get("read_timeout", parsePositiveDuration, d.readTimeout),
-        nextUpstreamTries=s.get("next_upstream_tries", parseNonNegativeInt, d.nextUpstreamTries),
-        keepalive=s.get("keepalive", parseNonNegativeInt, d.keepalive),
-        healthCheck=_readHealth(s),
-        slowStart=s.get("slow_start", parseDuration, d.slowStart),
-        tlsVerify=s.get("tls_verify", parseBool, d.tlsVerify),
-        tlsCA=tlsCA.strip() if tlsCA else None,
+    s = _Section(reader, section, "upstream")
+    values = s.read(UpstreamConfig)
+    upstream = UpstreamConfig(
+        **{"name": name, "servers": (), **values, "healthCheck": _readHealth(s)}
     )
+    seen = set()
+    for server in upstream.servers:
+        where = (server.scheme, server.host, server.port)
+        if where in seen:
+            s.error("servers", f"{server.host}:{server.port}", "each server listed once")
+        seen.add(where)
+    if not reader.reported(section, "balancer"):
+        try:
+            buildBalancer(upstream.balancer, upstream.balancerOptions)
+        except BalancerNotFound as e:
+            s.error(
+                "balancer",
+                upstream.balancer,
+                "the name of a balancer plugin: " + ", ".join(e.available),
+            )
+        except InvalidBalancerOptions as e:
+            s.error("balancer", upstream.balancer, f"valid balancer.* options: {e}")
+    return upstream
 
 
 def _readVHost(reader: _Reader, section: str, name: str) -> VHostConfig:
-    s = _Section(reader, section, "vhost", _VHOST_KEYS)
-    upstream = s.raw("upstream")
-    if upstream is not None:
-        upstream = upstream.strip()
-        if not isName(upstream):
-            s.error("upstream", upstream, "the name of an [upstream:NAME] section")
-    return VHostConfig(
-        name=name,
-        serverNames=tuple(s.getList("server_names", parseServerName)),
-        default=s.get("default", parseBool, False),
-        upstream=upstream,
-        routes=tuple(s.get("routes", parseRoutes, [])),
-        preserveHost=s.get("preserve_host", parseBool, True),
-    )
+    s = _Section(reader, section, "vhost")
+    return VHostConfig(name=name, **s.read(VHostConfig))
 
 
 def _readDemo(reader: _Reader, section: str, name: str) -> DemoConfig:
-    s = _Section(reader, section, "demo", _DEMO_KEYS)
-    listen = s.getList("listen", parseEndpoint)
-    if not s.has("listen"):
-        reader.fail(section, "listen", "", "missing key; expected a server endpoint such as tcp:9001")
-    return DemoConfig(name=name, listen=tuple(listen))
+    s = _Section(reader, section, "demo")
+    return DemoConfig(**{"name": name, "listen": (), **s.read(DemoConfig)})
 
 
 def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
+    """
+    Check what involves more than one section, leaving out the keys already
+    reported as bad (their value is the default, not what the file says).
+    """
     defaults = [v for v in config.vhosts if v.default]
     for extra in defaults[1:]:
         reader.fail(
@@ -506,7 +661,11 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
     owners: dict[str, str] = {}
     for vhost in config.vhosts:
         section = f"vhost:{vhost.name}"
-        if vhost.upstream is None and not vhost.routes:
+        if (
+            vhost.upstream is None
+            and not vhost.routes
+            and not reader.reported(section, "upstream", "routes")
+        ):
             reader.fail(section, "upstream", "", "missing key; expected upstream = NAME or routes")
         if vhost.upstream is not None and vhost.upstream not in config.upstreams:
             reader.fail(
@@ -523,7 +682,11 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
                     f"{prefix} {upstream}",
                     f"undefined section; expected the name of an [upstream:NAME] section, but there is no [upstream:{upstream}]",
                 )
-        if not vhost.serverNames and not vhost.default:
+        if (
+            not vhost.serverNames
+            and not vhost.default
+            and not reader.reported(section, "server_names", "default")
+        ):
             reader.fail(section, "server_names", "", "missing key; expected server_names, or default = yes")
         for serverName in vhost.serverNames:
             if serverName in owners:
@@ -534,7 +697,7 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
                     f"bad value; expected each name in one vhost only, but [vhost:{owners[serverName]}] has it too",
                 )
             owners[serverName] = vhost.name
-    if config.vhosts and not config.proxy.listen:
+    if config.vhosts and not config.proxy.listen and not reader.reported("lbproxy", "listen"):
         reader.fail("lbproxy", "listen", "", "missing key; expected one or more server endpoints such as tcp:8080")
 
 
@@ -568,7 +731,7 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
         kind, sep, name = section.partition(":")
         kind = kind.strip()
         name = name.strip()
-        if kind in ("upstream", "vhost", "demo") and sep and isName(name):
+        if kind in _SECTIONS and kind != "lbproxy" and sep and isName(name):
             if kind == "upstream":
                 upstreams[name] = _readUpstream(reader, section, name)
             elif kind == "vhost":

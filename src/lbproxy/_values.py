@@ -15,7 +15,9 @@ share the syntax of durations) can import it without importing each other.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -135,6 +137,105 @@ def splitLines(text: str) -> list[str]:
     Split a list of one item per line, dropping blank lines.
     """
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class BadItems(ValueError):
+    """
+    Some items of a list are bad.
+
+    @ivar items: C{(item, what was expected)} for each bad item, in order.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str]]) -> None:
+        self.items = list(items)
+        super().__init__("; ".join(f"{item!r}: {what}" for item, what in self.items))
+
+
+def listOf(
+    parse: Callable[[str], T],
+    split: Callable[[str], list[str]] = splitWords,
+    nonEmpty: str = "",
+) -> Callable[[str], tuple[T, ...]]:
+    """
+    Make a parser of a list whose items C{parse} parses.
+
+    @param split: how the text divides into items.
+    @param nonEmpty: what to expect when there is no item at all; an empty
+        list is accepted when it is empty.
+    @return: a parser that raises L{BadItems} naming every bad item, so that
+        each is reported with its own value.
+    """
+
+    def parseList(text: str) -> tuple[T, ...]:
+        values = []
+        bad = []
+        for item in split(text):
+            try:
+                values.append(parse(item))
+            except ValueError as e:
+                bad.append((item, str(e)))
+        if bad:
+            raise BadItems(bad)
+        if nonEmpty and not values:
+            raise ValueError(nonEmpty)
+        return tuple(values)
+
+    return parseList
+
+
+def parseText(text: str) -> str:
+    """
+    Take any text as it is.
+    """
+    return text
+
+
+def parseOptionalText(text: str) -> Optional[str]:
+    """
+    Take text, such as a file name, without surrounding whitespace; nothing
+    at all is L{None}.
+    """
+    return text.strip() or None
+
+
+def parseWord(text: str) -> str:
+    """
+    Take text without surrounding whitespace, such as the name of a
+    balancer (checked against the plugins found, later).
+    """
+    return text.strip()
+
+
+def parseAccessLog(text: str) -> Optional[str]:
+    """
+    Parse where the access log goes: a path, C{-} for standard output, or
+    C{off} (L{None}).
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("a path, - for standard output, or off")
+    return None if text == "off" else text
+
+
+def parsePath(text: str) -> str:
+    """
+    Parse a URL path such as C{/healthz}.
+    """
+    text = text.strip()
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise ValueError("a path starting with /, such as /healthz")
+    return text
+
+
+def parseUpstreamName(text: str) -> str:
+    """
+    Parse a reference to an C{[upstream:NAME]} section (whether there is
+    one is checked once the whole file is read).
+    """
+    text = text.strip()
+    if not isName(text):
+        raise ValueError("the name of an [upstream:NAME] section")
+    return text
 
 
 def parseEndpoint(text: str) -> str:

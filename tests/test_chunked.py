@@ -228,6 +228,11 @@ class VectorTests(SynchronousTestCase):
         b = _Body()
         b.feed(b"ffffffffffffffff\r\nabc")
         self.assertEqual(b.data, b"abc")
+        b = _Body(maxSizeDigits=10 * MAX_SIZE_LINE)
+        b.feed(b"0" * (MAX_SIZE_LINE - 2) + b"1\r\na\r\n")
+        self.assertEqual(b.data, b"a")
+        b = _Body(maxSizeDigits=10 * MAX_SIZE_LINE)
+        self.assertRaises(MalformedChunks, b.feed, b"0" * (MAX_SIZE_LINE - 1) + b"1\r\n")
 
     def test_trailerSize(self):
         """

@@ -95,8 +95,9 @@ class ChunkedDecoder:
             of the chunks) as they arrive, never with C{b""}.
         @param finishCallback: called once, when the body has ended, with
             the bytes that came after it in the same read.
-        @param maxSizeDigits: the most hex digits a chunk size may have
-            (16 is C{2 ** 64 - 1}, leading zeros included).
+        @param maxSizeDigits: the most hex digits a chunk size may have,
+            leading zeros included (16 is C{2 ** 64 - 1}; more than
+            C{MAX_SIZE_LINE - 1} counts as that).
         @param maxTrailerSize: the most bytes the trailer lines may have in
             all, their CR LFs included but not the final empty line's.
             Keep it at most 64 KiB, Twisted's bound, so as never to accept
@@ -104,7 +105,8 @@ class ChunkedDecoder:
         """
         self._dataCallback = dataCallback
         self._finishCallback = finishCallback
-        self._maxSizeDigits = maxSizeDigits
+        # A longer size would make a chunk-size line too long anyway.
+        self._maxSizeDigits = min(maxSizeDigits, MAX_SIZE_LINE - 1)
         self._maxTrailerSize = maxTrailerSize
         self._stage = _SIZE
         #: The bytes of the current chunk not received yet.
@@ -155,20 +157,44 @@ class ChunkedDecoder:
             pos = self._endPartLine(data)
             if pos < 0 or self._stage == _FINISHED:
                 return
+        dataCallback = self._dataCallback
         while pos < end:
             stage = self._stage
-            if stage == _DATA:
+            if stage == _SIZE:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._startPartLine(data[pos:])
+                    return
+                line = data[pos:eol]
+                pos = eol + 2
+                if 0 < len(line) <= self._maxSizeDigits and not line.translate(None, _HEX):
+                    # The usual size line: hex digits alone.
+                    length = int(line, 16)
+                else:
+                    length = self._sizeLine(line)
+                if not length:
+                    self._stage = _TRAILER
+                    continue
+                stop = pos + length
+                if data[stop : stop + 2] == b"\r\n":
+                    # The whole chunk and its CR LF are in this read.
+                    dataCallback(data[pos:stop])
+                    pos = stop + 2
+                    continue
+                self._chunkLeft = length
+                self._stage = _DATA
+            elif stage == _DATA:
                 stop = pos + self._chunkLeft
                 if stop >= end:
                     # All the rest of this read is chunk data.
                     self._chunkLeft = stop - end
                     if stop == end:
                         self._stage = _CRLF
-                    self._dataCallback(data[pos:] if pos else data)
+                    dataCallback(data[pos:] if pos else data)
                     return
                 self._chunkLeft = 0
                 self._stage = _CRLF
-                self._dataCallback(data[pos:stop])
+                dataCallback(data[pos:stop])
                 pos = stop
             elif stage == _CRLF:
                 if data[pos : pos + 2] == b"\r\n":
@@ -191,9 +217,7 @@ class ChunkedDecoder:
                     return
                 line = data[pos:eol]
                 pos = eol + 2
-                if stage == _SIZE:
-                    self._sizeLine(line)
-                elif line:
+                if line:
                     self._trailerLine(line)
                 else:
                     self._finish(data[pos:])
@@ -254,16 +278,23 @@ class ChunkedDecoder:
         self._partLine = None
         line = bytes(partLine)
         if self._stage == _SIZE:
-            self._sizeLine(line)
+            length = self._sizeLine(line)
+            if length:
+                self._chunkLeft = length
+                self._stage = _DATA
+            else:
+                self._stage = _TRAILER
         elif line:
             self._trailerLine(line)
         else:
             self._finish(data[pos:])
         return pos
 
-    def _sizeLine(self, line: bytes) -> None:
+    def _sizeLine(self, line: bytes) -> int:
         """
         Read a chunk-size line (without its CR LF).
+
+        @return: the chunk's size.
         """
         if len(line) >= MAX_SIZE_LINE:
             raise MalformedChunks("chunk-size line too long")
@@ -278,12 +309,7 @@ class ChunkedDecoder:
             raise MalformedChunks(f"invalid chunk size {size[:40]!r}")
         if len(size) > self._maxSizeDigits:
             raise MalformedChunks("chunk size too long")
-        length = int(size, 16)
-        if length:
-            self._chunkLeft = length
-            self._stage = _DATA
-        else:
-            self._stage = _TRAILER
+        return int(size, 16)
 
     def _trailerLine(self, line: bytes) -> None:
         """

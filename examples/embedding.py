@@ -80,8 +80,9 @@ def makeVirtualHosts(pool: Pool, default: IResource) -> VirtualHostResource:
     (and any subdomain of it) goes to the pool whatever the path; every
     other host name gets C{default}.
 
-    The routes of a L{VirtualHost} are rendered directly (they are not
-    traversed), so each must be a leaf resource.
+    A route may lead to any resource: C{default} may be a leaf or a tree of
+    the application's own (such as L{makeResource}'s), traversed under the
+    route's prefix as a L{Site} would.
     """
     app = VirtualHost(
         "app",

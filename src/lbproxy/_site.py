@@ -27,6 +27,7 @@ from twisted.web.http import (
 )
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from twisted.web.server import version as _TWISTED_SERVER
 from zope.interface import implementer
 
 from lbproxy._interfaces import IProxyRequest
@@ -101,7 +102,6 @@ class ProxyRequest(Request):
         root = site.resource
         if not getattr(root, "isLeaf", False) or self.path == b"*":
             Request.process(self)
-            self.responseHeaders.removeHeader(b"server")
             return
         self.prepath = []
         self.postpath = []
@@ -115,8 +115,13 @@ class ProxyRequest(Request):
         """
         Write C{data}, and the response head with it the first time: one
         send for a response that fits in one write (see
-        L{ProxyChannel.writeHeaders}).
+        L{ProxyChannel.writeHeaders}).  The C{Server} header naming
+        Twisted's version that L{Request.process} sets is not sent.
         """
+        if not self.startedWriting:
+            headers = self.responseHeaders
+            if headers.getRawHeaders(b"server") == [_TWISTED_SERVER]:
+                headers.removeHeader(b"server")
         Request.write(self, data)
         self.flushHead()
 

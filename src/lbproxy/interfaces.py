@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_balancers -*-
+# -*- test-case-name: tests.test_exports -*-
 """
-The public interfaces of lbproxy: what a balancer plugin provides, and what
-it is given.
+The public interfaces of lbproxy: what a balancer plugin provides and what
+it is given, and what forwarding needs of a client request.
 """
 
-from lbproxy._interfaces import IBackend, IBalancer, IBalancerFactory
+from lbproxy._interfaces import IBackend, IBalancer, IBalancerFactory, IProxyRequest
 
-__all__ = ["IBackend", "IBalancer", "IBalancerFactory"]
+__all__ = ["IBackend", "IBalancer", "IBalancerFactory", "IProxyRequest"]

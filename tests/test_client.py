@@ -262,6 +262,34 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual((h.body, h.events[-1]), (b"hello", ("finished", True)))
         self.assertEqual(c.idle, [c.proto])
 
+    def test_chunkedByteByByte(self):
+        """
+        A chunked body with extensions and trailers, read one byte at a
+        time, is decoded; the trailers are dropped.
+        """
+        c = _Connection()
+        h = c.send()
+        response = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;a=b\r\nhel\r\n02\r\nlo\r\n0;last\r\nX-Sum: 1\r\n\r\n"
+        )
+        for i in range(len(response)):
+            c.receive(response[i : i + 1])
+        self.assertEqual((h.body, h.events), (b"hello", ["head", ("finished", True)]))
+        self.assertEqual(c.idle, [c.proto])
+
+    def test_chunkedLineEndsWithLF(self):
+        """
+        A chunked body whose lines end with LF alone is invalid: the body
+        is broken off and the connection aborted.
+        """
+        for body in [b"3\nhel\r\n0\r\n\r\n", b"3\r\nhel\n0\r\n\r\n", b"0\r\n\n"]:
+            c = _Connection()
+            h = c.send()
+            c.receive(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+            self.assertEqual(h.events, ["head", ("finished", False)])
+            self.assertTrue(c.transport.disconnected)
+
     def test_notReused(self):
         """
         HTTP/1.0, Connection: close, bytes after the response, and both

@@ -13,12 +13,13 @@ half of the proxy's time per request; this one is what is left.
 
 It keeps Twisted's rules for what a response is: the status line and
 header syntax of L{twisted.web._newclient.HTTPParser} (folded header
-lines are joined), 1xx responses skipped, no body for C{HEAD}, 204 and
-304, C{Transfer-Encoding: chunked} through Twisted's own
-L{twisted.web.http._ChunkedTransferDecoder}, C{Content-Length} with the
-same duplicate rules, a body delimited by the connection's end otherwise,
-and a connection reused only after a complete HTTP/1.1 response without
-C{Connection: close} or trailing bytes.
+lines are joined; header names are the tokens of L{lbproxy._http}, so
+without C{&}, as in Twisted 24.7), 1xx responses skipped, no body for
+C{HEAD}, 204 and 304, C{Transfer-Encoding: chunked} through
+L{lbproxy._chunked.ChunkedDecoder} (which reads what Twisted's own decoder
+reads), C{Content-Length} with the same duplicate rules, a body delimited
+by the connection's end otherwise, and a connection reused only after a
+complete HTTP/1.1 response without C{Connection: close} or trailing bytes.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.python.failure import Failure
-from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder
 
+from lbproxy._chunked import ChunkedDecoder
 from lbproxy._http import CTL, FIELD_VALUE, FIELDS, NO_BODY_CODES, TOKEN, TOKEN_RE
 from lbproxy._timer import Deadline
 
@@ -422,19 +423,23 @@ class UpstreamConnection(Protocol):
         self._onIdle = onIdle
         self._onLost = onLost
         self._handler: Optional[ResponseHandler] = None
-        self._state = _IDLE
-        self._buffer = b""
+        self._phase = _IDLE
+        self._headPart = b""
         self._method = b""
-        self._decoder: Any = None
+        #: The chunked body's decoder, or L{None}.
+        self._chunks: Optional[ChunkedDecoder] = None
+        #: The bytes of a Content-Length body still to come, or L{None}
+        #: for a body delimited by the connection's end.
+        self._bodyLeft: Optional[int] = None
         self._persistent = True
         self._received = False
         self._sending: Optional[Any] = None
-        self._paused = False
+        self._readingPaused = False
         self._lostWaiters: list[Deferred[None]] = []
 
     @property
     def reusable(self) -> bool:
-        return not self.lost and self._state == _IDLE
+        return not self.lost and self._phase == _IDLE
 
     def send(
         self,
@@ -454,12 +459,12 @@ class UpstreamConnection(Protocol):
         if self.lost:
             handler.failed(False, False, "connection lost before the request was sent")
             return
-        if self._state != _IDLE:
+        if self._phase != _IDLE:
             raise RuntimeError("the connection is busy")
         self.exchanges += 1
         self._handler = handler
         self._method = method
-        self._state = _HEAD
+        self._phase = _HEAD
         self._persistent = True
         self._received = False
         writeNow(self.transport, head)
@@ -482,7 +487,7 @@ class UpstreamConnection(Protocol):
             if not self.lost:
                 self.transport.abortConnection()
             return
-        if self._state == _IDLE and not self.lost:
+        if self._phase == _IDLE and not self.lost:
             # The response ended before the body was sent.
             self._persistent = False
 
@@ -545,16 +550,16 @@ class UpstreamConnection(Protocol):
         """
         Stop reading the response: its reader cannot keep up.
         """
-        if not self._paused:
-            self._paused = True
+        if not self._readingPaused:
+            self._readingPaused = True
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
         Read the response again.
         """
-        if self._paused:
-            self._paused = False
+        if self._readingPaused:
+            self._readingPaused = False
             self.transport.resumeProducing()
 
     # Receiving.
@@ -565,7 +570,7 @@ class UpstreamConnection(Protocol):
             deadline.set(self._readTimeout)
 
     def dataReceived(self, data: bytes) -> None:
-        state = self._state
+        state = self._phase
         if state == _BODY:
             self._pushBackReadDeadline()
             self._bodyData(data)
@@ -576,14 +581,14 @@ class UpstreamConnection(Protocol):
             self.transport.loseConnection()
             return
         self._received = True
-        buffer = self._buffer + data if self._buffer else data
+        buffer = self._headPart + data if self._headPart else data
         while True:
             end, start = _headEnd(buffer)
             if end < 0 or end > MAX_HEAD_SIZE:
                 if end > MAX_HEAD_SIZE or len(buffer) > MAX_HEAD_SIZE:
                     self._fail(True, True, "response head too large")
                 else:
-                    self._buffer = buffer
+                    self._headPart = buffer
                 return
             try:
                 head, length, chunked, _ = parseHead(buffer[:end], self._method)
@@ -594,11 +599,11 @@ class UpstreamConnection(Protocol):
             if 100 <= head.code < 200:
                 buffer = rest
                 if not buffer:
-                    self._buffer = b""
+                    self._headPart = b""
                     return
                 continue
             break
-        self._buffer = b""
+        self._headPart = b""
         # The whole head came within read_timeout (its bytes one by one do
         # not each buy more time); from here on, the timeout runs between
         # two reads of the body.
@@ -606,39 +611,47 @@ class UpstreamConnection(Protocol):
         if head.version != (1, 1) or b"close" in head.connection:
             self._persistent = False
         handler = self._handler
+        self._chunks = None
+        self._bodyLeft = length
         if length is not None and len(rest) >= length:
             # The whole body came with the head (a small response, or none
-            # at all: a bodyless response has length 0): no transfer
-            # decoder to build and feed.
-            self._decoder = None
-            self._state = _BODY
+            # at all: a bodyless response has length 0).
+            self._phase = _BODY
             if handler is not None:
                 handler.headReceived(head)
-            if self._state == _BODY:
+            if self._phase == _BODY:
                 self._bodyReceived(rest if len(rest) == length else rest[:length])
                 self._bodyDone(rest[length:])
             if handler is not None:
                 handler.headReadDone()
             return
         if chunked:
-            self._decoder = _ChunkedTransferDecoder(self._bodyReceived, self._bodyDone)
-        else:
-            if length is None:
-                self._persistent = False
-            self._decoder = _IdentityTransferDecoder(
-                length, self._bodyReceived, self._bodyDone
-            )
-        self._state = _BODY
+            self._chunks = ChunkedDecoder(self._bodyReceived, self._bodyDone)
+        elif length is None:
+            self._persistent = False
+        self._phase = _BODY
         if handler is not None:
             handler.headReceived(head)
-        if rest and self._state == _BODY:
+        if rest and self._phase == _BODY:
             self._bodyData(rest)
         if handler is not None and self._handler is handler:
             handler.headReadDone()
 
     def _bodyData(self, data: bytes) -> None:
         try:
-            self._decoder.dataReceived(data)
+            chunks = self._chunks
+            if chunks is not None:
+                chunks.dataReceived(data)
+                return
+            left = self._bodyLeft
+            if left is None or len(data) < left:
+                if left is not None:
+                    self._bodyLeft = left - len(data)
+                self._bodyReceived(data)
+                return
+            self._bodyLeft = 0
+            self._bodyReceived(data if len(data) == left else data[:left])
+            self._bodyDone(data[left:])
         except Exception as e:
             self._bodyBroken(f"invalid body: {e}")
 
@@ -648,22 +661,22 @@ class UpstreamConnection(Protocol):
             handler.bodyReceived(data)
 
     def _bodyDone(self, rest: bytes) -> None:
-        if self._state != _BODY:
+        if self._phase != _BODY:
             return
-        self._decoder = None
-        self._state = _IDLE
+        self._chunks = None
+        self._phase = _IDLE
         handler, self._handler = self._handler, None
         if rest:
             self._persistent = False
         if self.lost:
             self._persistent = False
         if not self._persistent or self._sending is not None:
-            self._state = _DONE
+            self._phase = _DONE
             if not self.lost:
                 self.transport.loseConnection()
         if handler is not None:
             handler.bodyFinished(True, "")
-        if self._state == _IDLE:
+        if self._phase == _IDLE:
             # The reader may have paused us on the last bytes of the body:
             # an idle connection must read, or it would miss its next
             # response (and the backend closing it).
@@ -672,8 +685,8 @@ class UpstreamConnection(Protocol):
                 self._onIdle(self)
 
     def _bodyBroken(self, why: str) -> None:
-        self._state = _DONE
-        self._decoder = None
+        self._phase = _DONE
+        self._chunks = None
         handler, self._handler = self._handler, None
         if not self.lost:
             self.transport.abortConnection()
@@ -681,8 +694,8 @@ class UpstreamConnection(Protocol):
             handler.bodyFinished(False, why)
 
     def _fail(self, received: bool, invalid: bool, why: str) -> None:
-        self._state = _DONE
-        self._buffer = b""
+        self._phase = _DONE
+        self._headPart = b""
         handler, self._handler = self._handler, None
         if not self.lost:
             self.transport.abortConnection()
@@ -693,7 +706,7 @@ class UpstreamConnection(Protocol):
         self.lost = True
         if self.readDeadline is not None:
             self.readDeadline.cancel()
-        state = self._state
+        state = self._phase
         if state == _HEAD:
             self._fail(
                 self._received,
@@ -703,19 +716,14 @@ class UpstreamConnection(Protocol):
                 else "connection closed in the middle of the response head",
             )
         elif state == _BODY:
-            decoder = self._decoder
-            try:
-                decoder.noMoreData()
-            except Exception:
-                # _DataLoss: a Content-Length or chunked body was cut short.
-                if self._state == _BODY:
-                    self._bodyBroken("connection closed before the end of the body")
+            if self._chunks is not None or self._bodyLeft is not None:
+                # A chunked or Content-Length body was cut short (had it
+                # ended, so would the _BODY phase).
+                self._bodyBroken("connection closed before the end of the body")
             else:
-                # A body delimited by the connection's end is complete;
-                # noMoreData called _bodyDone.
-                if self._state == _BODY:
-                    self._bodyDone(b"")
-        self._state = _DONE
+                # A body delimited by the connection's end is complete.
+                self._bodyDone(b"")
+        self._phase = _DONE
         if self._onLost is not None:
             self._onLost(self)
         waiters, self._lostWaiters = self._lostWaiters, []

@@ -11,21 +11,19 @@ import weakref
 from unittest import SkipTest
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import (
-    ConnectionDone,
-    ConnectionLost,
-    ConnectionRefusedError,
-)
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy import Backend, BackendState, Pool, ProxySite, UpstreamResource
+from lbproxy import Backend, BackendState, Pool, UpstreamResource
+from lbproxy.testing import ProxyHarness
 
 
 class _Harness:
     """
-    One proxy with C{count} backends, one client connection to it.
+    One proxy with C{count} backends, one client connection to it, on
+    L{lbproxy.testing.ProxyHarness}.
     """
 
     def __init__(self, testCase, count=2, preserveHost=True, **poolArgs):
@@ -34,25 +32,22 @@ class _Harness:
         poolArgs.setdefault("readTimeout", 5.0)
         self.pool = Pool("app", self.backends, reactor=self.reactor, **poolArgs)
         self.resource = UpstreamResource(self.pool, preserveHost)
-        self.site = ProxySite(self.resource, reactor=self.reactor)
-        self.site.startFactory()
-        testCase.addCleanup(self.site.stopFactory)
-        self.client = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 4321))
-        self.clientTransport = StringTransport(
-            peerAddress=IPv4Address("TCP", "192.0.2.1", 4321)
-        )
-        self.client.makeConnection(self.clientTransport)
-        self.connected = 0
+        self.proxy = ProxyHarness(self.resource, reactor=self.reactor)
+        testCase.addCleanup(self.proxy.close)
+        self.site = self.proxy.site
+        self.connection = self.proxy.connect(IPv4Address("TCP", "192.0.2.1", 4321))
+        self.client = self.connection.protocol
+        self.clientTransport = self.connection.transport
 
     def send(self, data):
-        self.client.dataReceived(data)
+        self.connection.send(data)
 
     def pending(self):
         """
         The backend connection attempts not yet answered, as
         C{(port, factory)}.
         """
-        return [(port, factory) for _, port, factory, _, _ in self.reactor.tcpClients[self.connected:]]
+        return [(p.port, p.factory) for p in self.proxy.pending()]
 
     def accept(self):
         """
@@ -60,21 +55,14 @@ class _Harness:
 
         @return: C{(port, protocol, transport)}
         """
-        _, port, factory, _, _ = self.reactor.tcpClients[self.connected]
-        self.connected += 1
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return port, protocol, transport
+        backend = self.proxy.acceptBackend()
+        return backend.port, backend.protocol, backend.transport
 
     def refuse(self):
-        _, port, factory, _, _ = self.reactor.tcpClients[self.connected]
-        self.connected += 1
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-        return port
+        return self.proxy.refuseBackend().port
 
     def response(self):
-        return self.clientTransport.value()
+        return self.connection.received()
 
 
 _GET = b"GET /path?q=1 HTTP/1.1\r\nHost: app.example\r\n\r\n"

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from lbproxy import ProxySite
+from lbproxy.testing import ProxyHarness
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 
@@ -52,18 +52,21 @@ class Recorder(Resource):
 
 
 class _Harness:
+    """
+    A L{Recorder} served by a L{ProxySite} on
+    L{lbproxy.testing.ProxyHarness}.
+    """
+
     def __init__(self, testCase: SynchronousTestCase, **siteArgs: Any) -> None:
-        self.reactor = MemoryReactorClock()
-        self.resource = Recorder()
-        self.site = ProxySite(self.resource, reactor=self.reactor, **siteArgs)
-        self.site.startFactory()
-        testCase.addCleanup(self.site.stopFactory)
+        self.proxy = ProxyHarness(Recorder(), **siteArgs)
+        testCase.addCleanup(self.proxy.close)
+        self.reactor = self.proxy.reactor
+        self.resource = self.proxy.resource
+        self.site = self.proxy.site
 
     def connect(self) -> tuple[Any, StringTransport]:
-        channel = self.site.buildProtocol(_PEER)
-        transport = StringTransport(peerAddress=_PEER)
-        channel.makeConnection(transport)
-        return channel, transport
+        connection = self.proxy.connect(_PEER)
+        return connection.protocol, connection.transport
 
 
 def _status(output: bytes) -> int:

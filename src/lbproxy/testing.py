@@ -1,21 +1,480 @@
-# -*- test-case-name: tests.integration.test_walkthrough -*-
+# -*- test-case-name: tests.test_testing,tests.integration.test_walkthrough -*-
 """
-Helpers for testing code that embeds lbproxy or extends it: real backends
-on 127.0.0.1 that can be killed (connections and all), and a proxy serving
-a resource on a loopback port.
+Helpers for testing code that embeds lbproxy or extends it.
+
+In memory, with no sockets and no real time (for
+L{twisted.trial.unittest.SynchronousTestCase}), the way lbproxy's own unit
+tests drive the proxy:
+
+  - L{ProxyHarness}: a L{lbproxy.ProxySite} on a
+    L{twisted.internet.testing.MemoryReactorClock}.  Connect clients to it
+    (each a L{ClientConnection} on a
+    L{twisted.internet.testing.StringTransport}), send them bytes, read what
+    the proxy answered; the connections the proxy opens to backends wait
+    as L{PendingConnection}s until the test accepts or refuses them, and
+    an accepted one (a L{BackendConnection}) is answered with
+    L{BackendConnection.respond}; timeouts run when the test advances the
+    clock.
+  - L{makeRequest}: a request as a balancer sees it (from a given client
+    address, with given headers and cookies), for testing a balancer
+    plugin's C{pick} without a pool.
+
+On real sockets, for integration tests: L{startServer} serves a resource
+on a loopback port, and the L{LoopbackServer} it returns can be stopped
+like a crashed process (every connection cut).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IAddress, ISSLTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.policies import WrappingFactory
-from twisted.web.resource import IResource
-from twisted.web.server import Site
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
-__all__ = ["LoopbackServer", "startServer"]
+from lbproxy._pool import Pool
+from lbproxy._proxy import UpstreamResource
+from lbproxy._site import ProxySite
+
+__all__ = [
+    "CLIENT_ADDRESS",
+    "BackendConnection",
+    "ClientConnection",
+    "LoopbackServer",
+    "PendingConnection",
+    "ProxyHarness",
+    "makeRequest",
+    "startServer",
+]
+
+#: The client address of L{ProxyHarness.connect} when none is given.
+CLIENT_ADDRESS = IPv4Address("TCP", "192.0.2.1", 4321)
+
+
+# In memory
+
+
+@implementer(ISSLTransport)
+class _TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that says it is TLS, for a client connection of a
+    TLS listener (C{request.isSecure()} is true).
+    """
+
+    noDelay = False
+    keepAlive = False
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def getTcpNoDelay(self) -> bool:
+        return self.noDelay
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.keepAlive
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.keepAlive = enabled
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+
+def _address(host: str, port: int) -> Any:
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host, port)
+
+
+class ClientConnection:
+    """
+    A client connected to a L{ProxyHarness}.
+
+    @ivar protocol: the proxy's side of the connection (a
+        L{lbproxy._server.ProxyChannel}), or L{None} when the site refused
+        the connection (C{max_connections}).
+    @ivar transport: the L{StringTransport} the proxy writes to: what it
+        answered is C{transport.value()}; C{transport.disconnecting} is
+        true once the proxy closed the connection.
+    @ivar peer: the client's address.
+    """
+
+    def __init__(self, protocol: Any, transport: StringTransport, peer: Any) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.peer = peer
+
+    @property
+    def refused(self) -> bool:
+        """
+        Whether the site refused the connection when it was made (no
+        protocol was built, and the connection was closed at once).
+        """
+        return self.protocol is None
+
+    @property
+    def closing(self) -> bool:
+        """
+        Whether the proxy closed, or is closing, the connection.
+        """
+        return bool(self.transport.disconnecting)
+
+    @property
+    def requests(self) -> list[Any]:
+        """
+        The request being read or answered on the connection, in a list
+        (empty when there is none).
+        """
+        if self.protocol is None:
+            return []
+        return list(self.protocol.requests)
+
+    def send(self, data: bytes, pieceSize: Optional[int] = None) -> None:
+        """
+        Send C{data} to the proxy: in one read, or in reads of C{pieceSize}
+        bytes (1: a byte at a time).
+        """
+        if self.protocol is None:
+            raise RuntimeError("the proxy refused this connection")
+        if pieceSize is None:
+            self.protocol.dataReceived(data)
+            return
+        for start in range(0, len(data), pieceSize):
+            self.protocol.dataReceived(data[start : start + pieceSize])
+
+    def received(self) -> bytes:
+        """
+        Everything the proxy wrote to this client so far (since the last
+        L{clear}).
+        """
+        return self.transport.value()
+
+    def clear(self) -> None:
+        """
+        Forget what the proxy wrote so far.
+        """
+        self.transport.clear()
+
+    def disconnect(self, reason: Optional[Failure] = None) -> None:
+        """
+        The client goes away: the proxy's side learns that the connection
+        was lost (by default, cleanly closed).
+        """
+        if self.protocol is not None:
+            self.protocol.connectionLost(reason or Failure(ConnectionDone()))
+
+
+class BackendConnection:
+    """
+    A connection from the proxy to a backend, accepted by the test: the test
+    plays the backend.
+
+    @ivar host: the backend's host, as the proxy connected to it.
+    @ivar port: the backend's port.
+    @ivar protocol: the proxy's side of the connection.
+    @ivar transport: the L{StringTransport} the proxy writes to: what it
+        sent the backend is C{transport.value()}.
+    """
+
+    def __init__(self, host: str, port: int, protocol: Any, transport: StringTransport) -> None:
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.transport = transport
+
+    @property
+    def closing(self) -> bool:
+        """
+        Whether the proxy closed, aborted or is closing the connection.
+        """
+        return bool(self.transport.disconnecting or self.transport.disconnected)
+
+    def received(self) -> bytes:
+        """
+        Everything the proxy sent to the backend so far (since the last
+        L{clear}).
+        """
+        return self.transport.value()
+
+    def clear(self) -> None:
+        """
+        Forget what the proxy sent so far.
+        """
+        self.transport.clear()
+
+    def respond(self, data: bytes) -> None:
+        """
+        The backend sends C{data} (part of a response, or several).
+        """
+        self.protocol.dataReceived(data)
+
+    def close(self, reason: Optional[Failure] = None) -> None:
+        """
+        The backend closes the connection (by default cleanly; pass a
+        L{Failure} of L{twisted.internet.error.ConnectionLost} for a
+        reset).
+        """
+        self.protocol.connectionLost(reason or Failure(ConnectionDone()))
+
+
+class PendingConnection:
+    """
+    A connection the proxy is opening to a backend, which the test has not
+    answered yet.
+
+    @ivar host: the host the proxy is connecting to.
+    @ivar port: the port.
+    @ivar factory: the factory the proxy gave the reactor.
+    """
+
+    def __init__(self, harness: ProxyHarness, index: int) -> None:
+        self._harness = harness
+        self._index = index
+        host, port, factory, _, _ = harness.reactor.tcpClients[index]
+        self.host: str = host
+        self.port: int = port
+        self.factory: Any = factory
+
+    def __repr__(self) -> str:
+        return f"<PendingConnection to {self.host}:{self.port}>"
+
+    def accept(self) -> BackendConnection:
+        """
+        The connection succeeds.
+
+        @return: the L{BackendConnection}, to answer.
+        """
+        self._harness._answer(self._index)
+        address = _address(self.host, self.port)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return BackendConnection(self.host, self.port, protocol, transport)
+
+    def refuse(self, reason: Optional[Failure] = None) -> None:
+        """
+        The connection fails (by default, refused by the backend's host).
+        """
+        self._harness._answer(self._index)
+        connector: Any = None
+        self.factory.clientConnectionFailed(
+            connector, reason or Failure(ConnectionRefusedError())
+        )
+
+
+class ProxyHarness:
+    """
+    A proxy in memory: a L{lbproxy.ProxySite} on a
+    L{MemoryReactorClock}, for tests that drive it byte by byte with no
+    sockets and no real time.
+
+    Give it the resource to serve (an L{lbproxy.UpstreamResource}, a
+    L{lbproxy.VirtualHostResource}, any resource of yours), or a
+    L{lbproxy.Pool}, which is then served by an C{UpstreamResource}.  The
+    pools behind the resource must use the harness's reactor, so that the
+    connections they open to their backends wait in L{pending}: a pool
+    given directly brings its own (C{pool.reactor}); otherwise create the
+    L{MemoryReactorClock} first, give it to the pools and to the harness.
+    Backends are reached by IP address and over plain HTTP (an C{https}
+    backend would want TLS bytes).
+
+    Stop it with L{close} (C{self.addCleanup(harness.close)}).
+
+    @ivar reactor: the L{MemoryReactorClock}: advance it with L{advance}.
+    @ivar site: the L{lbproxy.ProxySite}.
+    @ivar resource: its root resource.
+    """
+
+    def __init__(
+        self,
+        resource: Any,
+        reactor: Optional[MemoryReactorClock] = None,
+        **siteArgs: Any,
+    ) -> None:
+        """
+        @param resource: the root resource, or a L{lbproxy.Pool}.
+        @param reactor: the reactor of the site and of the pools; by
+            default the pool's, or a new L{MemoryReactorClock}.
+        @param siteArgs: the keyword arguments of L{lbproxy.ProxySite}
+            (C{maxBodySize}, C{clientHeaderTimeout}, C{accessLog}...).
+        """
+        if isinstance(resource, Pool):
+            if reactor is None:
+                reactor = resource.reactor
+            resource = UpstreamResource(resource)
+        elif not IResource.providedBy(resource):
+            raise TypeError(f"expected a resource or a Pool, not {resource!r}")
+        if reactor is None:
+            reactor = MemoryReactorClock()
+        self.reactor = reactor
+        self.resource = resource
+        self.site = ProxySite(resource, reactor=reactor, **siteArgs)
+        self.site.startFactory()
+        self._answered: set[int] = set()
+
+    def close(self) -> None:
+        """
+        Stop the site.
+        """
+        self.site.stopFactory()
+
+    # Clients
+
+    def connect(self, peer: Optional[IAddress] = None, secure: bool = False) -> ClientConnection:
+        """
+        Connect a client to the proxy.
+
+        @param peer: the client's address (L{CLIENT_ADDRESS} by default).
+        @param secure: whether the connection came through a TLS listener.
+        @return: the L{ClientConnection}; its L{ClientConnection.refused}
+            is true when the site refused it (C{max_connections}).
+        """
+        if peer is None:
+            peer = CLIENT_ADDRESS
+        transport = (_TLSStringTransport if secure else StringTransport)(peerAddress=peer)
+        protocol = self.site.buildProtocol(peer)
+        if protocol is None:
+            # What a listening port does when its factory builds nothing.
+            transport.loseConnection()
+        else:
+            protocol.makeConnection(transport)
+        return ClientConnection(protocol, transport, peer)
+
+    # Backends
+
+    def _answer(self, index: int) -> None:
+        if index in self._answered:
+            raise RuntimeError("this backend connection was already answered")
+        self._answered.add(index)
+
+    def pending(self) -> list[PendingConnection]:
+        """
+        The connections the proxy is opening to backends that the test has
+        not accepted nor refused yet, oldest first.
+        """
+        return [
+            PendingConnection(self, index)
+            for index in range(len(self.reactor.tcpClients))
+            if index not in self._answered
+        ]
+
+    def _oldest(self) -> PendingConnection:
+        pending = self.pending()
+        if not pending:
+            raise LookupError("the proxy is not connecting to any backend")
+        return pending[0]
+
+    def acceptBackend(self) -> BackendConnection:
+        """
+        Let the oldest pending backend connection succeed.
+
+        @raise LookupError: when there is none.
+        """
+        return self._oldest().accept()
+
+    def refuseBackend(self, reason: Optional[Failure] = None) -> PendingConnection:
+        """
+        Make the oldest pending backend connection fail (by default,
+        refused).
+
+        @return: the L{PendingConnection} refused (it says which backend).
+        @raise LookupError: when there is none.
+        """
+        pending = self._oldest()
+        pending.refuse(reason)
+        return pending
+
+    # Time
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the clock on by C{seconds}, running what falls due.
+        """
+        self.reactor.advance(seconds)
+
+
+class _Holding(Resource):
+    """
+    A leaf resource that keeps the requests it is given, unanswered.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        Resource.__init__(self)
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+def makeRequest(
+    client: Union[str, IAddress, None] = "192.0.2.10",
+    headers: Union[Mapping[bytes, bytes], Iterable[tuple[bytes, bytes]], None] = None,
+    cookies: Optional[Mapping[bytes, bytes]] = None,
+    uri: bytes = b"/",
+    method: bytes = b"GET",
+    secure: bool = False,
+    body: bytes = b"",
+) -> Any:
+    """
+    A request as a balancer's C{pick} gets it: written as bytes and read by
+    lbproxy's own HTTP/1.1 server (the refusals included), and not answered
+    yet, so a balancer may still add response headers and cookies to it
+    (see C{request.responseHeaders} and C{request.cookies}).
+
+    @param client: the client's IP address (IPv4 or IPv6), or an address
+        object; L{None} for a client on a UNIX socket.
+    @param headers: request headers, as a mapping or C{(name, value)}
+        pairs; a C{Host} is added when there is none.
+    @param cookies: cookies, sent in one C{Cookie} header.
+    @param uri: the request target (path and query).
+    @param method: the method.
+    @param secure: whether the request came through a TLS listener.
+    @param body: the request body (sent with a C{Content-Length}).
+    @return: a L{twisted.web.server.Request} (lbproxy's
+        L{lbproxy._site.ProxyRequest}).
+    @raise ValueError: when the proxy refuses such a request (a header with
+        a line break, say); the message has its answer.
+    """
+    peer: Any
+    if client is None:
+        peer = UNIXAddress(b"/tmp/lbproxy.sock")
+    elif isinstance(client, str):
+        peer = _address(client, 40000)
+    else:
+        peer = client
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+    if not any(name.lower() == b"host" for name, _ in pairs):
+        pairs.insert(0, (b"Host", b"app.example"))
+    if cookies:
+        pairs.append((b"Cookie", b"; ".join(b"%s=%s" % item for item in cookies.items())))
+    if body:
+        pairs.append((b"Content-Length", b"%d" % (len(body),)))
+    head = [b"%s %s HTTP/1.1\r\n" % (method, uri)]
+    head.extend(b"%s: %s\r\n" % pair for pair in pairs)
+    holding = _Holding()
+    harness = ProxyHarness(holding)
+    connection = harness.connect(peer, secure=secure)
+    connection.send(b"".join(head) + b"\r\n" + body)
+    if not holding.requests:
+        raise ValueError(f"the proxy refused the request: {connection.received()!r}")
+    return holding.requests[0]
+
+
+# On real sockets
 
 
 class _QuietSite(Site):

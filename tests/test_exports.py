@@ -37,3 +37,26 @@ class ExportTests(SynchronousTestCase):
         self.assertEqual(
             sorted(lbproxy.__all__), sorted([*lbproxy._EXPORTS, "__version__"])
         )
+
+    def test_testing(self):
+        """
+        L{lbproxy.testing}'s public names, for embedders and plugin authors,
+        are exactly these, and each is there.
+        """
+        import lbproxy.testing
+
+        self.assertEqual(
+            sorted(lbproxy.testing.__all__),
+            [
+                "BackendConnection",
+                "CLIENT_ADDRESS",
+                "ClientConnection",
+                "LoopbackServer",
+                "PendingConnection",
+                "ProxyHarness",
+                "makeRequest",
+                "startServer",
+            ],
+        )
+        for name in lbproxy.testing.__all__:
+            self.assertTrue(hasattr(lbproxy.testing, name), name)

@@ -15,10 +15,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.static import Data
 
 import lbproxy.testing
 from lbproxy import Backend, Pool, UpstreamResource, VirtualHost, VirtualHostResource
-from lbproxy.balancers import Sticky
+from lbproxy.balancers import Sticky, buildBalancer
 from lbproxy.testing import CLIENT_ADDRESS, ProxyHarness, makeRequest
 
 _GET = b"GET /p?q=1 HTTP/1.1\r\nHost: app.example\r\n\r\n"
@@ -359,6 +360,45 @@ class StickyThroughTheProxyTests(SynchronousTestCase):
         self.assertEqual([b.requests for b in backends], [5, 0, 0])
 
     test_pinned.todo = MakeRequestTests.test_cookies.todo  # type: ignore[attr-defined]
+
+
+class DocumentedExampleTests(SynchronousTestCase):
+    """
+    The examples of C{docs/embedding.rst} and
+    C{docs/howto/writing-a-balancer.rst} that need no plugin, as written
+    there.
+    """
+
+    def test_shop(self) -> None:
+        reactor = MemoryReactorClock()
+        pool = Pool("app", [Backend("127.0.0.1", 9001)], reactor=reactor, readTimeout=30)
+        shop = VirtualHost(
+            "shop",
+            ["shop.example"],
+            {b"/": UpstreamResource(pool), b"/about": Data(b"our shop\n", "text/plain")},
+        )
+        proxy = ProxyHarness(VirtualHostResource([shop]), reactor=reactor)
+        self.addCleanup(proxy.close)
+
+        client = proxy.connect()
+        client.send(b"GET /about HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        self.assertTrue(client.received().endswith(b"\r\n\r\nour shop\n"))
+        self.assertEqual(proxy.pending(), [])
+
+        client = proxy.connect()
+        client.send(b"GET /cart HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        backend = proxy.acceptBackend()
+        self.assertIn(b"X-Forwarded-For: 192.0.2.1\r\n", backend.received())
+        proxy.advance(30)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 504 "))
+
+    def test_hashesTheHeader(self) -> None:
+        backends = [Backend("10.0.0.%d" % i, 80) for i in range(1, 5)]
+        balancer = buildBalancer("consistent_hash", {"key": "header:X-User"})
+        balancer.backendsChanged(tuple(backends))
+        alice = makeRequest(client="198.51.100.7", headers={b"X-User": b"alice"})
+        again = makeRequest(client="203.0.113.9", headers={b"X-User": b"alice"})
+        self.assertIs(balancer.pick(alice, frozenset()), balancer.pick(again, frozenset()))
 
 
 class APITests(SynchronousTestCase):

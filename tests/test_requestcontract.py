@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import platform
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import SkipTest
 
 from twisted.internet.address import IPv4Address
@@ -226,7 +226,7 @@ class _Harness:
         """
         _, port, factory, _, _ = self.reactor.tcpClients[self.connected]
         self.connected += 1
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        protocol: Any = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
         transport = _Transport()
         protocol.makeConnection(transport)
         return protocol, transport
@@ -234,7 +234,8 @@ class _Harness:
     def refuse(self) -> None:
         _, _, factory, _, _ = self.reactor.tcpClients[self.connected]
         self.connected += 1
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        connector: Any = None
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
 
     def response(self) -> bytes:
         return self.clientTransport.value()
@@ -253,7 +254,13 @@ def _head(response: bytes) -> bytes:
     return response.split(b"\r\n\r\n", 1)[0] + b"\r\n"
 
 
-class _RelayTestsMixin:
+if TYPE_CHECKING:
+    _MixinBase = SynchronousTestCase
+else:
+    _MixinBase = object
+
+
+class _RelayTestsMixin(_MixinBase):
     """
     A backend's response as the client receives it, whatever the site.
     The subclasses say which site serves the L{UpstreamResource}.
@@ -262,7 +269,7 @@ class _RelayTestsMixin:
     siteClass: Any
 
     def harness(self) -> _Harness:
-        return _Harness(self, self.siteClass)  # type: ignore[arg-type]
+        return _Harness(self, self.siteClass)
 
     def test_knownLength(self) -> None:
         """
@@ -460,7 +467,7 @@ class _RelayTestsMixin:
         backend.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(h.idle(), 0)
         gc.collect()
-        self.assertEqual(self.flushLoggedErrors(), [])  # type: ignore[attr-defined]
+        self.assertEqual(self.flushLoggedErrors(), [])
 
         # A new client gets a new backend connection.
         again = h.site.buildProtocol(_PEER)
@@ -479,7 +486,7 @@ class _RelayTestsMixin:
         already.
         """
         gc.collect()
-        self.flushLoggedErrors()  # type: ignore[attr-defined]
+        self.flushLoggedErrors()
 
     def test_slowClientPausesBackend(self) -> None:
         """
@@ -492,7 +499,7 @@ class _RelayTestsMixin:
         backend, backendTransport = h.accept()
         backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhel")
         producer = h.clientTransport.producer
-        self.assertIsNotNone(producer)
+        assert producer is not None
         self.assertEqual(backendTransport.producerState, "producing")
         producer.pauseProducing()
         self.assertEqual(backendTransport.producerState, "paused")

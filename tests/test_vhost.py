@@ -119,10 +119,10 @@ class VirtualHostCacheTests(SynchronousTestCase):
         root = VirtualHostResource([app, other], default=other)
         self.assertIs(root.vhostFor(b"App.Example:80"), app)
         self.assertIs(root.vhostFor(b"App.Example:80"), app)
-        self.assertIn(b"App.Example:80", root._cache)
+        self.assertIn(b"App.Example:80", root._vhostCache)
         for i in range(_vhost._CACHED_HOSTS + 10):
             self.assertIs(root.vhostFor(b"x%d.app.example" % i), app)
-        self.assertEqual(len(root._cache), _vhost._CACHED_HOSTS)
+        self.assertEqual(len(root._vhostCache), _vhost._CACHED_HOSTS)
         self.assertIs(root.vhostFor(b"nowhere.example"), other)
         self.assertIs(root.vhostFor(None), other)
 

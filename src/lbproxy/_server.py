@@ -421,14 +421,12 @@ class ProxyChannel(Protocol):
                 self._readPaused = True
                 self.transport.pauseProducing()
             return
-        if not pending:
-            self._input = data
-            if phase == _HEAD and self._timing != _HEADER:
-                # The first bytes of a head: its own time limit begins.
-                self._arm(_HEADER, self.clientHeaderTimeout)
-        else:
-            self._input = pending + data
+        self._input = pending + data if pending else data
         self._parse()
+        if self._phase == _HEAD and self._input and self._timing != _HEADER:
+            # A head has begun and is not all here: its own time limit
+            # begins.  (One that came whole never needed it.)
+            self._arm(_HEADER, self.clientHeaderTimeout)
 
     def _parse(self) -> None:
         """

@@ -246,7 +246,7 @@ class VirtualHostResource(Resource):
                 else:
                     self._exact.setdefault(name, vhost)
         self._wildcards.sort(key=lambda item: -len(item[0]))
-        self._cache: dict[Optional[bytes], Optional[VirtualHost]] = {}
+        self._vhostCache: dict[Optional[bytes], Optional[VirtualHost]] = {}
 
     def vhostFor(self, host: Optional[bytes]) -> Optional[VirtualHost]:
         """
@@ -256,7 +256,7 @@ class VirtualHostResource(Resource):
         remembered: a site sees few of them, and a client that makes up
         new ones only fills the cache, it does not grow it.
         """
-        cache = self._cache
+        cache = self._vhostCache
         try:
             return cache[host]
         except KeyError:

@@ -512,6 +512,38 @@ class WriteNowTests(SynchronousTestCase):
         self.assertEqual((transport.socket.sent, written), (b"lon", [b"ger", b"queued"]))
 
 
+    def test_shutDownForWriting(self):
+        """
+        On a TCP transport whose socket is shut down for writing (after
+        C{loseWriteConnection}), the C{send} fails and the data goes to
+        C{transport.write}, which drops it: nothing reaches the peer and
+        nothing is left buffered.
+        """
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.abstract import FileDescriptor
+
+        from lbproxy._client import writeNow
+
+        class Reactor:
+            def addWriter(self, writer):
+                raise AssertionError("nothing to write")
+
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        ours.shutdown(socket.SHUT_WR)
+        transport: Any = tcp.Client.__new__(tcp.Client)
+        FileDescriptor.__init__(transport, Reactor())
+        transport.connected = True
+        transport.socket = ours
+        transport._writeDisconnected = True
+        writeNow(transport, b"data")
+        self.assertEqual(transport._tempDataLen, 0)
+        self.assertEqual(peer.recv(10), b"")
+
+
 class ConnectionControlTests(SynchronousTestCase):
     def test_hopByHopKeptApart(self):
         """

@@ -34,6 +34,7 @@ from twisted.internet.tcp import Server as _TCPServer
 from twisted.python.failure import Failure
 
 from lbproxy._chunked import ChunkedDecoder
+from lbproxy._compat import nothingBuffered
 from lbproxy._http import CTL, FIELD_VALUE, FIELDS, NO_BODY_CODES, TOKEN, TOKEN_RE
 from lbproxy._timer import Deadline
 
@@ -375,15 +376,17 @@ def writeNow(transport: Any, data: bytes) -> None:
     fit (or any error) goes through C{transport.write} as usual, in order,
     and with its flow control (a registered producer is paused when the
     transport's buffer fills).
+
+    A socket shut down for writing (after C{loseWriteConnection}) refuses
+    the C{send} with C{EPIPE}; C{transport.write} then drops the data, as
+    it drops anything written after the write side is closed.
     """
     if (
         type(transport) in _TCP_TRANSPORTS
         and transport.connected
         and not transport.disconnecting
         and not transport.TLS
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
+        and nothingBuffered(transport)
     ):
         try:
             sent = transport.socket.send(data)

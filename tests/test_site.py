@@ -782,3 +782,43 @@ class WholeHeadTests(SynchronousTestCase):
             whole,
             self._serve([data[i : i + 7] for i in range(0, len(data), 7)], maxHeaderSize=65536),
         )
+
+
+class ResourceTreeTests(SynchronousTestCase):
+    """
+    A L{ProxySite} whose root is not a leaf traverses it as a L{Site} does.
+    """
+
+    def test_noTwistedServerHeader(self) -> None:
+        """
+        A resource found by traversal answers without the C{Server} header
+        naming Twisted's version, but with a C{Date}; a C{Server} header the
+        resource sets itself is kept.
+        """
+        root = Resource()
+        plain = Resource()
+        plain.render_GET = lambda request: b"plain"  # type: ignore[attr-defined]
+        own = Resource()
+
+        def renderOwn(request: Any) -> bytes:
+            request.setHeader(b"server", b"mine")
+            return b"own"
+
+        own.render_GET = renderOwn  # type: ignore[attr-defined]
+        root.putChild(b"plain", plain)
+        root.putChild(b"own", own)
+        reactor = MemoryReactorClock()
+        site = ProxySite(root, reactor=reactor)
+        channel = site.buildProtocol(_PEER)
+        transport = StringTransport(peerAddress=_PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        output = transport.value()
+        self.assertTrue(output.startswith(b"HTTP/1.1 200 OK\r\n"), output)
+        self.assertTrue(output.endswith(b"plain"), output)
+        self.assertNotIn(b"\r\nServer:", output)
+        self.assertIn(b"\r\nDate:", output)
+        transport.clear()
+        channel.dataReceived(b"GET /own HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIn(b"\r\nServer: mine\r\n", transport.value())
+        channel.connectionLost(None)

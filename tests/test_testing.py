@@ -321,12 +321,6 @@ class MakeRequestTests(SynchronousTestCase):
         self.assertEqual(request.getCookie(b"sid"), b"abc")
         self.assertEqual(request.getCookie(b"lbproxy_sticky"), b"b1")
 
-    test_cookies.todo = (  # type: ignore[attr-defined]
-        "lbproxy's HTTP/1.1 server (9d89726) never parses the Cookie header "
-        "(Twisted's HTTPChannel called request.parseCookies()): getCookie is "
-        "always None through a ProxySite"
-    )
-
 
 class StickyThroughTheProxyTests(SynchronousTestCase):
     """
@@ -358,8 +352,6 @@ class StickyThroughTheProxyTests(SynchronousTestCase):
             first.respond(_OK)
             self.assertTrue(client.received().endswith(b"hello"), client.received())
         self.assertEqual([b.requests for b in backends], [5, 0, 0])
-
-    test_pinned.todo = MakeRequestTests.test_cookies.todo  # type: ignore[attr-defined]
 
 
 class DocumentedExampleTests(SynchronousTestCase):

@@ -208,6 +208,8 @@ class ProxyRequest(Request):
         self.clientproto = version
         self.path, question, query = path.partition(b"?")
         self.args = parse_qs(query, 1) if question else {}
+        # What HTTPChannel does for every request: getCookie reads these.
+        self.parseCookies()
         self.process()
 
 

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from lbproxy import ProxySite
 from lbproxy.testing import ProxyHarness
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)

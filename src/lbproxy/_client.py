@@ -67,9 +67,6 @@ _VERSION = re.compile(rb"\AHTTP/([0-9]+)\.([0-9]+)\Z")
 _FIELD = re.compile(
     rb"^(" + TOKEN + rb"):[ \t]*(" + FIELD_VALUE + rb")\r?$", re.M
 )
-#: L{lbproxy._http.TOKEN_RE}, under the name that L{lbproxy._proxy}
-#: imports it by until it imports it from L{lbproxy._http}.
-_TOKEN = TOKEN_RE
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _TRAILING = (b" ", b"\t")
 

@@ -524,19 +524,6 @@ class _RelayTestsMixin(_MixinBase):
         self.assertEqual(h.backend.failures, 1)
 
 
-#: Why L{_RelayTestsMixin.test_clientLeavesMidResponse} fails today, with
-#: either site: L{_Exchange._clientLost} calls C{unregisterProducer} on a
-#: request whose connection is gone (C{Request.connectionLost} set its
-#: C{channel} to L{None}): L{AttributeError}, the backend is never counted
-#: as done (C{active} stays 1), and under L{ProxySite} the error escapes
-#: C{ProxyChannel.connectionLost} before C{site.channelClosed()}.
-_CLIENT_LEAVES_TODO = (
-    "bug: _Exchange._clientLost unregisters the relay from a request whose "
-    "connection is lost (AttributeError: 'NoneType' object has no attribute "
-    "'unregisterProducer'); backend.active stays 1"
-)
-
-
 class PlainSiteRelayTests(_RelayTestsMixin, SynchronousTestCase):
     """
     The adapter path: L{UpstreamResource} behind a plain
@@ -546,24 +533,6 @@ class PlainSiteRelayTests(_RelayTestsMixin, SynchronousTestCase):
 
     siteClass = Site
 
-    def test_noContentTypeAdded(self) -> None:
-        _RelayTestsMixin.test_noContentTypeAdded(self)
-
-    test_noContentTypeAdded.__doc__ = _RelayTestsMixin.test_noContentTypeAdded.__doc__
-    test_noContentTypeAdded.todo = (  # type: ignore[attr-defined]
-        "bug: _PlainRequest lets twisted.web.server.Request add its "
-        "defaultContentType (Content-Type: text/html) to a proxied response "
-        "that has none"
-    )
-
-    def test_clientLeavesMidResponse(self) -> None:
-        _RelayTestsMixin.test_clientLeavesMidResponse(self)
-
-    test_clientLeavesMidResponse.__doc__ = (
-        _RelayTestsMixin.test_clientLeavesMidResponse.__doc__
-    )
-    test_clientLeavesMidResponse.todo = _CLIENT_LEAVES_TODO  # type: ignore[attr-defined]
-
 
 class ProxySiteRelayTests(_RelayTestsMixin, SynchronousTestCase):
     """
@@ -572,11 +541,3 @@ class ProxySiteRelayTests(_RelayTestsMixin, SynchronousTestCase):
     """
 
     siteClass = ProxySite
-
-    def test_clientLeavesMidResponse(self) -> None:
-        _RelayTestsMixin.test_clientLeavesMidResponse(self)
-
-    test_clientLeavesMidResponse.__doc__ = (
-        _RelayTestsMixin.test_clientLeavesMidResponse.__doc__
-    )
-    test_clientLeavesMidResponse.todo = _CLIENT_LEAVES_TODO  # type: ignore[attr-defined]

@@ -426,10 +426,11 @@ class _Exchange(ResponseHandler):
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
             return
+        # The relay's registration went with the connection.
+        self._relay = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.detach()
-            self._unregisterRelay()
             self._finishBackend(Outcome.CANCELLED)
 
     # Backpressure
@@ -520,6 +521,9 @@ class _PlainRequest:
     ) -> None:
         request = self._request
         self.startedWriting = True
+        # A proxy passes on what the backend said about the content type,
+        # and says nothing where the backend said nothing.
+        request.defaultContentType = None
         request.setResponseCode(code, phrase)
         out = request.responseHeaders
         # The backend's own, not Twisted's.

@@ -145,11 +145,14 @@ class RequestChannel:
     attributes C{site}, C{factory} and C{transport}, and C{getPeer},
     C{getHost}, C{isSecure}, C{write}, C{writeSequence}, C{writeHeaders},
     C{registerProducer}, C{unregisterProducer}, C{loseConnection} and
-    C{requestDone}.  lbproxy's requests add C{holdHead} and C{flushHead}.
+    C{requestDone}.  lbproxy's requests add C{holdHead}, C{flushHead} and
+    C{abortConnection}.
 
     Once its request is done, or the connection lost, the channel is
-    detached: every call does nothing, so a late write of a finished
-    request can never reach the response of the next one.
+    detached: every call does nothing (but C{registerProducer}, which
+    tells the producer to stop, as a disconnected transport does), so a
+    late write of a finished request can never reach the response of the
+    next one.
     """
 
     __slots__ = ("_connection", "site", "factory", "transport")

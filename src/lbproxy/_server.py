@@ -334,10 +334,12 @@ class ProxyChannel(Protocol):
         self._current = self._stream = None
         if stream is not None:
             stream.detach()
-        if request is not None:
-            request.connectionLost(reason if reason is not None else Failure(
-                ConnectionError("connection lost")))
-        site.channelClosed()
+        try:
+            if request is not None:
+                request.connectionLost(reason if reason is not None else Failure(
+                    ConnectionError("connection lost")))
+        finally:
+            site.channelClosed()
 
     def getPeer(self) -> Any:
         # A connection's addresses do not change, but asking the transport

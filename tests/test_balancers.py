@@ -27,7 +27,7 @@ from zope.interface.verify import verifyObject
 import lbproxy.balancers
 import lbproxy.interfaces
 from lbproxy import Backend, Outcome, Pool
-from lbproxy._interfaces import IBackend, IBalancer, IBalancerFactory
+from lbproxy._interfaces import IBackend, IBalancer, IBalancerFactory, IProxyRequest
 from lbproxy.balancers import (
     BalancerNotFound,
     ConsistentHash,
@@ -316,9 +316,10 @@ class RegistryTests(SynchronousTestCase):
         self.assertIs(lbproxy.interfaces.IBalancer, IBalancer)
         self.assertIs(lbproxy.interfaces.IBalancerFactory, IBalancerFactory)
         self.assertIs(lbproxy.interfaces.IBackend, IBackend)
+        self.assertIs(lbproxy.interfaces.IProxyRequest, IProxyRequest)
         self.assertEqual(
             sorted(lbproxy.interfaces.__all__),
-            ["IBackend", "IBalancer", "IBalancerFactory"],
+            ["IBackend", "IBalancer", "IBalancerFactory", "IProxyRequest"],
         )
         for name in lbproxy.balancers.__all__:
             self.assertTrue(hasattr(lbproxy.balancers, name), name)

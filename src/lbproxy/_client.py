@@ -89,9 +89,15 @@ class ResponseHead:
     @ivar connection: the lower-cased tokens of C{Connection}.
     @ivar length: the body's length when known (C{Content-Length}, or 0
         when there is no body), else L{None}.
+    @ivar lines: C{headers} as the backend sent them, each line with its
+        CR LF, in one L{bytes} (ready to forward), or L{None} when the
+        head took the line-by-line path.
     """
 
-    __slots__ = ("version", "code", "phrase", "headers", "connection", "length")
+    __slots__ = (
+        "version", "code", "phrase", "headers", "connection", "length", "lines"
+    )
+    lines: Optional[bytes]
 
     def __init__(
         self,
@@ -108,6 +114,7 @@ class ResponseHead:
         self.headers = headers
         self.connection = connection
         self.length = length
+        self.lines = None
 
 
 class ResponseHandler:
@@ -201,11 +208,13 @@ def parseHead(
         raise InvalidResponse(f"invalid status code in {status[:80]!r}")
     headers: list[tuple[bytes, bytes]] = []
     control: dict[bytes, list[bytes]] = {}
+    lines: Optional[bytes] = b"" if not block else None
     if block:
         if b"\n " in block or b"\n\t" in block or block[:1] in (b" ", b"\t"):
             _slowHeaders(block, headers, control)
         elif FIELDS.fullmatch(block) is not None:
             append = headers.append
+            raw = []
             for line in block.split(b"\r\n"):
                 name, _, value = line.partition(b":")
                 value = value.strip(b" \t")
@@ -214,6 +223,10 @@ def parseHead(
                     control.setdefault(lowered, []).append(value)
                 else:
                     append((name, value))
+                    raw.append(line)
+            if raw:
+                raw.append(b"")
+                lines = b"\r\n".join(raw)
         else:
             fields = _FIELD.findall(block)
             if len(fields) != block.count(b"\n") + 1:
@@ -240,6 +253,7 @@ def parseHead(
         parseConnectionTokens(connection) if connection else _NO_TOKENS,
         None,
     )
+    head.lines = lines
     if 100 <= code < 200:
         return head, 0, False, True
     length: Optional[int] = None
@@ -249,6 +263,7 @@ def parseHead(
         # end-to-end header here.
         if lengths is not None:
             headers.extend((b"Content-Length", v) for v in lengths)
+            head.lines = None
         head.length = 0
         return head, 0, False, True
     if code in NO_BODY_CODES:

@@ -168,8 +168,9 @@ class IProxyRequest(Interface):
 
         @param code: the status code, an L{int}.
         @param phrase: the reason phrase, L{bytes}.
-        @param headerLines: the end-to-end header lines to send, each
-            C{b"Name: value\\r\\n"}, already validated.
+        @param headerLines: the end-to-end header lines to send, as a list
+            of L{bytes} each holding one or more whole lines
+            (C{b"Name: value\\r\\n"}), already validated.
         @param length: the body's length in bytes, or L{None} when unknown.
         """
 

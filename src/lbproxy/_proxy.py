@@ -339,7 +339,10 @@ class _Exchange(ResponseHandler):
         self._latency = self._reactor.seconds() - self._started
         self._stage = _RELAYING
         tokens = head.connection
-        if tokens <= HOP_BY_HOP:
+        if tokens <= HOP_BY_HOP and head.lines is not None:
+            # The backend's own lines, as they came.
+            lines = [head.lines]
+        elif tokens <= HOP_BY_HOP:
             # parseHead kept every hop-by-hop header apart already.
             lines = [b"%s: %s\r\n" % field for field in head.headers]
         else:
@@ -530,8 +533,9 @@ class _PlainRequest:
         out.removeHeader(b"server")
         out.removeHeader(b"date")
         cookies = request.cookies
-        for line in headerLines:
-            name, _, value = line[:-2].partition(b": ")
+        for line in b"".join(headerLines).split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            value = value.strip(b" \t")
             if name.lower() == b"set-cookie":
                 # Request.write sets Set-Cookie from its cookies, replacing
                 # what responseHeaders hold.

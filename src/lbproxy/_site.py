@@ -147,7 +147,8 @@ class ProxyRequest(Request):
         balancer or the application before the response came) is sent
         too, less C{Date} and C{Server}, which come from the backend.
 
-        @param headerLines: C{Name: value\\r\\n} lines.
+        @param headerLines: L{bytes} of one or more whole
+            C{Name: value\\r\\n} lines each.
         @param length: the body's length, or L{None} when unknown (then an
             HTTP/1.1 client gets it chunked).
         """

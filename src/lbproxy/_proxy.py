@@ -522,10 +522,11 @@ class _PlainRequest:
     def holdProxiedHead(
         self, code: int, phrase: bytes, headerLines: list[bytes], length: Optional[int]
     ) -> None:
-        request = self._request
+        request: Any = self._request
         self.startedWriting = True
         # A proxy passes on what the backend said about the content type,
-        # and says nothing where the backend said nothing.
+        # and says nothing where the backend said nothing (a
+        # twisted.web.server.Request would add its defaultContentType).
         request.defaultContentType = None
         request.setResponseCode(code, phrase)
         out = request.responseHeaders

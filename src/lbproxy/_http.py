@@ -51,6 +51,14 @@ NO_BODY_CODES = frozenset([204, 304])
 #: lbproxy uses of such a target.
 ABSOLUTE = re.compile(rb"\A[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
 
+#: The start of an absolute-form request target of any scheme: what a
+#: plain L{twisted.web.server.Site} may pass on, reduced the same way.
+ANY_ABSOLUTE = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+#: A request target as lbproxy accepts it: printable ASCII, no space (the
+#: regex source, for patterns that embed it).
+TARGET = rb"[\x21-\x7e]+"
+
 #: A block of header lines separated by CR LF (with no CR LF after the
 #: last), every one a L{TOKEN} name directly followed by its colon (so
 #: no whitespace before the colon and no obs-fold) and a L{FIELD_VALUE}.

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from lbproxy._backend import Backend, Outcome
 from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
 from lbproxy._headers import HOP_BY_HOP, forwardedHeaders
-from lbproxy._http import NO_BODY_CODES, TOKEN_RE
+from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
 from lbproxy._interfaces import IProxyRequest
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
@@ -48,7 +48,7 @@ _EXPECTS_BODY = frozenset([b"POST", b"PUT", b"PATCH"])
 #: larger ones stream from the spooled file.
 INLINE_BODY = 64 * 1024
 
-_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
+_URI = re.compile(rb"\A" + TARGET + rb"\Z")
 
 
 class UpstreamResource(ReverseProxyResource):

@@ -52,7 +52,7 @@ from twisted.web.http import RESPONSES, datetimeToString
 
 from lbproxy._chunked import ChunkedDecoder, MalformedChunks
 from lbproxy._client import writeNow
-from lbproxy._http import ABSOLUTE, FIELDS, TOKEN
+from lbproxy._http import ABSOLUTE, FIELDS, TARGET, TOKEN
 from lbproxy._pages import PHRASES, errorBody
 from lbproxy._timer import Deadline
 
@@ -67,7 +67,7 @@ _REFUSAL = (
 
 #: A request line: a token method, a target of printable ASCII, and
 #: HTTP/1.0 or 1.1, separated by single spaces.
-_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) (HTTP/1\.[01])\Z")
+_REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") (" + TARGET + rb") (HTTP/1\.[01])\Z")
 
 #: A C{Host} value: a DNS name (letters, digits, C{-}, C{.}, C{_}), an IPv4
 #: address or a bracketed IPv6 address, with an optional port.  Stricter

@@ -14,7 +14,6 @@ L{twisted.web.vhost.NameVirtualHost} would.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Container, Iterable, Mapping, Optional, Sequence
 from urllib.parse import unquote_to_bytes as unquote
 
@@ -22,6 +21,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from lbproxy._http import ANY_ABSOLUTE
 from lbproxy._pages import errorBody, renderError
 
 
@@ -177,7 +177,6 @@ class VirtualHost:
         return f"<VirtualHost {self.name!r} {list(self.serverNames)!r}>"
 
 
-_ABSOLUTE = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
 def originForm(uri: bytes) -> bytes:
@@ -186,7 +185,7 @@ def originForm(uri: bytes) -> bytes:
     (C{http://host/path?q}) loses its scheme and authority, so that it is
     routed and forwarded like C{/path?q}, never to the host it names.
     """
-    match = _ABSOLUTE.match(uri)
+    match = ANY_ABSOLUTE.match(uri)
     if match is None:
         return uri
     rest = uri[match.end() :]

@@ -279,38 +279,73 @@ class ProxyChannel(Protocol):
     """
 
     _log = Logger()
-    site: Any
     factory: Any
     transport: Any
-    requestFactory: Callable[..., Any]
-    maxBodySize = 100 * 1024 * 1024
-    totalHeadersSize = 16 * 1024
     maxHeaders = 500
-    clientHeaderTimeout: Optional[float] = None
-    clientBodyTimeout: Optional[float] = None
-    timeOut: Optional[float] = None
     abortTimeout: Optional[float] = 15.0
-    persistent = True
-    refused = False
 
-    # The state of a connection that has just begun (class attributes, so
-    # that each connection sets only what it changes).
-    _phase = _HEAD
-    _input = b""
-    #: How far L{_input} is known to hold no end of head.
-    _scanned = 0
-    _current: Any = None
-    _stream: Optional[RequestChannel] = None
-    _parsing = False
-    _readPaused = False
-    _remaining = 0
-    _received = 0
-    _chunks: Optional[ChunkedDecoder] = None
-    _pendingHead: Optional[bytes] = None
-    _timer: Optional[Deadline] = None
-    _timing = _KEEPALIVE
-    _peer: Any = None
-    _host: Any = None
+    # Slots, not a dict per connection: thousands of idle keep-alive
+    # connections each hold one.  (Protocol's own transport, connected and
+    # factory stay in the instance's small __dict__.)
+    __slots__ = (
+        "site",
+        "requestFactory",
+        "maxBodySize",
+        "totalHeadersSize",
+        "clientHeaderTimeout",
+        "clientBodyTimeout",
+        "timeOut",
+        "persistent",
+        "refused",
+        "_phase",
+        "_input",
+        "_scanned",
+        "_current",
+        "_stream",
+        "_requestLine",
+        "_parsing",
+        "_readPaused",
+        "_remaining",
+        "_received",
+        "_chunks",
+        "_pendingHead",
+        "_timer",
+        "_timing",
+        "_peer",
+        "_host",
+        "_secure",
+    )
+
+    def __init__(self) -> None:
+        self.site: Any = None
+        self.requestFactory: Callable[..., Any] = _noRequests
+        self.maxBodySize = 100 * 1024 * 1024
+        self.totalHeadersSize = 16 * 1024
+        self.clientHeaderTimeout: Optional[float] = None
+        self.clientBodyTimeout: Optional[float] = None
+        self.timeOut: Optional[float] = None
+        self.persistent = True
+        self.refused = False
+        self._phase = _HEAD
+        self._input = b""
+        #: How far L{_input} is known to hold no end of head.
+        self._scanned = 0
+        self._current: Any = None
+        self._stream: Optional[RequestChannel] = None
+        #: The method, target and version of the request whose body is
+        #: being read.
+        self._requestLine: Optional[tuple[bytes, bytes, bytes]] = None
+        self._parsing = False
+        self._readPaused = False
+        self._remaining = 0
+        self._received = 0
+        self._chunks: Optional[ChunkedDecoder] = None
+        self._pendingHead: Optional[bytes] = None
+        self._timer: Optional[Deadline] = None
+        self._timing = _KEEPALIVE
+        self._peer: Any = None
+        self._host: Any = None
+        self._secure: Optional[bool] = None
 
     # The connection
 
@@ -352,10 +387,10 @@ class ProxyChannel(Protocol):
     def getHost(self) -> Any:
         host = self._host
         if host is None:
-            host = self._host = self.transport.getHost()
+            # Most connections share their local address: keep one object
+            # for each (the site's), not one per connection.
+            host = self._host = self.site.sharedAddress(self.transport.getHost())
         return host
-
-    _secure: Optional[bool] = None
 
     def isSecure(self) -> bool:
         secure = self._secure
@@ -572,7 +607,7 @@ class ProxyChannel(Protocol):
 
         self._current = request
         self._stream = stream
-        self._method, self._target, self._version = method, target, version
+        self._requestLine = (method, target, version)
         if chunked or size:
             if (
                 expect is not None
@@ -636,8 +671,9 @@ class ProxyChannel(Protocol):
         """
         self._phase = _HANDLING
         self._arm(_KEEPALIVE, None)
-        request = self._current
-        request.requestReceived(self._method, self._target, self._version)
+        requestLine, self._requestLine = self._requestLine, None
+        assert requestLine is not None
+        self._current.requestReceived(*requestLine)
 
     def requestDone(self, stream: RequestChannel) -> None:
         """
@@ -742,6 +778,10 @@ class ProxyChannel(Protocol):
         # abortTimeout, as Twisted does when a connection times out.
         self._arm(_ABORT, self.abortTimeout)
         self.transport.loseConnection()
+
+
+def _noRequests(channel: Any) -> Any:
+    raise RuntimeError("a ProxyChannel needs its site's requestFactory")
 
 
 #: The header names L{ProxyChannel._acceptHead} looks at, lower-cased.

@@ -99,8 +99,19 @@ class ProxyRequest(Request):
         traversed as L{Request.process} does it.
         """
         site = self.site = self.channel.site
+        if self.path == b"*":
+            # What Request.process does (RFC 9110 9.3.7), with the Date of
+            # lbproxy's own pages.
+            if self.method == b"OPTIONS":
+                self.setResponseCode(200)
+            else:
+                self.setResponseCode(405)
+                self.setHeader(b"Allow", b"OPTIONS")
+            self.setHeader(b"Content-Length", b"0")
+            self.finish()
+            return
         root = site.resource
-        if not getattr(root, "isLeaf", False) or self.path == b"*":
+        if not getattr(root, "isLeaf", False):
             Request.process(self)
             return
         self.prepath = []
@@ -276,6 +287,7 @@ class ProxySite(Site):
         Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
         self.channels: set[ProxyChannel] = set()
+        self._addresses: dict[Any, Any] = {}
         self.maxBodySize = maxBodySize
         self.maxHeaderSize = maxHeaderSize
         self.clientHeaderTimeout = clientHeaderTimeout
@@ -343,6 +355,21 @@ class ProxySite(Site):
 
             drained.addBoth(cancelDeadline)
         return drained
+
+    def sharedAddress(self, address: Any) -> Any:
+        """
+        One object for each distinct local address of the connections
+        (there are few): C{address}, or an equal one seen before.
+        """
+        addresses = self._addresses
+        try:
+            return addresses[address]
+        except KeyError:
+            if len(addresses) < 64:
+                addresses[address] = address
+            return address
+        except TypeError:  # pragma: no cover (an unhashable address)
+            return address
 
     def channelClosed(self) -> None:
         """

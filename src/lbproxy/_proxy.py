@@ -89,6 +89,11 @@ class UpstreamResource(ReverseProxyResource):
         return NOT_DONE_YET
 
 
+#: Whether each request class implements L{IProxyRequest}, asked once per
+#: class rather than once per request.
+_implementers: dict[type, bool] = {}
+
+
 def _proxyRequest(request: Any) -> Any:
     """
     C{request} as an L{IProxyRequest}: itself when it provides it, else
@@ -99,6 +104,12 @@ def _proxyRequest(request: Any) -> Any:
     answer (the request itself, or the adapter, which holds the request)
     in its own adapter cache, a reference cycle per request.
     """
+    cls = type(request)
+    direct = _implementers.get(cls)
+    if direct is None:
+        direct = _implementers[cls] = IProxyRequest.implementedBy(cls)
+    if direct:
+        return request
     proxied = IProxyRequest.__adapt__(request)
     if proxied is None:
         raise TypeError(f"{request!r} cannot be adapted to IProxyRequest")

@@ -42,6 +42,7 @@ L{_READ_AHEAD} bytes), so pipelined requests are answered in order.
 from __future__ import annotations
 
 import re
+from io import BytesIO
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import ISSLTransport
@@ -625,7 +626,9 @@ class ProxyChannel(Protocol):
                 self._remaining = size
             self._arm(_BODY_GAP, self.clientBodyTimeout)
         else:
-            request.gotLength(0)
+            # What gotLength(0) gives (through Site.getContentFile), made
+            # here: most requests have no body.
+            request.content = BytesIO()
             self._dispatch()
 
     def _readBody(self, data: bytes) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +24,8 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import directlyProvides, implementer
 
 from lbproxy import ProxySite
-from lbproxy._server import RequestChannel
+from lbproxy._client import UpstreamConnection
+from lbproxy._server import ProxyChannel, RequestChannel
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 _HOST = IPv4Address("TCP", "198.51.100.7", 8080)
@@ -59,10 +60,15 @@ class _Transport(StringTransport):
     """
 
     aborted = False
+    noDelay = False
 
     def abortConnection(self) -> None:
         self.aborted = True
         StringTransport.abortConnection(self)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        # Of ITCPTransport, which a test's ISSLTransport extends.
+        self.noDelay = enabled
 
 
 class _Harness:
@@ -812,3 +818,36 @@ class CloseConnectionsTests(SynchronousTestCase):
         self.assertTrue(busyTransport.disconnecting)
         busy.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(drained)
+
+
+class NoDelayTests(SynchronousTestCase):
+    """
+    Client and backend connections send small writes at once (nginx's
+    C{tcp_nodelay on}).
+    """
+
+    def test_clientAndBackend(self) -> None:
+        """
+        L{ProxyChannel} and L{UpstreamConnection} turn Nagle's algorithm
+        off on a TCP transport, and leave any other transport alone.
+        """
+        class TCPTransport(StringTransport):
+            noDelay = False
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.noDelay = enabled
+
+        site = ProxySite(Resource(), reactor=MemoryReactorClock())
+        for protocol in [site.buildProtocol(_PEER), UpstreamConnection()]:
+            transport = TCPTransport()
+            directlyProvides(transport, ITCPTransport)
+            protocol.makeConnection(transport)
+            self.assertTrue(transport.noDelay, protocol)
+            plain = TCPTransport()
+            other = (
+                site.buildProtocol(_PEER)
+                if isinstance(protocol, ProxyChannel)
+                else UpstreamConnection()
+            )
+            other.makeConnection(plain)
+            self.assertFalse(plain.noDelay, other)

@@ -28,6 +28,7 @@ import re
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
@@ -451,6 +452,10 @@ class UpstreamConnection(Protocol):
         self._sending: Optional[Any] = None
         self._readingPaused = False
         self._lostWaiters: list[Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
 
     @property
     def reusable(self) -> bool:

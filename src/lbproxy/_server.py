@@ -45,7 +45,7 @@ import re
 from io import BytesIO
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -351,6 +351,8 @@ class ProxyChannel(Protocol):
     # The connection
 
     def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
         self.site.channels.add(self)
         self._timer = Deadline(self.site.reactor, self._timedOut)
         if self.clientHeaderTimeout is not None:

@@ -96,7 +96,7 @@ class ResponseHead:
     """
 
     __slots__ = (
-        "version", "code", "phrase", "headers", "connection", "length", "lines"
+        "version", "code", "phrase", "_headers", "connection", "length", "lines"
     )
     lines: Optional[bytes]
 
@@ -105,17 +105,41 @@ class ResponseHead:
         version: tuple[int, int],
         code: int,
         phrase: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: Optional[list[tuple[bytes, bytes]]],
         connection: frozenset[bytes],
         length: Optional[int],
+        lines: Optional[bytes] = None,
     ) -> None:
+        """
+        @param headers: see L{headers}; L{None} to have them read from
+            C{lines} when first asked for.
+        @param lines: see L{lines}.
+        """
         self.version = version
         self.code = code
         self.phrase = phrase
-        self.headers = headers
+        self._headers = headers
         self.connection = connection
         self.length = length
-        self.lines = None
+        self.lines = lines
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = self._headers
+        if headers is None:
+            # Split only when asked: a proxied response forwards the lines.
+            lines = self.lines or b""
+            headers = self._headers = [
+                (name, value.strip(b" \t"))
+                for name, _, value in (
+                    line.partition(b":") for line in lines.split(b"\r\n")[:-1]
+                )
+            ]
+        return headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
 
 
 class ResponseHandler:
@@ -214,20 +238,22 @@ def parseHead(
         if b"\n " in block or b"\n\t" in block or block[:1] in (b" ", b"\t"):
             _slowHeaders(block, headers, control)
         elif FIELDS.fullmatch(block) is not None:
-            append = headers.append
+            # The end-to-end lines stay as they came, to be forwarded (and
+            # split into headers only if someone asks).
             raw = []
+            keep = raw.append
             for line in block.split(b"\r\n"):
                 name, _, value = line.partition(b":")
-                value = value.strip(b" \t")
                 lowered = name.lower()
                 if lowered in _CONNECTION_CONTROL:
-                    control.setdefault(lowered, []).append(value)
+                    control.setdefault(lowered, []).append(value.strip(b" \t"))
                 else:
-                    append((name, value))
-                    raw.append(line)
+                    keep(line)
             if raw:
-                raw.append(b"")
+                keep(b"")
                 lines = b"\r\n".join(raw)
+            else:
+                lines = b""
         else:
             fields = _FIELD.findall(block)
             if len(fields) != block.count(b"\n") + 1:
@@ -250,11 +276,11 @@ def parseHead(
         version,
         code,
         phrase,
-        headers,
+        None if lines is not None else headers,
         parseConnectionTokens(connection) if connection else _NO_TOKENS,
         None,
+        lines,
     )
-    head.lines = lines
     if 100 <= code < 200:
         return head, 0, False, True
     length: Optional[int] = None
@@ -263,7 +289,7 @@ def parseHead(
         # Content-Length describes the body a GET would have had: an
         # end-to-end header here.
         if lengths is not None:
-            headers.extend((b"Content-Length", v) for v in lengths)
+            head.headers.extend((b"Content-Length", v) for v in lengths)
             head.lines = None
         head.length = 0
         return head, 0, False, True

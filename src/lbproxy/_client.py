@@ -240,7 +240,7 @@ def parseHead(
         elif FIELDS.fullmatch(block) is not None:
             # The end-to-end lines stay as they came, to be forwarded (and
             # split into headers only if someone asks).
-            raw = []
+            raw: list[bytes] = []
             keep = raw.append
             for line in block.split(b"\r\n"):
                 name, _, value = line.partition(b":")

@@ -560,3 +560,34 @@ class ConnectionControlTests(SynchronousTestCase):
         ) + b"X-End: 1"
         parsed = parseHead(head, b"GET")[0]
         self.assertEqual(parsed.headers, [(b"X-End", b"1")])
+
+
+class HeadEndTests(SynchronousTestCase):
+    """
+    L{lbproxy._client._headEnd} finds where a response head ends, whatever
+    the body after it holds.
+    """
+
+    def test_firstEndWins(self) -> None:
+        """
+        The head ends at its first empty line, CR LF or LF, even when the
+        body that follows in the same read holds the other kind.
+        """
+        from lbproxy._client import _headEnd
+
+        crlfHead = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n"
+        lfHead = b"HTTP/1.1 200 OK\nA: b\n\n"
+        self.assertEqual(_headEnd(crlfHead + b"x\n\ny"), (len(crlfHead) - 4, len(crlfHead)))
+        self.assertEqual(_headEnd(lfHead + b"x\r\n\r\ny"), (len(lfHead) - 2, len(lfHead)))
+        self.assertEqual(_headEnd(b"HTTP/1.1 200 OK\r\nA: b\r\n"), (-1, -1))
+
+    def test_bounded(self) -> None:
+        """
+        No end is looked for past L{MAX_HEAD_SIZE}: a body is not scanned,
+        and a head that long is refused by the caller anyway.
+        """
+        from lbproxy._client import MAX_HEAD_SIZE, _headEnd
+
+        head = b"HTTP/1.1 200 OK\r\nA: " + b"b" * (MAX_HEAD_SIZE + 10)
+        self.assertEqual(_headEnd(head + b"\r\n\r\n"), (-1, -1))
+        self.assertEqual(_headEnd(head + b"\n\n"), (-1, -1))

@@ -388,8 +388,11 @@ def _headEnd(buffer: bytes) -> tuple[int, int]:
     Where the head in C{buffer} ends: C{(end of head, start of body)}, or
     C{(-1, -1)} when it has not ended yet.  Lines end with CR LF or LF.
     """
-    crlf = buffer.find(b"\r\n\r\n")
-    lf = buffer.find(b"\n\n")
+    # Both searches stop where a head could end (a body is not scanned):
+    # a LF LF counts only before the first CR LF CR LF, and neither past
+    # MAX_HEAD_SIZE (the caller refuses a head that long).
+    crlf = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_SIZE + 5)
+    lf = buffer.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else MAX_HEAD_SIZE + 3)
     if lf >= 0 and (crlf < 0 or lf < crlf):
         return lf, lf + 2
     if crlf >= 0:

@@ -90,6 +90,7 @@ from twisted.web.server import Site
 
 from lbproxy import ProxySite
 from lbproxy._vhost import originForm
+from tests.test_fuzz import _mutate
 from tests.test_site import GOOD_REQUESTS
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
@@ -504,21 +505,6 @@ def _nearMisses() -> list[tuple[str, Any, bytes]]:
 
 
 _NEAR_MISSES = st.sampled_from([data for _, _, data in _nearMisses()])
-
-
-def _mutate(data: bytes, edits: list[tuple[int, int, int, bytes]]) -> bytes:
-    """
-    C{data} with bytes inserted (op 0), deleted (1) or replaced (2).
-    """
-    for op, position, length, junk in edits:
-        position %= len(data) + 1
-        if op == 0:
-            data = data[:position] + junk + data[position:]
-        elif op == 1:
-            data = data[:position] + data[position + length :]
-        else:
-            data = data[:position] + junk + data[position + length :]
-    return data
 
 
 @st.composite

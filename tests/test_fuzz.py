@@ -10,7 +10,7 @@ the suite stays fast and a failure is reproducible.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AnyStr
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -114,7 +114,11 @@ _JUNK = st.sampled_from(
 )
 
 
-def _mutate(text: str, edits: list[tuple[int, int, int, str]]) -> str:
+def _mutate(text: AnyStr, edits: list[tuple[int, int, int, AnyStr]]) -> AnyStr:
+    """
+    C{text} (L{str} or L{bytes}) with C{junk} inserted (op 0), C{length}
+    characters deleted (1) or replaced by C{junk} (2) at each C{position}.
+    """
     for op, position, length, junk in edits:
         position %= len(text) + 1
         if op == 0:

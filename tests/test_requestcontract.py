@@ -29,14 +29,14 @@ from twisted.internet.error import (
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 from zope.interface.verify import verifyObject
 
 from lbproxy import Backend, Pool, ProxySite, UpstreamResource
 from lbproxy._interfaces import IProxyRequest
 from lbproxy._proxy import _PlainRequest, _proxyRequest
 from lbproxy._site import ProxyRequest
+from lbproxy.testing import _Holding
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 
@@ -55,22 +55,6 @@ class _Transport(StringTransport):
         StringTransport.abortConnection(self)
 
 
-class _Holder(Resource):
-    """
-    A leaf that keeps the requests it renders, unanswered.
-    """
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        Resource.__init__(self)
-        self.requests: list[Any] = []
-
-    def render(self, request: Any) -> Any:
-        self.requests.append(request)
-        return NOT_DONE_YET
-
-
 def _held(
     testCase: SynchronousTestCase,
     siteClass: Any,
@@ -83,7 +67,7 @@ def _held(
     @return: the client connection and the request.
     """
     reactor = MemoryReactorClock()
-    holder = _Holder()
+    holder = _Holding()
     site = siteClass(holder, reactor=reactor)
     site.startFactory()
     testCase.addCleanup(site.stopFactory)

@@ -129,3 +129,163 @@ class PyPyAdviceTests(SynchronousTestCase):
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0]["size"], "64MB")
         self.assertIn("PYPY_GC_NURSERY", events[0]["log_format"])
+
+
+class FirstHourTests(SynchronousTestCase):
+    """
+    The operator's mistakes that L{Options} and L{makeService} turn into one
+    line, and C{--version}.
+    """
+
+    def capture(self, name):
+        stream = io.StringIO()
+        self.patch(sys, name, stream)
+        return stream
+
+    def test_version(self):
+        """
+        C{--version} prints lbproxy's version, Twisted's and Python's, and
+        exits 0.
+        """
+        import platform
+
+        import twisted
+        from lbproxy import __version__
+        from lbproxy.tap import versionLine
+
+        out = self.capture("stdout")
+        with self.assertRaises(SystemExit) as caught:
+            Options().parseOptions(["--version"])
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(out.getvalue(), versionLine() + "\n")
+        self.assertEqual(
+            versionLine(),
+            f"lbproxy {__version__} (Twisted {twisted.__version__}, "
+            f"{platform.python_implementation()} {platform.python_version()})",
+        )
+
+    def test_missingConfig(self):
+        """
+        A configuration that cannot be read is one line: a L{UsageError}
+        alone, and under twistd one line on standard error and status 1.
+        """
+        from twisted.scripts.twistd import ServerOptions
+
+        path = self.mktemp()
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions(["-c", path])
+        expected = f"cannot read the configuration {path}: No such file or directory"
+        self.assertEqual(str(caught.exception), expected)
+        err = self.capture("stderr")
+        with self.assertRaises(SystemExit) as exited:
+            ServerOptions().parseOptions(["lbproxy", "--config", path])
+        self.assertEqual(exited.exception.code, 1)
+        self.assertEqual(err.getvalue(), f"twistd lbproxy: {expected}\n")
+
+    def test_configIsADirectory(self):
+        err = self.capture("stderr")
+        path = FilePath(self.mktemp())
+        path.makedirs()
+        with self.assertRaises(SystemExit) as caught:
+            Options().parseOptions(["-c", path.path, "--check"])
+        self.assertEqual(caught.exception.code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            f"twistd lbproxy: cannot read the configuration {path.path}: Is a directory\n",
+        )
+
+    def test_accessLogUnwritable(self):
+        """
+        An access log that cannot be opened for writing (its directory is
+        missing) stops option parsing with one line, before anything starts.
+        """
+        log = FilePath(self.mktemp()).child("access.log").path
+        config = FilePath(self.mktemp())
+        config.setContent(_SITE.replace(b"access_log = off", b"access_log = " + log.encode()))
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions(["-c", config.path])
+        self.assertEqual(
+            str(caught.exception),
+            f"cannot write the access log {log}: No such file or directory",
+        )
+
+    def test_unwritableFile(self):
+        from lbproxy.tap import unwritableFile
+
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        existing = directory.child("a.log")
+        existing.setContent(b"")
+        self.assertIsNone(unwritableFile(existing.path))
+        self.assertIsNone(unwritableFile(directory.child("new.log").path))
+        self.assertFalse(directory.child("new.log").exists())
+        self.assertEqual(unwritableFile(directory.path), "Is a directory")
+        self.assertEqual(
+            unwritableFile(directory.child("no").child("x.log").path),
+            "No such file or directory",
+        )
+
+    def test_startupFailure(self):
+        """
+        Ports that cannot be opened and files that cannot be opened are
+        described in one line; a port below 1024 refused says what to do;
+        anything else is not described (it keeps its traceback).
+        """
+        import errno
+
+        from twisted.internet.error import CannotListenError
+
+        from lbproxy.tap import startupFailure
+
+        inUse = OSError(errno.EADDRINUSE, "Address already in use")
+        denied = OSError(errno.EACCES, "Permission denied")
+        self.assertEqual(
+            startupFailure(CannotListenError("127.0.0.1", 8080, inUse)),
+            "cannot listen on 127.0.0.1:8080: Address already in use",
+        )
+        self.assertEqual(
+            startupFailure(CannotListenError("", 80, denied)),
+            "cannot listen on 0.0.0.0:80: Permission denied (a port below 1024 "
+            "needs root, with --uid and --gid to run as another user once "
+            "listening, or CAP_NET_BIND_SERVICE)",
+        )
+        self.assertEqual(
+            startupFailure(CannotListenError("", 8080, denied)),
+            "cannot listen on 0.0.0.0:8080: Permission denied",
+        )
+        self.assertEqual(
+            startupFailure(CannotListenError(None, "/run/x.sock", denied)),
+            "cannot listen on /run/x.sock: Permission denied",
+        )
+        self.assertEqual(
+            startupFailure(PermissionError(errno.EACCES, "Permission denied", "/x.log")),
+            "cannot open /x.log: Permission denied",
+        )
+        self.assertIsNone(startupFailure(ValueError("a bug")))
+        self.assertIsNone(startupFailure(OSError(errno.EBADF, "Bad file descriptor")))
+
+    def test_reportStartupFailures(self):
+        """
+        Once L{reportStartupFailures} is called, an operator's mistake that
+        ends the process prints one line on the stream given; other errors
+        go to the hook that was in place.
+        """
+        from twisted.internet.error import CannotListenError
+
+        from lbproxy.tap import reportStartupFailures
+
+        previous = []
+        self.patch(sys, "excepthook", lambda *args: previous.append(args))
+        stream = io.StringIO()
+        reportStartupFailures(stream)
+        error = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
+        sys.excepthook(CannotListenError, error, None)
+        self.assertEqual(
+            stream.getvalue(),
+            "twistd lbproxy: cannot listen on 127.0.0.1:8080: Address already in use\n",
+        )
+        self.assertEqual(previous, [])
+        bug = ValueError("a bug")
+        sys.excepthook(ValueError, bug, None)
+        self.assertEqual(previous, [(ValueError, bug, None)])
+        self.assertEqual(stream.getvalue().count("\n"), 1)

@@ -119,6 +119,9 @@ class LoadBalancerService(MultiService):
         self._reactor = reactor
         self._configPath: Optional[str] = None
         self._previousHangup: Any = None
+        self._abortOnSecondSignal = False
+        self._stopSignalled = False
+        self._previousStopHandlers: dict[int, Any] = {}
         self.pools, self.healthCheckers, self.resource = self._build(config)
         for checker in self.healthCheckers.values():
             checker.setServiceParent(self)
@@ -244,6 +247,64 @@ class LoadBalancerService(MultiService):
         """
         self._configPath = path
 
+    def abortOnSecondSignal(self) -> None:
+        """
+        Once the service is stopping (after a first SIGINT or SIGTERM, which
+        lets requests in flight finish for up to L{shutdownTimeout}
+        seconds), make a second SIGINT or SIGTERM stop it at once: every
+        client connection still open is aborted, and the stop completes (as
+        C{twistd lbproxy} does; an embedding application decides for
+        itself).
+        """
+        self._abortOnSecondSignal = True
+
+    def abortNow(self) -> Deferred[None]:
+        """
+        Abort every client connection now, those with a request in flight
+        included.
+
+        @return: a L{Deferred} that fires once they are closed.
+        """
+        count = len(self.site.channels)
+        if count:
+            self._log.warn(
+                "stopping at once: aborting {count} client connection(s)",
+                count=count,
+            )
+        return self.site.closeConnections(0)
+
+    def _catchStopSignals(self) -> None:
+        """
+        Put L{_onStopSignal} in front of the reactor's SIGINT and SIGTERM
+        handlers (once the reactor runs: it installs its own then).
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.signal(signum, self._onStopSignal)
+            except ValueError:  # not the main thread
+                return
+            self._previousStopHandlers[signum] = previous
+
+    def _onStopSignal(self, signum: int, frame: Any) -> None:
+        """
+        The first SIGINT or SIGTERM goes to the reactor's handler, which
+        stops the reactor gracefully; any later one aborts at once (the
+        reactor's handler would try to stop a stopping reactor, and fail).
+        """
+        if self._stopSignalled:
+            self._callFromThread(self.abortNow)
+            return
+        self._stopSignalled = True
+        previous = self._previousStopHandlers.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def _callFromThread(self, f: Any) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.callFromThread(f)
+
     def _onHangup(self, signum: int, frame: Any) -> None:
         reactor = self._reactor
         if reactor is None:
@@ -290,6 +351,12 @@ class LoadBalancerService(MultiService):
     def startService(self) -> None:
         self._setAccessLog(self.config.proxy.accessLog)
         MultiService.startService(self)
+        self._stopSignalled = False
+        if self._abortOnSecondSignal and not self._previousStopHandlers:
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            reactor.callWhenRunning(self._catchStopSignals)
         if self._configPath is not None and hasattr(signal, "SIGHUP"):
             self._previousHangup = signal.signal(signal.SIGHUP, self._onHangup)
 
@@ -297,6 +364,13 @@ class LoadBalancerService(MultiService):
         if self._previousHangup is not None:
             signal.signal(signal.SIGHUP, self._previousHangup)
             self._previousHangup = None
+        self._stopSignalled = True
+        if self._abortOnSecondSignal and self.site.channels:
+            self._log.info(
+                "stopping: requests in flight get up to {timeout} s to "
+                "finish; a second SIGINT or SIGTERM stops at once",
+                timeout=self.shutdownTimeout,
+            )
         d = MultiService.stopService(self)
 
         def closeClients(result: Any) -> Any:

@@ -1,0 +1,352 @@
+"""
+An operator's first hour with C{twistd -n lbproxy}, as real processes: the
+mistakes that stop it from starting (a port in use or below 1024, a
+configuration that cannot be read, an access log that cannot be written)
+each print one line and exit 1 without a traceback; a second SIGINT stops
+it at once while a request is in flight; C{--version} names lbproxy; and
+the access log's lines are the ones nginx writes for the same request.
+
+Every wait is on an event (output seen, a process ended) and bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SkipTest, TestCase
+
+_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+#: The longest a process may take to start or to end, in seconds.
+_WAIT = 30.0
+
+_SITE = """
+[lbproxy]
+listen = {listen}
+access_log = {accessLog}
+
+[upstream:app]
+servers = 127.0.0.1:{backend}
+
+[vhost:app]
+default = yes
+upstream = app
+"""
+
+_NGINX = "/usr/sbin/nginx"
+
+
+class _Twistd(ProcessProtocol):
+    """
+    A C{twistd} process: its output, its exit status, and a L{Deferred}
+    for a pattern in its output.
+    """
+
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = Deferred()
+        self.code = None
+        self.waiting = []
+
+    def outReceived(self, data):
+        self.out += data
+        self.check()
+
+    def errReceived(self, data):
+        self.err += data
+        self.check()
+
+    def check(self):
+        for pattern, d in list(self.waiting):
+            match = re.search(pattern, self.out + self.err)
+            if match:
+                self.waiting.remove((pattern, d))
+                d.callback(match)
+
+    def waitFor(self, pattern):
+        d = Deferred()
+        self.waiting.append((pattern, d))
+        self.check()
+        return d
+
+    def processEnded(self, reason):
+        self.code = reason.value.exitCode
+        for pattern, d in self.waiting:
+            d.errback(AssertionError(f"process ended before {pattern!r}"))
+        self.waiting = []
+        self.ended.callback(self.code)
+
+
+def _nobody():
+    """
+    The uid and gid of C{nobody}, to run twistd unprivileged when the tests
+    run as root; L{None} when they do not (they are unprivileged already).
+    """
+    if os.getuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        raise SkipTest("running as root and there is no user nobody") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+class _Hold(Protocol):
+    """
+    A backend that reads requests and never answers.
+    """
+
+    def connectionMade(self):
+        self.factory.connected.append(self)
+        waiting, self.factory.waiting = self.factory.waiting, []
+        for d in waiting:
+            d.callback(self)
+
+
+class _Raw(Protocol):
+    def __init__(self):
+        self.data = b""
+        self.closed = Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.data)
+
+
+class FirstHourTests(TestCase):
+    timeout = 120
+
+    def writeConfig(self, listen="tcp:0:interface=127.0.0.1", accessLog="off", backend=9):
+        path = FilePath(self.mktemp())
+        path.setContent(
+            _SITE.format(listen=listen, accessLog=accessLog, backend=backend).encode()
+        )
+        return path.path
+
+    def spawn(self, *args, user=None):
+        """
+        Start C{twistd -n --pidfile= ARGS}, as C{user} (a uid and gid) if
+        given; it is killed at the end of the test if still running.
+        """
+        process = _Twistd()
+        kwargs = {}
+        if user is not None:
+            kwargs = dict(uid=user[0], gid=user[1])
+        transport = reactor.spawnProcess(
+            process,
+            _TWISTD[0],
+            _TWISTD + ["-n", "--pidfile="] + list(args),
+            env=_ENV,
+            path=os.getcwd(),
+            **kwargs,
+        )
+        timer = reactor.callLater(_WAIT, transport.signalProcess, "KILL")
+
+        def cancel(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        process.ended.addBoth(cancel)
+
+        def stop():
+            if transport.pid is not None:
+                transport.signalProcess("KILL")
+            return process.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
+
+        self.addCleanup(stop)
+        return process, transport
+
+    @inlineCallbacks
+    def assertOneLine(self, process, expected):
+        """
+        The process ends with status 1 and, on standard error, one line:
+        C{twistd lbproxy: } and C{expected}; no traceback anywhere.
+        """
+        code = yield process.ended
+        output = process.out + process.err
+        self.assertNotIn(b"Traceback", output)
+        self.assertNotIn(b"#critical", process.out)
+        lines = process.err.decode().splitlines()
+        self.assertEqual(len(lines), 1, process.err)
+        self.assertEqual(lines[0], "twistd lbproxy: " + expected)
+        self.assertEqual(code, 1, output)
+
+    @inlineCallbacks
+    def unprivileged(self):
+        """
+        The uid and gid to run twistd as so that it is not root: C{nobody}'s
+        when the tests run as root (skipped when C{nobody} cannot run this
+        Python), else L{None} (the tests' own user is unprivileged).
+        """
+        user = _nobody()
+        if user is not None:
+            probe = _Twistd()
+            reactor.spawnProcess(
+                probe,
+                sys.executable,
+                [sys.executable, "-c", "import twisted"],
+                env=_ENV,
+                path="/",
+                uid=user[0],
+                gid=user[1],
+            )
+            if (yield probe.ended) != 0:
+                raise SkipTest(f"user nobody cannot run {sys.executable} here")
+        return user
+
+    def test_portInUse(self):
+        """
+        A port already in use: one line naming the address, status 1.
+        """
+        taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1")
+        process, _ = self.spawn("lbproxy", "--config", path)
+        return self.assertOneLine(
+            process, f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
+
+    @inlineCallbacks
+    def test_privilegedPort(self):
+        """
+        A port below 1024 for a user that may not bind it: one line saying
+        so and what to do, status 1.
+        """
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            if int(f.read()) <= 1023:
+                raise SkipTest("any user may bind port 1023 here")
+        user = yield self.unprivileged()
+        path = self.writeConfig(listen="tcp:1023:interface=127.0.0.1")
+        os.chmod(os.path.dirname(os.path.abspath(path)), 0o755)
+        process, _ = self.spawn("lbproxy", "--config", path, user=user)
+        yield self.assertOneLine(
+            process,
+            "cannot listen on 127.0.0.1:1023: Permission denied (a port below "
+            "1024 needs root, with --uid and --gid to run as another user once "
+            "listening, or CAP_NET_BIND_SERVICE)",
+        )
+
+    def test_missingConfig(self):
+        """
+        A configuration file that is not there: one line, status 1.
+        """
+        path = os.path.abspath(self.mktemp())
+        process, _ = self.spawn("lbproxy", "--config", path)
+        return self.assertOneLine(
+            process, f"cannot read the configuration {path}: No such file or directory"
+        )
+
+    @inlineCallbacks
+    def test_unreadableConfig(self):
+        """
+        A configuration file that the user cannot read: one line, status 1.
+        """
+        user = yield self.unprivileged()
+        path = self.writeConfig()
+        os.chmod(os.path.dirname(os.path.abspath(path)), 0o755)
+        os.chmod(path, 0)
+        process, _ = self.spawn("lbproxy", "--config", path, user=user)
+        yield self.assertOneLine(
+            process, f"cannot read the configuration {path}: Permission denied"
+        )
+
+    def test_accessLogDirectoryMissing(self):
+        """
+        An access log in a directory that does not exist: one line, status 1,
+        found before anything starts.
+        """
+        log = os.path.abspath(os.path.join(self.mktemp(), "access.log"))
+        path = self.writeConfig(accessLog=log)
+        process, _ = self.spawn("lbproxy", "--config", path)
+        return self.assertOneLine(
+            process, f"cannot write the access log {log}: No such file or directory"
+        )
+
+    def test_accessLogUnwritableAfterUid(self):
+        """
+        Run as root with C{--uid}: the access log is opened once the
+        privileges are dropped, and a file the user may not write stops the
+        start with one line, status 1.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("needs root, to drop privileges with --uid")
+        uid, gid = _nobody()
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        os.chmod(directory.path, 0o700)
+        log = directory.child("access.log").path
+        path = self.writeConfig(accessLog=log)
+        process, _ = self.spawn(
+            "--uid", str(uid), "--gid", str(gid), "lbproxy", "--config", path
+        )
+        return self.assertOneLine(process, f"cannot open {log}: Permission denied")
+
+    @inlineCallbacks
+    def test_version(self):
+        """
+        C{twistd lbproxy --version} names lbproxy's version and Twisted's.
+        """
+        import twisted
+        from lbproxy import __version__
+
+        process, _ = self.spawn("lbproxy", "--version")
+        code = yield process.ended
+        self.assertEqual(code, 0, process.err)
+        self.assertIn(
+            f"lbproxy {__version__} (Twisted {twisted.__version__}, ".encode(),
+            process.out,
+        )
+
+    @inlineCallbacks
+    def test_secondSigintStopsAtOnce(self):
+        """
+        A first SIGINT waits for the request in flight (to a backend that
+        never answers); a second one aborts it, and the process ends at once
+        without a traceback.
+        """
+        factory = Factory.forProtocol(_Hold)
+        factory.connected = []
+        factory.waiting = []
+        backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        path = self.writeConfig(backend=backend.getHost().port)
+        process, transport = self.spawn("lbproxy", "--config", path)
+        match = yield process.waitFor(rb"ProxySite starting on (\d+)")
+        port = int(match.group(1))
+
+        client = _Raw()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(lambda: client.transport.abortConnection())
+        atBackend = Deferred()
+        factory.waiting.append(atBackend)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield atBackend
+
+        transport.signalProcess("INT")
+        yield process.waitFor(rb"a second SIGINT or SIGTERM stops at once")
+        self.assertIsNone(process.code)
+        transport.signalProcess("INT")
+        start = reactor.seconds()
+        yield process.ended
+        took = reactor.seconds() - start
+        output = process.out + process.err
+        self.assertLess(took, 10, output)
+        self.assertNotIn(b"Traceback", output)
+        self.assertNotIn(b"ReactorNotRunning", output)
+        self.assertIn(b"stopping at once: aborting 1 client connection(s)", output)
+        self.assertEqual((yield client.closed), b"")

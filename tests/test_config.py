@@ -23,6 +23,7 @@ from lbproxy.config import (
     DemoConfig,
     HealthCheckConfig,
     ProxyConfig,
+    RouteConfig,
     ServerConfig,
     UpstreamConfig,
     VHostConfig,
@@ -189,7 +190,10 @@ class ParseConfigTests(SynchronousTestCase):
         self.assertEqual((app.nextUpstreamTries, app.keepalive), (2, 8))
         (vhost,) = config.vhosts
         self.assertEqual(vhost.serverNames, ("app.example.com", "*.app.example.com"))
-        self.assertEqual(vhost.routes, (("/api/", "app"), ("/static/", "static")))
+        self.assertEqual(
+            vhost.routes,
+            (RouteConfig("/api/", "upstream", "app"), RouteConfig("/static/", "upstream", "static")),
+        )
         self.assertFalse(vhost.preserveHost)
         self.assertTrue(vhost.default)
         self.assertEqual(config.demos[0].listen, ("tcp:9001:interface=127.0.0.1",))
@@ -416,7 +420,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "server_names": ("A.example.com *.b.example.com", ("a.example.com", "*.b.example.com")),
         "default": ("yes", True),
         "upstream": ("app", "app"),
-        "routes": ("/api/ app", (("/api/", "app"),)),
+        "routes": ("/api/ app", (RouteConfig("/api/", "upstream", "app"),)),
         "preserve_host": ("no", False),
     },
     "demo": {"listen": ("tcp:9002 tcp:9003", ("tcp:9002", "tcp:9003"))},

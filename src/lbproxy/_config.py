@@ -11,7 +11,8 @@ those declarations; what involves more than one key (the C{health_*} keys
 need C{health_check}, the balancer must accept its options, vhosts must
 name upstreams that exist) is checked after.
 
-Parsing is pure: no reactor, no sockets, nothing read but the file.  Every
+Parsing is pure: no reactor, no sockets, nothing read but the file (only
+the directories of C{files:} routes are looked for).  Every
 problem found is reported at once, each naming the file, the section, the
 key, the bad value and what was expected.
 """
@@ -25,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, c
 
 from lbproxy._values import (
     BadItems,
+    RouteConfig,
     isHostName,
     isName,
     listOf,
@@ -57,6 +59,7 @@ __all__ = [
     "HealthCheckConfig",
     "Key",
     "ProxyConfig",
+    "RouteConfig",
     "ServerConfig",
     "SiteConfig",
     "UpstreamConfig",
@@ -332,7 +335,7 @@ class VHostConfig:
     @ivar serverNames: lower-cased exact names and C{*.domain} wildcards.
     @ivar upstream: the upstream for every path no route matches, or
         L{None} (such paths get 404).
-    @ivar routes: C{(path prefix, upstream name)} pairs.
+    @ivar routes: the L{RouteConfig}s, in file order.
     """
 
     name: str
@@ -345,8 +348,8 @@ class VHostConfig:
     upstream: Optional[str] = _setting(
         "upstream", None, parseUpstreamName, "the upstream of every path no route matches"
     )
-    routes: tuple[tuple[str, str], ...] = _setting(
-        "routes", (), parseRoutes, "path prefixes and the upstream each goes to"
+    routes: tuple[RouteConfig, ...] = _setting(
+        "routes", (), parseRoutes, "path prefixes and what answers each: an upstream, files, a redirect, a fixed answer"
     )
     preserveHost: bool = _setting(
         "preserve_host", True, parseBool, "send the client's Host to the backend"
@@ -674,13 +677,13 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
                 vhost.upstream,
                 f"undefined section; expected the name of an [upstream:NAME] section, but there is no [upstream:{vhost.upstream}]",
             )
-        for prefix, upstream in vhost.routes:
-            if upstream not in config.upstreams:
+        for route in vhost.routes:
+            if route.kind == "upstream" and route.target not in config.upstreams:
                 reader.fail(
                     section,
                     "routes",
-                    f"{prefix} {upstream}",
-                    f"undefined section; expected the name of an [upstream:NAME] section, but there is no [upstream:{upstream}]",
+                    f"{route.prefix} {route.target}",
+                    f"undefined section; expected the name of an [upstream:NAME] section, but there is no [upstream:{route.target}]",
                 )
         if (
             not vhost.serverNames

@@ -55,28 +55,40 @@ class UpstreamResource(ReverseProxyResource):
     """
     A resource that forwards every request to a backend of C{pool}.
 
-    It is a leaf: the whole path and query go to the backend unchanged.
+    It is a leaf: the whole path and query go to the backend unchanged,
+    unless L{stripPrefix} is set.
 
     @ivar pool: the L{Pool} that picks the backend.
     @ivar preserveHost: send the client's C{Host} to the backend (as
         nginx's C{proxy_set_header Host $host}); when false, send the
         backend's own C{host:port}.
+    @ivar stripPrefix: a path prefix (C{b"/api"}) that the backend does not
+        see: a request for C{/api/users?q} is sent as C{/users?q}, one for
+        C{/api} as C{/}.  L{None} (the default): the path is sent as it is.
     """
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, pool: Pool, preserveHost: bool = True, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        preserveHost: bool = True,
+        reactor: Any = None,
+        stripPrefix: Optional[bytes] = None,
+    ) -> None:
         """
         @param pool: the backends to forward to.
         @param preserveHost: see L{preserveHost}.
         @param reactor: the reactor for timeouts; the pool's when L{None}.
+        @param stripPrefix: see L{stripPrefix}.
         """
         ReverseProxyResource.__init__(
             self, pool.name, 0, b"", reactor or pool._reactor
         )
         self.pool = pool
         self.preserveHost = preserveHost
+        self.stripPrefix = stripPrefix or None
 
     def getChild(self, path: bytes, request: Any) -> UpstreamResource:
         return self
@@ -164,6 +176,11 @@ class _Exchange(ResponseHandler):
             self._stage = _ANSWERED
             writeError(request, 400)
             return
+        strip = self._resource.stripPrefix
+        if strip is not None and uri.startswith(strip):
+            uri = uri[len(strip) :]
+            if not uri.startswith(b"/"):
+                uri = b"/" + uri
         self._proxied.onConnectionLost = self._clientLost
         incoming = request.requestHeaders
         address = request.getClientAddress()

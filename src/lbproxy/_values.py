@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_config -*-
 """
 The kinds of value site.ini holds: durations, sizes, booleans, whole
-numbers, lists, endpoint descriptions, host names, status ranges.
+numbers, lists, endpoint descriptions, host names, status ranges, the
+routes of a vhost.
 
 Each parser takes the raw text and returns the value, or raises
 L{ValueError} whose message says what was expected (the configuration
@@ -14,8 +15,11 @@ share the syntax of durations) can import it without importing each other.
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -315,17 +319,157 @@ def parseServerName(text: str) -> str:
     return name
 
 
-def parseRoutes(text: str) -> tuple[tuple[str, str], ...]:
+#: The status codes a C{redirect:} route may answer with.
+REDIRECT_CODES = (301, 302, 307, 308)
+
+_ROUTE_TARGETS = (
+    "an upstream name, files:DIR, redirect:CODE:URL or return:CODE[:BODY]"
+)
+_URL_TEXT = re.compile(r"^[\x21-\x7e]+$")
+
+
+@dataclass(frozen=True)
+class RouteConfig:
     """
-    Parse pairs of a path prefix and an upstream name, such as
-    C{/api/ api /static/ static}.
+    One route of a vhost: a path prefix and what answers the paths that
+    start with it.
+
+    @ivar prefix: the path prefix, starting with C{/}.
+    @ivar kind: C{"upstream"} (forwarded to an upstream), C{"files"}
+        (static files of a directory), C{"redirect"} or C{"return"} (a
+        fixed answer).
+    @ivar target: the upstream's name, the directory's absolute path, the
+        absolute URL redirected to, or the body returned (C{""}: none).
+    @ivar code: the status of a C{redirect} or C{return}; 0 otherwise.
+    @ivar stripPrefix: (C{upstream}) the backend sees the path without
+        the prefix.
+    @ivar listing: (C{files}) a directory with no index file is listed
+        rather than refused.
     """
-    words = splitWords(text)
-    expected = "pairs of a path prefix starting with / and an upstream name"
-    if len(words) % 2:
+
+    prefix: str
+    kind: str
+    target: str = ""
+    code: int = 0
+    stripPrefix: bool = False
+    listing: bool = False
+
+
+def _parseFilesRoute(prefix: str, directory: str, flags: Sequence[str]) -> RouteConfig:
+    expected = "files:DIR with DIR the absolute path of a directory, such as files:/srv/www"
+    if not os.path.isabs(directory):
         raise ValueError(expected)
-    pairs = tuple(zip(words[::2], words[1::2]))
-    for prefix, upstream in pairs:
-        if not prefix.startswith("/") or not isName(upstream):
-            raise ValueError(expected)
-    return pairs
+    if not os.path.isdir(directory):
+        raise ValueError(f"{expected}; there is no directory {directory}")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise ValueError(f"{expected}; {directory} cannot be read")
+    return RouteConfig(prefix, "files", directory, listing="listing" in flags)
+
+
+def _parseRedirectRoute(prefix: str, value: str) -> RouteConfig:
+    codes = ", ".join(str(c) for c in REDIRECT_CODES[:-1])
+    expected = (
+        f"redirect:CODE:URL with CODE {codes} or {REDIRECT_CODES[-1]} and URL an "
+        "absolute http:// or https:// URL without query or fragment, such as "
+        "redirect:301:https://new.example.com/"
+    )
+    code, _, url = value.partition(":")
+    if not code.isdigit() or int(code) not in REDIRECT_CODES:
+        raise ValueError(expected)
+    parts = urlsplit(url)
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.netloc
+        or "?" in url
+        or "#" in url
+        or not _URL_TEXT.match(url)
+    ):
+        raise ValueError(expected)
+    return RouteConfig(prefix, "redirect", url, int(code))
+
+
+def _parseReturnRoute(prefix: str, value: str) -> RouteConfig:
+    expected = (
+        "return:CODE or return:CODE:BODY with CODE between 200 and 599 and "
+        "BODY a word of text (none with 204 or 304), such as return:204 or "
+        "return:200:ok"
+    )
+    code, _, body = value.partition(":")
+    if not code.isdigit() or not 200 <= int(code) <= 599:
+        raise ValueError(expected)
+    if body and int(code) in (204, 304):
+        raise ValueError(expected)
+    return RouteConfig(prefix, "return", body, int(code))
+
+
+def _parseRoute(words: Sequence[str]) -> RouteConfig:
+    """
+    Parse one route: its prefix, its target and its flags.
+    """
+    prefix = words[0]
+    if not prefix.startswith("/"):
+        raise ValueError(f"a path prefix starting with / followed by {_ROUTE_TARGETS}")
+    if len(words) < 2:
+        raise ValueError(f"a path prefix followed by {_ROUTE_TARGETS}")
+    target, flags = words[1], words[2:]
+    kind, sep, value = target.partition(":")
+    allowed: tuple[str, ...] = ()
+    if not sep:
+        if not isName(target):
+            raise ValueError(f"a path prefix followed by {_ROUTE_TARGETS}")
+        allowed = ("strip_prefix",)
+        route = RouteConfig(prefix, "upstream", target, stripPrefix="strip_prefix" in flags)
+    elif kind == "files":
+        allowed = ("listing",)
+        route = _parseFilesRoute(prefix, value, flags)
+    elif kind == "redirect":
+        route = _parseRedirectRoute(prefix, value)
+    elif kind == "return":
+        route = _parseReturnRoute(prefix, value)
+    else:
+        raise ValueError(f"a path prefix followed by {_ROUTE_TARGETS}")
+    for flag in flags:
+        if flag not in allowed:
+            raise ValueError(
+                "after an upstream name, strip_prefix; after files:DIR, "
+                "listing; after redirect: and return:, nothing"
+            )
+    return route
+
+
+def _splitRoutes(text: str) -> list[list[str]]:
+    """
+    Split routes into their words: each begins at a word starting with
+    C{/}, so that one route per line and several on one line read alike.
+    """
+    routes: list[list[str]] = []
+    for word in splitWords(text):
+        if word.startswith("/") or not routes:
+            routes.append([word])
+        else:
+            routes[-1].append(word)
+    return routes
+
+
+def parseRoutes(text: str) -> tuple[RouteConfig, ...]:
+    """
+    Parse routes: each a path prefix, then its target (an upstream name,
+    C{files:DIR}, C{redirect:CODE:URL} or C{return:CODE[:BODY]}), then its
+    flags (C{strip_prefix} after an upstream name, C{listing} after
+    C{files:DIR}), such as C{/api/ api strip_prefix /ping return:204}.
+
+    The directory of a C{files:} route must exist and be readable: this
+    is the one check of the configuration that looks at the file system.
+
+    @raise BadItems: naming every bad route.
+    """
+    values = []
+    bad = []
+    for words in _splitRoutes(text):
+        try:
+            values.append(_parseRoute(words))
+        except ValueError as e:
+            bad.append((" ".join(words), str(e)))
+    if bad:
+        raise BadItems(bad)
+    return tuple(values)

@@ -10,6 +10,11 @@ directory, a Klein app, a tree of the embedder's own) is given
 C{request.prepath} and C{request.postpath} with the route's prefix consumed
 and is traversed from there, as L{twisted.web.server.Site} and
 L{twisted.web.vhost.NameVirtualHost} would.
+
+The route kinds of site.ini other than an upstream are resources here too:
+L{StaticFiles} (C{files:DIR}), L{RedirectResource} (C{redirect:CODE:URL})
+and L{FixedResource} (C{return:CODE[:BODY]}).  The last two answer from the
+raw path, as an upstream does, so they are matched as plain bytes too.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import File
 from zope.interface import implementer
 
-from lbproxy._http import ANY_ABSOLUTE
+from lbproxy._http import ANY_ABSOLUTE, NO_BODY_CODES
 from lbproxy._pages import errorBody, renderError
 
 
@@ -93,6 +99,14 @@ def _redirectWithSlash(request: Any, path: bytes) -> bytes:
     query = request.uri.partition(b"?")[2]
     location = path + b"/" + (b"?" + query if query else b"")
     code = 301 if request.method in (b"GET", b"HEAD") else 308
+    return _redirect(request, code, location)
+
+
+def _redirect(request: Any, code: int, location: bytes) -> bytes:
+    """
+    Set up C{request} to answer with a redirect to C{location}, and return
+    the body of its short page.
+    """
     body = errorBody(code)
     request.setResponseCode(code)
     request.responseHeaders.setRawHeaders(b"location", [location])
@@ -101,17 +115,111 @@ def _redirectWithSlash(request: Any, path: bytes) -> bytes:
     return body
 
 
+class StaticFiles(File):
+    """
+    The static files of a directory (a C{files:DIR} route), served as
+    L{twisted.web.static.File} serves them (index files, C{Range},
+    C{If-Modified-Since}, no path outside the directory), but without
+    directory listings: a directory with no index file is C{403
+    Forbidden}, as with nginx's C{autoindex off}.  A route with the
+    C{listing} flag is a plain L{File}.
+    """
+
+    def directoryListing(self) -> IResource:
+        return self.forbidden
+
+
+@implementer(IResource)
+class RedirectResource(Resource):
+    """
+    Answers every request with a redirect (a C{redirect:CODE:URL} route):
+    to C{url}, followed by the rest of the request's path after the
+    route's prefix and by its query, one C{/} between the two.
+
+    @ivar code: 301, 302, 307 or 308.
+    @ivar url: the absolute URL redirected to.
+    @ivar prefix: the route's prefix, left out of the path appended.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int, url: bytes, prefix: bytes) -> None:
+        Resource.__init__(self)
+        self.code = code
+        self.url = url
+        self.prefix = prefix
+
+    def locationFor(self, uri: bytes) -> bytes:
+        """
+        Where a request for C{uri} (path and query, the path starting with
+        L{prefix}) is sent.
+        """
+        rest = uri[len(self.prefix) :] if uri.startswith(self.prefix) else uri
+        url = self.url
+        if not rest:
+            return url
+        if url.endswith(b"/"):
+            return url + rest[1:] if rest.startswith(b"/") else url + rest
+        if rest.startswith((b"/", b"?")):
+            return url + rest
+        return url + b"/" + rest
+
+    def render(self, request: Any) -> bytes:
+        return _redirect(request, self.code, self.locationFor(request.uri))
+
+
+@implementer(IResource)
+class FixedResource(Resource):
+    """
+    Answers every request with the same status and body (a
+    C{return:CODE[:BODY]} route): the body as C{text/plain}, or with no
+    body given, lbproxy's page for a code of 400 or more (as nginx's
+    C{return 404;}) and an empty body below.
+
+    @ivar code: the status code.
+    @ivar body: the body, or L{None}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int, body: Optional[bytes] = None) -> None:
+        Resource.__init__(self)
+        self.code = code
+        self.body = body or None
+
+    def render(self, request: Any) -> Any:
+        code = self.code
+        request.setResponseCode(code)
+        if code in NO_BODY_CODES:
+            # Finished here: a returned body would get a Content-Length,
+            # which a 204 must not have.
+            request.finish()
+            return NOT_DONE_YET
+        headers = request.responseHeaders
+        body = self.body
+        if body is not None:
+            headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        elif code >= 400:
+            body = errorBody(code)
+            headers.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
+        else:
+            body = b""
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        return body
+
+
 def _readsPath(resource: IResource) -> bool:
     """
     Whether C{resource} needs C{request.prepath} and C{request.postpath}
     (and traversal): every resource but an L{lbproxy.UpstreamResource},
-    which forwards C{request.uri} whole.
+    which forwards C{request.uri} whole, and the fixed answers of
+    L{RedirectResource} and L{FixedResource}.
     """
     # Imported here: lbproxy._proxy stands on the client side, which must
     # stay free to import this module.
     from lbproxy._proxy import UpstreamResource
 
-    return not isinstance(resource, UpstreamResource)
+    return not isinstance(resource, (UpstreamResource, RedirectResource, FixedResource))
 
 
 class VirtualHost:
@@ -121,8 +229,9 @@ class VirtualHost:
     @ivar serverNames: lower-cased exact names and C{*.domain} wildcards.
     @ivar routes: C{(prefix, resource)} pairs, longest prefix first; the
         prefix C{b"/"} (or C{b""}) matches every path.  The prefix of an
-        L{lbproxy.UpstreamResource} is matched as bytes (C{/api} matches
-        C{/apix}, as an nginx prefix location); that of any other resource
+        L{lbproxy.UpstreamResource}, a L{RedirectResource} or a
+        L{FixedResource} is matched as bytes (C{/api} matches C{/apix}, as
+        an nginx prefix location); that of any other resource
         as whole segments (C{/static} and C{/static/} match C{/static} and
         C{/static/...} only), and C{/static/} answers a request for
         C{/static} with a redirect to C{/static/}, unless C{/static} is a

@@ -17,11 +17,14 @@ from typing import IO, Any, Optional
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.static import File
 
 from lbproxy._backend import Backend
 from lbproxy._config import (
     ConfigError,
     DemoConfig,
+    RouteConfig,
     SiteConfig,
     UpstreamConfig,
     VHostConfig,
@@ -33,7 +36,13 @@ from lbproxy._listeners import EndpointListener, ListenerService
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
 from lbproxy._site import ProxySite
-from lbproxy._vhost import VirtualHost, VirtualHostResource
+from lbproxy._vhost import (
+    FixedResource,
+    RedirectResource,
+    StaticFiles,
+    VirtualHost,
+    VirtualHostResource,
+)
 from lbproxy.balancers import buildBalancer
 
 
@@ -78,16 +87,27 @@ def buildVirtualHost(
 ) -> VirtualHost:
     """
     Build one L{VirtualHost}, its routes pointing at the resources of
-    their upstreams.
+    their upstreams, or at the resource of their kind (static files, a
+    redirect, a fixed answer).
     """
 
-    def resourceFor(upstream: str) -> UpstreamResource:
+    def resourceFor(upstream: str, stripPrefix: Optional[bytes] = None) -> UpstreamResource:
         base = resources[upstream]
-        if base.preserveHost == config.preserveHost:
+        if base.preserveHost == config.preserveHost and stripPrefix is None:
             return base
-        return UpstreamResource(base.pool, config.preserveHost, base.reactor)
+        return UpstreamResource(base.pool, config.preserveHost, base.reactor, stripPrefix)
 
-    routes = {prefix.encode("utf-8"): resourceFor(up) for prefix, up in config.routes}
+    def routeResource(route: RouteConfig) -> IResource:
+        prefix = route.prefix.encode("utf-8")
+        if route.kind == "files":
+            return (File if route.listing else StaticFiles)(route.target)
+        if route.kind == "redirect":
+            return RedirectResource(route.code, route.target.encode("ascii"), prefix)
+        if route.kind == "return":
+            return FixedResource(route.code, route.target.encode("utf-8"))
+        return resourceFor(route.target, prefix if route.stripPrefix else None)
+
+    routes = {route.prefix.encode("utf-8"): routeResource(route) for route in config.routes}
     if config.upstream is not None:
         routes.setdefault(b"/", resourceFor(config.upstream))
     return VirtualHost(config.name, config.serverNames, routes)

@@ -1,0 +1,541 @@
+"""
+Tests for a vhost's header rules: C{request_headers}, C{response_headers}
+and C{request_id} read from site.ini (L{lbproxy._values},
+L{lbproxy._config}), compiled into L{lbproxy._headers.HeaderRules} and
+applied by L{lbproxy.UpstreamResource}, driven on
+L{lbproxy.testing.ProxyHarness}.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy import Backend, Pool, UpstreamResource
+from lbproxy._config import ConfigError, parseConfigText
+from lbproxy._headers import HeaderRules, forwardedHeaders
+from lbproxy._proxy import _Exchange, _RuledExchange
+from lbproxy._values import parseRequestHeaderRules, parseResponseHeaderRules
+from lbproxy.service import LoadBalancerService
+from lbproxy.testing import ProxyHarness
+
+_BASE = """\
+[lbproxy]
+listen = tcp:0
+[upstream:app]
+servers = 127.0.0.1:9001
+[vhost:app]
+default = yes
+upstream = app
+"""
+
+_HEX32 = re.compile(rb"\A[0-9a-f]{32}\Z")
+
+
+def _errors(text: str) -> list[str]:
+    try:
+        parseConfigText(_BASE + text)
+    except ConfigError as e:
+        return e.errors
+    raise AssertionError("no ConfigError")
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The rules as site.ini gives them, and the errors of bad ones.
+    """
+
+    def test_parsed(self):
+        """
+        C{set NAME VALUE} and C{remove NAME}, one per line, become rules;
+        variables (C{$name}, C{${name}}) are parts of their own and C{$$} is
+        a literal C{$}.
+        """
+        config = parseConfigText(
+            _BASE
+            + "request_headers =\n"
+            "    set X-Env prod\n"
+            "    remove X-Debug\n"
+            "    SET X-Client ${remote_addr}:$server_port $$5\n"
+            "response_headers = set X-Frame-Options DENY\n"
+            "request_id = yes\n"
+        )
+        (vhost,) = config.vhosts
+        self.assertEqual(
+            vhost.requestHeaders,
+            (
+                ("set", "X-Env", ((False, "prod"),)),
+                ("remove", "X-Debug", ()),
+                (
+                    "set",
+                    "X-Client",
+                    ((True, "remote_addr"), (False, ":"), (True, "server_port"), (False, " $5")),
+                ),
+            ),
+        )
+        self.assertEqual(vhost.responseHeaders, (("set", "X-Frame-Options", ((False, "DENY"),)),))
+        self.assertTrue(vhost.requestId)
+
+    def test_defaults(self):
+        """
+        Without the keys, a vhost has no rules and no request ids.
+        """
+        (vhost,) = parseConfigText(_BASE).vhosts
+        self.assertEqual((vhost.requestHeaders, vhost.responseHeaders, vhost.requestId), ((), (), False))
+
+    def test_badLines(self):
+        """
+        Each bad line is reported on its own, with the line and what was
+        expected: an unknown verb, a missing or invalid name, a missing
+        value, something after C{remove NAME}, an unknown variable.
+        """
+        errors = _errors(
+            "request_headers =\n"
+            "    add X-A 1\n"
+            "    set\n"
+            "    set X:A 1\n"
+            "    set X-A\n"
+            "    remove X-A now\n"
+            "    set X-A $hots\n"
+            "    set X-A ${host\n"
+            "    set X-A 100$\n"
+        )
+        self.assertEqual(len(errors), 8, errors)
+        expected = [
+            ("add X-A 1", "set NAME VALUE or remove NAME"),
+            ("set", "a header name"),
+            ("set X:A 1", "a header name (letters, digits"),
+            ("set X-A", "a value after the name"),
+            ("remove X-A now", "nothing after the name"),
+            ("set X-A $hots", "a known variable instead of '$hots': $remote_addr, $host"),
+            ("set X-A ${host", "a known variable instead of '${'"),
+            ("set X-A 100$", "a known variable instead of '$'"),
+        ]
+        for error, (line, what) in zip(errors, expected):
+            self.assertIn(f"[vhost:app] request_headers = {line!r}: bad value; expected {what}", error)
+
+    def test_controlCharacters(self):
+        """
+        A value with CR, LF (within a line), NUL, another control
+        character or a character outside ASCII is refused, naming it.
+        """
+        for value, named in [
+            ("a\rb", "CR"),
+            ("a\x00b", "NUL"),
+            ("a\x0bb", "control character 0x0b"),
+            ("a\x7f", "DEL"),
+            ("caf\u00e9", "U+00E9"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                parseResponseHeaderRules(f"set X-A {value}")
+            self.assertIn(f"without {named}", str(caught.exception))
+        # A LF ends the line: what follows is a line of its own, refused.
+        with self.assertRaises(ValueError):
+            parseRequestHeaderRules("set X-A a\nb")
+        errors = _errors("response_headers = set X-A a\rb\n")
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("without CR", errors[0])
+
+    def test_framingHeadersRefused(self):
+        """
+        The framing and hop-by-hop headers are lbproxy's, both ways; the
+        request's C{Host} is C{preserve_host}'s.
+        """
+        for name in ["Content-Length", "transfer-encoding", "Connection", "Upgrade", "TE"]:
+            for parse in (parseRequestHeaderRules, parseResponseHeaderRules):
+                with self.assertRaises(ValueError):
+                    parse(f"set {name} 1")
+                with self.assertRaises(ValueError):
+                    parse(f"remove {name}")
+        with self.assertRaises(ValueError) as caught:
+            parseRequestHeaderRules("set Host example.com")
+        self.assertIn("preserve_host", str(caught.exception))
+        self.assertEqual(
+            parseResponseHeaderRules("set Host example.com"),
+            (("set", "Host", ((False, "example.com"),)),),
+        )
+
+    def test_requestIdHeaderIsTheKeys(self):
+        """
+        With C{request_id = yes}, a rule naming X-Request-ID is an error.
+        """
+        errors = _errors(
+            "request_id = yes\nrequest_headers = remove X-Request-ID\n"
+            "response_headers = set x-request-id 1\n"
+        )
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("request_headers = 'remove X-Request-ID'", errors[0])
+        self.assertIn("response_headers = 'set x-request-id'", errors[1])
+        parseConfigText(_BASE + "request_headers = remove X-Request-ID\n")
+
+    def test_service(self):
+        """
+        The service gives a vhost with rules an L{UpstreamResource} of its
+        own with the compiled rules; a vhost without them shares the
+        upstream's, which has none.
+        """
+        config = parseConfigText(
+            _BASE
+            + "server_names = a.example\n"
+            "response_headers = remove Server\n"
+            "[vhost:b]\n"
+            "server_names = b.example\n"
+            "upstream = app\n"
+        )
+        service = LoadBalancerService(config, MemoryReactorClock())
+        ruled = service.resource.vhostFor(b"a.example").resourceFor(b"/")
+        plain = service.resource.vhostFor(b"b.example").resourceFor(b"/")
+        self.assertEqual(ruled.headerRules.responseRemoved, frozenset([b"server"]))
+        self.assertIsNone(plain.headerRules)
+        self.assertIs(ruled._exchange, _RuledExchange)
+        self.assertIs(plain._exchange, _Exchange)
+
+
+class _Harness:
+    """
+    One proxy with one backend and header rules, one client connection.
+    """
+
+    def __init__(self, testCase, request="", response="", requestId=False, secure=False):
+        self.reactor = MemoryReactorClock()
+        self.pool = Pool("app", [Backend("127.0.0.1", 9001)], reactor=self.reactor)
+        rules = HeaderRules(
+            parseRequestHeaderRules(request), parseResponseHeaderRules(response), requestId
+        )
+        self.resource = UpstreamResource(self.pool, True, headerRules=rules)
+        self.proxy = ProxyHarness(self.resource, reactor=self.reactor)
+        testCase.addCleanup(self.proxy.close)
+        self.client = self.proxy.connect(IPv4Address("TCP", "192.0.2.7", 4321), secure=secure)
+
+    def forward(self, head=b"GET / HTTP/1.1\r\nHost: App.Example:8080\r\n\r\n"):
+        """
+        Send C{head}; return the backend connection and what it received.
+        """
+        self.client.send(head)
+        backend = self.proxy.acceptBackend()
+        return backend, backend.received()
+
+    def exchange(self, head=b"GET / HTTP/1.1\r\nHost: App.Example:8080\r\n\r\n", response=None):
+        """
+        One whole exchange: what the backend received and what the client
+        received.
+        """
+        backend, sent = self.forward(head)
+        backend.respond(response or b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        received = self.client.received()
+        self.client.clear()
+        return sent, received
+
+
+def _headerValues(message: bytes, name: bytes) -> list[bytes]:
+    """
+    The values of header C{name} in the head of C{message}.
+    """
+    head = message.split(b"\r\n\r\n", 1)[0]
+    values = []
+    for line in head.split(b"\r\n")[1:]:
+        field, _, value = line.partition(b":")
+        if field.lower() == name.lower():
+            values.append(value.strip())
+    return values
+
+
+class RequestRuleTests(SynchronousTestCase):
+    """
+    C{request_headers} on the way to the backend.
+    """
+
+    def test_setAndRemove(self):
+        """
+        C{set} replaces every header of its name, the client's and
+        lbproxy's own forwarding headers alike; C{remove} drops them; the
+        other headers pass.
+        """
+        h = _Harness(
+            self,
+            request="set X-Env prod\nremove X-Debug\nremove X-Forwarded-For\nset X-Real-IP 10.9.9.9",
+        )
+        _, sent = h.forward(
+            b"GET / HTTP/1.1\r\nHost: app\r\nX-Env: dev\r\nx-env: test\r\n"
+            b"X-Debug: 1\r\nX-Forwarded-For: 203.0.113.9\r\nX-Other: kept\r\n\r\n"
+        )
+        self.assertEqual(_headerValues(sent, b"x-env"), [b"prod"])
+        self.assertEqual(_headerValues(sent, b"x-debug"), [])
+        self.assertEqual(_headerValues(sent, b"x-forwarded-for"), [])
+        self.assertEqual(_headerValues(sent, b"x-real-ip"), [b"10.9.9.9"])
+        self.assertEqual(_headerValues(sent, b"x-other"), [b"kept"])
+        self.assertEqual(_headerValues(sent, b"host"), [b"app"])
+        self.assertTrue(sent.endswith(b"\r\n\r\n"), sent)
+
+    def test_variables(self):
+        """
+        The variables are substituted: the client's address, the host
+        lower-cased without its port, the scheme, the port the client
+        connected to.
+        """
+        h = _Harness(
+            self,
+            request="set X-Seen $remote_addr|${host}|$scheme|$server_port|$$",
+            secure=True,
+        )
+        _, sent = h.forward()
+        self.assertEqual(
+            _headerValues(sent, b"x-seen"), [b"192.0.2.7|app.example|https|12345|$"]
+        )
+
+    def test_plainScheme(self):
+        """
+        C{$scheme} is C{http} on a plain connection.
+        """
+        h = _Harness(self, request="set X-Scheme $scheme")
+        _, sent = h.forward()
+        self.assertEqual(_headerValues(sent, b"x-scheme"), [b"http"])
+
+    def test_severalSetLines(self):
+        """
+        Several C{set} lines of one name send several headers, in order.
+        """
+        h = _Harness(self, request="set X-A 1\nset X-A 2")
+        _, sent = h.forward()
+        self.assertEqual(_headerValues(sent, b"x-a"), [b"1", b"2"])
+
+    def test_forwardedHeadersRemoved(self):
+        """
+        L{forwardedHeaders} leaves out the names it is told to, its own
+        forwarding headers included, and keeps the rest as it would.
+        """
+        from twisted.web.http_headers import Headers
+
+        incoming = Headers({b"X-A": [b"1"], b"X-B": [b"2"], b"Host": [b"h"]})
+        plain, host = forwardedHeaders(incoming, "192.0.2.1", False)
+        removed, sameHost = forwardedHeaders(
+            incoming, "192.0.2.1", False, frozenset([b"x-a", b"x-forwarded-proto"])
+        )
+        self.assertEqual(host, sameHost)
+        self.assertEqual(
+            removed,
+            b"".join(
+                line + b"\r\n"
+                for line in plain.split(b"\r\n")[:-1]
+                if not line.lower().startswith((b"x-a:", b"x-forwarded-proto:"))
+            ),
+        )
+        self.assertIn(b"X-B: 2\r\n", removed)
+
+
+class ResponseRuleTests(SynchronousTestCase):
+    """
+    C{response_headers} on the way to the client.
+    """
+
+    def test_setAndRemove(self):
+        """
+        C{set} replaces the backend's headers of its name, C{remove} drops
+        them; the others, every Set-Cookie among them, pass in order.
+        """
+        h = _Harness(self, response="set X-Frame-Options DENY\nremove Server\nset X-Via $scheme")
+        _, received = h.exchange(
+            response=b"HTTP/1.1 200 OK\r\nServer: backend/1.0\r\n"
+            b"X-Frame-Options: SAMEORIGIN\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 OK\r\n"), received)
+        self.assertEqual(_headerValues(received, b"x-frame-options"), [b"DENY"])
+        self.assertEqual(_headerValues(received, b"server"), [])
+        self.assertEqual(_headerValues(received, b"x-via"), [b"http"])
+        self.assertEqual(_headerValues(received, b"set-cookie"), [b"a=1", b"b=2"])
+        self.assertTrue(received.endswith(b"\r\n\r\nok"), received)
+
+    def test_slowPathHead(self):
+        """
+        A head with a folded header (parsed line by line, not forwarded as
+        it came) gets the rules too.
+        """
+        h = _Harness(self, response="remove X-Drop\nset X-Add 1")
+        _, received = h.exchange(
+            response=b"HTTP/1.1 200 OK\r\nX-Drop: 1\r\nX-Keep: a\r\n b\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 OK\r\n"), received)
+        self.assertEqual(_headerValues(received, b"x-drop"), [])
+        self.assertEqual(_headerValues(received, b"x-keep"), [b"a b"])
+        self.assertEqual(_headerValues(received, b"x-add"), [b"1"])
+
+    def test_onErrorPage(self):
+        """
+        lbproxy's own 502 page for the vhost carries the C{set} headers.
+        """
+        h = _Harness(self, response="set X-Frame-Options DENY", requestId=True)
+        h.client.send(b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-ID: abc-1\r\n\r\n")
+        h.proxy.refuseBackend()
+        received = h.client.received()
+        self.assertTrue(received.startswith(b"HTTP/1.1 502 "), received)
+        self.assertEqual(_headerValues(received, b"x-frame-options"), [b"DENY"])
+        self.assertEqual(_headerValues(received, b"x-request-id"), [b"abc-1"])
+
+    def test_noRulesNoChange(self):
+        """
+        A resource without rules forwards the backend's lines as they came.
+        """
+        reactor = MemoryReactorClock()
+        pool = Pool("app", [Backend("127.0.0.1", 9001)], reactor=reactor)
+        proxy = ProxyHarness(UpstreamResource(pool), reactor=reactor)
+        self.addCleanup(proxy.close)
+        client = proxy.connect()
+        client.send(b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-ID: abc\r\n\r\n")
+        backend = proxy.acceptBackend()
+        self.assertEqual(_headerValues(backend.received(), b"x-request-id"), [b"abc"])
+        backend.respond(b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(_headerValues(client.received(), b"server"), [b"s"])
+        self.assertEqual(_headerValues(client.received(), b"x-request-id"), [])
+
+
+class _Request:
+    """
+    Just what L{HeaderRules} asks of a request, with a C{Host} that no
+    lbproxy listener would let through.
+    """
+
+    def __init__(self, host):
+        self.host = host
+        from twisted.web.http_headers import Headers
+
+        self.requestHeaders = Headers()
+
+    def getHeader(self, name):
+        return self.host if name == b"host" else None
+
+    def getClientAddress(self):
+        return IPv4Address("TCP", "192.0.2.1", 1)
+
+    def getHost(self):
+        return IPv4Address("TCP", "10.0.0.1", 80)
+
+    def isSecure(self):
+        return False
+
+
+class SubstitutionCheckTests(SynchronousTestCase):
+    """
+    A value is checked again once its variables are substituted.
+
+    Behind a L{lbproxy.ProxySite} no variable can hold a control
+    character: the channel refuses a C{Host} that is not a host name, and
+    the others are addresses, ports, the scheme and checked or made ids.
+    An embedder's plain L{twisted.web.server.Site} on an older Twisted may
+    let more through in C{Host}, so the check itself is tested here.
+    """
+
+    def test_unsafeDropped(self):
+        """
+        A header whose value would hold CR LF (or NUL, or another control
+        character) is not sent, with a log line; the other rules apply.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        rules = HeaderRules(
+            parseRequestHeaderRules("set X-Host $host\nset X-Fixed 1"),
+            parseResponseHeaderRules("set X-Host h=$host"),
+        )
+        for host in [b"a\r\nX-Injected: 1", b"a\x00b", b"a\nb", b"a\x1bb"]:
+            del events[:]
+            lines, fields = rules.bind(_Request(host))
+            self.assertEqual(lines, b"X-Fixed: 1\r\n")
+            self.assertEqual(fields, [])
+            self.assertEqual(len(events), 2, events)
+            self.assertIn("X-Host", events[0]["name"])
+            self.assertEqual(events[0]["log_level"].name, "warn")
+
+    def test_safeKept(self):
+        """
+        A tab and the visible characters are safe; an empty value is left
+        out, as nginx does.
+        """
+        rules = HeaderRules(parseRequestHeaderRules("set X-Host $host\nset X-Empty ${host}"))
+        self.assertEqual(rules.bind(_Request(b"a\tb"))[0], b"X-Host: a\tb\r\nX-Empty: a\tb\r\n")
+        self.assertEqual(rules.bind(_Request(b""))[0], b"X-Host: 10.0.0.1\r\nX-Empty: 10.0.0.1\r\n")
+
+
+class RequestIdTests(SynchronousTestCase):
+    """
+    C{request_id = yes}.
+    """
+
+    def test_validKept(self):
+        """
+        A client's valid X-Request-ID goes to the backend and back to the
+        client, and is the request's C{requestId}.
+        """
+        for given in [b"abc", b"0f8fad5b-d9cb-469f-a165-70867728950e", b"a.b_c:d-" * 16]:
+            h = _Harness(self, requestId=True)
+            head = b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-ID: %s\r\n\r\n" % given
+            h.client.send(head)
+            (request,) = h.client.requests
+            self.assertEqual(request.requestId, given.decode("ascii"))
+            backend = h.proxy.acceptBackend()
+            self.assertEqual(_headerValues(backend.received(), b"x-request-id"), [given])
+            backend.respond(
+                b"HTTP/1.1 200 OK\r\nX-Request-ID: backend-own\r\nContent-Length: 0\r\n\r\n"
+            )
+            self.assertEqual(_headerValues(h.client.received(), b"x-request-id"), [given])
+
+    def test_madeWhenMissingOrInvalid(self):
+        """
+        Without a valid client id (none, empty, too long, a character
+        outside the set, two of them), one is made: 128 random bits in hex,
+        the same to the backend and to the client, and on the request.
+        """
+        for extra in [
+            b"",
+            b"X-Request-ID: \r\n",
+            b"X-Request-ID: %s\r\n" % (b"a" * 129),
+            b"X-Request-ID: a b\r\n",
+            b"X-Request-ID: a/b\r\n",
+            b"X-Request-ID: a\r\nX-Request-ID: b\r\n",
+        ]:
+            h = _Harness(self, requestId=True)
+            h.client.send(b"GET / HTTP/1.1\r\nHost: app\r\n%s\r\n" % extra)
+            (request,) = h.client.requests
+            backend = h.proxy.acceptBackend()
+            (sent,) = _headerValues(backend.received(), b"x-request-id")
+            self.assertTrue(_HEX32.match(sent), (extra, sent))
+            self.assertEqual(request.requestId, sent.decode("ascii"))
+            backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+            self.assertEqual(_headerValues(h.client.received(), b"x-request-id"), [sent])
+
+    def test_unique(self):
+        """
+        Made ids differ from request to request.
+        """
+        h = _Harness(self, requestId=True)
+        seen = set()
+        backend = None
+        for _ in range(200):
+            h.client.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            if backend is None:
+                backend = h.proxy.acceptBackend()
+            (sent,) = _headerValues(backend.received(), b"x-request-id")
+            backend.clear()
+            backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+            seen.add(sent)
+        self.assertEqual(len(seen), 200)
+
+    def test_variable(self):
+        """
+        C{$request_id} is the request's id in other headers too; without
+        C{request_id} it is a new id for each request, not the client's,
+        and no X-Request-ID is added.
+        """
+        h = _Harness(self, request="set X-Trace t=$request_id", requestId=True)
+        _, sent = h.forward(b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-ID: abc\r\n\r\n")
+        self.assertEqual(_headerValues(sent, b"x-trace"), [b"t=abc"])
+        h = _Harness(self, request="set X-Trace $request_id")
+        _, sent = h.forward(b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-ID: abc\r\n\r\n")
+        (trace,) = _headerValues(sent, b"x-trace")
+        self.assertTrue(_HEX32.match(trace), trace)
+        self.assertEqual(_headerValues(sent, b"x-request-id"), [b"abc"])

@@ -422,6 +422,12 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "upstream": ("app", "app"),
         "routes": ("/api/ app", (RouteConfig("/api/", "upstream", "app"),)),
         "preserve_host": ("no", False),
+        "request_headers": (
+            "set X-Env prod",
+            (("set", "X-Env", ((False, "prod"),)),),
+        ),
+        "response_headers": ("remove Server", (("remove", "Server", ()),)),
+        "request_id": ("yes", True),
     },
     "demo": {"listen": ("tcp:9002 tcp:9003", ("tcp:9002", "tcp:9003"))},
 }

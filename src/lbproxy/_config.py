@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, c
 
 from lbproxy._values import (
     BadItems,
+    HeaderRule,
     RouteConfig,
     isHostName,
     isName,
@@ -40,6 +41,8 @@ from lbproxy._values import (
     parsePositiveDuration,
     parsePositiveInt,
     parsePositiveSize,
+    parseRequestHeaderRules,
+    parseResponseHeaderRules,
     parseRoutes,
     parseServerName,
     parseStatusRanges,
@@ -354,6 +357,15 @@ class VHostConfig:
     preserveHost: bool = _setting(
         "preserve_host", True, parseBool, "send the client's Host to the backend"
     )
+    requestHeaders: tuple[HeaderRule, ...] = _setting(
+        "request_headers", (), parseRequestHeaderRules, "headers set or removed on the way to the backend"
+    )
+    responseHeaders: tuple[HeaderRule, ...] = _setting(
+        "response_headers", (), parseResponseHeaderRules, "headers set or removed on the way to the client"
+    )
+    requestId: bool = _setting(
+        "request_id", False, parseBool, "an X-Request-ID on every request, to the backend, the client and the log"
+    )
 
 
 @dataclass(frozen=True)
@@ -640,7 +652,20 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
 
 def _readVHost(reader: _Reader, section: str, name: str) -> VHostConfig:
     s = _Section(reader, section, "vhost")
-    return VHostConfig(name=name, **s.read(VHostConfig))
+    vhost = VHostConfig(name=name, **s.read(VHostConfig))
+    if vhost.requestId:
+        for key, rules in [
+            ("request_headers", vhost.requestHeaders),
+            ("response_headers", vhost.responseHeaders),
+        ]:
+            for verb, header, _ in rules:
+                if header.lower() == "x-request-id":
+                    s.error(
+                        key,
+                        f"{verb} {header}",
+                        "no rule for X-Request-ID: request_id = yes sets it",
+                    )
+    return vhost
 
 
 def _readDemo(reader: _Reader, section: str, name: str) -> DemoConfig:

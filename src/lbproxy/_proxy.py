@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from lbproxy._backend import Backend, Outcome
 from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
-from lbproxy._headers import HOP_BY_HOP, forwardedHeaders
+from lbproxy._headers import HOP_BY_HOP, HeaderRules, forwardedHeaders
 from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
 from lbproxy._interfaces import IProxyRequest
 from lbproxy._pages import writeError
@@ -65,6 +65,8 @@ class UpstreamResource(ReverseProxyResource):
     @ivar stripPrefix: a path prefix (C{b"/api"}) that the backend does not
         see: a request for C{/api/users?q} is sent as C{/users?q}, one for
         C{/api} as C{/}.  L{None} (the default): the path is sent as it is.
+    @ivar headerRules: the vhost's L{HeaderRules} (C{request_headers},
+        C{response_headers}, C{request_id}), or L{None}.
     """
 
     isLeaf = True
@@ -76,12 +78,15 @@ class UpstreamResource(ReverseProxyResource):
         preserveHost: bool = True,
         reactor: Any = None,
         stripPrefix: Optional[bytes] = None,
+        *,
+        headerRules: Optional[HeaderRules] = None,
     ) -> None:
         """
         @param pool: the backends to forward to.
         @param preserveHost: see L{preserveHost}.
         @param reactor: the reactor for timeouts; the pool's when L{None}.
         @param stripPrefix: see L{stripPrefix}.
+        @param headerRules: see L{headerRules}.
         """
         ReverseProxyResource.__init__(
             self, pool.name, 0, b"", reactor or pool._reactor
@@ -89,6 +94,10 @@ class UpstreamResource(ReverseProxyResource):
         self.pool = pool
         self.preserveHost = preserveHost
         self.stripPrefix = stripPrefix or None
+        self.headerRules = headerRules
+        # Decided once: a resource without header rules runs none of their
+        # code per request.
+        self._exchange = _Exchange if headerRules is None else _RuledExchange
 
     def getChild(self, path: bytes, request: Any) -> UpstreamResource:
         return self
@@ -97,7 +106,7 @@ class UpstreamResource(ReverseProxyResource):
         """
         Forward C{request}; the response is written when it arrives.
         """
-        _Exchange(self, request).start()
+        self._exchange(self, request).start()
         return NOT_DONE_YET
 
 
@@ -158,6 +167,9 @@ class _Exchange(ResponseHandler):
     _timer: Optional[Deadline] = None
     _relay: Optional[_ResponseRelay] = None
 
+    #: Builds the header lines of the request to the backend.
+    _forwardedHeaders = staticmethod(forwardedHeaders)
+
     def __init__(self, resource: UpstreamResource, request: Any) -> None:
         self._resource = resource
         self._pool = resource.pool
@@ -184,7 +196,7 @@ class _Exchange(ResponseHandler):
         self._proxied.onConnectionLost = self._clientLost
         incoming = request.requestHeaders
         address = request.getClientAddress()
-        block, clientHost = forwardedHeaders(
+        block, clientHost = self._forwardedHeaders(
             incoming, getattr(address, "host", None), request.isSecure()
         )
         self._clientHost = clientHost or b""
@@ -486,6 +498,47 @@ class _Exchange(ResponseHandler):
             self._stopTimer()
             self._finishBackend(Outcome.CANCELLED)
             self._abortClient()
+
+
+class _RuledExchange(_Exchange):
+    """
+    An exchange of a resource with L{HeaderRules}: the rules' request
+    headers go to the backend, their response headers to the client (with
+    the backend's response, or with lbproxy's own error page).
+    """
+
+    def start(self) -> None:
+        rules = self._resource.headerRules
+        assert rules is not None
+        self._rules = rules
+        self._requestLines, self._responseFields = rules.bind(self._request)
+        _Exchange.start(self)
+
+    def _forwardedHeaders(  # type: ignore[override]
+        self, incoming: Any, clientAddress: Optional[str], secure: bool
+    ) -> tuple[bytes, Optional[bytes]]:
+        block, clientHost = forwardedHeaders(
+            incoming, clientAddress, secure, self._rules.requestRemoved
+        )
+        return block + self._requestLines, clientHost
+
+    def headReceived(self, head: ResponseHead) -> None:
+        removed = self._rules.responseRemoved
+        fields = [field for field in head.headers if field[0].lower() not in removed]
+        fields.extend(self._responseFields)
+        head.headers = fields
+        # Forwarded from the fields, not from the lines as they came.
+        head.lines = None
+        _Exchange.headReceived(self, head)
+
+    def _fail(self, code: int) -> None:
+        if self._stage < _ANSWERED and not self._proxied.startedWriting:
+            headers = self._request.responseHeaders
+            for name, _ in self._responseFields:
+                headers.removeHeader(name)
+            for name, value in self._responseFields:
+                headers.addRawHeader(name, value)
+        _Exchange._fail(self, code)
 
 
 @implementer(IPushProducer)

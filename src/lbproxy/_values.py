@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -473,3 +473,149 @@ def parseRoutes(text: str) -> tuple[RouteConfig, ...]:
     if bad:
         raise BadItems(bad)
     return tuple(values)
+
+
+#: The variables a header value (C{request_headers}, C{response_headers})
+#: may use, as C{$name} or C{${name}}.
+HEADER_VARIABLES = ("remote_addr", "host", "scheme", "request_id", "server_port")
+
+#: A header name: an RFC 9110 token.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+#: What a header value may hold: visible ASCII, space and tab.
+_HEADER_VALUE_BAD = re.compile(r"[^\t\x20-\x7e]")
+
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]*)\}|([A-Za-z0-9_]*))")
+
+#: The characters L{_HEADER_VALUE_BAD} refuses that have a name.
+_CONTROL_NAMES = {"\r": "CR", "\n": "LF", "\0": "NUL", "\x7f": "DEL"}
+
+#: The headers lbproxy frames or routes by itself, which a header rule may
+#: not touch, with the reason given.
+_FRAMING_HEADERS = {
+    "connection": "a hop-by-hop header, removed by lbproxy",
+    "keep-alive": "a hop-by-hop header, removed by lbproxy",
+    "proxy-connection": "a hop-by-hop header, removed by lbproxy",
+    "te": "a hop-by-hop header, removed by lbproxy",
+    "trailer": "a hop-by-hop header, removed by lbproxy",
+    "transfer-encoding": "the body's framing, which lbproxy sets",
+    "upgrade": "a hop-by-hop header, removed by lbproxy",
+    "content-length": "the body's framing, which lbproxy sets",
+}
+
+#: A header rule: C{(verb, name, value)}, the verb C{"set"} or
+#: C{"remove"}, the value (empty for C{remove}) as parts that are each
+#: C{(False, literal text)} or C{(True, variable name)}.
+HeaderRule = Tuple[str, str, Tuple[Tuple[bool, str], ...]]
+
+
+def parseHeaderValue(text: str) -> tuple[tuple[bool, str], ...]:
+    """
+    Parse the value of a C{set} header rule: text with variables
+    (L{HEADER_VARIABLES}) written C{$name} or C{${name}}; C{$$} is a
+    literal C{$}.
+
+    @return: the parts of the value, each C{(False, literal text)} or
+        C{(True, variable name)}, literals merged.
+    @raise ValueError: for a control character (CR, LF, NUL...), a
+        character outside ASCII, or an unknown variable.
+    """
+    bad = _HEADER_VALUE_BAD.search(text)
+    if bad is not None:
+        char = bad.group()
+        what = _CONTROL_NAMES.get(char) or (
+            f"U+{ord(char):04X}" if char > "\x7f" else f"control character 0x{ord(char):02x}"
+        )
+        raise ValueError(
+            f"a value of visible ASCII characters, spaces and tabs, without {what}"
+        )
+    parts: list[tuple[bool, str]] = []
+    literal = ""
+    position = 0
+    while True:
+        dollar = text.find("$", position)
+        if dollar < 0:
+            break
+        literal += text[position:dollar]
+        if text[dollar + 1 : dollar + 2] == "$":
+            literal += "$"
+            position = dollar + 2
+            continue
+        match = _VARIABLE.match(text, dollar)
+        assert match is not None
+        braced, bare = match.groups()
+        name = braced if braced is not None else bare
+        if name not in HEADER_VARIABLES:
+            shown = match.group() if match.group() != "$" else text[dollar : dollar + 2]
+            raise ValueError(
+                f"a known variable instead of {shown!r}: "
+                + ", ".join("$" + v for v in HEADER_VARIABLES)
+                + " ($$ for a literal $)"
+            )
+        if literal:
+            parts.append((False, literal))
+            literal = ""
+        parts.append((True, name))
+        position = match.end()
+    literal += text[position:]
+    if literal:
+        parts.append((False, literal))
+    return tuple(parts)
+
+
+def _headerRuleParser(refused: Mapping[str, str]) -> Callable[[str], HeaderRule]:
+    """
+    Make the parser of one header rule line, C{set NAME VALUE} or
+    C{remove NAME}, that refuses the header names of C{refused} (lower-case
+    names to the reason).
+    """
+    expected = "set NAME VALUE or remove NAME"
+
+    def parse(text: str) -> HeaderRule:
+        words = text.split(None, 2)
+        verb = words[0].lower() if words else ""
+        if verb not in ("set", "remove"):
+            raise ValueError(expected)
+        if len(words) < 2:
+            raise ValueError(f"a header name after {verb!r} in {expected}")
+        name = words[1]
+        if _HEADER_NAME.match(name) is None:
+            raise ValueError(
+                f"a header name (letters, digits and !#$%&'*+-.^_`|~) instead of {name!r}"
+            )
+        why = refused.get(name.lower())
+        if why is not None:
+            raise ValueError(f"a header other than {name} ({why})")
+        if verb == "remove":
+            if len(words) > 2:
+                raise ValueError(f"nothing after the name in remove NAME (got {words[2]!r})")
+            return (verb, name, ())
+        if len(words) < 3:
+            raise ValueError(f"a value after the name in set NAME VALUE ('remove {name}' removes it)")
+        return (verb, name, parseHeaderValue(words[2].strip(" \t")))
+
+    return parse
+
+
+def _splitRuleLines(text: str) -> list[str]:
+    """
+    Split header rules, one per line, at line feeds only: a CR or another
+    control character inside a line stays there, to be refused with the
+    line's value.
+    """
+    return [line.strip(" \t") for line in text.split("\n") if line.strip(" \t")]
+
+
+#: Parse C{request_headers}: the rules for the headers sent to a backend.
+parseRequestHeaderRules = listOf(
+    _headerRuleParser(
+        {
+            **_FRAMING_HEADERS,
+            "host": "set by preserve_host: yes sends the client's, no the backend's host:port",
+        }
+    ),
+    _splitRuleLines,
+)
+
+#: Parse C{response_headers}: the rules for the headers sent to a client.
+parseResponseHeaderRules = listOf(_headerRuleParser(_FRAMING_HEADERS), _splitRuleLines)

@@ -31,6 +31,7 @@ from lbproxy._config import (
     parseConfig,
 )
 from lbproxy._demo import DemoResource, DemoSite
+from lbproxy._headers import HeaderRules
 from lbproxy._health import HealthChecker
 from lbproxy._listeners import EndpointListener, ListenerService
 from lbproxy._pool import Pool
@@ -91,11 +92,24 @@ def buildVirtualHost(
     redirect, a fixed answer).
     """
 
+    headerRules = None
+    if config.requestHeaders or config.responseHeaders or config.requestId:
+        # Compiled once, shared by the vhost's upstream routes.
+        headerRules = HeaderRules(
+            config.requestHeaders, config.responseHeaders, config.requestId
+        )
+
     def resourceFor(upstream: str, stripPrefix: Optional[bytes] = None) -> UpstreamResource:
         base = resources[upstream]
-        if base.preserveHost == config.preserveHost and stripPrefix is None:
+        if (
+            base.preserveHost == config.preserveHost
+            and stripPrefix is None
+            and headerRules is None
+        ):
             return base
-        return UpstreamResource(base.pool, config.preserveHost, base.reactor, stripPrefix)
+        return UpstreamResource(
+            base.pool, config.preserveHost, base.reactor, stripPrefix, headerRules=headerRules
+        )
 
     def routeResource(route: RouteConfig) -> IResource:
         prefix = route.prefix.encode("utf-8")

@@ -13,18 +13,14 @@ see L{lbproxy._server} for the list, and C{docs/security.rst}.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import IO, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import (
-    NO_BODY_CODES,
-    combinedLogFormatter,
-    datetimeToLogString,
-    parse_qs,
-)
+from twisted.web.http import NO_BODY_CODES, datetimeToLogString, parse_qs
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from twisted.web.server import version as _TWISTED_SERVER
@@ -34,7 +30,58 @@ from lbproxy._interfaces import IProxyRequest
 from lbproxy._server import ProxyChannel, headerLines
 from lbproxy._vhost import originForm
 
-__all__ = ["ProxyChannel", "ProxyRequest", "ProxySite"]
+__all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "combinedLogLine"]
+
+
+#: The bytes nginx writes as C{\\xHH} in a log line (its default
+#: C{escape}): control characters, C{"}, C{\\}, DEL and every non-ASCII
+#: byte.
+_MUST_ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+
+
+def _escapeByte(match: re.Match[bytes]) -> bytes:
+    return b"\\x%02X" % ord(match.group())
+
+
+def logEscape(value: bytes) -> str:
+    """
+    C{value} as nginx writes a variable into a log line: as is, less the
+    bytes of L{_MUST_ESCAPE}, each written C{\\xHH} (upper-case hex).
+    """
+    return _MUST_ESCAPE.sub(_escapeByte, value).decode("ascii")
+
+
+def combinedLogLine(timestamp: str, request: Any) -> str:
+    """
+    The access log line of C{request}, byte for byte what nginx's
+    C{combined} format writes::
+
+        $remote_addr - $remote_user [$time_local] "$request" $status
+        $body_bytes_sent "$http_referer" "$http_user_agent"
+
+    (on one line): the client address unquoted, C{-} for a missing user,
+    referrer or agent, the body bytes sent as a number (C{0} for none),
+    and values escaped as nginx escapes them (L{logEscape}).
+
+    @param timestamp: the time, bracketed, as
+        L{twisted.web.http.datetimeToLogString} writes it.
+    """
+    host = getattr(request.getClientAddress(), "host", None)
+    remote = host if isinstance(host, str) and host else "-"
+    user = request.getUser() if request.getHeader(b"authorization") else b""
+    referrer = request.getHeader(b"referer")
+    agent = request.getHeader(b"user-agent")
+    requestLine = b"%s %s %s" % (request.method, request.uri, request.clientproto)
+    return '%s - %s %s "%s" %d %d "%s" "%s"' % (
+        remote,
+        logEscape(user) if user else "-",
+        timestamp,
+        logEscape(requestLine),
+        request.code,
+        request.sentLength,
+        "-" if referrer is None else logEscape(referrer),
+        "-" if agent is None else logEscape(agent),
+    )
 
 
 @implementer(IProxyRequest)
@@ -401,12 +448,12 @@ class ProxySite(Site):
 
     def log(self, request: Any) -> None:
         """
-        Write one line of the combined log format, unless the access log is
-        off.
+        Write one line of nginx's combined log format (see
+        L{combinedLogLine}), unless the access log is off.
         """
         if self.accessLog is None:
             return
-        line = combinedLogFormatter(self._logTime(), request)
+        line = combinedLogLine(self._logTime(), request)
         self.accessLog.write(line + "\n")
 
     _loggedSecond = -1

@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
+import signal
+import socket
 import sys
 
 from twisted.internet import reactor
@@ -21,8 +24,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
+
+from lbproxy import LoadBalancerService, parseConfigText
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -350,3 +356,140 @@ class FirstHourTests(TestCase):
         self.assertNotIn(b"ReactorNotRunning", output)
         self.assertIn(b"stopping at once: aborting 1 client connection(s)", output)
         self.assertEqual((yield client.closed), b"")
+
+
+_NGINX_CONF = """
+daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {dir}/access.log combined;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "hello\\n"; }}
+        location /missing {{ return 404; }}
+    }}
+}}
+"""
+
+
+def _freePort():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _masked(line):
+    """
+    C{line} with its time (the first bracketed field) masked.
+    """
+    return re.sub(r"\[[^]]*\]", "[TIME]", line, count=1)
+
+
+class NginxAccessLogTests(TestCase):
+    """
+    lbproxy in front of a real nginx: for each request, the line lbproxy
+    logs and the line nginx logs for the same request (forwarded by
+    lbproxy, so the same request line, headers, status and body) are the
+    same, the time apart.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def waitFor(self, condition, what, timeout=10.0):
+        deadline = reactor.seconds() + timeout
+        while not condition():
+            if reactor.seconds() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            yield deferLater(reactor, 0.02, lambda: None)
+
+    @inlineCallbacks
+    def startNginx(self):
+        nginx = shutil.which("nginx") or (_NGINX if os.path.exists(_NGINX) else None)
+        if nginx is None:
+            raise SkipTest("nginx is not installed")
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        port = _freePort()
+        conf = directory.child("nginx.conf")
+        conf.setContent(_NGINX_CONF.format(dir=directory.path, port=port).encode())
+        process = _Twistd()
+        transport = reactor.spawnProcess(
+            process,
+            nginx,
+            [nginx, "-p", directory.path, "-c", conf.path, "-e", directory.child("error.log").path],
+            env=dict(os.environ),
+        )
+        timer = reactor.callLater(_WAIT, transport.signalProcess, "KILL")
+
+        def stop():
+            if timer.active():
+                timer.cancel()
+            if transport.pid is not None:
+                transport.signalProcess(signal.SIGQUIT)
+            return process.ended
+
+        self.addCleanup(stop)
+
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        yield self.waitFor(lambda: listening() or process.code is not None, "nginx")
+        if process.code is not None:
+            self.fail(f"nginx did not start: {process.err!r}")
+        return port, directory.child("access.log")
+
+    @inlineCallbacks
+    def test_sameLinesAsNginx(self):
+        backend, nginxLog = yield self.startNginx()
+        ours = FilePath(self.mktemp())
+        config = parseConfigText(
+            _SITE.format(
+                listen="tcp:0:interface=127.0.0.1", accessLog=ours.path, backend=backend
+            ),
+            "site.ini",
+        )
+        service = LoadBalancerService(config, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        (listening,) = yield service.whenListening()
+        port = listening.getHost().port
+
+        requests = [
+            b"GET /a/b?c=d&e=%22x HTTP/1.1\r\nHost: example.com\r\n"
+            b"User-Agent: t\"e\\st \xc3\xa9\r\nReferer: http://ref.example/x\r\n"
+            b"Authorization: Basic YWxpY2U6c2VjcmV0\r\nConnection: close\r\n\r\n",
+            b"GET /missing HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+        ]
+        for number, request in enumerate(requests, 1):
+            client = _Raw()
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+            client.transport.write(request)
+            response = yield client.closed
+            self.assertTrue(response.startswith(b"HTTP/1."), response)
+
+            def logged(number=number):
+                return all(
+                    f.exists() and f.getContent().count(b"\n") >= number
+                    for f in (ours, nginxLog)
+                )
+
+            yield self.waitFor(logged, f"line {number} in both logs")
+        theirs = nginxLog.getContent().decode("ascii").splitlines()
+        mine = ours.getContent().decode("ascii").splitlines()
+        self.assertEqual(len(mine), len(requests))
+        self.assertEqual([_masked(line) for line in mine], [_masked(line) for line in theirs])
+        self.assertIn('"GET /missing HTTP/1.1" 404 ', mine[1])
+        time = re.compile(r"^\S+ - \S+ \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] ")
+        for line in mine + theirs:
+            self.assertTrue(time.match(line), line)

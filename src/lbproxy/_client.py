@@ -419,6 +419,10 @@ def writeNow(transport: Any, data: bytes) -> None:
     and with its flow control (a registered producer is paused when the
     transport's buffer fills).
 
+    While a pull (non-streaming) producer is registered, everything goes
+    through C{transport.write}: the transport asks that producer for more
+    only once its buffer has drained.
+
     A socket shut down for writing (after C{loseWriteConnection}) refuses
     the C{send} with C{EPIPE}; C{transport.write} then drops the data, as
     it drops anything written after the write side is closed.
@@ -429,6 +433,9 @@ def writeNow(transport: Any, data: bytes) -> None:
         and not transport.disconnecting
         and not transport.TLS
         and nothingBuffered(transport)
+        # A pull producer (static.File's) is asked for more only when the
+        # transport's own buffer drains: its writes must go through it.
+        and (transport.producer is None or transport.streamingProducer)
     ):
         try:
             sent = transport.socket.send(data)

@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -75,6 +76,7 @@ def listeningSocket(description: str) -> socket.socket:
     describes.
 
     @raise ValueError: for any other kind of endpoint.
+    @raise CannotListenError: when the socket cannot be opened.
     """
     try:
         listen = parseTCPDescription(description)
@@ -90,6 +92,10 @@ def listeningSocket(description: str) -> socket.socket:
         sock.bind((interface, port))
         sock.listen(listen.backlog)
         sock.setblocking(False)
+    except OSError as e:
+        # As Twisted's listenTCP says it, naming the address.
+        sock.close()
+        raise CannotListenError(interface, port, e) from None
     except BaseException:
         sock.close()
         raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 from random import Random
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
@@ -127,6 +127,65 @@ def buildVirtualHost(
     return VirtualHost(config.name, config.serverNames, routes)
 
 
+class StopSignals:
+    """
+    SIGINT and SIGTERM once the reactor runs: the first goes on to the
+    reactor's own handler, which stops the reactor gracefully; each later
+    one calls C{again} instead (the reactor's handler would try to stop a
+    stopping reactor, and log a C{ReactorNotRunning} traceback).
+
+    @ivar stopping: whether a stop has begun (a first signal came, or
+        L{stop} was called).
+    """
+
+    stopping = False
+
+    def __init__(self, again: Callable[[], object], reactor: Any = None) -> None:
+        """
+        @param again: called in the reactor thread for every signal after
+            the first.
+        @param reactor: the reactor; the global one when L{None}.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.again = again
+        self.reactor = reactor
+        self.previous: dict[int, Any] = {}
+
+    def installWhenRunning(self) -> None:
+        """
+        Take SIGINT and SIGTERM once the reactor runs (it installs its own
+        handlers as it starts).
+        """
+        self.reactor.callWhenRunning(self.install)
+
+    def install(self) -> None:
+        """
+        Take SIGINT and SIGTERM now, in front of their handlers.
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.signal(signum, self.onSignal)
+            except ValueError:  # not the main thread
+                return
+            self.previous[signum] = previous
+
+    def stop(self) -> None:
+        """
+        Say that a stop has begun: the next signal calls C{again}.
+        """
+        self.stopping = True
+
+    def onSignal(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            self.reactor.callFromThread(self.again)
+            return
+        self.stopping = True
+        previous = self.previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+
 class LoadBalancerService(MultiService):
     """
     A whole lbproxy: the pools, the virtual hosts and a listener per
@@ -153,9 +212,7 @@ class LoadBalancerService(MultiService):
         self._reactor = reactor
         self._configPath: Optional[str] = None
         self._previousHangup: Any = None
-        self._abortOnSecondSignal = False
-        self._stopSignalled = False
-        self._previousStopHandlers: dict[int, Any] = {}
+        self._stopSignals: Optional[StopSignals] = None
         self.pools, self.healthCheckers, self.resource = self._build(config)
         for checker in self.healthCheckers.values():
             checker.setServiceParent(self)
@@ -290,7 +347,8 @@ class LoadBalancerService(MultiService):
         C{twistd lbproxy} does; an embedding application decides for
         itself).
         """
-        self._abortOnSecondSignal = True
+        if self._stopSignals is None:
+            self._stopSignals = StopSignals(self.abortNow, self._reactor)
 
     def abortNow(self) -> Deferred[None]:
         """
@@ -306,38 +364,6 @@ class LoadBalancerService(MultiService):
                 count=count,
             )
         return self.site.closeConnections(0)
-
-    def _catchStopSignals(self) -> None:
-        """
-        Put L{_onStopSignal} in front of the reactor's SIGINT and SIGTERM
-        handlers (once the reactor runs: it installs its own then).
-        """
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous = signal.signal(signum, self._onStopSignal)
-            except ValueError:  # not the main thread
-                return
-            self._previousStopHandlers[signum] = previous
-
-    def _onStopSignal(self, signum: int, frame: Any) -> None:
-        """
-        The first SIGINT or SIGTERM goes to the reactor's handler, which
-        stops the reactor gracefully; any later one aborts at once (the
-        reactor's handler would try to stop a stopping reactor, and fail).
-        """
-        if self._stopSignalled:
-            self._callFromThread(self.abortNow)
-            return
-        self._stopSignalled = True
-        previous = self._previousStopHandlers.get(signum)
-        if callable(previous):
-            previous(signum, frame)
-
-    def _callFromThread(self, f: Any) -> None:
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        reactor.callFromThread(f)
 
     def _onHangup(self, signum: int, frame: Any) -> None:
         reactor = self._reactor
@@ -385,12 +411,11 @@ class LoadBalancerService(MultiService):
     def startService(self) -> None:
         self._setAccessLog(self.config.proxy.accessLog)
         MultiService.startService(self)
-        self._stopSignalled = False
-        if self._abortOnSecondSignal and not self._previousStopHandlers:
-            reactor = self._reactor
-            if reactor is None:
-                from twisted.internet import reactor
-            reactor.callWhenRunning(self._catchStopSignals)
+        signals = self._stopSignals
+        if signals is not None:
+            signals.stopping = False
+            if not signals.previous:
+                signals.installWhenRunning()
         if self._configPath is not None and hasattr(signal, "SIGHUP"):
             self._previousHangup = signal.signal(signal.SIGHUP, self._onHangup)
 
@@ -398,8 +423,9 @@ class LoadBalancerService(MultiService):
         if self._previousHangup is not None:
             signal.signal(signal.SIGHUP, self._previousHangup)
             self._previousHangup = None
-        self._stopSignalled = True
-        if self._abortOnSecondSignal and self.site.channels:
+        if self._stopSignals is not None:
+            self._stopSignals.stop()
+        if self._stopSignals is not None and self.site.channels:
             self._log.info(
                 "stopping: requests in flight get up to {timeout} s to "
                 "finish; a second SIGINT or SIGTERM stops at once",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import signal
 import sys
 from typing import IO, Any, Callable, Mapping, Optional
 
@@ -222,7 +223,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stderr = sys.__stderr__ or sys.stderr
         reportStartupFailures(stderr, logToo=not twistd.get("nodaemon"))
     from lbproxy._workers import WorkerParentService, workerFDs, workerService
-    from lbproxy.service import LoadBalancerService
+    from lbproxy.service import LoadBalancerService, StopSignals
 
     config = options.siteConfig
     assert config is not None
@@ -230,10 +231,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if fds is not None:
         worker = workerService(config, fds, reactor)
         worker.reloadOnHangup(options["config"])
-        worker.abortOnSecondSignal()
+        if twistd is not None:
+            # A worker gets a stop signal from its parent, and often the
+            # same one from the terminal or systemd: it stops gracefully on
+            # the first and leaves stopping at once to the parent.
+            StopSignals(lambda: None, reactor).installWhenRunning()
         return worker  # type: ignore[no-any-return]
     if config.proxy.workers > 1:
-        return WorkerParentService(config, options["config"], reactor)
+        parent = WorkerParentService(config, options["config"], reactor)
+        if twistd is not None:
+            StopSignals(
+                lambda: parent.signalWorkers(signal.SIGKILL), reactor
+            ).installWhenRunning()
+        return parent
     service = LoadBalancerService(config, reactor)
     service.reloadOnHangup(options["config"])
     service.abortOnSecondSignal()

@@ -357,6 +357,94 @@ class FirstHourTests(TestCase):
         self.assertIn(b"stopping at once: aborting 1 client connection(s)", output)
         self.assertEqual((yield client.closed), b"")
 
+    @inlineCallbacks
+    def test_portInUseWithWorkers(self):
+        """
+        With C{workers = 2}, the parent opens the port: in use, it is the
+        same one line and status 1.
+        """
+        taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1")
+        FilePath(path).setContent(
+            FilePath(path).getContent().replace(b"[lbproxy]\n", b"[lbproxy]\nworkers = 2\n")
+        )
+        process, _ = self.spawn("lbproxy", "--config", path)
+        yield self.assertOneLine(
+            process, f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
+
+    @inlineCallbacks
+    def test_secondSigintStopsWorkersAtOnce(self):
+        """
+        With C{workers = 2}, a first SIGINT to the parent stops the workers
+        gracefully (the request in flight is waited for); a second one ends
+        them at once, and every process ends without a traceback.
+        """
+        factory = Factory.forProtocol(_Hold)
+        factory.connected = []
+        factory.waiting = []
+        backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        port = _freePort()
+        path = self.writeConfig(
+            listen=f"tcp:{port}:interface=127.0.0.1", backend=backend.getHost().port
+        )
+        FilePath(path).setContent(
+            FilePath(path).getContent().replace(b"[lbproxy]\n", b"[lbproxy]\nworkers = 2\n")
+        )
+        process, transport = self.spawn("lbproxy", "--config", path)
+        pids = set()
+
+        def killWorkers():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+        self.addCleanup(killWorkers)
+        yield process.waitFor(rb"(?s)(Starting factory <lbproxy._site.ProxySite.*){2}")
+        pids.update(
+            int(pid) for pid in re.findall(rb"worker \d+ started, pid (\d+)", process.out + process.err)
+        )
+        self.assertEqual(len(pids), 2)
+
+        client = _Raw()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(lambda: client.transport.abortConnection())
+        atBackend = Deferred()
+        factory.waiting.append(atBackend)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield atBackend
+
+        transport.signalProcess("INT")
+        yield process.waitFor(rb"passing signal \S+ on to 2 worker")
+        self.assertIsNone(process.code)
+        transport.signalProcess("INT")
+        start = reactor.seconds()
+        yield process.ended
+        took = reactor.seconds() - start
+        output = process.out + process.err
+        self.assertLess(took, 10, output)
+        self.assertNotIn(b"Traceback", output)
+        self.assertNotIn(b"ReactorNotRunning", output)
+        self.assertEqual((yield client.closed), b"")
+        for pid in pids:
+            self.assertFalse(os.path.exists(f"/proc/{pid}") and _running(pid), pid)
+
+
+def _running(pid):
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
 
 _NGINX_CONF = """
 daemon off;

@@ -299,10 +299,10 @@ class ProxyChannel(Protocol):
         "persistent",
         "refused",
         "_phase",
-        "_input",
+        "_unread",
         "_scanned",
-        "_current",
-        "_stream",
+        "_activeRequest",
+        "_activeChannel",
         "_requestLine",
         "_parsing",
         "_readPaused",
@@ -313,7 +313,7 @@ class ProxyChannel(Protocol):
         "_timer",
         "_timing",
         "_peer",
-        "_host",
+        "_localAddress",
         "_secure",
     )
 
@@ -328,11 +328,11 @@ class ProxyChannel(Protocol):
         self.persistent = True
         self.refused = False
         self._phase = _HEAD
-        self._input = b""
-        #: How far L{_input} is known to hold no end of head.
+        self._unread = b""
+        #: How far L{_unread} is known to hold no end of head.
         self._scanned = 0
-        self._current: Any = None
-        self._stream: Optional[RequestChannel] = None
+        self._activeRequest: Any = None
+        self._activeChannel: Optional[RequestChannel] = None
         #: The method, target and version of the request whose body is
         #: being read.
         self._requestLine: Optional[tuple[bytes, bytes, bytes]] = None
@@ -345,7 +345,7 @@ class ProxyChannel(Protocol):
         self._timer: Optional[Deadline] = None
         self._timing = _KEEPALIVE
         self._peer: Any = None
-        self._host: Any = None
+        self._localAddress: Any = None
         self._secure: Optional[bool] = None
 
     # The connection
@@ -365,11 +365,11 @@ class ProxyChannel(Protocol):
         timer = self._timer
         if timer is not None:
             timer.cancel()
-        self._input = b""
+        self._unread = b""
         site = self.site
         site.channels.discard(self)
-        request, stream = self._current, self._stream
-        self._current = self._stream = None
+        request, stream = self._activeRequest, self._activeChannel
+        self._activeRequest = self._activeChannel = None
         if stream is not None:
             stream.detach()
         try:
@@ -388,11 +388,11 @@ class ProxyChannel(Protocol):
         return peer
 
     def getHost(self) -> Any:
-        host = self._host
+        host = self._localAddress
         if host is None:
             # Most connections share their local address: keep one object
             # for each (the site's), not one per connection.
-            host = self._host = self.site.sharedAddress(self.transport.getHost())
+            host = self._localAddress = self.site.sharedAddress(self.transport.getHost())
         return host
 
     def isSecure(self) -> bool:
@@ -406,7 +406,7 @@ class ProxyChannel(Protocol):
         """
         Whether a request is being read or answered on this connection.
         """
-        return self._current is not None
+        return self._activeRequest is not None
 
     @property
     def requests(self) -> list[Any]:
@@ -414,7 +414,7 @@ class ProxyChannel(Protocol):
         The request being read or answered, in a list (empty when there is
         none), as L{twisted.web.http.HTTPChannel.requests}.
         """
-        current = self._current
+        current = self._activeRequest
         return [] if current is None else [current]
 
     def loseConnection(self) -> None:
@@ -457,36 +457,36 @@ class ProxyChannel(Protocol):
         phase = self._phase
         if phase == _CLOSING:
             return
-        pending = self._input
+        pending = self._unread
         if phase == _HANDLING:
-            self._input = pending + data
-            if len(self._input) > _READ_AHEAD and not self._readPaused:
+            self._unread = pending + data
+            if len(self._unread) > _READ_AHEAD and not self._readPaused:
                 self._readPaused = True
                 self.transport.pauseProducing()
             return
-        self._input = pending + data if pending else data
+        self._unread = pending + data if pending else data
         self._parse()
-        if self._phase == _HEAD and self._input and self._timing != _HEADER:
+        if self._phase == _HEAD and self._unread and self._timing != _HEADER:
             # A head has begun and is not all here: its own time limit
             # begins.  (One that came whole never needed it.)
             self._arm(_HEADER, self.clientHeaderTimeout)
 
     def _parse(self) -> None:
         """
-        Read what L{_input} holds, as far as it goes: heads, bodies, and
+        Read what L{_unread} holds, as far as it goes: heads, bodies, and
         the requests after them as long as each is answered at once.
         """
         if self._parsing:
             return
         self._parsing = True
         try:
-            while self._input:
+            while self._unread:
                 phase = self._phase
                 if phase == _HEAD:
                     if not self._readHead():
                         break
                 elif phase == _BODY:
-                    data, self._input = self._input, b""
+                    data, self._unread = self._unread, b""
                     self._readBody(data)
                 else:
                     break
@@ -495,12 +495,12 @@ class ProxyChannel(Protocol):
 
     def _readHead(self) -> bool:
         """
-        Read one request head from L{_input}, if it is all there.
+        Read one request head from L{_unread}, if it is all there.
 
         @return: whether a head was read (or refused): L{False} when more
             bytes are needed.
         """
-        buf = self._input
+        buf = self._unread
         skip = 2 if buf[:2] == b"\r\n" else 0
         # One empty line before a request line is forgiven (RFC 9112 2.2).
         limit = self.totalHeadersSize
@@ -518,7 +518,7 @@ class ProxyChannel(Protocol):
                 self._scanned = len(buf)
             return self.refused
         self._scanned = 0
-        self._input = buf[end + 4 :]
+        self._unread = buf[end + 4 :]
         first = buf.find(b"\r\n", skip, end + 2)
         requestLine = _REQUEST_LINE.match(buf, skip, first)
         if requestLine is None:
@@ -608,8 +608,8 @@ class ProxyChannel(Protocol):
         else:
             self.persistent = False
 
-        self._current = request
-        self._stream = stream
+        self._activeRequest = request
+        self._activeChannel = stream
         self._requestLine = (method, target, version)
         if chunked or size:
             if (
@@ -645,10 +645,10 @@ class ProxyChannel(Protocol):
         remaining = self._remaining
         if len(data) < remaining:
             self._remaining = remaining - len(data)
-            self._current.handleContentChunk(data)
+            self._activeRequest.handleContentChunk(data)
             return
         self._remaining = 0
-        self._current.handleContentChunk(data[:remaining])
+        self._activeRequest.handleContentChunk(data[:remaining])
         self._bodyDone(data[remaining:])
 
     def _chunkReceived(self, data: bytes) -> None:
@@ -658,13 +658,13 @@ class ProxyChannel(Protocol):
         if self._received > self.maxBodySize:
             self.refuse(413)
             return
-        self._current.handleContentChunk(data)
+        self._activeRequest.handleContentChunk(data)
 
     def _bodyDone(self, rest: bytes) -> None:
         if self.refused:
             return
         self._chunks = None
-        self._input = rest + self._input if self._input else rest
+        self._unread = rest + self._unread if self._unread else rest
         self._dispatch()
         if not self._parsing:
             self._parse()
@@ -672,13 +672,13 @@ class ProxyChannel(Protocol):
     def _dispatch(self) -> None:
         """
         The whole request is read: hand it to the resources.  What follows
-        it waits in L{_input} until it is answered.
+        it waits in L{_unread} until it is answered.
         """
         self._phase = _HANDLING
         self._arm(_KEEPALIVE, None)
         requestLine, self._requestLine = self._requestLine, None
         assert requestLine is not None
-        self._current.requestReceived(*requestLine)
+        self._activeRequest.requestReceived(*requestLine)
 
     def requestDone(self, stream: RequestChannel) -> None:
         """
@@ -686,21 +686,21 @@ class ProxyChannel(Protocol):
         connection or go on with the next request.
         """
         self.flushHead()
-        self._current = self._stream = None
+        self._activeRequest = self._activeChannel = None
         if self._phase == _CLOSING:
             return
         if not self.persistent:
             self.loseConnection()
             return
         self._phase = _HEAD
-        if self._input:
+        if self._unread:
             self._arm(_HEADER, self.clientHeaderTimeout)
         else:
             self._arm(_KEEPALIVE, self.timeOut)
         if self._readPaused:
             self._readPaused = False
             self.transport.resumeProducing()
-        if self._input and not self._parsing:
+        if self._unread and not self._parsing:
             self._parse()
 
     # Writing
@@ -760,10 +760,10 @@ class ProxyChannel(Protocol):
             return
         self.refused = True
         self._phase = _CLOSING
-        self._input = b""
+        self._unread = b""
         self.flushHead()
-        request, self._current = self._current, None
-        stream, self._stream = self._stream, None
+        request, self._activeRequest = self._activeRequest, None
+        stream, self._activeChannel = self._activeChannel, None
         if stream is not None:
             stream.detach()
         if request is not None and request.content is not None:

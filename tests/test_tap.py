@@ -151,7 +151,7 @@ class FirstHourTests(SynchronousTestCase):
 
         import twisted
         from lbproxy import __version__
-        from lbproxy.tap import versionLine
+        from lbproxy._startup import versionLine
 
         out = self.capture("stdout")
         with self.assertRaises(SystemExit) as caught:
@@ -210,7 +210,7 @@ class FirstHourTests(SynchronousTestCase):
         )
 
     def test_unwritableFile(self):
-        from lbproxy.tap import unwritableFile
+        from lbproxy._startup import unwritableFile
 
         directory = FilePath(self.mktemp())
         directory.makedirs()
@@ -235,7 +235,7 @@ class FirstHourTests(SynchronousTestCase):
 
         from twisted.internet.error import CannotListenError
 
-        from lbproxy.tap import startupFailure
+        from lbproxy._startup import startupFailure
 
         inUse = OSError(errno.EADDRINUSE, "Address already in use")
         denied = OSError(errno.EACCES, "Permission denied")
@@ -272,7 +272,7 @@ class FirstHourTests(SynchronousTestCase):
         """
         from twisted.internet.error import CannotListenError
 
-        from lbproxy.tap import reportStartupFailures
+        from lbproxy._startup import reportStartupFailures
 
         previous = []
         self.patch(sys, "excepthook", lambda *args: previous.append(args))

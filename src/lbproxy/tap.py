@@ -5,21 +5,23 @@ C{twistd lbproxy}: command-line options and the service maker.
 
 from __future__ import annotations
 
-import errno
 import os
 import platform
 import signal
 import sys
-from typing import IO, Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.application.service import IService
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy._config import ConfigError, SiteConfig, parseConfig
-from lbproxy._version import __version__
-from twisted import version as _twistedVersion
+from lbproxy._startup import (
+    reportStartupFailures,
+    unreadableFile,
+    unwritableFile,
+    versionLine,
+)
 
 
 class Options(usage.Options):
@@ -97,99 +99,6 @@ class Options(usage.Options):
         if self["check"]:
             sys.stdout.write(f"{path}: OK\n")
             raise SystemExit(0)
-
-
-def versionLine() -> str:
-    """
-    What C{twistd lbproxy --version} prints: lbproxy's version, and those
-    of Twisted and Python it runs on.
-    """
-    return (
-        f"lbproxy {__version__} (Twisted {_twistedVersion.short()}, "
-        f"{platform.python_implementation()} {platform.python_version()})"
-    )
-
-
-def unreadableFile(path: str) -> Optional[str]:
-    """
-    Why the file C{path} cannot be read, or L{None} when it can.
-    """
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
-def unwritableFile(path: str) -> Optional[str]:
-    """
-    Why the file C{path} could not be opened for appending (by this
-    process, as it is now), or L{None} when it could; nothing is created.
-    """
-    if os.path.isdir(path):
-        return os.strerror(errno.EISDIR)
-    if os.path.exists(path):
-        return None if os.access(path, os.W_OK) else os.strerror(errno.EACCES)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        return os.strerror(errno.ENOENT)
-    return None if os.access(directory, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
-
-
-def startupFailure(error: BaseException) -> Optional[str]:
-    """
-    The one line saying what an operator has to fix, for an error that
-    stopped lbproxy while it started: a port that cannot be opened, a file
-    that cannot be opened.  L{None} for anything else, which keeps its
-    traceback.
-    """
-    if isinstance(error, CannotListenError):
-        reason = error.socketError
-        if error.interface is None:
-            where = str(error.port)
-        else:
-            where = f"{error.interface or '0.0.0.0'}:{error.port}"
-        line = f"cannot listen on {where}: {getattr(reason, 'strerror', None) or reason}"
-        if (
-            getattr(reason, "errno", None) == errno.EACCES
-            and isinstance(error.port, int)
-            and 0 < error.port < 1024
-        ):
-            line += (
-                " (a port below 1024 needs root, with --uid and --gid to run "
-                "as another user once listening, or CAP_NET_BIND_SERVICE)"
-            )
-        return line
-    if isinstance(error, OSError) and error.filename is not None:
-        return f"cannot open {error.filename}: {error.strerror}"
-    return None
-
-
-def reportStartupFailures(stream: IO[str], logToo: bool = False) -> None:
-    """
-    Make the errors that L{startupFailure} describes, when they end the
-    process (raised by the service's start, as twistd lets them), print
-    one line on C{stream} instead of a traceback; the process still exits
-    with status 1, after twistd's own clean-up (its PID file, the status
-    of a daemon's start).  Other errors are left to the hook in place.
-
-    @param logToo: also log the line (for a daemon, whose standard error
-        goes nowhere).
-    """
-    previous: Callable[..., Any] = sys.excepthook
-
-    def hook(kind: Any, value: Any, tb: Any) -> None:
-        line = startupFailure(value)
-        if line is None:
-            previous(kind, value, tb)
-            return
-        if logToo:
-            _log.critical("{line}", line=line)
-        stream.write(f"twistd lbproxy: {line}\n")
-        stream.flush()
-
-    sys.excepthook = hook
 
 
 _log = Logger()

@@ -127,3 +127,47 @@ class CombinedFormatTests(SynchronousTestCase):
         """
         site = ProxySite(Resource(), accessLog=None, reactor=Clock())
         site.log(object())
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    An access log that cannot be opened on a reload (SIGHUP) refuses the
+    reload: nothing changes, and one error says why.
+    """
+
+    def test_unwritableRefused(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import capturedLogs
+        from twisted.python.filepath import FilePath
+
+        from lbproxy import LoadBalancerService, parseConfig
+
+        site = (
+            "[lbproxy]\nlisten = tcp:8080:interface=127.0.0.1\naccess_log = {log}\n"
+            "[upstream:app]\nservers = 127.0.0.1:{port}\n"
+            "[vhost:app]\ndefault = yes\nupstream = app\n"
+        )
+        log = FilePath(self.mktemp())
+        path = FilePath(self.mktemp())
+        path.setContent(site.format(log=log.path, port=9001).encode())
+        service = LoadBalancerService(parseConfig(path.path), MemoryReactorClock())
+        service.startService()
+        self.addCleanup(service.stopService)
+        running, accessLog = service.config, service.site.accessLog
+        missing = FilePath(self.mktemp()).child("access.log").path
+        path.setContent(site.format(log=missing, port=9002).encode())
+        with capturedLogs() as events:
+            self.assertFalse(service.reloadFromFile(path.path))
+        self.assertIs(service.config, running)
+        self.assertIs(service.site.accessLog, accessLog)
+        self.assertFalse(accessLog.closed)
+        self.assertEqual([b.port for b in service.pools["app"].backends], [9001])
+        (event,) = [e for e in events if e.get("log_level").name == "error"]
+        self.assertIn("cannot open the access log", event["log_format"])
+        self.assertEqual(event["log"], missing)
+        self.assertEqual(event["reason"], "No such file or directory")
+
+        path.setContent(site.format(log=log.path, port=9002).encode())
+        self.assertTrue(service.reloadFromFile(path.path))
+        self.assertTrue(accessLog.closed)
+        self.assertEqual([b.port for b in service.pools["app"].backends], [9002])

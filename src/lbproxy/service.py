@@ -273,7 +273,12 @@ class LoadBalancerService(MultiService):
 
         @return: a L{Deferred} that fires once the old health checks have
             stopped and the old pools' idle connections are closed.
+        @raise OSError: when the new access log cannot be opened; nothing
+            has changed then.
         """
+        accessLog = None
+        if self.running:
+            accessLog = ProxySite.openAccessLog(config.proxy.accessLog)
         old = self.config
         for what, before, after in [
             ("listen", old.proxy.listen, config.proxy.listen),
@@ -293,7 +298,7 @@ class LoadBalancerService(MultiService):
         self.site.resource = resource
         self.site.configure(config.proxy)
         if self.running:
-            self._setAccessLog(config.proxy.accessLog)
+            self._useAccessLog(accessLog)
         results = []
         for checker in oldCheckers.values():
             results.append(maybeDeferred(checker.disownServiceParent))
@@ -328,7 +333,17 @@ class LoadBalancerService(MultiService):
                 errors="\n".join(e.errors),
             )
             return False
-        self.reload(config)
+        try:
+            self.reload(config)
+        except OSError as e:
+            self._log.error(
+                "reload of {path} refused, the running configuration stays: "
+                "cannot open the access log {log}: {reason}",
+                path=path,
+                log=config.proxy.accessLog,
+                reason=e.strerror or e,
+            )
+            return False
         return True
 
     def reloadOnHangup(self, path: str) -> None:
@@ -376,9 +391,16 @@ class LoadBalancerService(MultiService):
         Log to C{path} (see L{ProxySite.openAccessLog}; L{None} for no
         access log), closing the log file used so far.
         """
+        self._useAccessLog(ProxySite.openAccessLog(path))
+
+    def _useAccessLog(self, accessLog: Optional[IO[str]]) -> None:
+        """
+        Log to the open file C{accessLog} (or nowhere), closing the log file
+        used so far.
+        """
         old = self._accessLog
-        self._accessLog = ProxySite.openAccessLog(path)
-        self.site.accessLog = self._accessLog
+        self._accessLog = accessLog
+        self.site.accessLog = accessLog
         if old is not None and old is not sys.__stdout__:
             old.close()
 

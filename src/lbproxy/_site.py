@@ -61,7 +61,10 @@ def combinedLogLine(timestamp: str, request: Any) -> str:
 
     (on one line): the client address unquoted, C{-} for a missing user,
     referrer or agent, the body bytes sent as a number (C{0} for none),
-    and values escaped as nginx escapes them (L{logEscape}).
+    and values escaped as nginx escapes them (L{logEscape}).  One
+    difference: a request whose target was an absolute URL is logged with
+    the path and query it was reduced to, where nginx logs the line as
+    received.
 
     @param timestamp: the time, bracketed, as
         L{twisted.web.http.datetimeToLogString} writes it.

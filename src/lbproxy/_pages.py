@@ -37,13 +37,23 @@ _DETAILS = {
 }
 
 
+def phrase(code: int) -> bytes:
+    """
+    The reason phrase lbproxy sends with C{code}: RFC 9110's for its own
+    codes, else Twisted's.
+    """
+    text = PHRASES.get(code)
+    if text is not None:
+        return text.encode("ascii")
+    return RESPONSES.get(code, b"Error")
+
+
 def errorBody(code: int) -> bytes:
     """
     The HTML body of the error page for C{code}.
     """
-    phrase = PHRASES.get(code) or RESPONSES.get(code, b"Error").decode("ascii")
     return _TEMPLATE.format(
-        code=code, phrase=phrase, detail=_DETAILS.get(code, "")
+        code=code, phrase=phrase(code).decode("ascii"), detail=_DETAILS.get(code, "")
     ).encode("ascii")
 
 

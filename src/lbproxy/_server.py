@@ -49,12 +49,13 @@ from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http import datetimeToString
+from twisted.web.http_headers import Headers
 
 from lbproxy._chunked import ChunkedDecoder, MalformedChunks
 from lbproxy._client import writeNow
 from lbproxy._http import ABSOLUTE, FIELDS, TARGET, TOKEN
-from lbproxy._pages import PHRASES, errorBody
+from lbproxy._pages import errorBody, phrase
 from lbproxy._timer import Deadline
 
 #: The head of lbproxy's own refusals; the connection closes after them.
@@ -95,25 +96,12 @@ _KEEPALIVE, _HEADER, _BODY_GAP, _ABORT = range(4)
 _TIMEOUT_NAMES = {_HEADER: "client_header_timeout", _BODY_GAP: "client_body_timeout"}
 
 
-def phrase(code: int) -> bytes:
-    """
-    The reason phrase lbproxy sends with C{code}.
-    """
-    text = PHRASES.get(code)
-    if text is not None:
-        return text.encode("ascii")
-    return RESPONSES.get(code, b"Error")
-
-
 def headerLines(headers: Any, skip: frozenset[bytes] = frozenset()) -> list[bytes]:
     """
-    The C{Name: value\\r\\n} lines of C{headers} (a L{Headers}, or the list
-    of C{(name, value)} pairs older Twisted releases pass to
-    C{writeHeaders}), less the names in C{skip} (spelled as L{Headers}
-    spells them).
+    The C{Name: value\\r\\n} lines of C{headers} (a L{Headers}, which
+    is what every supported Twisted passes to C{writeHeaders}), less the
+    names in C{skip} (spelled as L{Headers} spells them).
     """
-    if isinstance(headers, list):
-        return [b"%s: %s\r\n" % pair for pair in headers if pair[0] not in skip]
     return [
         b"%s: %s\r\n" % (name, value)
         for name, values in headers.getAllRawHeaders()
@@ -711,12 +699,15 @@ class ProxyChannel(Protocol):
         small response goes to the client in one send; add a C{Date} when
         the response has none.
         """
+        if not isinstance(headers, Headers):
+            # Pairs, which HTTPChannel.writeHeaders still takes (Twisted
+            # itself no longer passes them): as it does, through Headers,
+            # which turns CR and LF in a value into spaces: no split header.
+            pairs, headers = headers, Headers()
+            for name, value in pairs:
+                headers.addRawHeader(name, value)
         lines = [b"%s %s %s\r\n" % (version, code, reason)]
-        if isinstance(headers, list):
-            dated = any(name.lower() == b"date" for name, _ in headers)
-        else:
-            dated = headers.hasHeader(b"date")
-        if not dated:
+        if not headers.hasHeader(b"date"):
             lines.append(b"Date: %s\r\n" % httpDate(self.site.reactor))
         lines.extend(headerLines(headers))
         lines.append(b"\r\n")

@@ -575,14 +575,17 @@ class _PlainRequest:
     the client is learnt from C{notifyFinish}.
     """
 
-    hostHeader: Optional[bytes]
     startedWriting = False
     _callback: Optional[Callable[[Failure], object]] = None
     _watching = False
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        self.hostHeader = request.getHeader(b"host")
+
+    @property
+    def hostHeader(self) -> Optional[bytes]:
+        host: Optional[bytes] = self._request.getHeader(b"host")
+        return host
 
     @property
     def onConnectionLost(self) -> Optional[Callable[[Failure], object]]:

@@ -27,7 +27,8 @@ from twisted.web.server import version as _TWISTED_SERVER
 from zope.interface import implementer
 
 from lbproxy._interfaces import IProxyRequest
-from lbproxy._server import ProxyChannel, headerLines
+from lbproxy._server import ProxyChannel
+from lbproxy._server import headerLines as _headerLines
 from lbproxy._vhost import originForm
 
 __all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "combinedLogLine"]
@@ -87,6 +88,10 @@ def combinedLogLine(timestamp: str, request: Any) -> str:
     )
 
 
+#: L{ProxyRequest._checkedHost} before the channel has checked the C{Host}.
+_NOT_CHECKED: Any = object()
+
+
 @implementer(IProxyRequest)
 class ProxyRequest(Request):
     """
@@ -112,9 +117,24 @@ class ProxyRequest(Request):
     #: without a L{Deferred} made and fired for every request.
     onConnectionLost: Optional[Callable[[Failure], object]] = None
 
-    #: The request's C{Host} header, set by L{ProxyChannel} once it has
-    #: checked that there is at most one and that it is valid.
-    hostHeader: Optional[bytes]
+    _checkedHost: Any = _NOT_CHECKED
+
+    @property
+    def hostHeader(self) -> Optional[bytes]:
+        """
+        The request's C{Host} header (L{IProxyRequest.hostHeader}): as
+        L{ProxyChannel} found and checked it (at most one, and valid), or,
+        for a request that channel did not read, as the request has it.
+        """
+        host = self._checkedHost
+        if host is _NOT_CHECKED:
+            return self.getHeader(b"host")
+        checked: Optional[bytes] = host
+        return checked
+
+    @hostHeader.setter
+    def hostHeader(self, host: Optional[bytes]) -> None:
+        self._checkedHost = host
 
     def finish(self) -> None:
         # The callback is usually a bound method of whatever handles the
@@ -278,7 +298,6 @@ class ProxyRequest(Request):
 #: The response headers a proxied response takes from its backend rather
 #: than from the request (see L{ProxyRequest.holdProxiedHead}).
 _BACKEND_OWN = frozenset([b"Date", b"Server"])
-_headerLines = headerLines
 
 
 def _discard(data: bytes) -> None:

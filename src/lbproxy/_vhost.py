@@ -28,6 +28,7 @@ from twisted.web.static import File
 from zope.interface import implementer
 
 from lbproxy._http import ANY_ABSOLUTE, NO_BODY_CODES
+from lbproxy._interfaces import IProxyRequest
 from lbproxy._pages import errorBody, renderError
 
 
@@ -315,8 +316,6 @@ def normaliseHost(host: Optional[bytes]) -> str:
     return text.rstrip(".")
 
 
-_UNCHECKED = object()
-
 #: How many distinct C{Host} values L{VirtualHostResource.vhostFor}
 #: remembers.
 _CACHED_HOSTS = 1024
@@ -390,10 +389,11 @@ class VirtualHostResource(Resource):
             # reduces an absolute-form target.
             request.uri = originForm(request.uri)
             request.path = request.uri.split(b"?", 1)[0]
-        # lbproxy's channel has already found and checked the Host header
-        # (and set it on the request itself, not as a class default).
-        host = getattr(request, "__dict__", {}).get("hostHeader", _UNCHECKED)
-        if host is _UNCHECKED:
+        # lbproxy's own requests carry the Host header their channel found
+        # and checked.
+        if IProxyRequest.providedBy(request):
+            host = request.hostHeader
+        else:
             host = request.getHeader(b"host")
         vhost = self.vhostFor(host)
         if vhost is None:

@@ -32,7 +32,7 @@ from lbproxy._backend import Backend, Outcome
 from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
 from lbproxy._headers import HOP_BY_HOP, HeaderRules, forwardedHeaders
 from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
-from lbproxy._interfaces import IProxyRequest
+from lbproxy._interfaces import IProxyRequest, implementsProxyRequest
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
 from lbproxy._timer import Deadline
@@ -110,11 +110,6 @@ class UpstreamResource(ReverseProxyResource):
         return NOT_DONE_YET
 
 
-#: Whether each request class implements L{IProxyRequest}, asked once per
-#: class rather than once per request.
-_implementers: dict[type, bool] = {}
-
-
 def _proxyRequest(request: Any) -> Any:
     """
     C{request} as an L{IProxyRequest}: itself when it provides it, else
@@ -125,11 +120,7 @@ def _proxyRequest(request: Any) -> Any:
     answer (the request itself, or the adapter, which holds the request)
     in its own adapter cache, a reference cycle per request.
     """
-    cls = type(request)
-    direct = _implementers.get(cls)
-    if direct is None:
-        direct = _implementers[cls] = IProxyRequest.implementedBy(cls)
-    if direct:
+    if implementsProxyRequest(request):
         return request
     proxied = IProxyRequest.__adapt__(request)
     if proxied is None:

@@ -28,7 +28,7 @@ from twisted.web.static import File
 from zope.interface import implementer
 
 from lbproxy._http import ANY_ABSOLUTE, NO_BODY_CODES
-from lbproxy._interfaces import IProxyRequest
+from lbproxy._interfaces import implementsProxyRequest
 from lbproxy._pages import errorBody, renderError
 
 
@@ -391,7 +391,7 @@ class VirtualHostResource(Resource):
             request.path = request.uri.split(b"?", 1)[0]
         # lbproxy's own requests carry the Host header their channel found
         # and checked.
-        if IProxyRequest.providedBy(request):
+        if implementsProxyRequest(request):
             host = request.hostHeader
         else:
             host = request.getHeader(b"host")

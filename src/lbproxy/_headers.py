@@ -17,7 +17,9 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from lbproxy._client import parseConnectionTokens
+from lbproxy._http import CTL
 from lbproxy._values import HeaderRule
+from lbproxy._vhost import hostName
 
 #: Headers that describe one connection, never forwarded (RFC 9110 7.6.1),
 #: plus C{Proxy-Connection}, which old clients still send.
@@ -124,9 +126,6 @@ def forwardedHeaders(
 #: dotted trace id).
 _REQUEST_ID = re.compile(rb"\A[A-Za-z0-9._:-]{1,128}\Z")
 
-#: What a header value may not hold: control characters other than tab.
-_UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
 #: A compiled C{set} rule: the header's name, and its value as bytes (no
 #: variable) or as parts, each bytes (literal) or str (a variable's name).
 _SetRule = tuple[bytes, Union[bytes, tuple[Union[bytes, str], ...]]]
@@ -158,13 +157,7 @@ def _hostName(request: Any) -> bytes:
     host = request.getHeader(b"host")
     if not host:
         return str(getattr(request.getHost(), "host", "")).encode("ascii", "replace")
-    host = host.lower()
-    if host.startswith(b"["):
-        end = host.find(b"]")
-        return host[: end + 1] if end > 0 else host
-    if host.count(b":") == 1:
-        host = host.rsplit(b":", 1)[0]
-    return bytes(host.rstrip(b"."))
+    return hostName(host)
 
 
 def _compile(rules: Sequence[HeaderRule]) -> tuple[_SetRule, ...]:
@@ -285,7 +278,7 @@ class HeaderRules:
                 value = b"".join(
                     part if isinstance(part, bytes) else values[part] for part in value
                 ).strip(b" \t")
-                if _UNSAFE.search(value) is not None:
+                if value.translate(None, CTL) != value:
                     self._log.warn(
                         "header {name} not sent: its value would hold a control "
                         "character once its variables are substituted: {value!r}",

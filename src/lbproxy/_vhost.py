@@ -302,18 +302,28 @@ def originForm(uri: bytes) -> bytes:
     return rest if rest.startswith(b"/") else b"/" + rest
 
 
+def hostName(host: bytes) -> bytes:
+    """
+    A C{Host} header value lower-cased, without its port and trailing dot
+    (C{b"App.Example.:8080"} is C{b"app.example"}, C{b"[::1]:80"} is
+    C{b"[::1]"}).
+    """
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    host = host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+    return host.rstrip(b".")
+
+
 def normaliseHost(host: Optional[bytes]) -> str:
     """
-    Lower-case a C{Host} header value and drop its port and trailing dot.
+    Lower-case a C{Host} header value and drop its port and trailing dot
+    (see L{hostName}), as text.
     """
     if not host:
         return ""
-    text = host.decode("ascii", "replace").strip().lower()
-    if text.startswith("["):
-        end = text.find("]")
-        return text[: end + 1] if end > 0 else text
-    text = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
-    return text.rstrip(".")
+    return hostName(host).decode("ascii", "replace")
 
 
 #: How many distinct C{Host} values L{VirtualHostResource.vhostFor}

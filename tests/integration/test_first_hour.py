@@ -40,6 +40,7 @@ _SITE = """
 [lbproxy]
 listen = {listen}
 access_log = {accessLog}
+workers = {workers}
 
 [upstream:app]
 servers = 127.0.0.1:{backend}
@@ -135,12 +136,69 @@ class _Raw(Protocol):
 class FirstHourTests(TestCase):
     timeout = 120
 
-    def writeConfig(self, listen="tcp:0:interface=127.0.0.1", accessLog="off", backend=9):
+    def writeConfig(
+        self, listen="tcp:0:interface=127.0.0.1", accessLog="off", backend=9, workers=1
+    ):
         path = FilePath(self.mktemp())
         path.setContent(
-            _SITE.format(listen=listen, accessLog=accessLog, backend=backend).encode()
+            _SITE.format(
+                listen=listen, accessLog=accessLog, backend=backend, workers=workers
+            ).encode()
         )
         return path.path
+
+    def holdingBackend(self):
+        """
+        Listen on 127.0.0.1 as a backend that accepts requests and never
+        answers them.
+
+        @return: its factory and its port.
+        """
+        factory = Factory.forProtocol(_Hold)
+        factory.connected = []
+        factory.waiting = []
+        backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        return factory, backend.getHost().port
+
+    @inlineCallbacks
+    def requestInFlight(self, port, factory):
+        """
+        Connect a client to the proxy on C{port} and send it a request; fire
+        with the client once the request has reached the holding backend of
+        C{factory}.
+        """
+        client = _Raw()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(lambda: client.transport.abortConnection())
+        atBackend = Deferred()
+        factory.waiting.append(atBackend)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        yield atBackend
+        return client
+
+    @inlineCallbacks
+    def stopTwice(self, process, transport, client, firstStop):
+        """
+        SIGINT C{process}; once it says C{firstStop} (a regular expression)
+        and is still running, SIGINT it again: it must end within 10 s,
+        without a traceback, and the C{client} connection be closed.
+
+        @return: a L{Deferred} firing with the process's output.
+        """
+        transport.signalProcess("INT")
+        yield process.waitFor(firstStop)
+        self.assertIsNone(process.code)
+        transport.signalProcess("INT")
+        start = reactor.seconds()
+        yield process.ended
+        took = reactor.seconds() - start
+        output = process.out + process.err
+        self.assertLess(took, 10, output)
+        self.assertNotIn(b"Traceback", output)
+        self.assertNotIn(b"ReactorNotRunning", output)
+        self.assertEqual((yield client.closed), b"")
+        return output
 
     def spawn(self, *args, user=None):
         """
@@ -325,37 +383,17 @@ class FirstHourTests(TestCase):
         never answers); a second one aborts it, and the process ends at once
         without a traceback.
         """
-        factory = Factory.forProtocol(_Hold)
-        factory.connected = []
-        factory.waiting = []
-        backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(backend.stopListening)
-        path = self.writeConfig(backend=backend.getHost().port)
+        factory, backendPort = self.holdingBackend()
+        path = self.writeConfig(backend=backendPort)
         process, transport = self.spawn("lbproxy", "--config", path)
         match = yield process.waitFor(rb"ProxySite starting on (\d+)")
         port = int(match.group(1))
+        client = yield self.requestInFlight(port, factory)
 
-        client = _Raw()
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        self.addCleanup(lambda: client.transport.abortConnection())
-        atBackend = Deferred()
-        factory.waiting.append(atBackend)
-        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        yield atBackend
-
-        transport.signalProcess("INT")
-        yield process.waitFor(rb"a second SIGINT or SIGTERM stops at once")
-        self.assertIsNone(process.code)
-        transport.signalProcess("INT")
-        start = reactor.seconds()
-        yield process.ended
-        took = reactor.seconds() - start
-        output = process.out + process.err
-        self.assertLess(took, 10, output)
-        self.assertNotIn(b"Traceback", output)
-        self.assertNotIn(b"ReactorNotRunning", output)
+        output = yield self.stopTwice(
+            process, transport, client, rb"a second SIGINT or SIGTERM stops at once"
+        )
         self.assertIn(b"stopping at once: aborting 1 client connection(s)", output)
-        self.assertEqual((yield client.closed), b"")
 
     @inlineCallbacks
     def test_portInUseWithWorkers(self):
@@ -366,10 +404,7 @@ class FirstHourTests(TestCase):
         taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         self.addCleanup(taken.stopListening)
         port = taken.getHost().port
-        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1")
-        FilePath(path).setContent(
-            FilePath(path).getContent().replace(b"[lbproxy]\n", b"[lbproxy]\nworkers = 2\n")
-        )
+        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1", workers=2)
         process, _ = self.spawn("lbproxy", "--config", path)
         yield self.assertOneLine(
             process, f"cannot listen on 127.0.0.1:{port}: Address already in use"
@@ -382,17 +417,10 @@ class FirstHourTests(TestCase):
         gracefully (the request in flight is waited for); a second one ends
         them at once, and every process ends without a traceback.
         """
-        factory = Factory.forProtocol(_Hold)
-        factory.connected = []
-        factory.waiting = []
-        backend = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(backend.stopListening)
+        factory, backendPort = self.holdingBackend()
         port = _freePort()
         path = self.writeConfig(
-            listen=f"tcp:{port}:interface=127.0.0.1", backend=backend.getHost().port
-        )
-        FilePath(path).setContent(
-            FilePath(path).getContent().replace(b"[lbproxy]\n", b"[lbproxy]\nworkers = 2\n")
+            listen=f"tcp:{port}:interface=127.0.0.1", backend=backendPort, workers=2
         )
         process, transport = self.spawn("lbproxy", "--config", path)
         pids = set()
@@ -411,26 +439,9 @@ class FirstHourTests(TestCase):
         )
         self.assertEqual(len(pids), 2)
 
-        client = _Raw()
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        self.addCleanup(lambda: client.transport.abortConnection())
-        atBackend = Deferred()
-        factory.waiting.append(atBackend)
-        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        yield atBackend
+        client = yield self.requestInFlight(port, factory)
 
-        transport.signalProcess("INT")
-        yield process.waitFor(rb"passing signal \S+ on to 2 worker")
-        self.assertIsNone(process.code)
-        transport.signalProcess("INT")
-        start = reactor.seconds()
-        yield process.ended
-        took = reactor.seconds() - start
-        output = process.out + process.err
-        self.assertLess(took, 10, output)
-        self.assertNotIn(b"Traceback", output)
-        self.assertNotIn(b"ReactorNotRunning", output)
-        self.assertEqual((yield client.closed), b"")
+        yield self.stopTwice(process, transport, client, rb"passing signal \S+ on to 2 worker")
         for pid in pids:
             self.assertFalse(os.path.exists(f"/proc/{pid}") and _running(pid), pid)
 
@@ -542,7 +553,10 @@ class NginxAccessLogTests(TestCase):
         ours = FilePath(self.mktemp())
         config = parseConfigText(
             _SITE.format(
-                listen="tcp:0:interface=127.0.0.1", accessLog=ours.path, backend=backend
+                listen="tcp:0:interface=127.0.0.1",
+                accessLog=ours.path,
+                backend=backend,
+                workers=1,
             ),
             "site.ini",
         )

@@ -15,11 +15,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
 
 from lbproxy.config import parseConfigText
 from lbproxy.service import LoadBalancerService
 from lbproxy.testing import startServer
+from tests.integration.test_vhost_resources import _Echo
 
 #: Seconds any one step may take before the test fails.
 WAIT = 10
@@ -43,18 +43,6 @@ routes =
     /ping return:204
     /hello return:200:hello
 """
-
-
-class _Echo(Resource):
-    """
-    A backend answering with the target it was asked for.
-    """
-
-    isLeaf = True
-
-    def render(self, request):
-        request.setHeader(b"content-type", b"text/plain")
-        return b"backend " + request.uri
 
 
 class RouteKindsLiveTests(TestCase):

@@ -6,20 +6,12 @@
 #
 # The PyPy venv lives in .tox/pypy (set LBPROXY_PYPY_VENV to move it); it
 # is created, and lbproxy installed into it with its test extras, when it
-# is missing.  pypy3 comes from apt when it is missing and we are root.
+# is missing.  pypy3 comes from apt (.ci/tools.sh) when it is missing.
 set -eu
 cd "$(dirname "$0")/.."
 venv=${LBPROXY_PYPY_VENV:-.tox/pypy}
 
-if ! command -v pypy3 >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pypy3 >/dev/null
-    else
-        echo "pypy3 is missing: apt-get install pypy3" >&2
-        exit 1
-    fi
-fi
+sh .ci/tools.sh pypy3
 if [ ! -x "$venv/bin/python" ]; then
     pypy3 -m venv "$venv"
 fi

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Install the programs from Debian's packages that the test suite runs as
+# real peers, when they are missing:
+#
+#   pypy3           the PyPy leg of the suite (.ci/pypy.sh)
+#   nghttp2-client  nghttp, a second HTTP/2 client for the h2 tests
+#
+#   sh .ci/tools.sh              # all of them
+#   sh .ci/tools.sh pypy3        # just these packages
+#
+# apt-get needs root; without it the missing programs are named and the
+# script fails, so that no test is skipped in silence.
+set -eu
+if [ $# -eq 0 ]; then
+    set -- pypy3 nghttp2-client
+fi
+missing=""
+for package in "$@"; do
+    case $package in
+        nghttp2-client) program=nghttp ;;
+        *) program=$package ;;
+    esac
+    command -v "$program" >/dev/null 2>&1 || missing="$missing $package"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+else
+    echo "missing:$missing (apt-get install$missing)" >&2
+    exit 1
+fi

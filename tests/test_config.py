@@ -17,7 +17,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import lbproxy
 from lbproxy._config import _NOT_YET, defaultOf, parseServer, sectionKeys
-from lbproxy._values import BadItems, listOf, parseBool, parseStatusRanges
+from lbproxy._values import (
+    BadItems,
+    closestName,
+    didYouMean,
+    editDistance,
+    listOf,
+    parseBool,
+    parseStatusRanges,
+)
 from lbproxy.config import (
     ConfigError,
     DemoConfig,
@@ -138,6 +146,74 @@ class ValueParserTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, parseServer, bad)
 
+    def test_serverLineErrors(self):
+        """
+        A bad option of a server line is named after what was expected,
+        with a "did you mean" when it is one or two letters from an
+        option's name.
+        """
+        expected = (
+            "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
+            "down, max_fails=N, fail_timeout=T"
+        )
+        for line, message in [
+            ("h:80 weight=0", "a whole number of at least 1, got 'weight=0'"),
+            ("h:80 weight=x", "a whole number of at least 1, got 'weight=x'"),
+            ("h:80 max_fails=-1", "a whole number of at least 0, got 'max_fails=-1'"),
+            (
+                "h:80 fail_timeout=soon",
+                "a duration such as 500ms, 2s, 1m or 1h, got 'fail_timeout=soon'",
+            ),
+            ("h:80 slow", f"{expected}, got 'slow'"),
+            ("h:80 bakup", f"{expected}, got 'bakup'; did you mean 'backup'?"),
+            ("h:80 wieght=2", f"{expected}, got 'wieght=2'; did you mean 'weight=2'?"),
+            ("h:80 max_fail=3", f"{expected}, got 'max_fail=3'; did you mean 'max_fails=3'?"),
+            ("h:80 weight", f"{expected}, got 'weight'"),
+            ("h:80 backup=yes", f"{expected}, got 'backup=yes'"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                parseServer(line)
+            self.assertEqual(str(caught.exception), message)
+
+    def test_editDistance(self):
+        """
+        An insertion, a deletion, a replacement and a swap of neighbours
+        are one edit each.
+        """
+        for a, b, distance in [
+            ("read_timeout", "read_timeout", 0),
+            ("read_timout", "read_timeout", 1),
+            ("read_timeoutt", "read_timeout", 1),
+            ("read_timeouf", "read_timeout", 1),
+            ("raed_timeout", "read_timeout", 1),
+            ("round-robni", "round_robin", 2),
+            ("", "abc", 3),
+            ("abc", "", 3),
+            ("ca", "abc", 3),
+        ]:
+            self.assertEqual(editDistance(a, b), distance, (a, b))
+            self.assertEqual(editDistance(b, a), distance, (b, a))
+
+    def test_closestName(self):
+        """
+        The nearest candidate within two edits (one for a word of three
+        letters or fewer), ties to the first in alphabetical order, case
+        ignored; none when nothing is that close.
+        """
+        names = ["keepalive", "max_fails", "fail_timeout", "read_timeout", "p2c"]
+        self.assertEqual(closestName("keep_alive", names), "keepalive")
+        self.assertEqual(closestName("Max_Fails", names), "max_fails")
+        self.assertEqual(closestName("p2x", names), "p2c")
+        self.assertIsNone(closestName("pxx", names))
+        self.assertIsNone(closestName("colour", names))
+        self.assertIsNone(closestName("keepalive", names))
+        self.assertEqual(closestName("ab", ["ac", "ab_", "aa"]), "aa")
+        self.assertEqual(didYouMean("keep_alive", names), "; did you mean 'keepalive'?")
+        self.assertEqual(didYouMean("colour", names), "")
+        self.assertEqual(
+            didYouMean("p2x", names, lambda n: f"[{n}]"), "; did you mean [p2c]?"
+        )
+
     def test_statusRanges(self):
         self.assertEqual(parseStatusRanges("200-399 404"), ((200, 399), (404, 404)))
         for bad in ("", "99", "400-300", "2xx"):
@@ -226,13 +302,49 @@ class ParseConfigTests(SynchronousTestCase):
         self.assertEqual(len(errors), 2)
 
     def test_unknownKey(self):
+        """
+        An unknown key is named with the keys of its kind of section, and
+        the one it is likely a misspelling of.
+        """
         (error,) = _errors(_GOOD.replace("keepalive = 8", "keepalive = 8\nkeep_alive = 8"))
-        self.assertIn("[upstream:app] keep_alive = '8': unknown key", error)
-        self.assertIn("connect_timeout", error)
+        self.assertTrue(
+            error.startswith(
+                "site.ini: [upstream:app] keep_alive = '8': unknown key; expected one "
+                "of the keys of [upstream:NAME]: balancer, connect_timeout, "
+            ),
+            error,
+        )
+        self.assertTrue(error.endswith(", tls_verify; did you mean 'keepalive'?"), error)
+        (error,) = _errors(_GOOD.replace("access_log = off", "access_log = off\nacess_log = -"))
+        self.assertTrue(error.endswith("; did you mean 'access_log'?"), error)
 
     def test_unknownSection(self):
         (error,) = _errors(_GOOD + "\n[server]\nlisten = 80\n")
-        self.assertIn("[server]: unknown section", error)
+        self.assertEqual(
+            error,
+            "site.ini: [server]: unknown section; expected [lbproxy], [upstream:NAME], "
+            "[vhost:NAME] or [demo:NAME] with NAME made of letters, digits, '_', "
+            "'.' and '-'",
+        )
+
+    def test_misspeltSection(self):
+        """
+        A section whose kind is one or two letters from a known kind gets
+        a "did you mean" with the name it has; C{[lbproxy]} has no name.
+        """
+        for section, suggested in [
+            ("upstrem:b", "[upstream:b]"),
+            ("Upstream:b", "[upstream:b]"),
+            ("vhots:b", "[vhost:b]"),
+            ("lbproy", "[lbproxy]"),
+            ("demos:b", "[demo:b]"),
+        ]:
+            (error,) = _errors(_GOOD + f"\n[{section}]\nlisten = tcp:80\n")
+            self.assertTrue(error.startswith(f"site.ini: [{section}]: unknown section; "), error)
+            self.assertTrue(error.endswith(f"; did you mean {suggested}?"), error)
+        for section in ["admin", "vhost", "lbproxy:b", "proxy:b"]:
+            (error,) = _errors(_GOOD + f"\n[{section}]\nlisten = tcp:80\n")
+            self.assertNotIn("did you mean", error)
 
     def test_undefinedUpstream(self):
         (error,) = _errors(_GOOD.replace("/static/ static", "/static/ assets"))
@@ -249,8 +361,35 @@ class ParseConfigTests(SynchronousTestCase):
         An unknown balancer name is an error listing the balancers found.
         """
         (error,) = _errors(_GOOD.replace("= round_robin", "= fastest"))
-        self.assertIn("[upstream:app] balancer = 'fastest'", error)
-        self.assertIn("round_robin", error)
+        self.assertEqual(
+            error,
+            "site.ini: [upstream:app] balancer = 'fastest': bad value; expected the "
+            "name of a balancer plugin: consistent_hash, ewma, ip_hash, least_conn, "
+            "p2c, random, round_robin, sticky",
+        )
+
+    def test_misspeltBalancer(self):
+        """
+        A balancer name one or two letters from a plugin's gets a "did you
+        mean".
+        """
+        for name, meant in [("round-robin", "round_robin"), ("leastconn", "least_conn"), ("ewm", "ewma")]:
+            (error,) = _errors(_GOOD.replace("= round_robin", f"= {name}"))
+            self.assertTrue(error.startswith(f"site.ini: [upstream:app] balancer = {name!r}: bad value; "), error)
+            self.assertTrue(error.endswith(f", sticky; did you mean {meant!r}?"), error)
+
+    def test_misspeltUpstream(self):
+        """
+        A reference to an upstream one or two letters from a defined one
+        gets a "did you mean" naming its section.
+        """
+        (error,) = _errors(_GOOD.replace("/static/ static", "/static/ statc"))
+        self.assertEqual(
+            error,
+            "site.ini: [vhost:app] routes = '/static/ statc': undefined section; "
+            "expected the name of an [upstream:NAME] section, but there is no "
+            "[upstream:statc]; did you mean [upstream:static]?",
+        )
 
     def test_unknownBalancerOption(self):
         (error,) = _errors(_GOOD.replace("balancer = round_robin", "balancer = round_robin\nbalancer.speed = 11"))

@@ -105,18 +105,38 @@ class ConfigTests(SynchronousTestCase):
             "    set X-A 100$\n"
         )
         self.assertEqual(len(errors), 8, errors)
+        variables = (
+            "a known variable ($remote_addr, $host, $scheme, $request_id, "
+            "$server_port; $$ for a literal $)"
+        )
         expected = [
-            ("add X-A 1", "set NAME VALUE or remove NAME"),
-            ("set", "a header name"),
-            ("set X:A 1", "a header name (letters, digits"),
-            ("set X-A", "a value after the name"),
-            ("remove X-A now", "nothing after the name"),
-            ("set X-A $hots", "a known variable instead of '$hots': $remote_addr, $host"),
-            ("set X-A ${host", "a known variable instead of '${'"),
-            ("set X-A 100$", "a known variable instead of '$'"),
+            ("add X-A 1", "set NAME VALUE or remove NAME, got 'add'"),
+            ("set", "a header name after 'set' in set NAME VALUE or remove NAME"),
+            ("set X:A 1", "a header name (letters, digits and !#$%&'*+-.^_`|~), got 'X:A'"),
+            ("set X-A", "a value after the name in set NAME VALUE ('remove X-A' removes it)"),
+            ("remove X-A now", "nothing after the name in remove NAME, got 'now'"),
+            ("set X-A $hots", f"{variables}, got '$hots'; did you mean '$host'?"),
+            ("set X-A ${host", f"{variables}, got '${{'"),
+            ("set X-A 100$", f"{variables}, got '$'"),
         ]
         for error, (line, what) in zip(errors, expected):
-            self.assertIn(f"[vhost:app] request_headers = {line!r}: bad value; expected {what}", error)
+            self.assertEqual(
+                f"<string>: [vhost:app] request_headers = {line!r}: bad value; expected {what}",
+                error,
+            )
+
+    def test_misspeltVerb(self):
+        """
+        A verb one or two letters from C{set} or C{remove} is named in a
+        "did you mean"; another is not.
+        """
+        for line, end in [
+            ("sett X-A 1", "got 'sett'; did you mean 'set'?"),
+            ("remvoe X-A", "got 'remvoe'; did you mean 'remove'?"),
+            ("delete X-A", "got 'delete'"),
+        ]:
+            (error,) = _errors(f"request_headers = {line}\n")
+            self.assertTrue(error.endswith(f"expected set NAME VALUE or remove NAME, {end}"), error)
 
     def test_controlCharacters(self):
         """

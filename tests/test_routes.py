@@ -162,12 +162,39 @@ class ParseRoutesTests(SynchronousTestCase):
             (f"/a/ files:{self.directory} strip_prefix", "after files:DIR, listing"),
             ("/a/ return:200 strip_prefix", "after redirect: and return:, nothing"),
             ("/a/ redirect:301:https://x.example/ listing", "after redirect: and return:, nothing"),
-            ("/a/ proxy:app", "files:DIR, redirect:CODE:URL or return:CODE[:BODY]"),
+            ("/a/ proxy:app", "files:DIR, redirect:CODE:URL or return:CODE[:BODY], got 'proxy:app'"),
         ]:
             errors = _errors(route)
             self.assertEqual(len(errors), 1, (route, errors))
             self.assertIn(f"[vhost:app] routes = {route!r}: bad value; expected", errors[0])
             self.assertIn(expected, errors[0], route)
+
+    def test_misspeltNames(self):
+        """
+        A route kind or flag one or two letters from a known one ends its
+        error with what was given and a "did you mean"; one further away
+        with what was given only.
+        """
+        flags = (
+            "after an upstream name, strip_prefix; after files:DIR, listing; "
+            "after redirect: and return:, nothing"
+        )
+        targets = (
+            "a path prefix followed by an upstream name, files:DIR, "
+            "redirect:CODE:URL or return:CODE[:BODY]"
+        )
+        for route, expected in [
+            ("/a/ app strip-prefix", f"{flags}, got 'strip-prefix'; did you mean 'strip_prefix'?"),
+            (f"/a/ files:{self.directory} lsiting", f"{flags}, got 'lsiting'; did you mean 'listing'?"),
+            ("/a/ app strip", f"{flags}, got 'strip'"),
+            ("/a/ file:/srv", f"{targets}, got 'file:/srv'; did you mean 'files:'?"),
+            ("/a/ retrun:204", f"{targets}, got 'retrun:204'; did you mean 'return:'?"),
+            ("/a/ proxy:app", f"{targets}, got 'proxy:app'"),
+        ]:
+            (error,) = _errors(route)
+            self.assertEqual(
+                error, f"site.ini: [vhost:app] routes = {route!r}: bad value; expected {expected}"
+            )
 
     def test_undefinedUpstream(self):
         """

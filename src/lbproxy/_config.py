@@ -28,6 +28,9 @@ from lbproxy._values import (
     BadItems,
     HeaderRule,
     RouteConfig,
+    closestName,
+    didYouMean,
+    got,
     isHostName,
     isName,
     listOf,
@@ -186,6 +189,15 @@ class ServerConfig:
     failTimeout: Optional[float] = None
 
 
+#: The options of a server line that take a value: name to the attribute
+#: of L{ServerConfig} and the parser of the value.
+_SERVER_OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "weight": ("weight", parsePositiveInt),
+    "max_fails": ("maxFails", parseNonNegativeInt),
+    "fail_timeout": ("failTimeout", parsePositiveDuration),
+}
+
+
 def parseServer(text: str) -> ServerConfig:
     """
     Parse a C{servers} line: C{[http://|https://]HOST[:PORT]} followed by
@@ -219,19 +231,21 @@ def parseServer(text: str) -> ServerConfig:
     options: dict[str, Any] = {}
     for param in params:
         name, sep, value = param.partition("=")
+        if name in ("backup", "down") and not sep:
+            options[name] = True
+            continue
+        option = _SERVER_OPTIONS.get(name) if sep else None
+        if option is None:
+            meant = closestName(name, [*_SERVER_OPTIONS, "backup", "down"])
+            if meant is not None and meant in _SERVER_OPTIONS:
+                meant += sep + value
+            suggestion = f"; did you mean {meant!r}?" if meant else ""
+            raise ValueError(got(expected, param) + suggestion)
+        attribute, parse = option
         try:
-            if name == "weight" and sep:
-                options["weight"] = parsePositiveInt(value)
-            elif name == "max_fails" and sep:
-                options["maxFails"] = parseNonNegativeInt(value)
-            elif name == "fail_timeout" and sep:
-                options["failTimeout"] = parsePositiveDuration(value)
-            elif name in ("backup", "down") and not sep:
-                options[name] = True
-            else:
-                raise ValueError(expected)
+            options[attribute] = parse(value)
         except ValueError as e:
-            raise ValueError(f"{param!r}: {e}") from None
+            raise ValueError(got(str(e), param)) from None
     if options.get("backup") and options.get("down"):
         raise ValueError("a server that is either backup or down, not both")
     return ServerConfig(host=host.lower(), port=port, scheme=scheme, **options)
@@ -490,9 +504,10 @@ class _Section:
                 self.error(
                     name,
                     value,
-                    "one of the keys of [{}]: {}".format(
+                    "one of the keys of [{}]: {}{}".format(
                         section.split(":")[0] + (":NAME" if ":" in section else ""),
                         ", ".join(sorted(names)),
+                        didYouMean(name, sorted(names)),
                     ),
                     unknown=True,
                 )
@@ -643,7 +658,9 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
             s.error(
                 "balancer",
                 upstream.balancer,
-                "the name of a balancer plugin: " + ", ".join(e.available),
+                "the name of a balancer plugin: "
+                + ", ".join(e.available)
+                + didYouMean(upstream.balancer, e.available),
             )
         except InvalidBalancerOptions as e:
             s.error("balancer", upstream.balancer, f"valid balancer.* options: {e}")
@@ -673,6 +690,17 @@ def _readDemo(reader: _Reader, section: str, name: str) -> DemoConfig:
     return DemoConfig(**{"name": name, "listen": (), **s.read(DemoConfig)})
 
 
+def _undefinedUpstream(name: str, upstreams: Mapping[str, UpstreamConfig]) -> str:
+    """
+    The error of a reference to an upstream that no section defines.
+    """
+    return (
+        "undefined section; expected the name of an [upstream:NAME] section, "
+        f"but there is no [upstream:{name}]"
+        + didYouMean(name, sorted(upstreams), lambda n: f"[upstream:{n}]")
+    )
+
+
 def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
     """
     Check what involves more than one section, leaving out the keys already
@@ -700,7 +728,7 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
                 section,
                 "upstream",
                 vhost.upstream,
-                f"undefined section; expected the name of an [upstream:NAME] section, but there is no [upstream:{vhost.upstream}]",
+                _undefinedUpstream(vhost.upstream, config.upstreams),
             )
         for route in vhost.routes:
             if route.kind == "upstream" and route.target not in config.upstreams:
@@ -708,7 +736,7 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
                     section,
                     "routes",
                     f"{route.prefix} {route.target}",
-                    f"undefined section; expected the name of an [upstream:NAME] section, but there is no [upstream:{route.target}]",
+                    _undefinedUpstream(route.target, config.upstreams),
                 )
         if (
             not vhost.serverNames
@@ -727,6 +755,16 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
             owners[serverName] = vhost.name
     if config.vhosts and not config.proxy.listen and not reader.reported("lbproxy", "listen"):
         reader.fail("lbproxy", "listen", "", "missing key; expected one or more server endpoints such as tcp:8080")
+
+
+def _sectionSuggestion(section: str) -> str:
+    """
+    The "did you mean" of an unknown section whose kind is misspelt:
+    C{[upstrem:app]} is likely C{[upstream:app]}, C{[lbproy]} C{[lbproxy]}.
+    """
+    kind, sep, name = section.partition(":")
+    kinds = [k for k in _SECTIONS if (k == "lbproxy") != bool(sep)]
+    return didYouMean(kind.strip(), kinds, lambda k: f"[{k}{sep}{name}]")
 
 
 def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
@@ -771,6 +809,7 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
                 f"{filename}: [{section}]: unknown section; expected [lbproxy], "
                 "[upstream:NAME], [vhost:NAME] or [demo:NAME] with NAME made of "
                 "letters, digits, '_', '.' and '-'"
+                + _sectionSuggestion(section)
             )
     config = SiteConfig(
         proxy=proxy,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -42,6 +42,70 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)"
     r"(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$"
 )
+
+
+def editDistance(a: str, b: str) -> int:
+    """
+    The number of edits that turn C{a} into C{b}: a character inserted,
+    removed or replaced, or two neighbouring characters swapped (the
+    optimal string alignment distance, which counts the usual typing
+    slips, C{read_timout} or C{round_robni}, as one edit each).
+    """
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(
+                previous[j] + 1,
+                current[j - 1] + 1,
+                previous[j - 1] + (ca != cb),
+            )
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def closestName(word: str, candidates: Iterable[str]) -> Optional[str]:
+    """
+    The candidate that C{word} is most likely a misspelling of: one or two
+    edits away (only one for a word of three characters or fewer, where
+    two edits would make almost anything match), the nearest first, then
+    the first in alphabetical order.  Case is ignored.
+
+    @return: the candidate, or L{None} when none is that close.
+    """
+    most = 1 if len(word) <= 3 else 2
+    found = []
+    for candidate in candidates:
+        distance = editDistance(word.lower(), candidate.lower())
+        if 0 < distance <= most or (distance == 0 and word != candidate):
+            found.append((distance, candidate))
+    return min(found)[1] if found else None
+
+
+def didYouMean(
+    word: str, candidates: Iterable[str], show: Callable[[str], str] = repr
+) -> str:
+    """
+    The end of an error message that suggests what C{word} was meant to
+    be (see L{closestName}): C{"; did you mean 'x'?"}, or C{""} when no
+    candidate is close.
+
+    @param show: how to write the candidate, C{'x'} by default.
+    """
+    match = closestName(word, candidates)
+    return "" if match is None else f"; did you mean {show(match)}?"
+
+
+def got(expected: str, value: str) -> str:
+    """
+    What an error says of a bad part of a value: what was expected, then
+    the part, C{"a whole number of at least 1, got 'weight=0'"}.
+    """
+    return f"{expected}, got {value!r}"
 
 
 def parseDuration(text: str) -> float:
@@ -427,12 +491,19 @@ def _parseRoute(words: Sequence[str]) -> RouteConfig:
     elif kind == "return":
         route = _parseReturnRoute(prefix, value)
     else:
-        raise ValueError(f"a path prefix followed by {_ROUTE_TARGETS}")
+        raise ValueError(
+            got(f"a path prefix followed by {_ROUTE_TARGETS}", target)
+            + didYouMean(kind, ("files", "redirect", "return"), lambda k: repr(k + ":"))
+        )
     for flag in flags:
         if flag not in allowed:
             raise ValueError(
-                "after an upstream name, strip_prefix; after files:DIR, "
-                "listing; after redirect: and return:, nothing"
+                got(
+                    "after an upstream name, strip_prefix; after files:DIR, "
+                    "listing; after redirect: and return:, nothing",
+                    flag,
+                )
+                + didYouMean(flag, allowed)
             )
     return route
 
@@ -547,10 +618,10 @@ def parseHeaderValue(text: str) -> tuple[tuple[bool, str], ...]:
         name = braced if braced is not None else bare
         if name not in HEADER_VARIABLES:
             shown = match.group() if match.group() != "$" else text[dollar : dollar + 2]
+            known = ", ".join("$" + v for v in HEADER_VARIABLES)
             raise ValueError(
-                f"a known variable instead of {shown!r}: "
-                + ", ".join("$" + v for v in HEADER_VARIABLES)
-                + " ($$ for a literal $)"
+                got(f"a known variable ({known}; $$ for a literal $)", shown)
+                + didYouMean(name, HEADER_VARIABLES, lambda v: repr("$" + v))
             )
         if literal:
             parts.append((False, literal))
@@ -575,20 +646,20 @@ def _headerRuleParser(refused: Mapping[str, str]) -> Callable[[str], HeaderRule]
         words = text.split(None, 2)
         verb = words[0].lower() if words else ""
         if verb not in ("set", "remove"):
-            raise ValueError(expected)
+            if not words:
+                raise ValueError(expected)
+            raise ValueError(got(expected, words[0]) + didYouMean(verb, ("set", "remove")))
         if len(words) < 2:
             raise ValueError(f"a header name after {verb!r} in {expected}")
         name = words[1]
         if _HEADER_NAME.match(name) is None:
-            raise ValueError(
-                f"a header name (letters, digits and !#$%&'*+-.^_`|~) instead of {name!r}"
-            )
+            raise ValueError(got("a header name (letters, digits and !#$%&'*+-.^_`|~)", name))
         why = refused.get(name.lower())
         if why is not None:
             raise ValueError(f"a header other than {name} ({why})")
         if verb == "remove":
             if len(words) > 2:
-                raise ValueError(f"nothing after the name in remove NAME (got {words[2]!r})")
+                raise ValueError(got("nothing after the name in remove NAME", words[2]))
             return (verb, name, ())
         if len(words) < 3:
             raise ValueError(f"a value after the name in set NAME VALUE ('remove {name}' removes it)")

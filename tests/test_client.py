@@ -591,3 +591,65 @@ class HeadEndTests(SynchronousTestCase):
         head = b"HTTP/1.1 200 OK\r\nA: " + b"b" * (MAX_HEAD_SIZE + 10)
         self.assertEqual(_headEnd(head + b"\r\n\r\n"), (-1, -1))
         self.assertEqual(_headEnd(head + b"\n\n"), (-1, -1))
+
+
+class _ReadRecorder(_Recorder):
+    """
+    A L{_Recorder} that also records the ends of reads, with the body
+    received by then.
+    """
+
+    def headReadDone(self):
+        self.events.append(("headReadDone", self.body))
+
+    def bodyReadDone(self):
+        self.events.append(("bodyReadDone", self.body))
+
+
+class ReadDoneTests(SynchronousTestCase):
+    """
+    The handler is told when a read of the response is done: after the
+    read of the head (L{ResponseHandler.headReadDone}), then after each
+    later read of a body that goes on (L{ResponseHandler.bodyReadDone}).
+    """
+
+    def test_chunked(self):
+        """
+        Each read of a chunked body that does not end it, however many
+        chunks it holds, is followed by one C{bodyReadDone}; the read that
+        ends it by none.
+        """
+        c = _Connection()
+        handler = _ReadRecorder()
+        c.proto.send(handler, b"GET", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.receive(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+        c.receive(b"1\r\nc\r\n1\r\nd\r\n")
+        c.receive(b"1\r\ne\r\n0\r\n\r\n")
+        self.assertEqual(
+            handler.events,
+            [
+                "head",
+                ("headReadDone", b"ab"),
+                ("bodyReadDone", b"abcd"),
+                ("finished", True),
+            ],
+        )
+
+    def test_reusedConnection(self):
+        """
+        When the end of a body lets the connection carry the next request
+        at once, the new handler is not told of the old read.
+        """
+        c = _Connection()
+        first = _ReadRecorder()
+        c.proto.send(first, b"GET", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        second = _ReadRecorder()
+
+        def sendNext(proto):
+            proto.send(second, b"GET", b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+
+        c.proto._onIdle = sendNext
+        c.receive(b"cd")
+        self.assertEqual(first.events[-1], ("finished", True))
+        self.assertEqual(second.events, [])

@@ -567,6 +567,10 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         ),
         "response_headers": ("remove Server", (("remove", "Server", ()),)),
         "request_id": ("yes", True),
+        "gzip": ("yes", True),
+        "gzip_types": ("text/html Application/JSON text/*", ("text/html", "application/json", "text/*")),
+        "gzip_min_length": ("2k", 2048),
+        "gzip_comp_level": ("6", 6),
     },
     "demo": {"listen": ("tcp:9002 tcp:9003", ("tcp:9002", "tcp:9003"))},
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 import lbproxy
-from lbproxy import _backend, _config, _pool, _proxy, _site, _vhost, service
+from lbproxy import _backend, _config, _gzip, _pool, _proxy, _site, _vhost, service
 
 
 class ExportTests(SynchronousTestCase):
@@ -19,6 +19,7 @@ class ExportTests(SynchronousTestCase):
             (lbproxy.Outcome, _backend.Outcome),
             (lbproxy.ConfigError, _config.ConfigError),
             (lbproxy.parseConfig, _config.parseConfig),
+            (lbproxy.GzipPolicy, _gzip.GzipPolicy),
             (lbproxy.Pool, _pool.Pool),
             (lbproxy.UpstreamResource, _proxy.UpstreamResource),
             (lbproxy.ProxySite, _site.ProxySite),

@@ -20,6 +20,7 @@ from lbproxy._version import __version__
 if TYPE_CHECKING:
     from lbproxy._backend import Backend, BackendState, Outcome
     from lbproxy._config import ConfigError, SiteConfig, parseConfig, parseConfigText
+    from lbproxy._gzip import GzipPolicy
     from lbproxy._pool import Pool
     from lbproxy._proxy import UpstreamResource
     from lbproxy._site import ProxySite
@@ -34,6 +35,7 @@ _EXPORTS = {
     "SiteConfig": "lbproxy._config",
     "parseConfig": "lbproxy._config",
     "parseConfigText": "lbproxy._config",
+    "GzipPolicy": "lbproxy._gzip",
     "Pool": "lbproxy._pool",
     "UpstreamResource": "lbproxy._proxy",
     "ProxySite": "lbproxy._site",
@@ -47,6 +49,7 @@ __all__ = [
     "Backend",
     "BackendState",
     "ConfigError",
+    "GzipPolicy",
     "LoadBalancerService",
     "Outcome",
     "Pool",

@@ -165,6 +165,13 @@ class ResponseHandler:
         Some of the body arrived.
         """
 
+    def bodyReadDone(self) -> None:
+        """
+        Everything of a read that brought more of the body (not its end,
+        and not the read of the head, which L{headReadDone} tells) has
+        been delivered: a point at which to pass on what was held back.
+        """
+
     def bodyFinished(self, complete: bool, why: str) -> None:
         """
         The body ended: completely (C{complete}), or not, because of C{why}.
@@ -629,7 +636,10 @@ class UpstreamConnection(Protocol):
         state = self._phase
         if state == _BODY:
             self._pushBackReadDeadline()
+            handler = self._handler
             self._bodyData(data)
+            if handler is not None and self._handler is handler:
+                handler.bodyReadDone()
             return
         if state != _HEAD:
             # Nothing is expected: an idle connection that talks is broken.

@@ -24,6 +24,9 @@ import re
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, cast
 
+from lbproxy._gzip import DEFAULT_LEVEL as DEFAULT_GZIP_LEVEL
+from lbproxy._gzip import DEFAULT_MIN_LENGTH as DEFAULT_GZIP_MIN_LENGTH
+from lbproxy._gzip import DEFAULT_TYPES as DEFAULT_GZIP_TYPES
 from lbproxy._values import (
     BadItems,
     HeaderRule,
@@ -36,8 +39,10 @@ from lbproxy._values import (
     listOf,
     parseAccessLog,
     parseBool,
+    parseCompressionLevel,
     parseDuration,
     parseEndpoint,
+    parseMediaType,
     parseNonNegativeInt,
     parseOptionalText,
     parsePath,
@@ -48,6 +53,7 @@ from lbproxy._values import (
     parseResponseHeaderRules,
     parseRoutes,
     parseServerName,
+    parseSize,
     parseStatusRanges,
     parseText,
     parseUpstreamName,
@@ -379,6 +385,18 @@ class VHostConfig:
     )
     requestId: bool = _setting(
         "request_id", False, parseBool, "an X-Request-ID on every request, to the backend, the client and the log"
+    )
+    gzip: bool = _setting(
+        "gzip", False, parseBool, "compress text responses the backend did not compress, for clients that accept gzip"
+    )
+    gzipTypes: tuple[str, ...] = _setting(
+        "gzip_types", DEFAULT_GZIP_TYPES, listOf(parseMediaType), "the media types gzip compresses"
+    )
+    gzipMinLength: int = _setting(
+        "gzip_min_length", DEFAULT_GZIP_MIN_LENGTH, parseSize, "the smallest body gzip compresses, when its length is known"
+    )
+    gzipCompLevel: int = _setting(
+        "gzip_comp_level", DEFAULT_GZIP_LEVEL, parseCompressionLevel, "the gzip compression level, 1 (fastest) to 9"
     )
 
 

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from lbproxy._backend import Backend, Outcome
 from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
+from lbproxy._gzip import GzipPolicy, GzipResponse
 from lbproxy._headers import HOP_BY_HOP, HeaderRules, forwardedHeaders
 from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
 from lbproxy._interfaces import IProxyRequest, implementsProxyRequest
@@ -67,6 +68,8 @@ class UpstreamResource(ReverseProxyResource):
         C{/api} as C{/}.  L{None} (the default): the path is sent as it is.
     @ivar headerRules: the vhost's L{HeaderRules} (C{request_headers},
         C{response_headers}, C{request_id}), or L{None}.
+    @ivar gzip: the vhost's L{GzipPolicy} (C{gzip = yes}), or L{None}: the
+        responses it qualifies are compressed for clients that accept gzip.
     """
 
     isLeaf = True
@@ -80,6 +83,7 @@ class UpstreamResource(ReverseProxyResource):
         stripPrefix: Optional[bytes] = None,
         *,
         headerRules: Optional[HeaderRules] = None,
+        gzip: Optional[GzipPolicy] = None,
     ) -> None:
         """
         @param pool: the backends to forward to.
@@ -87,6 +91,7 @@ class UpstreamResource(ReverseProxyResource):
         @param reactor: the reactor for timeouts; the pool's when L{None}.
         @param stripPrefix: see L{stripPrefix}.
         @param headerRules: see L{headerRules}.
+        @param gzip: see L{gzip}.
         """
         ReverseProxyResource.__init__(
             self, pool.name, 0, b"", reactor or pool._reactor
@@ -95,9 +100,10 @@ class UpstreamResource(ReverseProxyResource):
         self.preserveHost = preserveHost
         self.stripPrefix = stripPrefix or None
         self.headerRules = headerRules
-        # Decided once: a resource without header rules runs none of their
-        # code per request.
-        self._exchange = _Exchange if headerRules is None else _RuledExchange
+        self.gzip = gzip
+        # Decided once: a resource without header rules or gzip runs none
+        # of their code per request.
+        self._exchange = _EXCHANGES[headerRules is not None, gzip is not None]
 
     def getChild(self, path: bytes, request: Any) -> UpstreamResource:
         return self
@@ -530,6 +536,52 @@ class _RuledExchange(_Exchange):
             for name, value in self._responseFields:
                 headers.addRawHeader(name, value)
         _Exchange._fail(self, code)
+
+
+class _GzipExchange(_Exchange):
+    """
+    An exchange of a resource with a L{GzipPolicy}: the response goes to
+    the client through a L{GzipResponse}, which compresses it when it
+    qualifies, and which is told when a read of the body from the backend
+    is done, to flush what zlib holds.  A C{HEAD} request goes as any
+    other (its response has no body to compress).
+    """
+
+    _gzipped: Optional[GzipResponse] = None
+
+    def start(self) -> None:
+        if self._method != b"HEAD":
+            policy = self._resource.gzip
+            assert policy is not None
+            self._proxied = self._gzipped = GzipResponse(
+                self._proxied,
+                policy,
+                self._request.requestHeaders.getRawHeaders(b"accept-encoding"),
+            )
+        super().start()
+
+    def bodyReadDone(self) -> None:
+        gzipped = self._gzipped
+        if gzipped is not None:
+            gzipped.flushBody()
+
+
+class _RuledGzipExchange(_GzipExchange, _RuledExchange):
+    """
+    An exchange of a resource with both L{HeaderRules} and a
+    L{GzipPolicy}: the rules apply to the backend's response first, as
+    nginx's C{add_header} comes before its gzip filter.
+    """
+
+
+#: The exchange class of a resource, by whether it has header rules and
+#: whether it has a gzip policy.
+_EXCHANGES: dict[tuple[bool, bool], type[_Exchange]] = {
+    (False, False): _Exchange,
+    (True, False): _RuledExchange,
+    (False, True): _GzipExchange,
+    (True, True): _RuledGzipExchange,
+}
 
 
 @implementer(IPushProducer)

@@ -147,18 +147,22 @@ def parseBool(text: str) -> bool:
         raise ValueError("yes or no") from None
 
 
-def _wholeNumberParser(low: int) -> Callable[[str], int]:
+def _wholeNumberParser(low: int, high: Optional[int] = None) -> Callable[[str], int]:
     """
-    Make a parser of decimal whole numbers of at least C{low}.
+    Make a parser of decimal whole numbers of at least C{low} (and at most
+    C{high}, unless it is L{None}).
     """
-    what = f"a whole number of at least {low}"
+    if high is None:
+        what = f"a whole number of at least {low}"
+    else:
+        what = f"a whole number from {low} to {high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
             raise ValueError(what) from None
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise ValueError(what)
         return value
 
@@ -170,6 +174,22 @@ parsePositiveInt = _wholeNumberParser(1)
 
 #: Parse a whole number of at least 0.
 parseNonNegativeInt = _wholeNumberParser(0)
+
+#: Parse a zlib compression level: a whole number from 1 to 9.
+parseCompressionLevel = _wholeNumberParser(1, 9)
+
+_MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
+def parseMediaType(text: str) -> str:
+    """
+    Parse a media type without parameters, lower-cased: C{type/subtype},
+    C{type/*} (every subtype), or C{*} (any type).
+    """
+    value = text.strip().lower()
+    if value != "*" and (not _MEDIA_TYPE.match(value) or value.startswith("*/")):
+        raise ValueError("a media type such as text/html, text/* or *")
+    return value
 
 
 def parsePositiveDuration(text: str) -> float:

@@ -31,6 +31,7 @@ from lbproxy._config import (
     parseConfig,
 )
 from lbproxy._demo import DemoResource, DemoSite
+from lbproxy._gzip import GzipPolicy
 from lbproxy._headers import HeaderRules
 from lbproxy._health import HealthChecker
 from lbproxy._listeners import EndpointListener, ListenerService
@@ -99,16 +100,27 @@ def buildVirtualHost(
             config.requestHeaders, config.responseHeaders, config.requestId
         )
 
+    gzip = None
+    if config.gzip:
+        # One policy for the vhost's upstream routes, as the rules.
+        gzip = GzipPolicy(config.gzipTypes, config.gzipMinLength, config.gzipCompLevel)
+
     def resourceFor(upstream: str, stripPrefix: Optional[bytes] = None) -> UpstreamResource:
         base = resources[upstream]
         if (
             base.preserveHost == config.preserveHost
             and stripPrefix is None
             and headerRules is None
+            and gzip is None
         ):
             return base
         return UpstreamResource(
-            base.pool, config.preserveHost, base.reactor, stripPrefix, headerRules=headerRules
+            base.pool,
+            config.preserveHost,
+            base.reactor,
+            stripPrefix,
+            headerRules=headerRules,
+            gzip=gzip,
         )
 
     def routeResource(route: RouteConfig) -> IResource:

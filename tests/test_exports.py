@@ -5,10 +5,26 @@ private modules cannot quietly break it.
 
 from __future__ import annotations
 
+import os
+import re
+import textwrap
+
+from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 import lbproxy
-from lbproxy import _backend, _config, _gzip, _pool, _proxy, _site, _vhost, service
+from lbproxy import (
+    _backend,
+    _config,
+    _gzip,
+    _health,
+    _pool,
+    _proxy,
+    _site,
+    _vhost,
+    service,
+)
 
 
 class ExportTests(SynchronousTestCase):
@@ -20,6 +36,7 @@ class ExportTests(SynchronousTestCase):
             (lbproxy.ConfigError, _config.ConfigError),
             (lbproxy.parseConfig, _config.parseConfig),
             (lbproxy.GzipPolicy, _gzip.GzipPolicy),
+            (lbproxy.HealthChecker, _health.HealthChecker),
             (lbproxy.Pool, _pool.Pool),
             (lbproxy.UpstreamResource, _proxy.UpstreamResource),
             (lbproxy.ProxySite, _site.ProxySite),
@@ -61,3 +78,86 @@ class ExportTests(SynchronousTestCase):
         )
         for name in lbproxy.testing.__all__:
             self.assertTrue(hasattr(lbproxy.testing, name), name)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: An import of a private module of lbproxy, or of a private name of it.
+_PRIVATE_IMPORT = re.compile(
+    r"^\s*(?:from\s+lbproxy(?:\.\w+)*\._\w+\s+import|import\s+lbproxy(?:\.\w+)*\._\w+"
+    r"|from\s+lbproxy(?:\.\w+)*\s+import\s+\(?\s*_(?!_))",
+    re.MULTILINE,
+)
+
+
+def _documentationFiles() -> list[str]:
+    """
+    Every page of the documentation, every Python file next to them and
+    every example, and the README.
+    """
+    found = [os.path.join(_ROOT, "README.md")]
+    for top in ("docs", "examples"):
+        for directory, _, names in os.walk(os.path.join(_ROOT, top)):
+            if "_build" in directory:
+                continue
+            found.extend(
+                os.path.join(directory, name)
+                for name in names
+                if name.endswith((".rst", ".py", ".md"))
+            )
+    return sorted(found)
+
+
+class DocumentationTests(SynchronousTestCase):
+    """
+    What the documentation shows users to write uses the public API only.
+    """
+
+    def test_privateImportFound(self):
+        """
+        The check below finds the imports of private modules and names.
+        """
+        for line, private in [
+            ("from lbproxy._config import HealthCheckConfig", True),
+            ("   import lbproxy._health", True),
+            ("from lbproxy.balancers._base import BalancerBase", True),
+            ("from lbproxy import _pool", True),
+            ("from lbproxy import HealthChecker", False),
+            ("from lbproxy.config import HealthCheckConfig", False),
+            ("from lbproxy import __version__", False),
+            ("``lbproxy._pool.Pool``, with the fields", False),
+        ]:
+            self.assertEqual(_PRIVATE_IMPORT.search(line) is not None, private, line)
+
+    def test_noPrivateImports(self):
+        """
+        No page of the documentation, no example and not the README imports
+        a private module of lbproxy.
+        """
+        files = _documentationFiles()
+        self.assertIn(os.path.join(_ROOT, "docs", "howto", "health-checks.rst"), files)
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                found = _PRIVATE_IMPORT.findall(f.read())
+            self.assertEqual(found, [], path)
+
+    def test_healthCheckerExample(self):
+        """
+        The health-check how-to's example of a checker for a pool built in
+        Python runs as written, with public names.
+        """
+        with open(os.path.join(_ROOT, "docs", "howto", "health-checks.rst"), encoding="utf-8") as f:
+            page = f.read()
+        block = page[page.index("``HealthChecker`` to your service tree:") :]
+        block = block[block.index(".. code-block:: python") :].split("\n\n")[1:3]
+        code = textwrap.dedent("\n\n".join(block))
+        reactor = MemoryReactorClock()
+        pool = lbproxy.Pool("app", [lbproxy.Backend("127.0.0.1", 9001)], reactor=reactor)
+        application = MultiService()
+        namespace = {"pool": pool, "application": application}
+        exec(compile(code, "health-checks.rst", "exec"), namespace)
+        checker = namespace["checker"]
+        self.assertIsInstance(checker, lbproxy.HealthChecker)
+        self.assertIs(checker.pool, pool)
+        self.assertEqual(checker.config.path, "/healthz")
+        self.assertEqual(list(application), [checker])

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from lbproxy._backend import Backend, BackendState, Outcome
     from lbproxy._config import ConfigError, SiteConfig, parseConfig, parseConfigText
     from lbproxy._gzip import GzipPolicy
+    from lbproxy._health import HealthChecker
     from lbproxy._pool import Pool
     from lbproxy._proxy import UpstreamResource
     from lbproxy._site import ProxySite
@@ -36,6 +37,7 @@ _EXPORTS = {
     "parseConfig": "lbproxy._config",
     "parseConfigText": "lbproxy._config",
     "GzipPolicy": "lbproxy._gzip",
+    "HealthChecker": "lbproxy._health",
     "Pool": "lbproxy._pool",
     "UpstreamResource": "lbproxy._proxy",
     "ProxySite": "lbproxy._site",
@@ -50,6 +52,7 @@ __all__ = [
     "BackendState",
     "ConfigError",
     "GzipPolicy",
+    "HealthChecker",
     "LoadBalancerService",
     "Outcome",
     "Pool",

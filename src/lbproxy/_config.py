@@ -65,25 +65,6 @@ from lbproxy.balancers import BalancerNotFound, InvalidBalancerOptions, buildBal
 D = TypeVar("D")
 P = TypeVar("P")
 
-__all__ = [
-    "ConfigError",
-    "DemoConfig",
-    "HealthCheckConfig",
-    "Key",
-    "ProxyConfig",
-    "RouteConfig",
-    "ServerConfig",
-    "SiteConfig",
-    "UpstreamConfig",
-    "VHostConfig",
-    "defaultOf",
-    "parseBool",
-    "parseConfig",
-    "parseConfigText",
-    "parseServer",
-    "parseStatusRanges",
-    "sectionKeys",
-]
 
 
 class ConfigError(ValueError):

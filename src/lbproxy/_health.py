@@ -32,18 +32,6 @@ from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
 from lbproxy._config import HealthCheckConfig
 from lbproxy._pool import Pool
 
-__all__ = [
-    "BODY_LIMIT",
-    "JITTER",
-    "BackendCheck",
-    "HTTPProbe",
-    "HealthChecker",
-    "NoAnswer",
-    "ParseError",
-    "ProbeFailed",
-    "describeFailure",
-]
-
 #: The most a probe is delayed after it is due, as a share of
 #: C{health_interval}, so that the probes of many backends (and of many
 #: lbproxy processes) spread out instead of arriving together.
@@ -348,7 +336,7 @@ class HealthChecker(Service):
     """
     Probe every backend of a pool every C{health_interval}.
 
-    Each backend has its own L{LoopingCall}.  When a probe is due it is run
+    Each backend has its own L{LoopingCall <twisted.internet.task.LoopingCall>}.  When a probe is due it is run
     after a random delay of up to L{JITTER} times the interval, so
     intervals between two probes of a backend lie between 90% and 110% of
     C{health_interval}.  A probe that is still running (or waiting for its
@@ -430,7 +418,7 @@ class HealthChecker(Service):
         """
         Stop the timers, and cancel the probes in flight.
 
-        @return: a L{Deferred} that fires when every cancelled probe has
+        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires when every cancelled probe has
             closed its connection.
         """
         Service.stopService(self)

@@ -146,7 +146,7 @@ class IProxyRequest(Interface):
 
     lbproxy's own HTTP/1.1 requests (L{lbproxy.ProxySite}'s) provide it
     directly and write a proxied head as bytes; any other
-    L{twisted.web.iweb.IRequest} (an embedder's plain L{Site}, an HTTP/2
+    L{twisted.web.iweb.IRequest} (an embedder's plain L{Site <twisted.web.server.Site>}, an HTTP/2
     stream's request) is adapted to it, through the request's public API.
     """
 

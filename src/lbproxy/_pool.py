@@ -363,7 +363,7 @@ class Pool:
         """
         Send no new requests to C{backend}; those in flight finish.
 
-        @return: a L{Deferred} that fires with L{True} once no request is in
+        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires with L{True} once no request is in
             flight to C{backend}, or with L{False} if L{enable} is called
             first.
         """

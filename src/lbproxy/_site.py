@@ -31,9 +31,6 @@ from lbproxy._server import ProxyChannel
 from lbproxy._server import headerLines as _headerLines
 from lbproxy._vhost import originForm
 
-__all__ = ["ProxyChannel", "ProxyRequest", "ProxySite", "combinedLogLine"]
-
-
 #: The bytes nginx writes as C{\\xHH} in a log line (its default
 #: C{escape}): control characters, C{"}, C{\\}, DEL and every non-ASCII
 #: byte.
@@ -308,7 +305,7 @@ def _discard(data: bytes) -> None:
 
 class ProxySite(Site):
     """
-    The L{Site} of lbproxy's listeners.
+    The L{Site <twisted.web.server.Site>} of lbproxy's listeners.
 
     @ivar accessLog: where the access log goes: an open text file, or
         L{None} for no access log.
@@ -403,7 +400,7 @@ class ProxySite(Site):
 
         @param timeout: seconds after which the connections still open are
             aborted; L{None} waits for as long as they take.
-        @return: a L{Deferred} that fires once every connection is closed.
+        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires once every connection is closed.
         """
         if not self.channels:
             return succeed(None)
@@ -452,7 +449,7 @@ class ProxySite(Site):
     def acceptableProtocols(self) -> list[bytes]:
         """
         The protocols offered through ALPN on TLS listeners: HTTP/1.1 only.
-        Twisted's L{Site} also offers C{h2} when the C{h2} package is
+        Twisted's L{Site <twisted.web.server.Site>} also offers C{h2} when the C{h2} package is
         installed and then serves it with its own HTTP/2 channel, which
         knows nothing of lbproxy's limits; a client that asks for h2 falls
         back to HTTP/1.1.

@@ -283,7 +283,7 @@ class LoadBalancerService(MultiService):
         sockets stay as they are); a change to them is logged and takes
         effect at the next restart.
 
-        @return: a L{Deferred} that fires once the old health checks have
+        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires once the old health checks have
             stopped and the old pools' idle connections are closed.
         @raise OSError: when the new access log cannot be opened; nothing
             has changed then.
@@ -382,7 +382,7 @@ class LoadBalancerService(MultiService):
         Abort every client connection now, those with a request in flight
         included.
 
-        @return: a L{Deferred} that fires once they are closed.
+        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires once they are closed.
         """
         count = len(self.site.channels)
         if count:

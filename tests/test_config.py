@@ -5,6 +5,7 @@ Tests for L{lbproxy._config}: every value parser and every class of error.
 from __future__ import annotations
 
 import ast
+import ipaddress
 import os
 import re
 import subprocess
@@ -512,6 +513,8 @@ _MINIMAL = {
     "upstream": "[upstream:app]\nservers = 127.0.0.1:9001\n",
     "vhost": "[upstream:app]\nservers = 127.0.0.1:9001\n[lbproxy]\nlisten = tcp:8080\n"
     "[vhost:site]\nupstream = app\ndefault = yes\n",
+    "route": "[upstream:app]\nservers = 127.0.0.1:9001\n[lbproxy]\nlisten = tcp:8080\n"
+    "[vhost:site]\nupstream = app\ndefault = yes\n[route:site:/]\n",
     "demo": "[demo:blue]\nlisten = tcp:9001\n",
 }
 
@@ -529,6 +532,10 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_body_size": ("1g", 1024**3),
         "max_header_size": ("8k", 8192),
         "max_connections": ("0", 0),
+        "trusted_proxies": (
+            "10.0.0.0/8 ::1 unix:",
+            (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1"), "unix:"),
+        ),
     },
     "upstream": {
         "servers": (
@@ -572,6 +579,10 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "gzip_min_length": ("2k", 2048),
         "gzip_comp_level": ("6", 6),
     },
+    "route": {
+        "request_headers": ("remove X-Env", (("remove", "X-Env", ()),)),
+        "response_headers": ("", ()),
+    },
     "demo": {"listen": ("tcp:9002 tcp:9003", ("tcp:9002", "tcp:9003"))},
 }
 
@@ -586,6 +597,7 @@ def _sectionOf(kind, text):
         "lbproxy": config.proxy,
         "upstream": config.upstreams.get("app"),
         "vhost": config.vhosts[0] if config.vhosts else None,
+        "route": config.vhosts[0].routeOverrides.get("/") if config.vhosts else None,
         "demo": config.demos[0] if config.demos else None,
     }[kind]
 
@@ -759,7 +771,7 @@ def _documentedKeys():
     """
     with open(_DOCS, encoding="utf-8") as f:
         lines = f.read().splitlines()
-    heading = re.compile(r"^``\[(\w+)(?::NAME)?\]``")
+    heading = re.compile(r"^``\[(\w+)(?::NAME|:VHOST:PREFIX)?\]``")
     tables = {}
     kind = None
     rows = []

@@ -8,6 +8,7 @@ L{lbproxy.testing.ProxyHarness}.
 
 from __future__ import annotations
 
+import io
 import re
 
 from twisted.internet.address import IPv4Address
@@ -559,3 +560,292 @@ class RequestIdTests(SynchronousTestCase):
         (trace,) = _headerValues(sent, b"x-trace")
         self.assertTrue(_HEX32.match(trace), trace)
         self.assertEqual(_headerValues(sent, b"x-request-id"), [b"abc"])
+
+
+_ROUTES = """\
+[lbproxy]
+listen = tcp:0
+[upstream:app]
+servers = 127.0.0.1:9001
+keepalive = 0
+[upstream:api]
+servers = 127.0.0.1:9002
+keepalive = 0
+[vhost:app]
+default = yes
+upstream = app
+routes =
+    /api/ api strip_prefix
+    /bare/ app
+    /other/ app
+    /ping return:204
+request_headers =
+    set X-Env prod
+    remove X-Debug
+response_headers =
+    set X-Frame-Options DENY
+    remove Server
+"""
+
+
+class RouteConfigTests(SynchronousTestCase):
+    """
+    A route's own rules: C{[route:VHOST:PREFIX]} sections.
+    """
+
+    def test_parsed(self):
+        """
+        A route section's keys go to its vhost's C{routeOverrides}, by
+        prefix; a key left out is L{None} (the vhost's), an empty one no
+        rules at all.
+        """
+        config = parseConfigText(
+            _ROUTES
+            + "[route:app:/api/]\nrequest_headers =\n    set X-Client $remote_addr\n"
+            "[route: app : /bare/ ]\nrequest_headers =\nresponse_headers =\n"
+        )
+        (vhost,) = config.vhosts
+        api, bare = vhost.routeOverrides["/api/"], vhost.routeOverrides["/bare/"]
+        self.assertEqual((api.vhost, api.prefix), ("app", "/api/"))
+        self.assertEqual(
+            api.requestHeaders, (("set", "X-Client", ((True, "remote_addr"),)),)
+        )
+        self.assertIsNone(api.responseHeaders)
+        self.assertEqual((bare.requestHeaders, bare.responseHeaders), ((), ()))
+        self.assertEqual(sorted(vhost.routeOverrides), ["/api/", "/bare/"])
+        self.assertEqual(vhost.requestHeaders[0][1], "X-Env")
+
+    def test_vhostUpstream(self):
+        """
+        C{/} names the vhost's C{upstream} when no route has that prefix.
+        """
+        config = parseConfigText(_ROUTES + "[route:app:/]\nrequest_headers = set X-A 1\n")
+        self.assertEqual(
+            config.vhosts[0].routeOverrides["/"].requestHeaders,
+            (("set", "X-A", ((False, "1"),)),),
+        )
+
+    def test_errors(self):
+        """
+        A route section of a vhost that does not exist, of a prefix that
+        is not one of its routes, or with header rules on a route that is
+        not an upstream's, is an error naming the section; so is a bad
+        rule, an unknown key, and a rule for X-Request-ID with
+        C{request_id = yes}.
+        """
+        errors = _errorsOf(
+            _ROUTES.replace("default = yes\n", "default = yes\nrequest_id = yes\n")
+            + "[route:nowhere:/api/]\n"
+            "[route:app:/nothing/]\n"
+            "[route:app:/ping]\nresponse_headers = set X-A 1\n"
+            "[route:app:/other/]\nrequest_headers = set X-A\ncolour = blue\n"
+            "response_headers = remove X-Request-ID\n"
+            "[route:app]\n"
+        )
+        self.assertEqual(
+            errors,
+            [
+                "routes.ini: [route:app]: unknown section; expected [lbproxy], "
+                "[upstream:NAME], [vhost:NAME], [route:VHOST:PREFIX] or [demo:NAME] "
+                "with NAME and VHOST made of letters, digits, '_', '.' and '-' and "
+                "PREFIX a path prefix starting with /",
+                "routes.ini: [route:nowhere:/api/]: undefined vhost; expected "
+                "[route:VHOST:PREFIX] with VHOST the name of a [vhost:NAME] section, "
+                "but there is no [vhost:nowhere]",
+                "routes.ini: [route:app:/nothing/]: undefined route; expected "
+                "[route:VHOST:PREFIX] with PREFIX one of the routes of [vhost:app]: "
+                "/, /api/, /bare/, /other/, /ping",
+                "routes.ini: [route:app:/ping] response_headers = 'set X-A 1': bad "
+                "value; expected no header rules on /ping, a return: route (header "
+                "rules apply to routes to an upstream)",
+                "routes.ini: [route:app:/other/] colour = 'blue': unknown key; "
+                "expected one of the keys of [route:VHOST:PREFIX]: request_headers, "
+                "response_headers",
+                "routes.ini: [route:app:/other/] request_headers = 'set X-A': bad "
+                "value; expected a value after the name in set NAME VALUE ('remove "
+                "X-A' removes it)",
+                "routes.ini: [route:app:/other/] response_headers = 'remove "
+                "X-Request-ID': bad value; expected no rule for X-Request-ID: "
+                "request_id = yes sets it",
+            ],
+        )
+
+    def test_service(self):
+        """
+        Each route to an upstream gets the vhost's rules less those its
+        section replaces, compiled once for the routes that share them; a
+        route with no rules left shares the upstream's plain resource.
+        """
+        config = parseConfigText(
+            _ROUTES
+            + "[route:app:/api/]\nrequest_headers = set X-Client $remote_addr\n"
+            "[route:app:/bare/]\nrequest_headers =\nresponse_headers =\n"
+        )
+        service = LoadBalancerService(config, MemoryReactorClock())
+        vhost = service.resource.vhostFor(b"app")
+        api, bare, other, root = (
+            vhost.resourceFor(path) for path in (b"/api/x", b"/bare/x", b"/other/x", b"/x")
+        )
+        self.assertEqual(api.headerRules.requestRemoved, frozenset([b"x-client"]))
+        self.assertEqual(api.headerRules.responseRemoved, frozenset([b"x-frame-options", b"server"]))
+        self.assertIsNone(bare.headerRules)
+        self.assertIs(bare, service.resource.vhostFor(b"app").resourceFor(b"/bare/"))
+        self.assertIs(other.headerRules, root.headerRules)
+        self.assertEqual(root.headerRules.requestRemoved, frozenset([b"x-env", b"x-debug"]))
+
+
+def _errorsOf(text: str) -> list[str]:
+    try:
+        parseConfigText(text, "routes.ini")
+    except ConfigError as e:
+        return e.errors
+    raise AssertionError("no ConfigError")
+
+
+class _Service:
+    """
+    A L{LoadBalancerService} built from site.ini text, served by a
+    L{ProxyHarness} that keeps an access log.
+    """
+
+    def __init__(self, testCase, text):
+        self.reactor = MemoryReactorClock()
+        self.service = LoadBalancerService(parseConfigText(text), self.reactor)
+        self.log = io.StringIO()
+        self.proxy = ProxyHarness(
+            self.service.resource,
+            reactor=self.reactor,
+            accessLog=self.log,
+            logRequestId=self.service.site.logRequestId,
+        )
+        testCase.addCleanup(self.proxy.close)
+
+    def exchange(self, path, extra=b"", response=None):
+        """
+        One request for C{path} on a new connection: what the backend and
+        the client received, and the access log line.
+        """
+        client = self.proxy.connect(IPv4Address("TCP", "192.0.2.7", 4321))
+        client.send(b"GET %s HTTP/1.1\r\nHost: app.example\r\n%s\r\n" % (path, extra))
+        backend = self.proxy.acceptBackend()
+        sent = backend.received()
+        backend.respond(
+            response
+            or b"HTTP/1.1 200 OK\r\nServer: backend\r\nX-Frame-Options: SAMEORIGIN\r\n"
+            b"Content-Length: 2\r\n\r\nok"
+        )
+        received = client.received()
+        client.disconnect()
+        lines = self.log.getvalue().splitlines()
+        return sent, received, lines[-1]
+
+
+class RouteRuleTests(SynchronousTestCase):
+    """
+    A route's rules, on the wire.
+    """
+
+    def test_routeReplacesVhost(self):
+        """
+        A route's C{request_headers} replace the vhost's entirely (the
+        vhost's C{set} and C{remove} no longer apply there), with
+        variables; its vhost's C{response_headers} still apply; the
+        vhost's other routes keep the vhost's rules.
+        """
+        h = _Service(
+            self,
+            _ROUTES
+            + "[route:app:/api/]\nrequest_headers =\n"
+            "    set X-Client $remote_addr\n    set X-Host $host\n    remove X-Secret\n",
+        )
+        head = b"X-Env: dev\r\nX-Debug: 1\r\nX-Secret: s\r\n"
+        sent, received, _ = h.exchange(b"/api/users", head)
+        self.assertTrue(sent.startswith(b"GET /users HTTP/1.1\r\n"), sent)
+        self.assertEqual(_headerValues(sent, b"x-client"), [b"192.0.2.7"])
+        self.assertEqual(_headerValues(sent, b"x-host"), [b"app.example"])
+        self.assertEqual(_headerValues(sent, b"x-secret"), [])
+        self.assertEqual(_headerValues(sent, b"x-env"), [b"dev"])
+        self.assertEqual(_headerValues(sent, b"x-debug"), [b"1"])
+        self.assertEqual(_headerValues(received, b"x-frame-options"), [b"DENY"])
+        self.assertEqual(_headerValues(received, b"server"), [])
+
+        sent, received, _ = h.exchange(b"/other/", head)
+        self.assertEqual(_headerValues(sent, b"x-env"), [b"prod"])
+        self.assertEqual(_headerValues(sent, b"x-debug"), [])
+        self.assertEqual(_headerValues(sent, b"x-secret"), [b"s"])
+        self.assertEqual(_headerValues(sent, b"x-client"), [])
+
+    def test_routeResponseRules(self):
+        """
+        A route's C{response_headers} replace the vhost's, with
+        variables; an empty key leaves the route with none.
+        """
+        h = _Service(
+            self,
+            _ROUTES
+            + "[route:app:/api/]\nresponse_headers =\n    set X-Served $scheme:$server_port\n"
+            "[route:app:/bare/]\nrequest_headers =\nresponse_headers =\n",
+        )
+        _, received, _ = h.exchange(b"/api/")
+        self.assertEqual(_headerValues(received, b"x-served"), [b"http:12345"])
+        self.assertEqual(_headerValues(received, b"x-frame-options"), [b"SAMEORIGIN"])
+        self.assertEqual(_headerValues(received, b"server"), [b"backend"])
+        sent, received, _ = h.exchange(b"/bare/", b"X-Debug: 1\r\n")
+        self.assertEqual(_headerValues(sent, b"x-debug"), [b"1"])
+        self.assertEqual(_headerValues(sent, b"x-env"), [])
+        self.assertEqual(_headerValues(received, b"x-frame-options"), [b"SAMEORIGIN"])
+        self.assertEqual(_headerValues(received, b"x-served"), [])
+
+
+class RequestIdLogTests(SynchronousTestCase):
+    """
+    Request ids in the access log.
+    """
+
+    _TEXT = (
+        _BASE.replace("default = yes\n", "server_names = app.example\nrequest_id = yes\n")
+        .replace("9001\n", "9001\nkeepalive = 0\n")
+        + "[vhost:other]\ndefault = yes\nupstream = app\n"
+    )
+
+    def test_keptAndMadeLogged(self):
+        """
+        With a vhost of C{request_id = yes}, each line ends with the id
+        quoted: the client's when kept, the one made and sent to the
+        backend otherwise; C{"-"} for a request of a vhost without ids.
+        The line before it is the combined format, unchanged.
+        """
+        h = _Service(self, self._TEXT)
+        self.assertTrue(h.service.site.logRequestId)
+        _, _, line = h.exchange(b"/a", b"X-Request-ID: abc-1\r\n")
+        self.assertRegex(
+            line,
+            r'^192\.0\.2\.7 - - \[[^]]+\] "GET /a HTTP/1\.1" 200 2 "-" "-" "abc-1"$',
+        )
+        sent, received, line = h.exchange(b"/b")
+        (made,) = _headerValues(sent, b"x-request-id")
+        self.assertTrue(_HEX32.match(made), made)
+        self.assertEqual(_headerValues(received, b"x-request-id"), [made])
+        self.assertTrue(line.endswith(' 200 2 "-" "-" "%s"' % made.decode()), line)
+
+        client = h.proxy.connect()
+        client.send(b"GET /c HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+        backend = h.proxy.acceptBackend()
+        self.assertEqual(_headerValues(backend.received(), b"x-request-id"), [])
+        backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertTrue(h.log.getvalue().splitlines()[-1].endswith(' 204 0 "-" "-" "-"'))
+
+    def test_offKeepsCombined(self):
+        """
+        Without a vhost of C{request_id = yes}, the lines are nginx's
+        combined format, with no field after the agent; a reload turns
+        the field on and off.
+        """
+        h = _Service(self, _BASE.replace("9001\n", "9001\nkeepalive = 0\n"))
+        self.assertFalse(h.service.site.logRequestId)
+        _, _, line = h.exchange(b"/a", b"X-Request-ID: abc-1\r\n")
+        self.assertRegex(line, r'^192\.0\.2\.7 - - \[[^]]+\] "GET /a HTTP/1\.1" 200 2 "-" "-"$')
+        h.service.reload(parseConfigText(self._TEXT))
+        self.assertTrue(h.service.site.logRequestId)
+        h.service.reload(parseConfigText(_BASE))
+        self.assertFalse(h.service.site.logRequestId)

@@ -34,6 +34,7 @@ from lbproxy._values import (
     closestName,
     didYouMean,
     got,
+    TrustedNetwork,
     isHostName,
     isName,
     listOf,
@@ -56,6 +57,7 @@ from lbproxy._values import (
     parseSize,
     parseStatusRanges,
     parseText,
+    parseTrustedProxy,
     parseUpstreamName,
     parseWord,
     splitLines,
@@ -340,6 +342,8 @@ class VHostConfig:
     @ivar upstream: the upstream for every path no route matches, or
         L{None} (such paths get 404).
     @ivar routes: the L{RouteConfig}s, in file order.
+    @ivar routeOverrides: route prefix to the L{RouteOverridesConfig} of
+        its C{[route:VHOST:PREFIX]} section, for the routes that have one.
     """
 
     name: str
@@ -379,6 +383,34 @@ class VHostConfig:
     gzipCompLevel: int = _setting(
         "gzip_comp_level", DEFAULT_GZIP_LEVEL, parseCompressionLevel, "the gzip compression level, 1 (fastest) to 9"
     )
+    routeOverrides: Mapping[str, RouteOverridesConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteOverridesConfig:
+    """
+    A C{[route:VHOST:PREFIX]} section: what the route C{PREFIX} of
+    C{[vhost:VHOST]} does differently from the rest of its vhost, as the
+    directives of an nginx C{location} block.  Each key given replaces the
+    vhost's for that route (an empty value: none at all), as nginx's
+    C{proxy_set_header} and C{add_header} in a C{location} replace those
+    of its C{server}; a key left out keeps the vhost's.
+
+    @ivar vhost: the vhost's name.
+    @ivar prefix: the route's prefix, as C{routes} writes it.
+    @ivar requestHeaders: the route's C{request_headers}, or L{None} to
+        use the vhost's.
+    @ivar responseHeaders: the route's C{response_headers}, or L{None}.
+    """
+
+    vhost: str
+    prefix: str
+    requestHeaders: Optional[tuple[HeaderRule, ...]] = _setting(
+        "request_headers", None, parseRequestHeaderRules, "replaces the vhost's request_headers on this route"
+    )
+    responseHeaders: Optional[tuple[HeaderRule, ...]] = _setting(
+        "response_headers", None, parseResponseHeaderRules, "replaces the vhost's response_headers on this route"
+    )
 
 
 @dataclass(frozen=True)
@@ -407,6 +439,9 @@ class ProxyConfig:
     @ivar accessLog: a path, C{"-"} for standard output, or L{None} (off).
     @ivar maxConnections: the most client connections open at once (0: no
         limit); beyond it a new connection is accepted and closed at once.
+    @ivar trustedProxies: the peers whose C{X-Forwarded-For} names the
+        client: L{ipaddress} networks, and C{"unix:"} for the peers of
+        UNIX-socket listeners.
     """
 
     listen: tuple[str, ...] = _setting(
@@ -436,6 +471,9 @@ class ProxyConfig:
     maxConnections: int = _setting(
         "max_connections", 10000, parseNonNegativeInt, "client connections open at once (0: no limit)"
     )
+    trustedProxies: tuple[TrustedNetwork, ...] = _setting(
+        "trusted_proxies", (), listOf(parseTrustedProxy), "peers whose X-Forwarded-For names the client (nginx set_real_ip_from)"
+    )
 
 
 @dataclass(frozen=True)
@@ -461,6 +499,7 @@ _SECTIONS: Mapping[str, tuple[type, ...]] = {
     "lbproxy": (ProxyConfig,),
     "upstream": (UpstreamConfig, HealthCheckConfig),
     "vhost": (VHostConfig,),
+    "route": (RouteOverridesConfig,),
     "demo": (DemoConfig,),
 }
 
@@ -472,10 +511,15 @@ _NOT_YET = {
 }
 
 
+#: What follows the kind in the name of a section, for messages (C{:NAME}
+#: unless given here).
+_SECTION_NAMES = {"route": ":VHOST:PREFIX"}
+
+
 def sectionKeys(kind: str) -> list[tuple[type, Key]]:
     """
     The keys a kind of section accepts (C{"lbproxy"}, C{"upstream"},
-    C{"vhost"} or C{"demo"}), each with the class whose attribute it fills.
+    C{"vhost"}, C{"route"} or C{"demo"}), each with the class whose attribute it fills.
     """
     return [(cls, key) for cls in _SECTIONS[kind] for key in _keysOf(cls)]
 
@@ -504,7 +548,7 @@ class _Section:
                     name,
                     value,
                     "one of the keys of [{}]: {}{}".format(
-                        section.split(":")[0] + (":NAME" if ":" in section else ""),
+                        kind + (_SECTION_NAMES.get(kind, ":NAME") if ":" in section else ""),
                         ", ".join(sorted(names)),
                         didYouMean(name, sorted(names)),
                     ),
@@ -666,22 +710,108 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
     return upstream
 
 
+def _checkRequestIdRules(
+    s: _Section, requestId: bool, rules: Sequence[tuple[str, Sequence[HeaderRule]]]
+) -> None:
+    """
+    With C{request_id = yes}, report every header rule of C{rules} (pairs
+    of a key and its rules) that names X-Request-ID, which is the key's.
+    """
+    if not requestId:
+        return
+    for key, keyRules in rules:
+        for verb, header, _ in keyRules:
+            if header.lower() == "x-request-id":
+                s.error(
+                    key,
+                    f"{verb} {header}",
+                    "no rule for X-Request-ID: request_id = yes sets it",
+                )
+
+
 def _readVHost(reader: _Reader, section: str, name: str) -> VHostConfig:
     s = _Section(reader, section, "vhost")
     vhost = VHostConfig(name=name, **s.read(VHostConfig))
-    if vhost.requestId:
-        for key, rules in [
+    _checkRequestIdRules(
+        s,
+        vhost.requestId,
+        [
             ("request_headers", vhost.requestHeaders),
             ("response_headers", vhost.responseHeaders),
-        ]:
-            for verb, header, _ in rules:
-                if header.lower() == "x-request-id":
-                    s.error(
-                        key,
-                        f"{verb} {header}",
-                        "no rule for X-Request-ID: request_id = yes sets it",
-                    )
+        ],
+    )
     return vhost
+
+
+def _routeSectionName(name: str) -> Optional[tuple[str, str]]:
+    """
+    The vhost name and the route prefix of a C{[route:VHOST:PREFIX]}
+    section called C{route:NAME}, or L{None} when C{NAME} is not of that
+    form.
+    """
+    vhost, sep, prefix = name.partition(":")
+    vhost, prefix = vhost.strip(), prefix.strip()
+    if not (sep and isName(vhost) and prefix.startswith("/")):
+        return None
+    return vhost, prefix
+
+
+def _readRoutes(
+    reader: _Reader, sections: Sequence[str], vhosts: list[VHostConfig]
+) -> None:
+    """
+    Read the C{[route:VHOST:PREFIX]} sections, each into the
+    L{VHostConfig.routeOverrides} of its vhost (replaced in C{vhosts}).
+    """
+    byName = {vhost.name: index for index, vhost in enumerate(vhosts)}
+    overrides: dict[str, dict[str, RouteOverridesConfig]] = {}
+    for section in sections:
+        names = _routeSectionName(section.partition(":")[2])
+        assert names is not None
+        vhostName, prefix = names
+        s = _Section(reader, section, "route")
+        route = RouteOverridesConfig(vhost=vhostName, prefix=prefix, **s.read(RouteOverridesConfig))
+        index = byName.get(vhostName)
+        if index is None:
+            reader.errors.append(
+                f"{reader.filename}: [{section}]: undefined vhost; expected "
+                "[route:VHOST:PREFIX] with VHOST the name of a [vhost:NAME] "
+                f"section, but there is no [vhost:{vhostName}]"
+            )
+            continue
+        vhost = vhosts[index]
+        kinds = {r.prefix: r.kind for r in vhost.routes}
+        if vhost.upstream is not None:
+            kinds.setdefault("/", "upstream")
+        if prefix not in kinds:
+            if not reader.reported(f"vhost:{vhostName}", "routes"):
+                reader.errors.append(
+                    f"{reader.filename}: [{section}]: undefined route; expected "
+                    "[route:VHOST:PREFIX] with PREFIX one of the routes of "
+                    f"[vhost:{vhostName}]: " + (", ".join(sorted(kinds)) or "none")
+                )
+            continue
+        given = [
+            (key, rules)
+            for key, rules in [
+                ("request_headers", route.requestHeaders),
+                ("response_headers", route.responseHeaders),
+            ]
+            if rules is not None
+        ]
+        if kinds[prefix] != "upstream":
+            for key, _ in given:
+                s.error(
+                    key,
+                    s.raw(key) or "",
+                    f"no header rules on {prefix}, a {kinds[prefix]}: route "
+                    "(header rules apply to routes to an upstream)",
+                )
+        _checkRequestIdRules(s, vhost.requestId, given)
+        overrides.setdefault(vhostName, {})[prefix] = route
+    for vhostName, routes in overrides.items():
+        index = byName[vhostName]
+        vhosts[index] = replace(vhosts[index], routeOverrides=routes)
 
 
 def _readDemo(reader: _Reader, section: str, name: str) -> DemoConfig:
@@ -790,13 +920,17 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
     reader = _Reader(parser, filename)
     proxy = _readProxy(reader)
     upstreams: dict[str, UpstreamConfig] = {}
-    vhosts = []
+    vhosts: list[VHostConfig] = []
     demos = []
+    routes = []
     for section in parser.sections():
         kind, sep, name = section.partition(":")
         kind = kind.strip()
         name = name.strip()
-        if kind in _SECTIONS and kind != "lbproxy" and sep and isName(name):
+        if kind == "route" and _routeSectionName(name) is not None:
+            # Read once every vhost is.
+            routes.append(section)
+        elif kind in _SECTIONS and kind not in ("lbproxy", "route") and sep and isName(name):
             if kind == "upstream":
                 upstreams[name] = _readUpstream(reader, section, name)
             elif kind == "vhost":
@@ -806,10 +940,12 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
         elif section != "lbproxy":
             reader.errors.append(
                 f"{filename}: [{section}]: unknown section; expected [lbproxy], "
-                "[upstream:NAME], [vhost:NAME] or [demo:NAME] with NAME made of "
-                "letters, digits, '_', '.' and '-'"
+                "[upstream:NAME], [vhost:NAME], [route:VHOST:PREFIX] or "
+                "[demo:NAME] with NAME and VHOST made of letters, digits, '_', "
+                "'.' and '-' and PREFIX a path prefix starting with /"
                 + _sectionSuggestion(section)
             )
+    _readRoutes(reader, routes, vhosts)
     config = SiteConfig(
         proxy=proxy,
         upstreams=upstreams,

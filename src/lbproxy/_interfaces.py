@@ -150,6 +150,15 @@ class IProxyRequest(Interface):
     stream's request) is adapted to it, through the request's public API.
     """
 
+    clientAddress = Attribute(
+        "The client's address, an L{twisted.internet.interfaces.IAddress}: "
+        "the peer's, or, for a request that came through a proxy lbproxy "
+        "trusts (C{trusted_proxies}), the client that proxy named in "
+        "C{X-Forwarded-For}.  The one place the client is kept: the "
+        "request's C{getClientAddress()} gives the same address, and the "
+        "access log, C{X-Forwarded-For}, C{X-Real-IP}, C{$remote_addr} and "
+        "the balancers hashing the client all read it."
+    )
     hostHeader = Attribute(
         "The request's C{Host} header value as L{bytes}, or L{None} when it "
         "has none."

@@ -192,7 +192,7 @@ class _Exchange(ResponseHandler):
                 uri = b"/" + uri
         self._proxied.onConnectionLost = self._clientLost
         incoming = request.requestHeaders
-        address = request.getClientAddress()
+        address = self._proxied.clientAddress
         block, clientHost = self._forwardedHeaders(
             incoming, getattr(address, "host", None), request.isSecure()
         )
@@ -624,6 +624,14 @@ class _PlainRequest:
 
     def __init__(self, request: Request) -> None:
         self._request = request
+
+    @property
+    def clientAddress(self) -> Any:
+        """
+        The request's own C{getClientAddress()}: a plain L{Site} trusts no
+        proxy.
+        """
+        return self._request.getClientAddress()
 
     @property
     def hostHeader(self) -> Optional[bytes]:

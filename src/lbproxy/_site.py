@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from twisted.web.server import version as _TWISTED_SERVER
 from zope.interface import implementer
 
 from lbproxy._interfaces import IProxyRequest
+from lbproxy._realip import TrustedProxies
 from lbproxy._server import ProxyChannel
 from lbproxy._server import headerLines as _headerLines
 from lbproxy._vhost import originForm
@@ -115,6 +116,27 @@ class ProxyRequest(Request):
     onConnectionLost: Optional[Callable[[Failure], object]] = None
 
     _checkedHost: Any = _NOT_CHECKED
+
+    #: The request's id (a L{str}), once its vhost's C{request_id} or a
+    #: header rule's C{$request_id} gave it one; L{None} until then.
+    requestId: Optional[str] = None
+
+    @property
+    def clientAddress(self) -> Any:
+        """
+        The client's address (L{IProxyRequest.clientAddress}): the peer's,
+        or, from a peer of the site's L{ProxySite.trustedProxies}, the
+        client that its C{X-Forwarded-For} names (see L{requestReceived}).
+        """
+        return self.client
+
+    def getClientAddress(self) -> Any:
+        """
+        The client's address: L{clientAddress}, which is what everything
+        that knows only L{twisted.web.iweb.IRequest} (a balancer, a log
+        formatter) asks for, so that they all see the same client.
+        """
+        return self.client
 
     @property
     def hostHeader(self) -> Optional[bytes]:
@@ -271,17 +293,43 @@ class ProxyRequest(Request):
         else:
             channel.write(data)
 
+    def believeForwardedFor(self, trusted: TrustedProxies) -> None:
+        """
+        When the peer is one of C{trusted} and the request's
+        C{X-Forwarded-For} names a client (see
+        L{TrustedProxies.realClient}), make that client the request's
+        (L{clientAddress}), and leave in C{X-Forwarded-For} only the
+        entries before it, as if the client had sent the request itself:
+        lbproxy then appends the client's address, as for any other, and
+        the backend sees the same header whether it came through the
+        trusted proxies or not.  The peer stays C{channel.getPeer()}.
+        """
+        found = trusted.realClient(
+            self.client, self.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        )
+        if found is None:
+            return
+        self.client, rest = found
+        if rest is None:
+            self.requestHeaders.removeHeader(b"x-forwarded-for")
+        else:
+            self.requestHeaders.setRawHeaders(b"x-forwarded-for", [rest])
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
         What L{Request.requestReceived} does, less its parsing of form
         bodies into C{args}: a proxy forwards a body, it does not read it
         (and a multipart body would be read whole into memory).  The query
-        string is still parsed into C{args}.
+        string is still parsed into C{args}.  From a trusted proxy, the
+        client is found first (L{believeForwardedFor}).
 
         The channel let through only origin-form, C{*} and http(s)
         absolute-form targets; the last lose their scheme and authority.
         """
         self.content.seek(0, 0)  # type: ignore[union-attr]
+        site = self.channel.site
+        if isinstance(site, ProxySite) and site.trustedProxies is not None:
+            self.believeForwardedFor(site.trustedProxies)
         path = originForm(path)
         self.method, self.uri = command, path
         self.clientproto = version
@@ -314,6 +362,10 @@ class ProxySite(Site):
         for no limit.  A connection beyond it is accepted and closed at
         once, without a response.
     @ivar connectionsRefused: how many connections were closed so.
+    @ivar trustedProxies: the L{TrustedProxies} whose C{X-Forwarded-For}
+        names the client of their requests, or L{None}.
+    @ivar logRequestId: whether each access log line ends with the
+        request's id (L{ProxyRequest.requestId}), quoted, or C{"-"}.
     """
 
     _drained: Optional[Deferred[None]] = None
@@ -335,6 +387,8 @@ class ProxySite(Site):
         clientHeaderTimeout: Optional[float] = 10.0,
         clientBodyTimeout: Optional[float] = 60.0,
         maxConnections: int = 0,
+        trustedProxies: Iterable[Any] = (),
+        logRequestId: bool = False,
     ) -> None:
         """
         @param resource: the root resource, usually a
@@ -349,6 +403,11 @@ class ProxySite(Site):
         @param clientBodyTimeout: seconds the body may pause between two
             reads (else 408), or L{None}.
         @param maxConnections: see L{maxConnections}.
+        @param trustedProxies: the peers whose C{X-Forwarded-For} is
+            believed: L{ipaddress} networks, or text such as
+            C{"10.0.0.0/8"}, C{"::1"} or C{"unix:"} (see
+            L{TrustedProxies}).
+        @param logRequestId: see L{logRequestId}.
         """
         Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
@@ -359,6 +418,8 @@ class ProxySite(Site):
         self.clientHeaderTimeout = clientHeaderTimeout
         self.clientBodyTimeout = clientBodyTimeout
         self.maxConnections = maxConnections
+        self.trustedProxies = TrustedProxies(trustedProxies) or None
+        self.logRequestId = logRequestId
 
     def configure(self, proxy: Any) -> None:
         """
@@ -372,6 +433,7 @@ class ProxySite(Site):
         self.clientHeaderTimeout = proxy.clientHeaderTimeout
         self.clientBodyTimeout = proxy.clientBodyTimeout
         self.maxConnections = proxy.maxConnections
+        self.trustedProxies = TrustedProxies(proxy.trustedProxies) or None
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.maxConnections and len(self.channels) >= self.maxConnections:
@@ -468,11 +530,17 @@ class ProxySite(Site):
     def log(self, request: Any) -> None:
         """
         Write one line of nginx's combined log format (see
-        L{combinedLogLine}), unless the access log is off.
+        L{combinedLogLine}), unless the access log is off; with
+        L{logRequestId}, the request's id follows, quoted (C{"-"} for a
+        request without one), as nginx writes a C{log_format} that ends
+        with C{"$request_id"}.
         """
         if self.accessLog is None:
             return
         line = combinedLogLine(self._logTime(), request)
+        if self.logRequestId:
+            requestId = request.requestId
+            line += ' "%s"' % (logEscape(requestId.encode("utf-8")) if requestId else "-")
         self.accessLog.write(line + "\n")
 
     _loggedSecond = -1

@@ -15,10 +15,11 @@ share the syntax of durations) can import it without importing each other.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -367,6 +368,42 @@ def isHostName(text: str) -> bool:
     wildcard.
     """
     return _HOSTNAME.match(text) is not None
+
+
+#: An entry of C{trusted_proxies}: an IPv4 or IPv6 network, or
+#: L{UNIX_PEERS}.
+TrustedNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, str]
+
+#: The C{trusted_proxies} entry that trusts clients on UNIX sockets (as
+#: nginx's C{set_real_ip_from unix:}).
+UNIX_PEERS = "unix:"
+
+
+def parseTrustedProxy(text: str) -> TrustedNetwork:
+    """
+    Parse one entry of C{trusted_proxies}: an IPv4 or IPv6 address
+    (C{10.0.0.7}, C{::1}), a network in CIDR form (C{10.0.0.0/8},
+    C{fd00::/8}), or C{unix:} for the peers of UNIX-socket listeners.
+
+    @return: an L{ipaddress.IPv4Network} or L{ipaddress.IPv6Network} (an
+        address is the network of that one address), or L{UNIX_PEERS}.
+    @raise ValueError: for anything else, and for a network with host bits
+        set (C{10.1.2.3/8}), which is more likely a typo than meant.
+    """
+    text = text.strip()
+    if text.lower() == UNIX_PEERS:
+        return UNIX_PEERS
+    expected = (
+        "an IPv4 or IPv6 address or network, such as 10.0.0.0/8, "
+        "192.168.1.10 or fd00::/8, or unix:"
+    )
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(expected) from None
+    if network.network_address != ipaddress.ip_address(text.partition("/")[0]):
+        raise ValueError(f"a network without host bits: {network} rather than {text}")
+    return network
 
 
 def parseStatusRanges(text: str) -> tuple[tuple[int, int], ...]:

@@ -91,22 +91,40 @@ def buildVirtualHost(
     Build one L{VirtualHost}, its routes pointing at the resources of
     their upstreams, or at the resource of their kind (static files, a
     redirect, a fixed answer).
-    """
 
-    headerRules = None
-    if config.requestHeaders or config.responseHeaders or config.requestId:
-        # Compiled once, shared by the vhost's upstream routes.
-        headerRules = HeaderRules(
-            config.requestHeaders, config.responseHeaders, config.requestId
-        )
+    A route to an upstream gets the vhost's header rules, less those its
+    C{[route:VHOST:PREFIX]} section replaces.
+    """
+    compiled: dict[Any, Optional[HeaderRules]] = {}
+
+    def rulesFor(prefix: str) -> Optional[HeaderRules]:
+        override = config.routeOverrides.get(prefix)
+        request, response = config.requestHeaders, config.responseHeaders
+        if override is not None:
+            if override.requestHeaders is not None:
+                request = override.requestHeaders
+            if override.responseHeaders is not None:
+                response = override.responseHeaders
+        key = (request, response)
+        if key not in compiled:
+            # Compiled once for the routes that share them.
+            compiled[key] = (
+                HeaderRules(request, response, config.requestId)
+                if request or response or config.requestId
+                else None
+            )
+        return compiled[key]
 
     gzip = None
     if config.gzip:
         # One policy for the vhost's upstream routes, as the rules.
         gzip = GzipPolicy(config.gzipTypes, config.gzipMinLength, config.gzipCompLevel)
 
-    def resourceFor(upstream: str, stripPrefix: Optional[bytes] = None) -> UpstreamResource:
+    def resourceFor(
+        upstream: str, prefix: str, stripPrefix: Optional[bytes] = None
+    ) -> UpstreamResource:
         base = resources[upstream]
+        headerRules = rulesFor(prefix)
         if (
             base.preserveHost == config.preserveHost
             and stripPrefix is None
@@ -131,12 +149,20 @@ def buildVirtualHost(
             return RedirectResource(route.code, route.target.encode("ascii"), prefix)
         if route.kind == "return":
             return FixedResource(route.code, route.target.encode("utf-8"))
-        return resourceFor(route.target, prefix if route.stripPrefix else None)
+        return resourceFor(route.target, route.prefix, prefix if route.stripPrefix else None)
 
     routes = {route.prefix.encode("utf-8"): routeResource(route) for route in config.routes}
-    if config.upstream is not None:
-        routes.setdefault(b"/", resourceFor(config.upstream))
+    if config.upstream is not None and b"/" not in routes:
+        routes[b"/"] = resourceFor(config.upstream, "/")
     return VirtualHost(config.name, config.serverNames, routes)
+
+
+def _logsRequestId(config: SiteConfig) -> bool:
+    """
+    Whether the access log of C{config} ends each line with the request's
+    id: when a vhost has C{request_id = yes}.
+    """
+    return any(vhost.requestId for vhost in config.vhosts)
 
 
 class StopSignals:
@@ -239,6 +265,8 @@ class LoadBalancerService(MultiService):
             clientHeaderTimeout=config.proxy.clientHeaderTimeout,
             clientBodyTimeout=config.proxy.clientBodyTimeout,
             maxConnections=config.proxy.maxConnections,
+            trustedProxies=config.proxy.trustedProxies,
+            logRequestId=_logsRequestId(config),
         )
         self._listeners: list[ListenerService] = []
         for description in config.proxy.listen:
@@ -309,6 +337,7 @@ class LoadBalancerService(MultiService):
         self.config = config
         self.site.resource = resource
         self.site.configure(config.proxy)
+        self.site.logRequestId = _logsRequestId(config)
         if self.running:
             self._useAccessLog(accessLog)
         results = []

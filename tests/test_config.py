@@ -324,8 +324,9 @@ class ParseConfigTests(SynchronousTestCase):
         self.assertEqual(
             error,
             "site.ini: [server]: unknown section; expected [lbproxy], [upstream:NAME], "
-            "[vhost:NAME] or [demo:NAME] with NAME made of letters, digits, '_', "
-            "'.' and '-'",
+            "[vhost:NAME], [route:VHOST:PREFIX] or [demo:NAME] with NAME and VHOST "
+            "made of letters, digits, '_', '.' and '-' and PREFIX a path prefix "
+            "starting with /",
         )
 
     def test_misspeltSection(self):

@@ -636,7 +636,9 @@ class RouteConfigTests(SynchronousTestCase):
         errors = _errorsOf(
             _ROUTES.replace("default = yes\n", "default = yes\nrequest_id = yes\n")
             + "[route:nowhere:/api/]\n"
+            "[route:ap:/api/]\n"
             "[route:app:/nothing/]\n"
+            "[route:app:/bar/]\n"
             "[route:app:/ping]\nresponse_headers = set X-A 1\n"
             "[route:app:/other/]\nrequest_headers = set X-A\ncolour = blue\n"
             "response_headers = remove X-Request-ID\n"
@@ -652,9 +654,15 @@ class RouteConfigTests(SynchronousTestCase):
                 "routes.ini: [route:nowhere:/api/]: undefined vhost; expected "
                 "[route:VHOST:PREFIX] with VHOST the name of a [vhost:NAME] section, "
                 "but there is no [vhost:nowhere]",
+                "routes.ini: [route:ap:/api/]: undefined vhost; expected "
+                "[route:VHOST:PREFIX] with VHOST the name of a [vhost:NAME] section, "
+                "but there is no [vhost:ap]; did you mean [route:app:/api/]?",
                 "routes.ini: [route:app:/nothing/]: undefined route; expected "
                 "[route:VHOST:PREFIX] with PREFIX one of the routes of [vhost:app]: "
                 "/, /api/, /bare/, /other/, /ping",
+                "routes.ini: [route:app:/bar/]: undefined route; expected "
+                "[route:VHOST:PREFIX] with PREFIX one of the routes of [vhost:app]: "
+                "/, /api/, /bare/, /other/, /ping; did you mean [route:app:/bare/]?",
                 "routes.ini: [route:app:/ping] response_headers = 'set X-A 1': bad "
                 "value; expected no header rules on /ping, a return: route (header "
                 "rules apply to routes to an upstream)",

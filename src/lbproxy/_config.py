@@ -22,6 +22,7 @@ from __future__ import annotations
 import configparser
 import re
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from functools import partial
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, cast
 
 from lbproxy._gzip import DEFAULT_LEVEL as DEFAULT_GZIP_LEVEL
@@ -31,10 +32,10 @@ from lbproxy._values import (
     BadItems,
     HeaderRule,
     RouteConfig,
+    TrustedNetwork,
     closestName,
     didYouMean,
     got,
-    TrustedNetwork,
     isHostName,
     isName,
     listOf,
@@ -777,6 +778,7 @@ def _readRoutes(
                 f"{reader.filename}: [{section}]: undefined vhost; expected "
                 "[route:VHOST:PREFIX] with VHOST the name of a [vhost:NAME] "
                 f"section, but there is no [vhost:{vhostName}]"
+                + didYouMean(vhostName, byName, partial("[route:{}:{p}]".format, p=prefix))
             )
             continue
         vhost = vhosts[index]
@@ -788,7 +790,9 @@ def _readRoutes(
                 reader.errors.append(
                     f"{reader.filename}: [{section}]: undefined route; expected "
                     "[route:VHOST:PREFIX] with PREFIX one of the routes of "
-                    f"[vhost:{vhostName}]: " + (", ".join(sorted(kinds)) or "none")
+                    f"[vhost:{vhostName}]: "
+                    + (", ".join(sorted(kinds)) or "none")
+                    + didYouMean(prefix, kinds, partial("[route:{}:{}]".format, vhostName))
                 )
             continue
         given = [

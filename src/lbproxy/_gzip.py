@@ -335,6 +335,10 @@ class GzipResponse:
     # What the exchange reads and sets on the request.
 
     @property
+    def clientAddress(self) -> Any:
+        return self._request.clientAddress
+
+    @property
     def hostHeader(self) -> Optional[bytes]:
         host: Optional[bytes] = self._request.hostHeader
         return host

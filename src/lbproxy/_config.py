@@ -441,7 +441,7 @@ class ProxyConfig:
     @ivar maxConnections: the most client connections open at once (0: no
         limit); beyond it a new connection is accepted and closed at once.
     @ivar trustedProxies: the peers whose C{X-Forwarded-For} names the
-        client: L{ipaddress} networks, and C{"unix:"} for the peers of
+        client: C{ipaddress} networks, and C{"unix:"} for the peers of
         UNIX-socket listeners.
     """
 

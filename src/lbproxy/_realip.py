@@ -80,7 +80,7 @@ class TrustedProxies:
 
     def __init__(self, networks: Iterable[Union[TrustedNetwork, str]]) -> None:
         """
-        @param networks: the networks: L{ipaddress} networks, or text as
+        @param networks: the networks: C{ipaddress} networks, or text as
             C{trusted_proxies} takes it (C{10.0.0.0/8}, C{::1}, C{unix:}).
         @raise ValueError: for text that is not a network.
         """

@@ -404,7 +404,7 @@ class ProxySite(Site):
             reads (else 408), or L{None}.
         @param maxConnections: see L{maxConnections}.
         @param trustedProxies: the peers whose C{X-Forwarded-For} is
-            believed: L{ipaddress} networks, or text such as
+            believed: C{ipaddress} networks, or text such as
             C{"10.0.0.0/8"}, C{"::1"} or C{"unix:"} (see
             L{TrustedProxies}).
         @param logRequestId: see L{logRequestId}.

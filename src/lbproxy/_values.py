@@ -394,7 +394,7 @@ def parseTrustedProxy(text: str) -> TrustedNetwork:
     (C{10.0.0.7}, C{::1}), a network in CIDR form (C{10.0.0.0/8},
     C{fd00::/8}), or C{unix:} for the peers of UNIX-socket listeners.
 
-    @return: an L{ipaddress.IPv4Network} or L{ipaddress.IPv6Network} (an
+    @return: an C{ipaddress.IPv4Network} or C{ipaddress.IPv6Network} (an
         address is the network of that one address), or L{UNIX_PEERS}.
     @raise ValueError: for anything else, and for a network with host bits
         set (C{10.1.2.3/8}), which is more likely a typo than meant.

@@ -422,14 +422,37 @@ class ParseConfigTests(SynchronousTestCase):
         (error,) = _errors("this is not ini\n")
         self.assertTrue(error.startswith("site.ini: "))
 
-    def test_notYetSupported(self):
+    def test_tlsValues(self):
         """
-        Keys of the specification that this version does not implement are
-        refused, not silently ignored.
+        The TLS keys refuse what they cannot mean: a TLS version below 1.2,
+        a Strict-Transport-Security value without C{max-age}, a wildcard
+        as an upstream's C{tls_server_name}; each error says what was
+        expected.
         """
-        (error,) = _errors(_GOOD.replace("access_log = off", "access_log = off\nlisten_tls = tcp:8443"))
-        self.assertIn("listen_tls", error)
-        self.assertIn("not supported yet", error)
+        for key, value, expected in [
+            ("tls_min_version = 1.1", "[lbproxy] tls_min_version = '1.1'", "expected 1.2 or 1.3"),
+            ("hsts = 1 year", "hsts = '1 year'", "expected max-age=SECONDS"),
+            ("tls_server_name = *.internal", "tls_server_name = '*.internal'", "a host name"),
+        ]:
+            section = "[vhost:app]" if key.startswith("hsts") else (
+                "[upstream:app]" if key.startswith("tls_server") else "[lbproxy]"
+            )
+            text = _GOOD.replace(section + "\n", f"{section}\n{key}\n", 1)
+            self.assertNotEqual(text, _GOOD, section)
+            (error,) = _errors(text)
+            self.assertIn(value, error)
+            self.assertIn(expected, error)
+
+    def test_tlsVersionSpellings(self):
+        """
+        C{tls_min_version} takes C{1.2}, C{1.3} and the same with
+        C{TLSv} before.
+        """
+        from lbproxy._values import parseTLSVersion
+
+        self.assertEqual(
+            [parseTLSVersion(t) for t in ("1.2", " TLSv1.3 ", "tlsv1.2")], ["1.2", "1.3", "1.2"]
+        )
 
     def test_listenRequiredWithVhosts(self):
         (error,) = _errors(_GOOD.replace("listen = tcp:8080          ; inline comments are allowed\n    tcp:8081:interface=127.0.0.1\n", ""))
@@ -537,6 +560,10 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
             "10.0.0.0/8 ::1 unix:",
             (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1"), "unix:"),
         ),
+        "listen_tls": ("tcp:8443 tcp6:8443", ("tcp:8443", "tcp6:8443")),
+        "tls_certificate": ("certs/default.pem", "certs/default.pem"),
+        "tls_key": ("certs/default.key", "certs/default.key"),
+        "tls_min_version": ("1.3", "1.3"),
     },
     "upstream": {
         "servers": (
@@ -554,6 +581,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "slow_start": ("30s", 30.0),
         "tls_verify": ("no", False),
         "tls_ca": ("/etc/ca.pem", "/etc/ca.pem"),
+        "tls_server_name": ("API.internal.", "api.internal"),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),
@@ -579,6 +607,10 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "gzip_types": ("text/html Application/JSON text/*", ("text/html", "application/json", "text/*")),
         "gzip_min_length": ("2k", 2048),
         "gzip_comp_level": ("6", 6),
+        "tls_certificate": ("/etc/letsencrypt/live/a/fullchain.pem", "/etc/letsencrypt/live/a/fullchain.pem"),
+        "tls_key": ("/etc/letsencrypt/live/a/privkey.pem", "/etc/letsencrypt/live/a/privkey.pem"),
+        "redirect_https": ("yes", True),
+        "hsts": ("max-age=31536000; includeSubDomains", "max-age=31536000; includeSubDomains"),
     },
     "route": {
         "request_headers": ("remove X-Env", (("remove", "X-Env", ()),)),

@@ -44,8 +44,10 @@ from lbproxy._values import (
     parseCompressionLevel,
     parseDuration,
     parseEndpoint,
+    parseHSTS,
     parseMediaType,
     parseNonNegativeInt,
+    parseOptionalHostName,
     parseOptionalText,
     parsePath,
     parsePositiveDuration,
@@ -58,6 +60,7 @@ from lbproxy._values import (
     parseSize,
     parseStatusRanges,
     parseText,
+    parseTLSVersion,
     parseTrustedProxy,
     parseUpstreamName,
     parseWord,
@@ -332,6 +335,9 @@ class UpstreamConfig:
     tlsCA: Optional[str] = _setting(
         "tls_ca", None, parseOptionalText, "a PEM file of the authorities to trust for https:// servers"
     )
+    tlsServerName: Optional[str] = _setting(
+        "tls_server_name", None, parseOptionalHostName, "the name https:// servers are sent in SNI and checked against (default: their host)"
+    )
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,18 @@ class VHostConfig:
     )
     gzipCompLevel: int = _setting(
         "gzip_comp_level", DEFAULT_GZIP_LEVEL, parseCompressionLevel, "the gzip compression level, 1 (fastest) to 9"
+    )
+    tlsCertificate: Optional[str] = _setting(
+        "tls_certificate", None, parseOptionalText, "the certificate chain (PEM) served when SNI names one of server_names"
+    )
+    tlsKey: Optional[str] = _setting(
+        "tls_key", None, parseOptionalText, "its private key (PEM); read from tls_certificate when not set"
+    )
+    redirectHTTPS: bool = _setting(
+        "redirect_https", False, parseBool, "answer plain HTTP with 308 to the same URL over HTTPS"
+    )
+    hsts: Optional[str] = _setting(
+        "hsts", None, parseHSTS, "the Strict-Transport-Security header of HTTPS responses, such as max-age=31536000"
     )
     routeOverrides: Mapping[str, RouteOverridesConfig] = field(default_factory=dict)
 
@@ -475,6 +493,18 @@ class ProxyConfig:
     trustedProxies: tuple[TrustedNetwork, ...] = _setting(
         "trusted_proxies", (), listOf(parseTrustedProxy), "peers whose X-Forwarded-For names the client (nginx set_real_ip_from)"
     )
+    listenTLS: tuple[str, ...] = _setting(
+        "listen_tls", (), listOf(parseEndpoint), "where clients connect over HTTPS (TLS added by lbproxy)"
+    )
+    tlsCertificate: Optional[str] = _setting(
+        "tls_certificate", None, parseOptionalText, "the certificate chain (PEM) served when SNI names no vhost with its own"
+    )
+    tlsKey: Optional[str] = _setting(
+        "tls_key", None, parseOptionalText, "its private key (PEM); read from tls_certificate when not set"
+    )
+    tlsMinVersion: str = _setting(
+        "tls_min_version", "1.2", parseTLSVersion, "the oldest TLS version accepted: 1.2 or 1.3"
+    )
 
 
 @dataclass(frozen=True)
@@ -506,10 +536,7 @@ _SECTIONS: Mapping[str, tuple[type, ...]] = {
 
 # Keys of SPEC.md that this version knows about but does not implement yet:
 # accepting them silently would promise what is not there.
-_NOT_YET = {
-    "lbproxy": {"listen_tls", "tls_certificate", "tls_key", "tls_min_version"},
-    "vhost": {"tls_certificate", "tls_key", "redirect_https", "hsts"},
-}
+_NOT_YET: Mapping[str, set[str]] = {}
 
 
 #: What follows the kind in the name of a section, for messages (C{:NAME}
@@ -659,7 +686,7 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
     s = _Section(reader, "lbproxy", "lbproxy")
     proxy = ProxyConfig(**s.read(ProxyConfig))
     if proxy.workers > 1:
-        for description in proxy.listen:
+        for description in proxy.listen + proxy.listenTLS:
             kind = description.split(":", 1)[0].lower()
             if kind not in ("tcp", "tcp6") and not kind.isdigit():
                 s.error(
@@ -886,7 +913,12 @@ def _crossCheck(reader: _Reader, config: SiteConfig) -> None:
                     f"bad value; expected each name in one vhost only, but [vhost:{owners[serverName]}] has it too",
                 )
             owners[serverName] = vhost.name
-    if config.vhosts and not config.proxy.listen and not reader.reported("lbproxy", "listen"):
+    if (
+        config.vhosts
+        and not config.proxy.listen
+        and not config.proxy.listenTLS
+        and not reader.reported("lbproxy", "listen", "listen_tls")
+    ):
         reader.fail("lbproxy", "listen", "", "missing key; expected one or more server endpoints such as tcp:8080")
 
 

@@ -36,14 +36,16 @@ def backendEndpoint(
     connectTimeout: float,
     tlsVerify: bool = True,
     tlsCA: Optional[str] = None,
+    tlsServerName: Optional[str] = None,
 ) -> IStreamClientEndpoint:
     """
     Build the client endpoint that reaches C{backend}.
 
     An IP address gets a plain TCP endpoint (no resolver round trip); a name
     gets a L{HostnameEndpoint}.  An C{https} backend is wrapped in TLS,
-    verified against C{tlsCA} (or the platform's trust store) with
-    C{service_identity} unless C{tlsVerify} is false.
+    with C{tlsServerName} (else its host) sent in SNI, and verified
+    against C{tlsCA} (or the platform's trust store) with
+    C{service_identity} for that name unless C{tlsVerify} is false.
     """
     endpoint: IStreamClientEndpoint
     if isIPAddress(backend.host):
@@ -62,7 +64,7 @@ def backendEndpoint(
         from lbproxy._tls import clientCreator
 
         endpoint = wrapClientTLS(
-            clientCreator(backend.host, verify=tlsVerify, caFile=tlsCA), endpoint
+            clientCreator(backend.host, tlsVerify, tlsCA, tlsServerName), endpoint
         )
     return endpoint
 

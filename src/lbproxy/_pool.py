@@ -135,6 +135,7 @@ class Pool:
         keepaliveTimeout: float = 60.0,
         tlsVerify: bool = True,
         tlsCA: Optional[str] = None,
+        tlsServerName: Optional[str] = None,
         slowStart: float = 0.0,
     ) -> None:
         """
@@ -154,6 +155,8 @@ class Pool:
         @param keepaliveTimeout: seconds an idle connection is kept.
         @param tlsVerify: verify C{https} backends' certificates.
         @param tlsCA: a PEM file of trusted CAs for C{https} backends.
+        @param tlsServerName: the name C{https} backends are sent in SNI
+            and checked against, instead of their host.
         @param slowStart: seconds over which a backend that comes back (from
             down, failed, draining or disabled) ramps its effective weight
             from L{SLOW_START_SHARE} of its weight to all of it.
@@ -188,7 +191,9 @@ class Pool:
             backend.state = deriveState(backend)
             self._connections[backend] = BackendConnections(
                 reactor,
-                backendEndpoint(reactor, backend, connectTimeout, tlsVerify, tlsCA),
+                backendEndpoint(
+                    reactor, backend, connectTimeout, tlsVerify, tlsCA, tlsServerName
+                ),
                 keepalive,
                 keepaliveTimeout,
             )

@@ -415,6 +415,53 @@ def parseTrustedProxy(text: str) -> TrustedNetwork:
     return network
 
 
+#: The values C{tls_min_version} accepts.
+TLS_VERSIONS = ("1.2", "1.3")
+
+_HSTS = re.compile(
+    r"^max-age=(\d{1,10})((\s*;\s*(includeSubDomains|preload))*)\s*;?$", re.IGNORECASE
+)
+
+
+def parseTLSVersion(text: str) -> str:
+    """
+    Parse the oldest TLS version an HTTPS listener accepts: C{1.2} or
+    C{1.3} (older ones are not offered at all).
+    """
+    text = text.strip().lower()
+    if text.startswith("tlsv"):
+        text = text[4:]
+    if text not in TLS_VERSIONS:
+        raise ValueError("1.2 or 1.3")
+    return text
+
+
+def parseHSTS(text: str) -> Optional[str]:
+    """
+    Parse the value of a Strict-Transport-Security header (RFC 6797):
+    C{max-age=SECONDS}, then any of C{; includeSubDomains} and
+    C{; preload}; C{off} (or nothing) is L{None}.
+    """
+    text = text.strip()
+    if text.lower() in ("", "off", "no"):
+        return None
+    if _HSTS.match(text) is None:
+        raise ValueError("max-age=SECONDS, optionally followed by ; includeSubDomains and ; preload")
+    return text
+
+
+def parseOptionalHostName(text: str) -> Optional[str]:
+    """
+    Parse a DNS host name (no wildcard), lower-cased; nothing is L{None}.
+    """
+    name = text.strip().lower().rstrip(".")
+    if not name:
+        return None
+    if name.startswith("*") or not isHostName(name):
+        raise ValueError("a host name such as api.internal")
+    return name
+
+
 def parseStatusRanges(text: str) -> tuple[tuple[int, int], ...]:
     """
     Parse status codes and ranges such as C{200-399 404}.

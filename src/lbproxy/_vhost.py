@@ -19,7 +19,18 @@ raw path, as an upstream does, so they are matched as plain bytes too.
 
 from __future__ import annotations
 
-from typing import Any, Container, Iterable, Mapping, Optional, Sequence
+import re
+from typing import (
+    Any,
+    Callable,
+    Container,
+    Generic,
+    Iterable,
+    Mapping,
+    Optional,
+    Sequence,
+    TypeVar,
+)
 from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -223,6 +234,57 @@ def _readsPath(resource: IResource) -> bool:
     return not isinstance(resource, (UpstreamResource, RedirectResource, FixedResource))
 
 
+#: What may stand for the host in the URL of a redirect to HTTPS: a host
+#: name, an IPv4 address, or an IPv6 address in brackets.
+_REDIRECT_HOST = re.compile(rb"^(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)$")
+
+
+class HTTPSPolicy:
+    """
+    What a vhost does about HTTPS (C{redirect_https} and C{hsts}): answer
+    plain-HTTP requests with a 308 to the same URL over HTTPS, and add
+    C{Strict-Transport-Security} to the responses of HTTPS requests (and
+    never to plain-HTTP ones, RFC 6797 section 7.2).
+
+    @ivar redirectPort: L{None} for no redirect, else what gives the HTTPS
+        port redirected to (called for each redirect: the port of a
+        listener on port 0 is known once it listens); the port is left
+        out of the URL when it is 443.
+    @ivar hsts: the C{Strict-Transport-Security} value, or L{None}.
+    """
+
+    def __init__(
+        self, redirectPort: Optional[Callable[[], int]], hsts: Optional[bytes]
+    ) -> None:
+        self.redirectPort = redirectPort
+        self.hsts = hsts
+
+    def apply(self, request: Any, host: Optional[bytes], fallbackHost: Optional[str]) -> Optional[bytes]:
+        """
+        Apply the policy to C{request} before its route renders it.
+
+        @param host: the request's C{Host} header, if any.
+        @param fallbackHost: the name to redirect to when the request has
+            no C{Host} (the vhost's first exact name), if any.
+        @return: the body of the redirect when the request is answered
+            with one, else L{None} (the route renders it).
+        """
+        if request.isSecure():
+            if self.hsts is not None:
+                request.responseHeaders.setRawHeaders(b"strict-transport-security", [self.hsts])
+            return None
+        if self.redirectPort is None:
+            return None
+        name = hostName(host) if host else (fallbackHost or "").encode("ascii")
+        if _REDIRECT_HOST.match(name) is None:
+            return renderError(request, 400)
+        uri = request.uri if request.uri.startswith(b"/") else originForm(request.uri)
+        port = self.redirectPort()
+        authority = name if port == 443 else b"%s:%d" % (name, port)
+        location = b"https://" + authority + uri
+        return _redirect(request, 308, location)
+
+
 class VirtualHost:
     """
     One virtual host: its names and its routes.
@@ -243,13 +305,18 @@ class VirtualHost:
         that sets the request's paths and traverses the resource.
     """
 
+    #: The vhost's L{HTTPSPolicy}, or L{None} when it has none.
+    https: Optional[HTTPSPolicy] = None
+
     def __init__(
         self,
         name: str,
         serverNames: Iterable[str],
         routes: Mapping[bytes, IResource],
+        https: Optional[HTTPSPolicy] = None,
     ) -> None:
         self.name = name
+        self.https = https
         self.serverNames = tuple(n.lower() for n in serverNames)
         self.routes: Sequence[tuple[bytes, IResource]] = sorted(
             routes.items(), key=lambda item: -len(item[0])
@@ -262,6 +329,8 @@ class VirtualHost:
             else:
                 table.append((prefix, resource, None))
         self.table: Sequence[tuple[bytes, IResource, Optional[_Mount]]] = tuple(table)
+        #: The first exact server name, if any.
+        self.exactName = next((n for n in self.serverNames if not n.startswith("*.")), None)
 
     def routeFor(self, path: bytes) -> Optional[tuple[bytes, IResource, Optional[_Mount]]]:
         """
@@ -326,6 +395,41 @@ def normaliseHost(host: Optional[bytes]) -> str:
     return hostName(host).decode("ascii", "replace")
 
 
+T = TypeVar("T")
+
+
+class ServerNames(Generic[T]):
+    """
+    Server names (exact names and C{*.domain} wildcards) to what answers
+    them, looked up as vhosts are matched: an exact name wins, then the
+    wildcard with the longest suffix (any subdomain, not the domain
+    itself); for the first of several entries of one name.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, T]]) -> None:
+        self._exact: dict[str, T] = {}
+        self._wildcards: list[tuple[str, T]] = []
+        for name, value in entries:
+            if name.startswith("*."):
+                self._wildcards.append((name[1:], value))
+            else:
+                self._exact.setdefault(name, value)
+        self._wildcards.sort(key=lambda item: -len(item[0]))
+
+    def lookup(self, name: str) -> Optional[T]:
+        """
+        What answers C{name} (lower-cased, without port or trailing dot),
+        or L{None}.
+        """
+        value = self._exact.get(name)
+        if value is not None:
+            return value
+        for suffix, candidate in self._wildcards:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return candidate
+        return None
+
+
 #: How many distinct C{Host} values L{VirtualHostResource.vhostFor}
 #: remembers.
 _CACHED_HOSTS = 1024
@@ -354,15 +458,9 @@ class VirtualHostResource(Resource):
         Resource.__init__(self)
         self.vhosts = tuple(vhosts)
         self.default = default
-        self._exact: dict[str, VirtualHost] = {}
-        self._wildcards: list[tuple[str, VirtualHost]] = []
-        for vhost in self.vhosts:
-            for name in vhost.serverNames:
-                if name.startswith("*."):
-                    self._wildcards.append((name[1:], vhost))
-                else:
-                    self._exact.setdefault(name, vhost)
-        self._wildcards.sort(key=lambda item: -len(item[0]))
+        self._names: ServerNames[VirtualHost] = ServerNames(
+            (name, vhost) for vhost in self.vhosts for name in vhost.serverNames
+        )
         self._vhostCache: dict[Optional[bytes], Optional[VirtualHost]] = {}
 
     def vhostFor(self, host: Optional[bytes]) -> Optional[VirtualHost]:
@@ -384,14 +482,8 @@ class VirtualHostResource(Resource):
         return vhost
 
     def _vhostFor(self, host: Optional[bytes]) -> Optional[VirtualHost]:
-        name = normaliseHost(host)
-        vhost = self._exact.get(name)
-        if vhost is not None:
-            return vhost
-        for suffix, candidate in self._wildcards:
-            if name.endswith(suffix) and len(name) > len(suffix):
-                return candidate
-        return self.default
+        vhost = self._names.lookup(normaliseHost(host))
+        return self.default if vhost is None else vhost
 
     def render(self, request: Any) -> Any:
         if not request.path.startswith(b"/"):
@@ -408,6 +500,11 @@ class VirtualHostResource(Resource):
         vhost = self.vhostFor(host)
         if vhost is None:
             return renderError(request, 404)
+        https = vhost.https
+        if https is not None:
+            redirect = https.apply(request, host, vhost.exactName)
+            if redirect is not None:
+                return redirect
         # VirtualHost.routeFor, inlined: this runs for every proxied
         # request, and an UpstreamResource costs one test more than a
         # plain prefix match.

@@ -179,7 +179,8 @@ class WorkerParentService(MultiService):
 
     def startService(self) -> None:
         self._shuttingDown = False
-        for description in self.config.proxy.listen:
+        proxy = self.config.proxy
+        for description in proxy.listen + proxy.listenTLS:
             self.sockets.append(listeningSocket(description))
         MultiService.startService(self)
         for number in range(self.count):
@@ -307,9 +308,11 @@ def workerService(
 ) -> Any:
     """
     The service of one worker: a L{lbproxy.LoadBalancerService} whose
-    C{listen} listeners adopt the sockets C{fds} (in C{listen} order) and
+    C{listen} then C{listen_tls} listeners adopt the sockets C{fds} (in
+    that order) and
     which runs no demo backend (the parent runs those).
     """
+    from lbproxy._tlsserver import TLSServerFactory
     from lbproxy.service import LoadBalancerService
 
     class WorkerService(LoadBalancerService):
@@ -318,7 +321,11 @@ def workerService(
             LoadBalancerService.__init__(self, config, reactor)
 
         def _listen(self, description: str, factory: Any) -> Any:
-            if factory is not getattr(self, "site", None) or not self._fds:
+            site = getattr(self, "site", None)
+            proxyListener = factory is site or (
+                isinstance(factory, TLSServerFactory) and factory.site is site
+            )
+            if not proxyListener or not self._fds:
                 return LoadBalancerService._listen(self, description, factory)
             if reactor is None:
                 from twisted.internet import reactor as _reactor

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import replace
 from random import Random
 from typing import IO, Any, Callable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.static import File
@@ -38,8 +40,16 @@ from lbproxy._listeners import EndpointListener, ListenerService
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
 from lbproxy._site import ProxySite
+from lbproxy._tlsserver import (
+    SNIConnectionCreator,
+    TLSServerFactory,
+    fromConfigDirectory,
+    httpsPort,
+    loadServerCertificates,
+)
 from lbproxy._vhost import (
     FixedResource,
+    HTTPSPolicy,
     RedirectResource,
     StaticFiles,
     VirtualHost,
@@ -80,12 +90,15 @@ def buildPool(
         keepalive=config.keepalive,
         tlsVerify=config.tlsVerify,
         tlsCA=config.tlsCA,
+        tlsServerName=config.tlsServerName,
         slowStart=config.slowStart,
     )
 
 
 def buildVirtualHost(
-    config: VHostConfig, resources: dict[str, UpstreamResource]
+    config: VHostConfig,
+    resources: dict[str, UpstreamResource],
+    redirectPort: Optional[Callable[[], int]] = None,
 ) -> VirtualHost:
     """
     Build one L{VirtualHost}, its routes pointing at the resources of
@@ -94,6 +107,9 @@ def buildVirtualHost(
 
     A route to an upstream gets the vhost's header rules, less those its
     C{[route:VHOST:PREFIX]} section replaces.
+
+    @param redirectPort: gives the HTTPS port that C{redirect_https = yes}
+        sends clients to.
     """
     compiled: dict[Any, Optional[HeaderRules]] = {}
 
@@ -154,7 +170,21 @@ def buildVirtualHost(
     routes = {route.prefix.encode("utf-8"): routeResource(route) for route in config.routes}
     if config.upstream is not None and b"/" not in routes:
         routes[b"/"] = resourceFor(config.upstream, "/")
-    return VirtualHost(config.name, config.serverNames, routes)
+    https = None
+    port = redirectPort if config.redirectHTTPS else None
+    if port is not None or config.hsts is not None:
+        https = HTTPSPolicy(port, None if config.hsts is None else config.hsts.encode("ascii"))
+    return VirtualHost(config.name, config.serverNames, routes, https)
+
+
+def _withTLSPaths(config: SiteConfig, upstream: UpstreamConfig) -> UpstreamConfig:
+    """
+    C{upstream} with its C{tls_ca} read from the configuration file's
+    directory when relative (as every TLS file of the configuration).
+    """
+    if upstream.tlsCA is None:
+        return upstream
+    return replace(upstream, tlsCA=fromConfigDirectory(config, upstream.tlsCA))
 
 
 def _logsRequestId(config: SiteConfig) -> bool:
@@ -271,9 +301,44 @@ class LoadBalancerService(MultiService):
         self._listeners: list[ListenerService] = []
         for description in config.proxy.listen:
             self._listeners.append(self._listen(description, self.site))
+        #: Makes the TLS connections of the C{listen_tls} listeners; its
+        #: table of certificates is replaced on reload.
+        self.tlsCreator = SNIConnectionCreator()
+        self.tlsFactories: list[TLSServerFactory] = []
+        certificates = loadServerCertificates(config)
+        certificates.logWarnings()
+        if config.proxy.listenTLS:
+            self.tlsCreator.table = certificates.buildTable(
+                self.tlsCreator, self._offeredProtocols()
+            )
+        self._tlsListeners: list[ListenerService] = []
+        for description in config.proxy.listenTLS:
+            factory = TLSServerFactory(self.tlsCreator, self.site, reactor)
+            self.tlsFactories.append(factory)
+            self._tlsListeners.append(self._listen(description, factory))
+        self._listeners.extend(self._tlsListeners)
         self.demos: dict[str, DemoResource] = {}
         for demo in config.demos:
             self._addDemo(demo)
+
+    def httpsPort(self) -> int:
+        """
+        The port C{redirect_https} sends clients to: that of the first
+        C{listen_tls} listener (once it listens, the port it got).
+        """
+        listeners = self._tlsListeners
+        port = listeners[0].port if listeners else None
+        if port is not None:
+            number: int = getattr(port.getHost(), "port", 443)
+            return number
+        return httpsPort(self.config.proxy) or 443
+
+    def _offeredProtocols(self) -> list[bytes]:
+        """
+        What the HTTPS listeners offer through ALPN: the site's
+        C{acceptableProtocols()}, read whenever the contexts are built.
+        """
+        return list(IProtocolNegotiationFactory(self.site).acceptableProtocols())
 
     def _build(
         self, config: SiteConfig
@@ -283,7 +348,7 @@ class LoadBalancerService(MultiService):
         """
         reactor = self._reactor
         pools = {
-            name: buildPool(upstream, reactor)
+            name: buildPool(_withTLSPaths(config, upstream), reactor)
             for name, upstream in config.upstreams.items()
         }
         checkers = {
@@ -294,7 +359,7 @@ class LoadBalancerService(MultiService):
         resources = {
             name: UpstreamResource(pool, True, reactor) for name, pool in pools.items()
         }
-        vhosts = [buildVirtualHost(v, resources) for v in config.vhosts]
+        vhosts = [buildVirtualHost(v, resources, self.httpsPort) for v in config.vhosts]
         default = next(
             (vh for vh, c in zip(vhosts, config.vhosts) if c.default), None
         )
@@ -315,13 +380,19 @@ class LoadBalancerService(MultiService):
             stopped and the old pools' idle connections are closed.
         @raise OSError: when the new access log cannot be opened; nothing
             has changed then.
+        @raise ConfigError: when a certificate of the HTTPS listeners
+            cannot be used; nothing has changed then (open connections and
+            new handshakes keep the certificates loaded before).
         """
+        # Read and checked before anything changes.
+        certificates = loadServerCertificates(config)
         accessLog = None
         if self.running:
             accessLog = ProxySite.openAccessLog(config.proxy.accessLog)
         old = self.config
         for what, before, after in [
             ("listen", old.proxy.listen, config.proxy.listen),
+            ("listen_tls", old.proxy.listenTLS, config.proxy.listenTLS),
             ("workers", old.proxy.workers, config.proxy.workers),
             ("demo backends", old.demos, config.demos),
         ]:
@@ -338,6 +409,11 @@ class LoadBalancerService(MultiService):
         self.site.resource = resource
         self.site.configure(config.proxy)
         self.site.logRequestId = _logsRequestId(config)
+        certificates.logWarnings()
+        if self.tlsFactories:
+            self.tlsCreator.table = certificates.buildTable(
+                self.tlsCreator, self._offeredProtocols()
+            )
         if self.running:
             self._useAccessLog(accessLog)
         results = []
@@ -366,7 +442,9 @@ class LoadBalancerService(MultiService):
         path = path or self.config.source
         try:
             config = parseConfig(path)
+            self.reload(config)
         except ConfigError as e:
+            # A bad file, or a certificate of it that cannot be used.
             self._log.error(
                 "reload of {path} refused, the running configuration stays:\n"
                 "{errors}",
@@ -374,8 +452,6 @@ class LoadBalancerService(MultiService):
                 errors="\n".join(e.errors),
             )
             return False
-        try:
-            self.reload(config)
         except OSError as e:
             self._log.error(
                 "reload of {path} refused, the running configuration stays: "

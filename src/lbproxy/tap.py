@@ -73,8 +73,14 @@ class Options(usage.Options):
         unreadable = unreadableFile(path)
         if unreadable is not None:
             self.fail(f"cannot read the configuration {path}: {unreadable}")
+        from lbproxy._tlsserver import loadServerCertificates
+
         try:
             self.siteConfig = parseConfig(path)
+            # The certificates of HTTPS listeners are read and checked too
+            # (a warning, such as one for a certificate that expires soon,
+            # is logged when the service starts).
+            loadServerCertificates(self.siteConfig)
         except ConfigError as e:
             if self["check"]:
                 sys.stderr.write(f"{path}: invalid, {len(e.errors)} error(s):\n")

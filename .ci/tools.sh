@@ -4,6 +4,8 @@
 #
 #   pypy3           the PyPy leg of the suite (.ci/pypy.sh)
 #   nghttp2-client  nghttp, a second HTTP/2 client for the h2 tests
+#   systemd         systemd-analyze, which verifies the production page's unit
+#   logrotate       which reads the production page's logrotate file
 #
 #   sh .ci/tools.sh              # all of them
 #   sh .ci/tools.sh pypy3        # just these packages
@@ -12,12 +14,13 @@
 # script fails, so that no test is skipped in silence.
 set -eu
 if [ $# -eq 0 ]; then
-    set -- pypy3 nghttp2-client
+    set -- pypy3 nghttp2-client systemd logrotate
 fi
 missing=""
 for package in "$@"; do
     case $package in
         nghttp2-client) program=nghttp ;;
+        systemd) program=systemd-analyze ;;
         *) program=$package ;;
     esac
     command -v "$program" >/dev/null 2>&1 || missing="$missing $package"

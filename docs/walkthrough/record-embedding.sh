@@ -8,14 +8,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done; rm -rf "$work"; }
 trap cleanup EXIT
-waitport() {
-    for i in $(seq 100); do
-        python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "!! port $1 never opened" >&2; exit 1
-}
-run() { echo "\$ $1"; bash -c "$1"; }
+. "$(dirname "$0")/../recording.sh"
 
 echo "\$ twistd -n --pidfile= lbproxy --config examples/site.ini > site.log 2>&1 &"
 twistd -n --pidfile= lbproxy --config examples/site.ini > "$work/site.log" 2>&1 &

@@ -13,18 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 cp "$here"/*.ini "$work"/
 cd "$work"
-waitport() {
-    for i in $(seq 100); do
-        python -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "!! port $1 never opened" >&2; exit 1
-}
-waitgone() {  # bash -c started the process, so it is not our child: poll
-    for i in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    echo "!! pid $1 still running" >&2; exit 1
-}
-run() { echo "\$ $1"; bash -c "$1"; }
+. "$here/../recording.sh"
 startcmd() { # startcmd NAME INI PORT
     local c="twistd -n --pidfile= lbproxy --config $2 > $1.log 2>&1 & echo \$! > $1.pid"
     echo "\$ $c"; bash -c "$c"; waitport "$3"

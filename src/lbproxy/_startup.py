@@ -5,7 +5,9 @@ told in one line rather than a traceback (as nginx does): a configuration
 file that cannot be read, an access log that cannot be written (both found
 while the options are read), a port that cannot be opened and a file that
 cannot be opened once the service starts (found by the start itself, and
-reported by L{reportStartupFailures} as the error ends the process).  Also
+reported by L{reportStartupFailures} as the error ends the process; for
+C{twistd} without C{-n}, the ports are also tried before it goes into the
+background, by L{unopenablePort}).  Also
 the line C{twistd lbproxy --version} prints.
 """
 
@@ -15,7 +17,7 @@ import errno
 import os
 import platform
 import sys
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Iterable, Optional
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -90,6 +92,49 @@ def startupFailure(error: BaseException) -> Optional[str]:
         return line
     if isinstance(error, OSError) and error.filename is not None:
         return f"cannot open {error.filename}: {error.strerror}"
+    return None
+
+
+def _tcpPart(description: str) -> str:
+    """
+    The TCP listener that an endpoint description binds, as a C{tcp:}
+    description: C{ssl:} listens on TCP too, and C{haproxy:} wraps another
+    description.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.lower() == "haproxy":
+        return _tcpPart(rest)
+    if kind.lower() == "ssl":
+        return "tcp:" + rest
+    return description
+
+
+def unopenablePort(descriptions: Iterable[str]) -> Optional[str]:
+    """
+    Open each TCP port that C{descriptions} (endpoint descriptions) listen
+    on, as the start will, and close it at once: the L{startupFailure}
+    line of the first that cannot be opened, or L{None}.
+
+    C{twistd} without C{-n} starts the service only once it has forked
+    into the background, and a failure then reaches the terminal as its
+    own two lines ("An error has occurred: b'...' Please look at log file
+    for more information."), cut to 100 characters, from the parent it
+    left waiting.  Trying the ports before that, while the options are
+    turned into a service, lets the operator see lbproxy's one line
+    instead.  It cannot rule out a port taken between this check and the
+    start: that rare failure is reported the first way, and in the log.
+    Descriptions of other kinds (C{unix:}) are not tried.
+    """
+    from lbproxy._workers import listeningSocket
+
+    for description in descriptions:
+        try:
+            sock = listeningSocket(_tcpPart(description))
+        except ValueError:
+            continue
+        except CannotListenError as e:
+            return startupFailure(e)
+        sock.close()
     return None
 
 

@@ -18,6 +18,7 @@ from twisted.python import usage
 from lbproxy._config import ConfigError, SiteConfig, parseConfig
 from lbproxy._startup import (
     reportStartupFailures,
+    unopenablePort,
     unreadableFile,
     unwritableFile,
     versionLine,
@@ -133,16 +134,28 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     adviseOnPyPy(platform.python_implementation(), os.environ)
     twistd = getattr(options, "parent", None)
-    if twistd is not None:
-        # sys.stderr is redirected into twistd's log by now.
-        stderr = sys.__stderr__ or sys.stderr
-        reportStartupFailures(stderr, logToo=not twistd.get("nodaemon"))
     from lbproxy._workers import WorkerParentService, workerFDs, workerService
     from lbproxy.service import LoadBalancerService, StopSignals
 
     config = options.siteConfig
     assert config is not None
     fds = workerFDs()
+    if twistd is not None:
+        if not twistd.get("nodaemon") and fds is None:
+            unopenable = unopenablePort(
+                [*config.proxy.listen, *(d for demo in config.demos for d in demo.listen)]
+            )
+            if unopenable is not None:
+                options.fail(unopenable)
+            if config.proxy.accessLog == "-":
+                _log.warn(
+                    "access_log = - writes to standard output, which twistd "
+                    "sends to /dev/null once it runs in the background: give "
+                    "access_log a path, or run twistd -n"
+                )
+        # sys.stderr is redirected into twistd's log by now.
+        stderr = sys.__stderr__ or sys.stderr
+        reportStartupFailures(stderr, logToo=not twistd.get("nodaemon"))
     if fds is not None:
         worker = workerService(config, fds, reactor)
         worker.reloadOnHangup(options["config"])

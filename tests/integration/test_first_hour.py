@@ -29,6 +29,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
 
 from lbproxy import LoadBalancerService, parseConfigText
+from lbproxy._startup import unopenablePort
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -200,10 +201,11 @@ class FirstHourTests(TestCase):
         self.assertEqual((yield client.closed), b"")
         return output
 
-    def spawn(self, *args, user=None):
+    def spawn(self, *args, user=None, twistdOptions=("-n", "--pidfile=")):
         """
-        Start C{twistd -n --pidfile= ARGS}, as C{user} (a uid and gid) if
-        given; it is killed at the end of the test if still running.
+        Start C{twistd -n --pidfile= ARGS} (C{twistdOptions} instead of
+        C{-n --pidfile=} if given), as C{user} (a uid and gid) if given; it
+        is killed at the end of the test if still running.
         """
         process = _Twistd()
         kwargs = {}
@@ -212,7 +214,7 @@ class FirstHourTests(TestCase):
         transport = reactor.spawnProcess(
             process,
             _TWISTD[0],
-            _TWISTD + ["-n", "--pidfile="] + list(args),
+            _TWISTD + list(twistdOptions) + list(args),
             env=_ENV,
             path=os.getcwd(),
             **kwargs,
@@ -409,6 +411,113 @@ class FirstHourTests(TestCase):
         yield self.assertOneLine(
             process, f"cannot listen on 127.0.0.1:{port}: Address already in use"
         )
+
+    def inTheBackground(self, path):
+        """
+        Start C{twistd lbproxy --config PATH} without C{-n}, with its PID
+        file and log file in a new directory; the daemon it leaves, if any,
+        is killed by the PID in its PID file at the end of the test.
+
+        @return: the C{twistd} process (which ends once the daemon has
+            started, or failed to), the PID file and the log file.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        pidfile, logfile = directory.child("twistd.pid"), directory.child("twistd.log")
+
+        def killDaemon():
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.getContent()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+
+        self.addCleanup(killDaemon)
+        process, _ = self.spawn(
+            "lbproxy",
+            "--config",
+            path,
+            twistdOptions=(f"--pidfile={pidfile.path}", f"--logfile={logfile.path}"),
+        )
+        return process, pidfile, logfile
+
+    @inlineCallbacks
+    def test_portInUseInTheBackground(self):
+        """
+        Without C{-n}, a port in use is the same one line and status 1,
+        said before twistd goes into the background (instead of twistd's
+        two lines about a log file): no daemon is left, no PID file, no log.
+        """
+        taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1")
+        process, pidfile, logfile = self.inTheBackground(path)
+        yield self.assertOneLine(
+            process, f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
+        self.assertFalse(pidfile.exists())
+        self.assertFalse(logfile.exists())
+
+    def test_unopenablePort(self):
+        """
+        The check made before twistd goes into the background reads the
+        TCP port of C{tcp:}, C{tcp6:}, C{ssl:} and C{haproxy:} listeners,
+        leaves other kinds alone, and names the first port it cannot open;
+        the ports it opens are closed again.
+        """
+        taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        busy = taken.getHost().port
+        free = _freePort()
+        line = f"cannot listen on 127.0.0.1:{busy}: Address already in use"
+        self.assertIsNone(
+            unopenablePort([f"tcp:{free}:interface=127.0.0.1", "unix:/nonexistent/x.sock"])
+        )
+        for description in [
+            f"tcp:{busy}:interface=127.0.0.1",
+            f"ssl:{busy}:interface=127.0.0.1:privateKey=key.pem",
+            f"haproxy:tcp:{busy}:interface=127.0.0.1",
+            f"haproxy:ssl:port={busy}:interface=127.0.0.1",
+        ]:
+            self.assertEqual(
+                unopenablePort([f"tcp:{free}:interface=127.0.0.1", description]), line
+            )
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", free))
+
+    @inlineCallbacks
+    def test_inTheBackground(self):
+        """
+        Without C{-n}, twistd ends with status 0 once the daemon listens;
+        the daemon's log says that C{access_log = -} goes nowhere, it
+        answers, and SIGTERM to the PID of its PID file stops it and
+        removes the file.
+        """
+        port = _freePort()
+        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1", accessLog="-")
+        process, pidfile, logfile = self.inTheBackground(path)
+        self.assertEqual((yield process.ended), 0, process.out + process.err)
+        self.assertEqual(process.out + process.err, b"")
+        pid = int(pidfile.getContent())
+        self.assertTrue(_running(pid))
+        self.assertIn(
+            b"[lbproxy.tap#warn] access_log = - writes to standard output, which "
+            b"twistd sends to /dev/null once it runs in the background",
+            logfile.getContent(),
+        )
+        client = _Raw()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertTrue((yield client.closed).startswith(b"HTTP/1.1 502 "))
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(int(_WAIT / 0.05)):
+            if not _running(pid):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(_running(pid))
+        self.assertFalse(pidfile.exists())
+        self.assertIn(b"Server Shut Down.", logfile.getContent())
 
     @inlineCallbacks
     def test_secondSigintStopsWorkersAtOnce(self):

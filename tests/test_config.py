@@ -553,6 +553,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "client_header_timeout": ("2s", 2.0),
         "client_body_timeout": ("750ms", 0.75),
         "keepalive_timeout": ("1m", 60.0),
+        "send_timeout": ("30s", 30.0),
         "max_body_size": ("1g", 1024**3),
         "max_header_size": ("8k", 8192),
         "max_connections": ("0", 0),

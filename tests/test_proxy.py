@@ -536,6 +536,51 @@ class FailureTests(SynchronousTestCase):
         h.reactor.advance(0.1)
         self.assertTrue(transport.disconnecting)
 
+    def test_sendTimeoutClosesBoth(self):
+        """
+        A client that accepts none of a relayed response for send_timeout
+        is closed, and so is the backend connection (its state is
+        unknown): it does not go back to the pool.
+        """
+        h = _Harness(self, count=1, readTimeout=600.0)
+        h.site.sendTimeout = 30.0
+        h.client.sendTimeout = 30.0
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        h.clientTransport.producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        h.reactor.advance(29.9)
+        self.assertFalse(h.clientTransport.disconnecting)
+        self.assertFalse(transport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(h.clientTransport.disconnecting)
+        h.connection.disconnect(Failure(ConnectionLost()))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.pool._connections[h.backends[0]].idle, [])
+        self.assertEqual(h.backends[0].active, 0)
+
+    def test_sendTimeoutRestartsOnResume(self):
+        """
+        send_timeout counts from the last time the client's transport
+        paused the response: a client that keeps reading, however slowly,
+        is not cut off.
+        """
+        h = _Harness(self, count=1, readTimeout=600.0)
+        h.client.sendTimeout = 30.0
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        for _ in range(3):
+            h.clientTransport.producer.pauseProducing()
+            h.reactor.advance(20)
+            h.clientTransport.producer.resumeProducing()
+        self.assertFalse(h.clientTransport.disconnecting)
+        protocol.dataReceived(b"lo, wor")
+        self.assertTrue(h.response().endswith(b"hello, wor"))
+        self.assertFalse(h.clientTransport.disconnecting)
+        self.assertEqual(len(h.pool._connections[h.backends[0]].idle), 1)
+
     def test_clientGoneClosesBackend(self):
         """
         A client that disconnects while waiting closes the backend request.

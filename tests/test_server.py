@@ -269,17 +269,25 @@ class RequestChannelTests(SynchronousTestCase):
 
     def test_producer(self) -> None:
         """
-        C{registerProducer} and C{unregisterProducer} reach the transport.
+        C{registerProducer} and C{unregisterProducer} reach the transport:
+        a streaming producer through the channel, which passes the
+        transport's pauses on (and times them: send_timeout).
         """
         h = _Harness(self)
-        _, transport, request = h.request()
+        channel, transport, request = h.request()
         producer = _Producer()
         request.registerProducer(producer, True)
-        self.assertIs(transport.producer, producer)
+        self.assertIs(transport.producer, channel)
         self.assertTrue(transport.streaming)
+        transport.producer.pauseProducing()
+        transport.producer.resumeProducing()
+        self.assertEqual(producer.calls, ["pause", "resume"])
         request.unregisterProducer()
         self.assertIsNone(transport.producer)
-        self.assertEqual(producer.calls, [])
+        pull = _Producer()
+        request.registerProducer(pull, False)
+        self.assertIs(transport.producer, pull)
+        request.unregisterProducer()
 
     def test_producerOnDetachedChannel(self) -> None:
         """

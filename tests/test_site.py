@@ -622,21 +622,22 @@ class ServiceWiringTests(SynchronousTestCase):
         config = parseConfigText(
             "[lbproxy]\nlisten = tcp:0:interface=127.0.0.1\nmax_connections = 7\n"
             "client_header_timeout = 3s\nclient_body_timeout = 4s\n"
-            "keepalive_timeout = 5s\nmax_body_size = 6k\nmax_header_size = 2k\n",
+            "keepalive_timeout = 5s\nmax_body_size = 6k\nmax_header_size = 2k\n"
+            "send_timeout = 8s\n",
             "site.ini",
         )
         service = LoadBalancerService(config, MemoryReactorClock())
         site = service.site
         self.assertEqual(
             (site.maxConnections, site.clientHeaderTimeout, site.clientBodyTimeout,
-             site.timeOut, site.maxBodySize, site.maxHeaderSize),
-            (7, 3.0, 4.0, 5.0, 6144, 2048),
+             site.timeOut, site.maxBodySize, site.maxHeaderSize, site.sendTimeout),
+            (7, 3.0, 4.0, 5.0, 6144, 2048, 8.0),
         )
         channel = site.buildProtocol(_PEER)
         self.assertEqual(
             (channel.clientHeaderTimeout, channel.clientBodyTimeout,
-             channel.maxBodySize, channel.totalHeadersSize),
-            (3.0, 4.0, 6144, 2048),
+             channel.maxBodySize, channel.totalHeadersSize, channel.sendTimeout),
+            (3.0, 4.0, 6144, 2048, 8.0),
         )
 
 

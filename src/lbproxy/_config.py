@@ -481,6 +481,9 @@ class ProxyConfig:
     keepaliveTimeout: float = _setting(
         "keepalive_timeout", 75.0, parsePositiveDuration, "how long a client connection may be idle"
     )
+    sendTimeout: float = _setting(
+        "send_timeout", 60.0, parsePositiveDuration, "how long a client may accept none of a response being relayed"
+    )
     maxBodySize: int = _setting(
         "max_body_size", 100 * 1024 * 1024, parsePositiveSize, "the largest request body"
     )

@@ -34,6 +34,10 @@ What is refused, with a short page, before anything reaches a resource:
   - 413 for a body larger than C{maxBodySize}, announced or reached;
   - 431 for a head larger than C{maxHeaderSize}.
 
+A client that accepts none of a response for C{sendTimeout} seconds while
+it is relayed (the response's producer paused by the client's transport)
+is cut off: nginx's C{send_timeout}.
+
 Requests on a connection are read one at a time: while one is handled,
 what follows it is buffered (and the socket paused past
 L{_READ_AHEAD} bytes), so pipelined requests are answered in order.
@@ -45,12 +49,13 @@ import re
 from io import BytesIO
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from lbproxy._chunked import ChunkedDecoder, MalformedChunks
 from lbproxy._client import writeNow
@@ -92,8 +97,12 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEAD, _BODY, _HANDLING, _CLOSING = range(4)
 
 #: What the connection's one L{Deadline} is timing.
-_KEEPALIVE, _HEADER, _BODY_GAP, _ABORT = range(4)
-_TIMEOUT_NAMES = {_HEADER: "client_header_timeout", _BODY_GAP: "client_body_timeout"}
+_KEEPALIVE, _HEADER, _BODY_GAP, _ABORT, _SEND = range(5)
+_TIMEOUT_NAMES = {
+    _HEADER: "client_header_timeout",
+    _BODY_GAP: "client_body_timeout",
+    _SEND: "send_timeout",
+}
 
 
 def headerLines(headers: Any, skip: frozenset[bytes] = frozenset()) -> list[bytes]:
@@ -213,7 +222,7 @@ class RequestChannel:
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         connection = self._connection
         if connection is not None:
-            connection.transport.registerProducer(producer, streaming)
+            connection.registerProducer(producer, streaming)
         else:
             # As a disconnected transport does: the producer is told.
             producer.stopProducing()
@@ -221,7 +230,7 @@ class RequestChannel:
     def unregisterProducer(self) -> None:
         connection = self._connection
         if connection is not None:
-            connection.transport.unregisterProducer()
+            connection.unregisterProducer()
 
     def loseConnection(self) -> None:
         connection = self._connection
@@ -244,6 +253,7 @@ class RequestChannel:
             connection.requestDone(self)
 
 
+@implementer(IPushProducer)
 class ProxyChannel(Protocol):
     """
     One client connection: reads its requests (see the module docstring for
@@ -260,6 +270,9 @@ class ProxyChannel(Protocol):
         L{None} for no limit.
     @ivar timeOut: seconds an idle connection is kept between requests, or
         L{None}.
+    @ivar sendTimeout: seconds a response being relayed may wait for the
+        client to accept more of it (nginx's C{send_timeout}), or L{None}
+        for no limit.
     @ivar abortTimeout: seconds a refused client has to read its answer
         before the connection is aborted.
     @ivar persistent: whether the connection stays open after the current
@@ -284,6 +297,7 @@ class ProxyChannel(Protocol):
         "clientHeaderTimeout",
         "clientBodyTimeout",
         "timeOut",
+        "sendTimeout",
         "persistent",
         "refused",
         "_phase",
@@ -303,6 +317,7 @@ class ProxyChannel(Protocol):
         "_peer",
         "_localAddress",
         "_secure",
+        "_responseProducer",
     )
 
     def __init__(self) -> None:
@@ -313,6 +328,7 @@ class ProxyChannel(Protocol):
         self.clientHeaderTimeout: Optional[float] = None
         self.clientBodyTimeout: Optional[float] = None
         self.timeOut: Optional[float] = None
+        self.sendTimeout: Optional[float] = 60.0
         self.persistent = True
         self.refused = False
         self._phase = _HEAD
@@ -335,6 +351,9 @@ class ProxyChannel(Protocol):
         self._peer: Any = None
         self._localAddress: Any = None
         self._secure: Optional[bool] = None
+        #: The response's streaming producer, which the transport pauses
+        #: through this channel (see L{registerProducer}).
+        self._responseProducer: Any = None
 
     # The connection
 
@@ -431,6 +450,14 @@ class ProxyChannel(Protocol):
             self.transport.abortConnection()
         elif timing == _KEEPALIVE:
             self.loseConnection()
+        elif timing == _SEND:
+            self._log.info(
+                "client {client} exceeded send_timeout: closing it",
+                client=getattr(self.getPeer(), "host", "?"),
+            )
+            # Its request learns of it through connectionLost, and cuts
+            # its backend connection, whose state is unknown.
+            self.transport.abortConnection()
         else:
             self._log.info(
                 "client {client} exceeded {which}",
@@ -692,6 +719,47 @@ class ProxyChannel(Protocol):
             self._parse()
 
     # Writing
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register the current response's producer with the transport: a
+        streaming one through this channel, which times how long the
+        transport keeps it paused (L{sendTimeout}).
+        """
+        if not streaming or self.sendTimeout is None:
+            self.transport.registerProducer(producer, streaming)
+            return
+        self._responseProducer = producer
+        self.transport.registerProducer(self, True)
+
+    def unregisterProducer(self) -> None:
+        if self._responseProducer is not None:
+            self._responseProducer = None
+            if self._timing == _SEND:
+                self._arm(_KEEPALIVE, None)
+        self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        """
+        The client cannot take more of the response now: pause its
+        producer, and start L{sendTimeout}.
+        """
+        producer = self._responseProducer
+        if producer is not None:
+            self._arm(_SEND, self.sendTimeout)
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        producer = self._responseProducer
+        if producer is not None:
+            if self._timing == _SEND:
+                self._arm(_KEEPALIVE, None)
+            producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        producer, self._responseProducer = self._responseProducer, None
+        if producer is not None:
+            producer.stopProducing()
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """

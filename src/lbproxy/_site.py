@@ -389,6 +389,7 @@ class ProxySite(Site):
         maxConnections: int = 0,
         trustedProxies: Iterable[Any] = (),
         logRequestId: bool = False,
+        sendTimeout: Optional[float] = 60.0,
     ) -> None:
         """
         @param resource: the root resource, usually a
@@ -408,6 +409,10 @@ class ProxySite(Site):
             C{"10.0.0.0/8"}, C{"::1"} or C{"unix:"} (see
             L{TrustedProxies}).
         @param logRequestId: see L{logRequestId}.
+        @param sendTimeout: seconds a response being relayed may wait for
+            the client to accept more of it (nginx's C{send_timeout}), or
+            L{None}: past it, the client connection and the response's
+            backend connection are closed.
         """
         Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
@@ -420,6 +425,7 @@ class ProxySite(Site):
         self.maxConnections = maxConnections
         self.trustedProxies = TrustedProxies(trustedProxies) or None
         self.logRequestId = logRequestId
+        self.sendTimeout = sendTimeout
 
     def configure(self, proxy: Any) -> None:
         """
@@ -432,6 +438,7 @@ class ProxySite(Site):
         self.maxHeaderSize = proxy.maxHeaderSize
         self.clientHeaderTimeout = proxy.clientHeaderTimeout
         self.clientBodyTimeout = proxy.clientBodyTimeout
+        self.sendTimeout = proxy.sendTimeout
         self.maxConnections = proxy.maxConnections
         self.trustedProxies = TrustedProxies(proxy.trustedProxies) or None
 
@@ -453,6 +460,7 @@ class ProxySite(Site):
         channel.totalHeadersSize = self.maxHeaderSize
         channel.clientHeaderTimeout = self.clientHeaderTimeout
         channel.clientBodyTimeout = self.clientBodyTimeout
+        channel.sendTimeout = self.sendTimeout
         return channel
 
     def closeConnections(self, timeout: Optional[float] = None) -> Deferred[None]:

@@ -294,6 +294,7 @@ class LoadBalancerService(MultiService):
             reactor=reactor,
             clientHeaderTimeout=config.proxy.clientHeaderTimeout,
             clientBodyTimeout=config.proxy.clientBodyTimeout,
+            sendTimeout=config.proxy.sendTimeout,
             maxConnections=config.proxy.maxConnections,
             trustedProxies=config.proxy.trustedProxies,
             logRequestId=_logsRequestId(config),

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -223,11 +223,22 @@ def nginxTemp(workdir: Path, name: str) -> str:
     )
 
 
-def backendConfig(workdir: Path, port: int) -> Path:
+def backendConfig(
+    workdir: Path,
+    port: int,
+    files: Optional[dict[str, bytes]] = None,
+    defaultType: str = "application/octet-stream",
+) -> Path:
+    """
+    The nginx backend: C{/tiny} (C{hello\\n}), and C{files} (by default
+    C{/100k} and C{/10m}, of C{x}) served as C{defaultType}.
+    """
     www = workdir / "www"
     www.mkdir(exist_ok=True)
-    (www / "100k").write_bytes(b"x" * 100 * 1024)
-    (www / "10m").write_bytes(b"x" * 10 * 1024 * 1024)
+    if files is None:
+        files = {"100k": b"x" * 100 * 1024, "10m": b"x" * 10 * 1024 * 1024}
+    for name, content in files.items():
+        (www / name).write_bytes(content)
     conf = workdir / "backend.conf"
     conf.write_text(
         nginxCommon(workdir, "backend")
@@ -236,7 +247,7 @@ http {{
     access_log off;
     {nginxTemp(workdir, "backend")}
     keepalive_requests 10000000;
-    default_type application/octet-stream;
+    default_type {defaultType};
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location = /tiny {{ return 200 "hello\\n"; }}
@@ -248,15 +259,21 @@ http {{
     return conf
 
 
-def nginxProxyConfig(workdir: Path, port: int, backend: int) -> Path:
-    conf = workdir / "nginx-proxy.conf"
+def nginxProxyConfig(
+    workdir: Path, port: int, backend: int, name: str = "nginx-proxy", extra: str = ""
+) -> Path:
+    """
+    nginx as the proxy, with C{extra} directives in its C{http} block.
+    """
+    conf = workdir / f"{name}.conf"
     conf.write_text(
-        nginxCommon(workdir, "nginx-proxy")
+        nginxCommon(workdir, name)
         + f"""
 http {{
     access_log off;
-    {nginxTemp(workdir, "nginx-proxy")}
+    {nginxTemp(workdir, name)}
     keepalive_requests 10000000;
+    {extra}
     upstream app {{
         server 127.0.0.1:{backend};
         keepalive 64;
@@ -301,7 +318,12 @@ backend be
     return conf
 
 
-def lbproxyConfig(workdir: Path, name: str, port: int, backend: int, workers: int) -> Path:
+def lbproxyConfig(
+    workdir: Path, name: str, port: int, backend: int, workers: int, vhost: str = ""
+) -> Path:
+    """
+    lbproxy as the proxy, with C{vhost} lines added to its vhost.
+    """
     conf = workdir / f"{name}.ini"
     conf.write_text(
         f"""
@@ -317,6 +339,7 @@ keepalive = 64
 [vhost:app]
 default = yes
 upstream = app
+{vhost}
 """
     )
     return conf
@@ -372,11 +395,16 @@ def parseWrk(out: str) -> dict[str, float]:
     return result
 
 
-def runWrk(url: str, seconds: float, connections: int) -> dict[str, float]:
+def runWrk(
+    url: str, seconds: float, connections: int, headers: Sequence[str] = ()
+) -> dict[str, float]:
     argv = [
         "taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}",
-        f"-d{seconds:g}s", "--timeout", "10s", "--latency", url,
+        f"-d{seconds:g}s", "--timeout", "10s", "--latency",
     ]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(url)
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=seconds + 60
     )
@@ -384,6 +412,27 @@ def runWrk(url: str, seconds: float, connections: int) -> dict[str, float]:
 
 
 # The run
+
+
+def interruptOnTerm() -> None:
+    """
+    Turn SIGTERM into L{KeyboardInterrupt}, so that a run stopped either
+    way stops what it started.
+    """
+
+    def onSignal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, onSignal)
+
+
+def startBackend(procs: Processes, workdir: Path, conf: Path, port: int) -> None:
+    """
+    Start the nginx backend of C{conf} on the load CPU, and wait until it
+    listens on C{port}.
+    """
+    p = procs.start("backend", [which("nginx") or "nginx", "-c", str(conf)], LOAD_CPU, workdir)
+    waitForPort(port, p, "backend", workdir)
 
 
 def main() -> None:
@@ -417,22 +466,13 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="lbproxy-bench-"))
     procs = Processes()
-
-    def onSignal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, onSignal)
+    interruptOnTerm()
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     ports: dict[str, int] = {}
     notes: dict[str, str] = {}
     try:
         backend = freePort()
-        p = procs.start(
-            "backend",
-            [which("nginx") or "nginx", "-c", str(backendConfig(workdir, backend))],
-            LOAD_CPU, workdir,
-        )
-        waitForPort(backend, p, "backend", workdir)
+        startBackend(procs, workdir, backendConfig(workdir, backend), backend)
         ports["none"] = backend
         for row in rows:
             if row == "none":

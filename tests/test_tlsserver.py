@@ -25,11 +25,14 @@ from zope.interface.verify import verifyObject
 
 from lbproxy._config import ConfigError, parseConfigText
 from lbproxy._site import ProxySite
+from lbproxy._startup import startupFailure
 from lbproxy._tls import UnverifiedClientCreator
 from lbproxy._tlsserver import (
     SNIConnectionCreator,
     TLSServerFactory,
+    TLSUnavailable,
     loadServerCertificates,
+    probeHandshake,
 )
 from tests.certificates import Authority, keyPEM, newKey
 
@@ -281,9 +284,9 @@ class LoadServerCertificatesTests(SynchronousTestCase):
         self.assertIn("[upstream:app] tls_ca = 'nope.pem': cannot use ", error)
 
 
-class HandshakeTests(SynchronousTestCase):
+class _Table:
     """
-    Handshakes in memory with the contexts of L{_SITE}.
+    The contexts of L{_SITE} behind a L{TLSServerFactory}.
     """
 
     def setUp(self) -> None:
@@ -300,6 +303,12 @@ class HandshakeTests(SynchronousTestCase):
         )
         self.clock = Clock()
         self.factory = TLSServerFactory(self.creator, self.site, self.clock)
+
+
+class HandshakeTests(_Table, SynchronousTestCase):
+    """
+    Handshakes in memory with the contexts of L{_SITE}.
+    """
 
     def test_interface(self) -> None:
         self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, self.creator))
@@ -361,3 +370,34 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIs(before.get_context(), old.default)
         handshake = _Handshake(self.factory, "a.test")
         self.assertTrue(handshake.app.done)
+
+
+class ProbeTests(_Table, SynchronousTestCase):
+    """
+    L{probeHandshake}: the handshake made before listening.
+    """
+
+    def test_works(self) -> None:
+        """
+        With the installed Twisted and pyOpenSSL, the probe completes, with
+        SNI and without.
+        """
+        probeHandshake(self.factory, "a.test")
+        probeHandshake(self.factory)
+
+    def test_fails(self) -> None:
+        """
+        A probe that cannot complete as expected (here the contexts offer
+        what the site no longer does) refuses, naming Twisted's and
+        pyOpenSSL's versions, in the one line a failed start prints.
+        """
+        import OpenSSL
+
+        from twisted import version
+
+        self.patch(self.site, "acceptableProtocols", lambda: [b"h2"])
+        with self.assertRaises(TLSUnavailable) as caught:
+            probeHandshake(self.factory, "a.test")
+        message = str(caught.exception)
+        self.assertIn(f"Twisted {version.short()} and pyOpenSSL {OpenSSL.__version__}", message)
+        self.assertEqual(startupFailure(caught.exception), message)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional, Sequence
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IHandshakeListener, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbproxy._chunked import ChunkedDecoder
 from lbproxy._compat import nothingBuffered
@@ -457,6 +458,32 @@ def writeNow(transport: Any, data: bytes) -> None:
 _IDLE, _HEAD, _BODY, _DONE = range(4)
 
 
+def _whyLost(reason: Optional[Failure]) -> str:
+    """
+    Why a TLS connection was lost before its handshake was done, in words:
+    the certificate's verification error, or OpenSSL's.
+    """
+    if reason is None:
+        return "TLS handshake failed: the connection was lost"
+    from service_identity import VerificationError
+
+    error = reason.value
+    if isinstance(error, VerificationError):
+        return "TLS handshake failed: the certificate is not valid for the name: " + "; ".join(
+            str(e) for e in error.errors
+        )
+    return f"TLS handshake failed: {reason.getErrorMessage()}"
+
+
+class TLSHandshakeFailed(Exception):
+    """
+    A TLS connection to a backend was lost before its handshake was done:
+    a certificate that did not verify, or a handshake the backend refused.
+    The message says why.
+    """
+
+
+@implementer(IHandshakeListener)
 class UpstreamConnection(Protocol):
     """
     A persistent connection to a backend, carrying one exchange at a time.
@@ -471,6 +498,9 @@ class UpstreamConnection(Protocol):
     transport: Any
     lost = False
     exchanges = 0
+    _handshakeWaiter: Optional[Deferred[UpstreamConnection]] = None
+    _handshakeDone = False
+    _lostReason: Optional[Failure] = None
     readDeadline: Optional[Deadline] = None
     _readTimeout = 0.0
 
@@ -503,6 +533,34 @@ class UpstreamConnection(Protocol):
     @property
     def reusable(self) -> bool:
         return not self.lost and self._phase == _IDLE
+
+    def whenHandshakeDone(self) -> Deferred[UpstreamConnection]:
+        """
+        For a connection over TLS: a L{Deferred} that fires with this
+        connection once the TLS handshake is done (the server's
+        certificate verified), or fails with L{TLSHandshakeFailed} when
+        the connection is lost before.
+        """
+        if self._handshakeDone:
+            return succeed(self)
+        if self.lost:
+            return fail(TLSHandshakeFailed(_whyLost(self._lostReason)))
+        waiter = self._handshakeWaiter = Deferred()
+        return waiter
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done (L{IHandshakeListener}).  Twisted also
+        says so when the certificate failed its verification, and the
+        connection is being aborted: that one waits for C{connectionLost}
+        and its reason.
+        """
+        if getattr(self.transport, "disconnecting", False):
+            return
+        self._handshakeDone = True
+        waiter, self._handshakeWaiter = self._handshakeWaiter, None
+        if waiter is not None:
+            waiter.callback(self)
 
     def send(
         self,
@@ -770,6 +828,10 @@ class UpstreamConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
+        self._lostReason = reason
+        handshake, self._handshakeWaiter = self._handshakeWaiter, None
+        if handshake is not None:
+            handshake.errback(TLSHandshakeFailed(_whyLost(reason)))
         if self.readDeadline is not None:
             self.readDeadline.cancel()
         state = self._phase

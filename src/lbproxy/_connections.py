@@ -112,6 +112,7 @@ class BackendConnections:
         endpoint: IStreamClientEndpoint,
         keepalive: int,
         idleTimeout: float,
+        tls: bool = False,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}.
@@ -119,11 +120,16 @@ class BackendConnections:
             L{backendEndpoint}).
         @param keepalive: the most idle connections kept.
         @param idleTimeout: seconds an idle connection is kept.
+        @param tls: whether C{endpoint} speaks TLS: a new connection is
+            then given out once its handshake is done, and one whose
+            handshake fails (a certificate that does not verify) is a
+            failure to connect.
         """
         self._reactor = reactor
         self._endpoint = endpoint
         self._keepalive = keepalive
         self._idleTimeout = idleTimeout
+        self._tls = tls
         self.idle: list[UpstreamConnection] = []
         self._idleSince: dict[UpstreamConnection, float] = {}
         self._sweep = Deadline(reactor, self._expire)
@@ -149,9 +155,11 @@ class BackendConnections:
         Open a new connection for forwarding, bypassing the idle cache; it
         joins the cache after each complete exchange.
         """
-        connecting: Deferred[Any] = self._endpoint.connect(
-            QuietFactory(self._buildUpstream)
-        )
+        return self._connected(self._endpoint.connect(QuietFactory(self._buildUpstream)))
+
+    def _connected(self, connecting: Deferred[Any]) -> Deferred[Any]:
+        if self._tls:
+            connecting.addCallback(UpstreamConnection.whenHandshakeDone)
         return connecting
 
     def _buildUpstream(self, addr: Any) -> UpstreamConnection:
@@ -173,8 +181,7 @@ class BackendConnections:
             self.opened += 1
             return build()
 
-        connecting: Deferred[Any] = self._endpoint.connect(QuietFactory(buildProtocol))
-        return connecting
+        return self._connected(self._endpoint.connect(QuietFactory(buildProtocol)))
 
     def _put(self, proto: UpstreamConnection) -> None:
         if self.closed or self._keepalive <= 0 or len(self.idle) >= self._keepalive:

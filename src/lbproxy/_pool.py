@@ -196,6 +196,7 @@ class Pool:
                 ),
                 keepalive,
                 keepaliveTimeout,
+                tls=backend.scheme == "https",
             )
         self._refresh(initial=True)
 

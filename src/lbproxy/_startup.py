@@ -90,6 +90,10 @@ def startupFailure(error: BaseException) -> Optional[str]:
                 "as another user once listening, or CAP_NET_BIND_SERVICE)"
             )
         return line
+    from lbproxy._tlsserver import TLSUnavailable
+
+    if isinstance(error, TLSUnavailable):
+        return str(error)
     if isinstance(error, OSError) and error.filename is not None:
         return f"cannot open {error.filename}: {error.strerror}"
     return None

@@ -40,7 +40,10 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocolNegotiationFactory,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
@@ -308,7 +311,7 @@ class ServerCertificates:
         Log L{warnings}, one line each.
         """
         for warning in self.warnings:
-            _log.warn("{warning}", warning=warning)
+            _log.warn("{line}", line=warning)
 
 
 def _baseDirectory(config: SiteConfig) -> Optional[str]:
@@ -459,3 +462,93 @@ def httpsPort(proxy: Any) -> Optional[int]:
         except ValueError:
             return None
     return None
+
+
+class TLSUnavailable(RuntimeError):
+    """
+    The installed Twisted and pyOpenSSL cannot serve HTTPS as lbproxy sets
+    it up; the message names both versions and what failed.
+    """
+
+
+class _HandshakeProbe:
+    """
+    Stands in for the L{TLSMemoryBIOProtocol} of a probe connection (what
+    Twisted's ALPN callback asks about: its factory).
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+
+def _versions() -> str:
+    import OpenSSL
+
+    from twisted import version as twistedVersion
+
+    if hasattr(SSL, "OpenSSL_version"):
+        library = SSL.OpenSSL_version(SSL.OPENSSL_VERSION)
+    else:  # pyOpenSSL before 22
+        library = SSL.SSLeay_version(SSL.SSLEAY_VERSION)
+    return (
+        f"Twisted {twistedVersion.short()} and pyOpenSSL {OpenSSL.__version__} "
+        f"({library.decode('ascii', 'replace')})"
+    )
+
+
+def probeHandshake(factory: TLSServerFactory, serverName: Optional[str] = None) -> None:
+    """
+    Make one TLS handshake in memory with what C{factory}'s listeners
+    serve, before any client does: a client offering the site's protocols
+    (and sending C{serverName} in SNI) must complete it, on the context
+    SNI picks, with the first protocol chosen by ALPN.
+
+    @raise TLSUnavailable: when it does not, naming the versions of
+        Twisted and pyOpenSSL: such a pair would fail every handshake.
+    """
+    creator = factory.creator
+    table = creator.table
+    assert table is not None
+    protocols = list(IProtocolNegotiationFactory(factory.site).acceptableProtocols())
+    try:
+        client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        client.set_connect_state()
+        if serverName is not None:
+            client.set_tlsext_host_name(serverName.encode("idna"))
+        if protocols:
+            client.set_alpn_protos(protocols)
+        server = creator.serverConnectionForTLS(_HandshakeProbe(factory))
+        server.set_accept_state()
+        done = set()
+        for _ in range(10):
+            for name, connection in (("client", client), ("server", server)):
+                try:
+                    connection.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                else:
+                    done.add(name)
+            for source, target in ((client, server), (server, client)):
+                try:
+                    target.bio_write(source.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+            if len(done) == 2:
+                break
+        problem = None
+        if len(done) != 2:
+            problem = "the handshake did not complete"
+        elif server.get_context() is not table.contextFor(
+            None if serverName is None else serverName.encode("idna")
+        ):
+            problem = "SNI did not select the certificate's context"
+        elif protocols and client.get_alpn_proto_negotiated() != protocols[0]:
+            problem = f"ALPN chose {client.get_alpn_proto_negotiated()!r}, not {protocols[0]!r}"
+    except Exception as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        raise TLSUnavailable(
+            f"HTTPS cannot work with {_versions()}: {problem}; install a pair "
+            "lbproxy is tested with (Twisted 24.7 and pyOpenSSL 21.0, Twisted "
+            "25.5 and pyOpenSSL 25.1, Twisted 26.10 and pyOpenSSL 26.4)"
+        )

@@ -46,6 +46,7 @@ from lbproxy._tlsserver import (
     fromConfigDirectory,
     httpsPort,
     loadServerCertificates,
+    probeHandshake,
 )
 from lbproxy._vhost import (
     FixedResource,
@@ -318,6 +319,11 @@ class LoadBalancerService(MultiService):
             self.tlsFactories.append(factory)
             self._tlsListeners.append(self._listen(description, factory))
         self._listeners.extend(self._tlsListeners)
+        if self.tlsFactories:
+            # Refuse to start on a Twisted and pyOpenSSL that could not
+            # complete a handshake, rather than fail every client's.
+            names = [n for n in certificates.byName if not n.startswith("*.")]
+            probeHandshake(self.tlsFactories[0], names[0] if names else None)
         self.demos: dict[str, DemoResource] = {}
         for demo in config.demos:
             self._addDemo(demo)

@@ -11,9 +11,10 @@ import zlib
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from lbproxy import Backend, Pool, UpstreamResource
@@ -613,6 +614,49 @@ class ResponseTests(SynchronousTestCase):
         p.respond(_ok())
         status, headers, body = _parse(p.response())
         self.assertNotIn(b"content-encoding", headers)
+        self.assertEqual(body, _TEXT)
+
+
+class PlainSiteTests(SynchronousTestCase):
+    """
+    gzip through the adapter of a request that is not lbproxy's own (an
+    embedder's plain L{twisted.web.server.Site}).
+    """
+
+    def test_compressed(self):
+        """
+        Behind a plain L{Site}, a qualifying response is compressed,
+        chunked, with C{Vary} and a weak C{ETag}, and decodes to the
+        backend's body; the next one, to a client that does not accept
+        gzip, is not.
+        """
+        reactor = MemoryReactorClock()
+        pool = Pool("app", [Backend("127.0.0.1", 9000)], reactor=reactor)
+        site = Site(UpstreamResource(pool, gzip=GzipPolicy()), reactor=reactor)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        peer = IPv4Address("TCP", "192.0.2.1", 4321)
+        channel = site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n")
+        _, port, factory, _, _ = reactor.tcpClients[0]
+        backend = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        backend.makeConnection(StringTransport())
+        backend.dataReceived(_ok(_TEXT, b'ETag: "v"'))
+        status, headers, body = _parse(transport.value())
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(headers[b"content-encoding"], [b"gzip"])
+        self.assertEqual(headers[b"vary"], [b"Accept-Encoding"])
+        self.assertEqual(headers[b"etag"], [b'W/"v"'])
+        self.assertNotIn(b"content-length", headers)
+        self.assertEqual(gzip.decompress(body), _TEXT)
+        transport.clear()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend.dataReceived(_ok())
+        status, headers, body = _parse(transport.value())
+        self.assertNotIn(b"content-encoding", headers)
+        self.assertEqual(headers[b"content-length"], [b"%d" % len(_TEXT)])
         self.assertEqual(body, _TEXT)
 
 

@@ -630,8 +630,8 @@ class RouteConfigTests(SynchronousTestCase):
         A route section of a vhost that does not exist, of a prefix that
         is not one of its routes, or with header rules on a route that is
         not an upstream's, is an error naming the section; so is a bad
-        rule, an unknown key, and a rule for X-Request-ID with
-        C{request_id = yes}.
+        rule (a CR in a value among them), an unknown key, and a rule for
+        X-Request-ID with C{request_id = yes}.
         """
         errors = _errorsOf(
             _ROUTES.replace("default = yes\n", "default = yes\nrequest_id = yes\n")
@@ -639,6 +639,7 @@ class RouteConfigTests(SynchronousTestCase):
             "[route:ap:/api/]\n"
             "[route:app:/nothing/]\n"
             "[route:app:/bar/]\n"
+            "[route:app:/bare/]\nrequest_headers = set X-A a\rb\n"
             "[route:app:/ping]\nresponse_headers = set X-A 1\n"
             "[route:app:/other/]\nrequest_headers = set X-A\ncolour = blue\n"
             "response_headers = remove X-Request-ID\n"
@@ -663,6 +664,9 @@ class RouteConfigTests(SynchronousTestCase):
                 "routes.ini: [route:app:/bar/]: undefined route; expected "
                 "[route:VHOST:PREFIX] with PREFIX one of the routes of [vhost:app]: "
                 "/, /api/, /bare/, /other/, /ping; did you mean [route:app:/bare/]?",
+                "routes.ini: [route:app:/bare/] request_headers = 'set X-A a\\rb': "
+                "bad value; expected a value of visible ASCII characters, spaces and "
+                "tabs, without CR",
                 "routes.ini: [route:app:/ping] response_headers = 'set X-A 1': bad "
                 "value; expected no header rules on /ping, a return: route (header "
                 "rules apply to routes to an upstream)",

@@ -78,7 +78,7 @@ class TrustedProxies:
     @ivar unix: whether peers on UNIX sockets are trusted.
     """
 
-    def __init__(self, networks: Iterable[Union[TrustedNetwork, str]]) -> None:
+    def __init__(self, networks: Iterable[TrustedNetwork]) -> None:
         """
         @param networks: the networks: C{ipaddress} networks, or text as
             C{trusted_proxies} takes it (C{10.0.0.0/8}, C{::1}, C{unix:}).

@@ -222,14 +222,20 @@ class RealClientTests(SynchronousTestCase):
 
     def test_peerAnswersBounded(self):
         """
-        The answers for peers are remembered, up to a bound: a flood of
-        distinct peers does not grow memory.
+        The answers for peers and for X-Forwarded-For entries are
+        remembered, up to a bound: a flood of distinct peers or entries
+        does not grow memory, and the answers stay right.
         """
         trusted = TrustedProxies(["10.0.0.0/8"])
         for n in range(3000):
             trusted.trustsPeer(IPv4Address("TCP", f"192.0.{n // 256}.{n % 256}", 1))
         self.assertLessEqual(len(trusted._peers), 1024)
         self.assertTrue(trusted.trustsPeer(_PROXY))
+        for n in range(10000):
+            client = f"198.{n // 65536}.{n // 256 % 256}.{n % 256}"
+            found = trusted.realClient(_PROXY, [client.encode("ascii")])
+            self.assertEqual(found, (IPv4Address("TCP", client, 0), None))
+        self.assertLessEqual(len(trusted._entries), 4096)
 
 
 class _Proxy:

@@ -27,6 +27,10 @@ _IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 #: How many peer addresses L{TrustedProxies} remembers the answer for.
 _CACHED_PEERS = 1024
 
+#: How many C{X-Forwarded-For} entries L{TrustedProxies} remembers the
+#: address of.
+_CACHED_ENTRIES = 4096
+
 
 def parseForwardedAddress(entry: bytes) -> Optional[tuple[_IP, int]]:
     """
@@ -92,6 +96,7 @@ class TrustedProxies:
             tuple(n for n in parsed if not isinstance(n, str))
         )
         self._peers: dict[str, bool] = {}
+        self._entries: dict[bytes, Optional[tuple[IAddress, bool]]] = {}
 
     def __bool__(self) -> bool:
         return self.unix or bool(self.networks)
@@ -128,6 +133,35 @@ class TrustedProxies:
                 self._peers[host] = known
         return known
 
+    def _entry(self, entry: bytes) -> Optional[tuple[IAddress, bool]]:
+        """
+        An entry of C{X-Forwarded-For} as the client address it names and
+        whether that address is trusted, or L{None} when it is not an
+        address.  The answers are remembered (a bounded number of them:
+        the cache is emptied when full), since the same clients and
+        proxies come back request after request, and parsing an address
+        with L{ipaddress} costs several microseconds.
+        """
+        cache = self._entries
+        try:
+            return cache[entry]
+        except KeyError:
+            pass
+        parsed = parseForwardedAddress(entry)
+        answer: Optional[tuple[IAddress, bool]] = None
+        if parsed is not None:
+            address, port = parsed
+            client: IAddress
+            if isinstance(address, ipaddress.IPv4Address):
+                client = IPv4Address("TCP", str(address), port)
+            else:
+                client = IPv6Address("TCP", str(address), port)
+            answer = (client, self.trustsAddress(address))
+        if len(cache) >= _CACHED_ENTRIES:
+            cache.clear()
+        cache[entry] = answer
+        return answer
+
     def realClient(
         self, peer: IAddress, forwardedFor: Optional[Sequence[bytes]]
     ) -> Optional[tuple[IAddress, Optional[bytes]]]:
@@ -151,28 +185,23 @@ class TrustedProxies:
         if not forwardedFor or not self.trustsPeer(peer):
             return None
         entries = [
-            entry.strip(b" \t")
+            stripped
             for value in forwardedFor
             for entry in value.split(b",")
+            for stripped in (entry.strip(b" \t"),)
+            if stripped
         ]
-        entries = [entry for entry in entries if entry]
-        found: Optional[tuple[_IP, int]] = None
+        client: Optional[IAddress] = None
         index = len(entries)
         while index:
-            parsed = parseForwardedAddress(entries[index - 1])
-            if parsed is None:
+            answer = self._entry(entries[index - 1])
+            if answer is None:
                 break
             index -= 1
-            found = parsed
-            if not self.trustsAddress(parsed[0]):
+            client, trusted = answer
+            if not trusted:
                 break
-        if found is None:
+        if client is None:
             return None
-        address, port = found
-        client: IAddress
-        if isinstance(address, ipaddress.IPv4Address):
-            client = IPv4Address("TCP", str(address), port)
-        else:
-            client = IPv6Address("TCP", str(address), port)
         rest = b", ".join(entries[:index]) if index else None
         return client, rest

@@ -315,7 +315,7 @@ class ParseConfigTests(SynchronousTestCase):
             ),
             error,
         )
-        self.assertTrue(error.endswith(", tls_verify; did you mean 'keepalive'?"), error)
+        self.assertTrue(error.endswith(", upgrade_protocols; did you mean 'keepalive'?"), error)
         (error,) = _errors(_GOOD.replace("access_log = off", "access_log = off\nacess_log = -"))
         self.assertTrue(error.endswith("; did you mean 'access_log'?"), error)
 
@@ -583,6 +583,8 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "tls_verify": ("no", False),
         "tls_ca": ("/etc/ca.pem", "/etc/ca.pem"),
         "tls_server_name": ("API.internal.", "api.internal"),
+        "upgrade_protocols": ("WebSocket h2c", ("websocket", "h2c")),
+        "tunnel_timeout": ("10m", 600.0),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),

@@ -94,10 +94,13 @@ class ResponseHead:
     @ivar lines: C{headers} as the backend sent them, each line with its
         CR LF, in one L{bytes} (ready to forward), or L{None} when the
         head took the line-by-line path.
+    @ivar upgrade: the values of C{Upgrade} of a 101 response, else
+        L{None}.
     """
 
     __slots__ = (
-        "version", "code", "phrase", "_headers", "connection", "length", "lines"
+        "version", "code", "phrase", "_headers", "connection", "length", "lines",
+        "upgrade",
     )
     lines: Optional[bytes]
 
@@ -123,6 +126,7 @@ class ResponseHead:
         self.connection = connection
         self.length = length
         self.lines = lines
+        self.upgrade: Optional[list[bytes]] = None
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -189,6 +193,34 @@ class ResponseHandler:
         No response head: the connection was lost, after some bytes of the
         response if C{received}, or the response was not valid HTTP if
         C{invalid}.
+        """
+
+    def upgraded(self, head: ResponseHead) -> Optional[TunnelHandler]:
+        """
+        The backend answered C{101 Switching Protocols} to a request sent
+        with C{upgrade}: the connection is a tunnel from now on.
+
+        @return: what gets the tunnel's bytes from now on (including any
+            that came right after the head), or L{None} to close the
+            connection.
+        """
+        return None
+
+
+class TunnelHandler:
+    """
+    What L{UpstreamConnection} tells once it is a tunnel (see
+    L{ResponseHandler.upgraded}).
+    """
+
+    def tunnelReceived(self, data: bytes) -> None:
+        """
+        The backend sent C{data} into the tunnel.
+        """
+
+    def tunnelClosed(self) -> None:
+        """
+        The connection to the backend is closed.
         """
 
 
@@ -290,6 +322,8 @@ def parseHead(
         lines,
     )
     if 100 <= code < 200:
+        if code == 101:
+            head.upgrade = control.get(b"upgrade")
         return head, 0, False, True
     length: Optional[int] = None
     lengths = control.get(b"content-length")
@@ -455,7 +489,7 @@ def writeNow(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-_IDLE, _HEAD, _BODY, _DONE = range(4)
+_IDLE, _HEAD, _BODY, _DONE, _TUNNEL = range(5)
 
 
 def _whyLost(reason: Optional[Failure]) -> str:
@@ -525,6 +559,10 @@ class UpstreamConnection(Protocol):
         self._sending: Optional[Any] = None
         self._readingPaused = False
         self._lostWaiters: list[Deferred[None]] = []
+        #: Whether the exchange asked to upgrade the connection.
+        self._upgradeAsked = False
+        #: What gets the bytes once the connection is a tunnel.
+        self._tunnelHandler: Optional[TunnelHandler] = None
 
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
@@ -568,6 +606,7 @@ class UpstreamConnection(Protocol):
         method: bytes,
         head: bytes,
         body: Optional[Any] = None,
+        upgrade: bool = False,
     ) -> None:
         """
         Send a request and tell C{handler} about its response.
@@ -576,6 +615,10 @@ class UpstreamConnection(Protocol):
             body too, when it is small).
         @param body: a file to stream as the body after C{head}, or
             L{None}.
+        @param upgrade: whether the request asks to upgrade the connection
+            (C{Connection: upgrade}): a 101 answer then makes it a tunnel
+            (L{ResponseHandler.upgraded}), and any other answer closes it
+            once complete.
         """
         if self.lost:
             handler.failed(False, False, "connection lost before the request was sent")
@@ -586,7 +629,8 @@ class UpstreamConnection(Protocol):
         self._handler = handler
         self._method = method
         self._phase = _HEAD
-        self._persistent = True
+        self._persistent = not upgrade
+        self._upgradeAsked = upgrade
         self._received = False
         writeNow(self.transport, head)
         if body is not None:
@@ -618,6 +662,7 @@ class UpstreamConnection(Protocol):
         close the connection at once.
         """
         self._handler = None
+        self._tunnelHandler = None
         self._persistent = False
         if not self.lost:
             self.transport.abortConnection()
@@ -700,6 +745,11 @@ class UpstreamConnection(Protocol):
                 handler.bodyReadDone()
             return
         if state != _HEAD:
+            if state == _TUNNEL:
+                tunnel = self._tunnelHandler
+                if tunnel is not None:
+                    tunnel.tunnelReceived(data)
+                return
             # Nothing is expected: an idle connection that talks is broken.
             self._persistent = False
             self.transport.loseConnection()
@@ -721,6 +771,9 @@ class UpstreamConnection(Protocol):
                 return
             rest = buffer[start:]
             if 100 <= head.code < 200:
+                if head.code == 101 and self._upgradeAsked:
+                    self._switch(head, rest)
+                    return
                 buffer = rest
                 if not buffer:
                     self._headPart = b""
@@ -760,6 +813,27 @@ class UpstreamConnection(Protocol):
             self._bodyData(rest)
         if handler is not None and self._handler is handler:
             handler.headReadDone()
+
+    def _switch(self, head: ResponseHead, rest: bytes) -> None:
+        """
+        The backend switched protocols: from now on its bytes go to the
+        handler's tunnel, with no read timeout.
+        """
+        self._headPart = b""
+        self._phase = _TUNNEL
+        self._persistent = False
+        if self.readDeadline is not None:
+            self.readDeadline.clear()
+        handler, self._handler = self._handler, None
+        tunnel = handler.upgraded(head) if handler is not None else None
+        if tunnel is None:
+            self._phase = _DONE
+            if not self.lost:
+                self.transport.abortConnection()
+            return
+        self._tunnelHandler = tunnel
+        if rest and not self.lost:
+            tunnel.tunnelReceived(rest)
 
     def _bodyData(self, data: bytes) -> None:
         try:
@@ -851,6 +925,10 @@ class UpstreamConnection(Protocol):
             else:
                 # A body delimited by the connection's end is complete.
                 self._bodyDone(b"")
+        elif state == _TUNNEL:
+            tunnel, self._tunnelHandler = self._tunnelHandler, None
+            if tunnel is not None:
+                tunnel.tunnelClosed()
         self._phase = _DONE
         if self._onLost is not None:
             self._onLost(self)

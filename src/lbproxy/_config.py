@@ -53,6 +53,7 @@ from lbproxy._values import (
     parsePositiveDuration,
     parsePositiveInt,
     parsePositiveSize,
+    parseProtocolName,
     parseRequestHeaderRules,
     parseResponseHeaderRules,
     parseRoutes,
@@ -337,6 +338,12 @@ class UpstreamConfig:
     )
     tlsServerName: Optional[str] = _setting(
         "tls_server_name", None, parseOptionalHostName, "the name https:// servers are sent in SNI and checked against (default: their host)"
+    )
+    upgradeProtocols: tuple[str, ...] = _setting(
+        "upgrade_protocols", ("websocket",), listOf(parseProtocolName), "the Upgrade protocols tunnelled to the backend (empty: none)"
+    )
+    tunnelTimeout: float = _setting(
+        "tunnel_timeout", 3600.0, parsePositiveDuration, "how long an upgraded connection (a WebSocket) may carry no byte"
     )
 
 

@@ -218,6 +218,33 @@ class IProxyRequest(Interface):
         """
 
 
+class ITunnelChannel(Interface):
+    """
+    A request's C{channel} that can turn its connection into a tunnel
+    after a C{101 Switching Protocols} response (an C{Upgrade} such as
+    WebSocket).  lbproxy's HTTP/1.1 channel provides it; an HTTP/2
+    stream's does not (a stream has no connection of its own to give, and
+    Extended CONNECT, RFC 8441, is not implemented), nor does Twisted's
+    own C{HTTPChannel}: their requests' C{Upgrade} is not forwarded.
+    """
+
+    def startTunnel(received):
+        """
+        Send the response head held for the request (the 101) and from now
+        on hand every byte the client sends to C{received}, beginning with
+        those that came after the request's head.  The client's bytes are
+        no longer read as requests, and no client timeout runs; the
+        request stays the connection's current one until the connection
+        closes (so a graceful stop waits for it, up to its deadline).
+
+        @param received: a callable taking L{bytes}.
+        @return: the client connection's transport, an
+            L{twisted.internet.interfaces.ITransport} that also provides
+            L{twisted.internet.interfaces.IPushProducer} and
+            L{twisted.internet.interfaces.IConsumer}.
+        """
+
+
 #: Whether each request class implements L{IProxyRequest}, asked once per
 #: class rather than once per request (C{providedBy} costs several times
 #: a dictionary look-up, on every request).

@@ -115,6 +115,11 @@ class Pool:
     @ivar eligible: the backends the balancer may pick now.
     @ivar slowStart: seconds over which a backend that comes back ramps its
         effective weight up to its weight; 0 for no ramp.
+    @ivar upgradeProtocols: the lower-cased names (without C{/version})
+        of the C{Upgrade} protocols whose requests are forwarded with
+        their C{Upgrade} and, once the backend answers 101, become tunnels.
+    @ivar tunnelTimeout: seconds a tunnel may carry no byte either way
+        before it is closed, or L{None} for no limit.
     """
 
     _log = Logger()
@@ -137,6 +142,8 @@ class Pool:
         tlsCA: Optional[str] = None,
         tlsServerName: Optional[str] = None,
         slowStart: float = 0.0,
+        upgradeProtocols: Iterable[str] = ("websocket",),
+        tunnelTimeout: Optional[float] = 3600.0,
     ) -> None:
         """
         @param name: the upstream's name, for logs.
@@ -180,6 +187,10 @@ class Pool:
         self.nextUpstreamTries = nextUpstreamTries
         self.keepalive = keepalive
         self.slowStart = slowStart
+        self.upgradeProtocols = frozenset(
+            name.lower().encode("ascii") for name in upgradeProtocols
+        )
+        self.tunnelTimeout = tunnelTimeout
         self.eligible: tuple[Backend, ...] = ()
         self._recoveries: dict[Backend, IDelayedCall] = {}
         self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}

@@ -29,14 +29,21 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from lbproxy._backend import Backend, Outcome
-from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
+from lbproxy._client import (
+    ResponseHandler,
+    ResponseHead,
+    TunnelHandler,
+    UpstreamConnection,
+    parseConnectionTokens,
+)
 from lbproxy._gzip import GzipPolicy, GzipResponse
 from lbproxy._headers import HOP_BY_HOP, HeaderRules, forwardedHeaders
 from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
-from lbproxy._interfaces import IProxyRequest, implementsProxyRequest
+from lbproxy._interfaces import IProxyRequest, ITunnelChannel, implementsProxyRequest
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
 from lbproxy._timer import Deadline
+from lbproxy._tunnel import Tunnel
 
 #: Methods that may be sent again after a failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
@@ -134,11 +141,38 @@ def _proxyRequest(request: Any) -> Any:
     return proxied
 
 
+def upgradeOffer(request: Any, allowed: frozenset[bytes]) -> Optional[bytes]:
+    """
+    The C{Upgrade} value to forward for C{request}, or L{None} when it is
+    not an upgrade lbproxy tunnels: a C{GET} over HTTP/1.1 whose
+    C{Connection} lists C{upgrade}, on a channel that can become a tunnel
+    (L{ITunnelChannel}: lbproxy's HTTP/1.1 connections, not an HTTP/2
+    stream), offering protocols of which C{allowed} (lower-cased names,
+    without a C{/version}) names some; the others are left out.
+    """
+    headers = request.requestHeaders
+    offered = headers.getRawHeaders(b"upgrade")
+    if not offered or request.method != b"GET" or request.clientproto != b"HTTP/1.1":
+        return None
+    connection = headers.getRawHeaders(b"connection")
+    if not connection or b"upgrade" not in parseConnectionTokens(connection):
+        return None
+    if not ITunnelChannel.providedBy(request.channel):
+        return None
+    kept = [
+        token
+        for value in offered
+        for token in (part.strip(b" \t") for part in value.split(b","))
+        if token and token.partition(b"/")[0].rstrip(b" \t").lower() in allowed
+    ]
+    return b", ".join(kept) or None
+
+
 #: What an exchange is doing (L{_Exchange._stage}), in the order it can
 #: go through them: finding a backend, connecting, sending and waiting for
-#: the response head (again for a retry); relaying the response body; done
-#: with the client (answered, refused with an error page, or cut off);
-#: abandoned, because the client left.
+#: the response head (again for a retry); relaying the response body, or
+#: the bytes of a tunnel; done with the client (answered, refused with an
+#: error page, or cut off); abandoned, because the client left.
 _FORWARDING, _RELAYING, _ANSWERED, _ABANDONED = range(4)
 
 
@@ -163,6 +197,9 @@ class _Exchange(ResponseHandler):
     _reused = False
     _timer: Optional[Deadline] = None
     _relay: Optional[_ResponseRelay] = None
+    #: The C{Upgrade} value forwarded (see L{upgradeOffer}), or L{None}.
+    _upgrade: Optional[bytes] = None
+    _tunnel: Optional[Tunnel] = None
 
     #: Builds the header lines of the request to the backend.
     _forwardedHeaders = staticmethod(forwardedHeaders)
@@ -197,6 +234,10 @@ class _Exchange(ResponseHandler):
             incoming, getattr(address, "host", None), request.isSecure()
         )
         self._clientHost = clientHost or b""
+        if incoming.hasHeader(b"upgrade"):
+            upgrade = self._upgrade = upgradeOffer(request, self._pool.upgradeProtocols)
+            if upgrade is not None:
+                block += b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade
         body = request.content
         length = 0
         if body is not None:
@@ -242,6 +283,10 @@ class _Exchange(ResponseHandler):
         self._backend = backend
         self._started = self._reactor.seconds()
         pool.requestStarted(backend, self._request)
+        if self._upgrade is not None:
+            # A tunnel gets a connection of its own, never a pooled one.
+            self._connect(pool.newConnection(backend))
+            return
         proto, connecting = pool.connection(backend)
         if proto is not None:
             self._send(proto, True)
@@ -301,7 +346,13 @@ class _Exchange(ResponseHandler):
         body = self._bodyFile
         if body is not None:
             body.seek(0)
-        proto.send(self, self._method, self._requestLine + host + self._block, body)
+        proto.send(
+            self,
+            self._method,
+            self._requestLine + host + self._block,
+            body,
+            self._upgrade is not None,
+        )
 
     def _startTimer(self) -> None:
         # read_timeout runs on the backend connection's own Deadline, which
@@ -372,23 +423,82 @@ class _Exchange(ResponseHandler):
         self._finishBackend(Outcome.RESET)
         self._retryOr(502)
 
-    def headReceived(self, head: ResponseHead) -> None:
-        self._latency = self._reactor.seconds() - self._started
-        self._stage = _RELAYING
+    def _responseLines(self, head: ResponseHead) -> list[bytes]:
+        """
+        The header lines of the backend's response that go to the client.
+        """
         tokens = head.connection
         if tokens <= HOP_BY_HOP and head.lines is not None:
             # The backend's own lines, as they came.
-            lines = [head.lines]
-        elif tokens <= HOP_BY_HOP:
+            return [head.lines]
+        if tokens <= HOP_BY_HOP:
             # parseHead kept every hop-by-hop header apart already.
-            lines = [b"%s: %s\r\n" % field for field in head.headers]
-        else:
-            drop = HOP_BY_HOP | tokens
-            lines = [b"%s: %s\r\n" % field for field in head.headers
-                     if field[0].lower() not in drop]
+            return [b"%s: %s\r\n" % field for field in head.headers]
+        drop = HOP_BY_HOP | tokens
+        return [b"%s: %s\r\n" % field for field in head.headers
+                if field[0].lower() not in drop]
+
+    def headReceived(self, head: ResponseHead) -> None:
+        self._latency = self._reactor.seconds() - self._started
+        self._stage = _RELAYING
         # The head may be held, to go out with the first bytes of the body
         # when they came in the same read.
-        self._proxied.holdProxiedHead(head.code, head.phrase, lines, head.length)
+        self._proxied.holdProxiedHead(
+            head.code, head.phrase, self._responseLines(head), head.length
+        )
+
+    def upgraded(self, head: ResponseHead) -> Optional[TunnelHandler]:
+        """
+        The backend switched protocols: relay its 101 to the client, and
+        from then on the bytes both ways (a L{Tunnel}).  The balancer
+        counts the request as active until the tunnel closes.
+        """
+        self._latency = self._reactor.seconds() - self._started
+        self._stopTimer()
+        conn, self._conn = self._conn, None
+        backend = self._backend
+        assert conn is not None and backend is not None
+        if not head.upgrade:
+            self._log.warn(
+                "upstream {upstream}: {backend} answered 101 without Upgrade",
+                upstream=self._pool.name,
+                backend=backend.name,
+            )
+            self._finishBackend(Outcome.INVALID)
+            self._fail(502)
+            return None
+        channel = self._request.channel
+        self._stage = _RELAYING
+        lines = self._responseLines(head)
+        lines.append(
+            b"Upgrade: %s\r\nConnection: upgrade\r\n" % b", ".join(head.upgrade)
+        )
+        self._proxied.holdProxiedHead(101, head.phrase, lines, None)
+        tunnel = self._tunnel = Tunnel(
+            self._reactor,
+            conn.transport,
+            self._pool.tunnelTimeout,
+            self._tunnelClosed,
+            "%s to %s" % (self._clientHost.decode("ascii", "replace"), backend.name),
+        )
+        client = channel.startTunnel(tunnel.fromClient)
+        if client is None:
+            tunnel.close()
+        else:
+            tunnel.attach(client)
+        return tunnel
+
+    def _tunnelClosed(self, tunnel: Tunnel) -> None:
+        self._tunnel = None
+        self._finishBackend(Outcome.SUCCESS)
+        self._stage = _ANSWERED
+        request = self._request
+        request.site.logTunnel(
+            request,
+            tunnel.fromClientBytes,
+            tunnel.toClientBytes,
+            self._reactor.seconds() - tunnel.started,
+        )
 
     def headReadDone(self) -> None:
         if self._stage != _RELAYING or self._relay is not None:
@@ -462,6 +572,9 @@ class _Exchange(ResponseHandler):
     def _clientLost(self, reason: Failure) -> None:
         self._stage = _ABANDONED
         self._stopTimer()
+        if self._tunnel is not None:
+            self._tunnel.clientClosed()
+            return
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
@@ -519,14 +632,14 @@ class _RuledExchange(_Exchange):
         )
         return block + self._requestLines, clientHost
 
-    def headReceived(self, head: ResponseHead) -> None:
+    def _responseLines(self, head: ResponseHead) -> list[bytes]:
         removed = self._rules.responseRemoved
         fields = [field for field in head.headers if field[0].lower() not in removed]
         fields.extend(self._responseFields)
         head.headers = fields
         # Forwarded from the fields, not from the lines as they came.
         head.lines = None
-        _Exchange.headReceived(self, head)
+        return _Exchange._responseLines(self, head)
 
     def _fail(self, code: int) -> None:
         if self._stage < _ANSWERED and not self._proxied.startedWriting:
@@ -550,7 +663,11 @@ class _GzipExchange(_Exchange):
     _gzipped: Optional[GzipResponse] = None
 
     def start(self) -> None:
-        if self._method != b"HEAD":
+        if self._method != b"HEAD" and not self._request.requestHeaders.hasHeader(
+            b"upgrade"
+        ):
+            # (A 101 has nothing to compress, and its tunnel's bytes are
+            # not a response body.)
             policy = self._resource.gzip
             assert policy is not None
             self._proxied = self._gzipped = GzipResponse(

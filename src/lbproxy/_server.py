@@ -60,6 +60,7 @@ from zope.interface import implementer
 from lbproxy._chunked import ChunkedDecoder, MalformedChunks
 from lbproxy._client import writeNow
 from lbproxy._http import ABSOLUTE, FIELDS, TARGET, TOKEN
+from lbproxy._interfaces import ITunnelChannel
 from lbproxy._pages import errorBody, phrase
 from lbproxy._timer import Deadline
 
@@ -93,8 +94,9 @@ _READ_AHEAD = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 #: What L{ProxyChannel} is doing: waiting for or reading a request head,
-#: reading a body, waiting for a request's response, or closing.
-_HEAD, _BODY, _HANDLING, _CLOSING = range(4)
+#: reading a body, waiting for a request's response, closing, or
+#: relaying a tunnel (after a 101).
+_HEAD, _BODY, _HANDLING, _CLOSING, _TUNNEL = range(5)
 
 #: What the connection's one L{Deadline} is timing.
 _KEEPALIVE, _HEADER, _BODY_GAP, _ABORT, _SEND = range(5)
@@ -134,6 +136,7 @@ def httpDate(reactor: Any) -> bytes:
     return date
 
 
+@implementer(ITunnelChannel)
 class RequestChannel:
     """
     What a request's C{channel} is: its connection as that one request
@@ -144,7 +147,8 @@ class RequestChannel:
     C{getHost}, C{isSecure}, C{write}, C{writeSequence}, C{writeHeaders},
     C{registerProducer}, C{unregisterProducer}, C{loseConnection} and
     C{requestDone}.  lbproxy's requests add C{holdHead}, C{flushHead} and
-    C{abortConnection}.
+    C{abortConnection}, and its exchanges L{startTunnel}
+    (L{ITunnelChannel}).
 
     Once its request is done, or the connection lost, the channel is
     detached: every call does nothing (but C{registerProducer}, which
@@ -246,6 +250,12 @@ class RequestChannel:
         if connection is not None:
             connection.transport.abortConnection()
 
+    def startTunnel(self, received: Callable[[bytes], None]) -> Any:
+        connection = self._connection
+        if connection is None:
+            return None
+        return connection.startTunnel(received)
+
     def requestDone(self, request: Any) -> None:
         connection = self._connection
         if connection is not None:
@@ -318,6 +328,7 @@ class ProxyChannel(Protocol):
         "_localAddress",
         "_secure",
         "_responseProducer",
+        "_tunnelReceiver",
     )
 
     def __init__(self) -> None:
@@ -354,6 +365,8 @@ class ProxyChannel(Protocol):
         #: The response's streaming producer, which the transport pauses
         #: through this channel (see L{registerProducer}).
         self._responseProducer: Any = None
+        #: Where the client's bytes go once the connection is a tunnel.
+        self._tunnelReceiver: Optional[Callable[[bytes], None]] = None
 
     # The connection
 
@@ -470,7 +483,9 @@ class ProxyChannel(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         phase = self._phase
-        if phase == _CLOSING:
+        if phase >= _CLOSING:
+            if phase == _TUNNEL:
+                self._tunnelReceiver(data)  # type: ignore[misc]
             return
         pending = self._unread
         if phase == _HANDLING:
@@ -717,6 +732,31 @@ class ProxyChannel(Protocol):
             self.transport.resumeProducing()
         if self._unread and not self._parsing:
             self._parse()
+
+    def startTunnel(self, received: Callable[[bytes], None]) -> Any:
+        """
+        Make the connection a tunnel (see L{ITunnelChannel.startTunnel}):
+        send the held head, stop reading requests and timing the client,
+        and hand C{received} what the client sent after the request's
+        head, then everything it sends.
+
+        @return: the transport.
+        """
+        self.flushHead()
+        self._phase = _TUNNEL
+        self.persistent = False
+        self._tunnelReceiver = received
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        if self._readPaused:
+            self._readPaused = False
+            self.transport.resumeProducing()
+        pending, self._unread = self._unread, b""
+        if pending:
+            received(pending)
+        return self.transport
 
     # Writing
 

@@ -265,7 +265,8 @@ class ProxyRequest(Request):
         lines.extend(headerLines)
         for cookie in self.cookies:
             lines.append(b"Set-Cookie: %s\r\n" % cookie)
-        bodyless = self.method == b"HEAD" or code in NO_BODY_CODES
+        # (A 1xx is the 101 of an upgrade: what follows is the tunnel's.)
+        bodyless = self.method == b"HEAD" or code in NO_BODY_CODES or code < 200
         if not bodyless:
             if length is not None:
                 lines.append(b"Content-Length: %d\r\n" % length)
@@ -543,13 +544,32 @@ class ProxySite(Site):
         request without one), as nginx writes a C{log_format} that ends
         with C{"$request_id"}.
         """
+        self._logLine(request, "")
+
+    def _logLine(self, request: Any, extra: str) -> None:
         if self.accessLog is None:
             return
-        line = combinedLogLine(self._logTime(), request)
+        line = combinedLogLine(self._logTime(), request) + extra
         if self.logRequestId:
             requestId = request.requestId
             line += ' "%s"' % (logEscape(requestId.encode("utf-8")) if requestId else "-")
         self.accessLog.write(line + "\n")
+
+    def logTunnel(
+        self, request: Any, fromClient: int, toClient: int, seconds: float
+    ) -> None:
+        """
+        Write the access log line of a request whose connection became a
+        tunnel (a WebSocket), once the tunnel is closed: the combined line
+        with C{$body_bytes_sent} the bytes sent to the client through the
+        tunnel, then C{tunnel=FROM_CLIENT/TO_CLIENT} (bytes each way) and
+        C{duration=SECONDS} (the tunnel's, with milliseconds), then the
+        request's id if L{logRequestId}.
+        """
+        request.sentLength = toClient
+        self._logLine(
+            request, " tunnel=%d/%d duration=%.3f" % (fromClient, toClient, seconds)
+        )
 
     _loggedSecond = -1
     _loggedTime = ""

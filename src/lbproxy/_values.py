@@ -188,7 +188,10 @@ parseNonNegativeInt = _wholeNumberParser(0)
 #: Parse a zlib compression level: a whole number from 1 to 9.
 parseCompressionLevel = _wholeNumberParser(1, 9)
 
-_MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+$")
+#: An HTTP token, lower-cased.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9a-z-]+"
+_MEDIA_TYPE = re.compile(r"^" + _TOKEN + r"/" + _TOKEN + r"$")
+_PROTOCOL_NAME = re.compile(r"^" + _TOKEN + r"$")
 
 
 def parseMediaType(text: str) -> str:
@@ -199,6 +202,17 @@ def parseMediaType(text: str) -> str:
     value = text.strip().lower()
     if value != "*" and (not _MEDIA_TYPE.match(value) or value.startswith("*/")):
         raise ValueError("a media type such as text/html, text/* or *")
+    return value
+
+
+def parseProtocolName(text: str) -> str:
+    """
+    Parse the name of an C{Upgrade} protocol (an HTTP token, without a
+    C{/version}), lower-cased: C{websocket}, C{h2c}.
+    """
+    value = text.strip().lower()
+    if not _PROTOCOL_NAME.match(value):
+        raise ValueError("a protocol name such as websocket")
     return value
 
 

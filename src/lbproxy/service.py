@@ -93,6 +93,8 @@ def buildPool(
         tlsCA=config.tlsCA,
         tlsServerName=config.tlsServerName,
         slowStart=config.slowStart,
+        upgradeProtocols=config.upgradeProtocols,
+        tunnelTimeout=config.tunnelTimeout,
     )
 
 

@@ -27,7 +27,13 @@ from zope.interface.verify import verifyObject
 import lbproxy.balancers
 import lbproxy.interfaces
 from lbproxy import Backend, Outcome, Pool
-from lbproxy._interfaces import IBackend, IBalancer, IBalancerFactory, IProxyRequest
+from lbproxy._interfaces import (
+    IBackend,
+    IBalancer,
+    IBalancerFactory,
+    IProxyRequest,
+    ITunnelChannel,
+)
 from lbproxy.balancers import (
     BalancerNotFound,
     ConsistentHash,
@@ -317,9 +323,10 @@ class RegistryTests(SynchronousTestCase):
         self.assertIs(lbproxy.interfaces.IBalancerFactory, IBalancerFactory)
         self.assertIs(lbproxy.interfaces.IBackend, IBackend)
         self.assertIs(lbproxy.interfaces.IProxyRequest, IProxyRequest)
+        self.assertIs(lbproxy.interfaces.ITunnelChannel, ITunnelChannel)
         self.assertEqual(
             sorted(lbproxy.interfaces.__all__),
-            ["IBackend", "IBalancer", "IBalancerFactory", "IProxyRequest"],
+            ["IBackend", "IBalancer", "IBalancerFactory", "IProxyRequest", "ITunnelChannel"],
         )
         for name in lbproxy.balancers.__all__:
             self.assertTrue(hasattr(lbproxy.balancers, name), name)

@@ -6,8 +6,12 @@ L{lbproxy.testing.ProxyHarness}; the C{gzip*} keys of site.ini.
 
 from __future__ import annotations
 
+import gc
 import gzip
+import platform
+import weakref
 import zlib
+from unittest import SkipTest
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -315,6 +319,32 @@ class ResponseTests(SynchronousTestCase):
         status, headers, body = _parse(p.response())
         self.assertEqual(body, _TEXT)
         self.assertEqual(headers[b"vary"], [b"Accept-Encoding"])
+
+    def test_noCycles(self):
+        """
+        A compressed response, its request and its exchange are freed as
+        soon as the response is done, without the cyclic garbage
+        collector.
+        """
+        if platform.python_implementation() != "CPython":
+            raise SkipTest("needs reference counting")
+        p = _Proxy(self)
+        p.request()
+        p.respond(_ok())
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        p.client.clear()
+        p.request()
+        request = weakref.ref(p.client.requests[0])
+        exchange = weakref.ref(p.backend.protocol._wrappedProtocol._handler)
+        gzipped = weakref.ref(exchange()._proxied)
+        self.assertIsInstance(gzipped(), GzipResponse)
+        p.respond(_ok())
+        self.assertEqual(gzip.decompress(_parse(p.response())[2]), _TEXT)
+        self.assertIsNone(request())
+        self.assertIsNone(exchange())
+        self.assertIsNone(gzipped())
 
     def test_off(self):
         """

@@ -369,15 +369,11 @@ class GzipResponse:
         policy = self._policy
         fields = _splitLines(headerLines)
         if not policy.qualifies(code, fields, length):
-            request = self._request
-            request.holdProxiedHead(code, phrase, headerLines, length)
-            # The body goes straight through.
-            self.writeBody = request.writeBody  # type: ignore[method-assign]
+            self._request.holdProxiedHead(code, phrase, headerLines, length)
             return
         _vary(fields)
         if acceptsGzip(self._acceptEncoding):
             self._encoder = policy.encoder(length)
-            self.writeBody = self._compressBody  # type: ignore[method-assign]
             kept: list[tuple[bytes, bytes]] = []
             for name, value in fields:
                 lowered = name.lower()
@@ -397,11 +393,13 @@ class GzipResponse:
         )
 
     def writeBody(self, data: bytes) -> None:
-        self._request.writeBody(data)
-
-    def _compressBody(self, data: bytes) -> None:
-        assert self._encoder is not None
-        out = self._encoder.compress(data)
+        # (Not a bound method stored on the instance for each case: that
+        # would be a reference cycle per response.)
+        encoder = self._encoder
+        if encoder is None:
+            self._request.writeBody(data)
+            return
+        out = encoder.compress(data)
         if out:
             self._request.writeBody(out)
 

@@ -6,6 +6,7 @@ wrk drives it, and the samples are summed by function.
     python benchmarks/profile_live.py --size 100k --seconds 20
     python benchmarks/profile_live.py --python /path/to/pypy3 --no-spy  # PyPy
     python benchmarks/profile_live.py --no-spy --src /tmp/old/src  # A/B runs
+    python benchmarks/profile_live.py --size https-new  # TLS handshakes
 
 It starts an nginx backend and one lbproxy, as benchmarks/run.py does
 (proxy on CPU 0, wrk and the backend on CPU 1, loopback only), records
@@ -78,7 +79,9 @@ def cpuSeconds(pid: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="tiny", choices=sorted(bench.SIZES))
+    parser.add_argument(
+        "--size", default="tiny", choices=sorted([*bench.SIZES, *bench.HTTPS_SIZES])
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--python", default=sys.executable)
@@ -102,7 +105,15 @@ def main() -> None:
         )
         bench.waitForPort(backend, p, "backend", workdir)
         port = bench.freePort()
-        config = bench.lbproxyConfig(workdir, "lbproxy", port, backend, 1)
+        tls = None
+        headers: tuple[str, ...] = ()
+        if options.size in bench.HTTPS_SIZES:
+            path, headers = bench.HTTPS_SIZES[options.size]
+            tls = (bench.freePort(), *bench.benchCertificate(workdir))
+            url = f"https://127.0.0.1:{tls[0]}{path}"
+        else:
+            url = f"http://127.0.0.1:{port}{bench.SIZES[options.size]}"
+        config = bench.lbproxyConfig(workdir, "lbproxy", port, backend, 1, tls=tls)
         p = procs.start(
             "lbproxy",
             bench.twistdArgv(options.python, "lbproxy", config, workdir),
@@ -111,8 +122,9 @@ def main() -> None:
             env=dict(os.environ, PYTHONPATH=options.src) if options.src else None,
         )
         bench.waitForPort(port, p, "lbproxy", workdir)
-        url = f"http://127.0.0.1:{port}{bench.SIZES[options.size]}"
-        bench.runWrk(url, 3, options.connections)  # warm-up
+        if tls is not None:
+            bench.waitForPort(tls[0], p, "lbproxy", workdir)
+        bench.runWrk(url, 3, options.connections, headers)  # warm-up
         raw = workdir / "profile.txt"
         recorder = None
         if not options.no_spy:
@@ -124,7 +136,7 @@ def main() -> None:
             )
             time.sleep(0.5)
         user, system = cpuSeconds(p.pid)
-        result = bench.runWrk(url, options.seconds, options.connections)
+        result = bench.runWrk(url, options.seconds, options.connections, headers)
         user2, system2 = cpuSeconds(p.pid)
         count = max(result["requests"], 1)
         print(

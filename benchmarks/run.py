@@ -20,6 +20,19 @@ connections:
     lbproxy-pypy-gc the same with PYPY_GC_NURSERY=64MB (see docs/performance.rst)
     lbproxy-w2      lbproxy on CPython with workers = 2
 
+Two more "sizes" measure HTTPS, on the rows that terminate TLS (nginx,
+lbproxy on CPython and PyPy, lbproxy-w2; the same ECDSA P-256
+certificate, made for the run):
+
+    https           keep-alive HTTPS, /tiny (wrk over TLS)
+    https-new       a new TLS connection for each request (wrk with
+                    Connection: close; wrk resumes no session, so every
+                    request costs a full handshake): handshakes per second
+
+HTTPS_SIZES says, per such size, the path and the headers; a row takes
+part when it has a TLS port (the nginx row gets a second server with
+"listen ssl", the lbproxy rows a listen_tls).
+
 CPU pinning (taskset): the proxy under test runs on CPU 0; wrk and the
 backend share CPU 1.  The workers = 2 row cannot fit on one CPU, so it is
 pinned to CPUs 0-1 and shares CPU 1 with wrk and the backend: compare it
@@ -50,6 +63,14 @@ from typing import Any, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SIZES = {"tiny": "/tiny", "100k": "/100k", "10m": "/10m"}
+#: The HTTPS measurements: the path and wrk's extra headers of each, over
+#: the TLS port of the rows that have one.
+HTTPS_SIZES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "https": ("/tiny", ()),
+    "https-new": ("/tiny", ("Connection: close",)),
+}
+#: The rows that terminate TLS (with a TLS port of their own).
+TLS_ROWS = ("nginx", "lbproxy", "lbproxy-pypy", "lbproxy-pypy-gc", "lbproxy-w2")
 ROWS = [
     "none",
     "nginx",
@@ -260,11 +281,36 @@ http {{
 
 
 def nginxProxyConfig(
-    workdir: Path, port: int, backend: int, name: str = "nginx-proxy", extra: str = ""
+    workdir: Path,
+    port: int,
+    backend: int,
+    name: str = "nginx-proxy",
+    extra: str = "",
+    tls: Optional[tuple[int, Path, Path]] = None,
 ) -> Path:
     """
-    nginx as the proxy, with C{extra} directives in its C{http} block.
+    nginx as the proxy, with C{extra} directives in its C{http} block, and
+    with C{tls} (a port, a certificate chain and its key) the same proxy
+    over HTTPS on that port (TLS 1.2 and 1.3, session cache and tickets,
+    as lbproxy).
     """
+    if tls is not None:
+        tlsPort, chain, key = tls
+        extra += f"""
+    ssl_certificate {chain};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;
+    server {{
+        listen 127.0.0.1:{tlsPort} ssl backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }}
+    }}"""
     conf = workdir / f"{name}.conf"
     conf.write_text(
         nginxCommon(workdir, name)
@@ -319,17 +365,32 @@ backend be
 
 
 def lbproxyConfig(
-    workdir: Path, name: str, port: int, backend: int, workers: int, vhost: str = ""
+    workdir: Path,
+    name: str,
+    port: int,
+    backend: int,
+    workers: int,
+    vhost: str = "",
+    tls: Optional[tuple[int, Path, Path]] = None,
 ) -> Path:
     """
-    lbproxy as the proxy, with C{vhost} lines added to its vhost.
+    lbproxy as the proxy, with C{vhost} lines added to its vhost, and with
+    C{tls} (a port, a certificate chain and its key) an HTTPS listener on
+    that port too.
     """
+    tlsLines = ""
+    if tls is not None:
+        tlsPort, chain, key = tls
+        tlsLines = (
+            f"listen_tls = tcp:{tlsPort}:interface=127.0.0.1:backlog=4096\n"
+            f"tls_certificate = {chain}\ntls_key = {key}\n"
+        )
     conf = workdir / f"{name}.ini"
     conf.write_text(
         f"""
 [lbproxy]
 listen = tcp:{port}:interface=127.0.0.1:backlog=4096
-access_log = off
+{tlsLines}access_log = off
 workers = {workers}
 
 [upstream:app]
@@ -343,6 +404,53 @@ upstream = app
 """
     )
     return conf
+
+
+def benchCertificate(workdir: Path) -> tuple[Path, Path]:
+    """
+    A self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost,
+    made for this run (the TLS rows share it).
+
+    @return: the certificate and key files.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    chain = workdir / "bench-cert.pem"
+    chain.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyPath = workdir / "bench-key.pem"
+    keyPath.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return chain, keyPath
 
 
 def twistdArgv(python: str, name: str, config: Path, workdir: Path) -> list[str]:
@@ -442,7 +550,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds per row and size, once")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", default=",".join([*SIZES, *HTTPS_SIZES]))
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument(
@@ -458,8 +566,8 @@ def main() -> None:
         if r not in ROWS:
             raise SystemExit(f"unknown row {r!r}; rows: {', '.join(ROWS)}")
     for s in sizes:
-        if s not in SIZES:
-            raise SystemExit(f"unknown size {s!r}; sizes: {', '.join(SIZES)}")
+        if s not in SIZES and s not in HTTPS_SIZES:
+            raise SystemExit(f"unknown size {s!r}; sizes: {', '.join([*SIZES, *HTTPS_SIZES])}")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)")
     ensureTools(not args.no_install)
@@ -469,8 +577,30 @@ def main() -> None:
     interruptOnTerm()
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     ports: dict[str, int] = {}
+    tlsPorts: dict[str, int] = {}
     notes: dict[str, str] = {}
+    wantTLS = any(size in HTTPS_SIZES for size in sizes)
+
+    def tlsFor(row: str) -> Optional[tuple[int, Path, Path]]:
+        """
+        The TLS port, certificate and key of C{row}, when it has one.
+        """
+        if not wantTLS or row not in TLS_ROWS:
+            return None
+        tlsPorts[row] = freePort()
+        return (tlsPorts[row], *certificate)
+
+    def urlOf(row: str, size: str) -> Optional[str]:
+        if size in HTTPS_SIZES:
+            port = tlsPorts.get(row)
+            return None if port is None else f"https://127.0.0.1:{port}{HTTPS_SIZES[size][0]}"
+        return f"http://127.0.0.1:{ports[row]}{SIZES[size]}"
+
+    def headersOf(size: str) -> tuple[str, ...]:
+        return HTTPS_SIZES[size][1] if size in HTTPS_SIZES else ()
+
     try:
+        certificate = benchCertificate(workdir)
         backend = freePort()
         startBackend(procs, workdir, backendConfig(workdir, backend), backend)
         ports["none"] = backend
@@ -479,7 +609,10 @@ def main() -> None:
                 continue
             port = freePort()
             if row == "nginx":
-                argv = [which("nginx") or "nginx", "-c", str(nginxProxyConfig(workdir, port, backend))]
+                argv = [
+                    which("nginx") or "nginx", "-c",
+                    str(nginxProxyConfig(workdir, port, backend, tls=tlsFor(row))),
+                ]
                 cpus = PROXY_CPU
             elif row == "haproxy":
                 argv = [which("haproxy") or "haproxy", "-db", "-f", str(haproxyConfig(workdir, port, backend))]
@@ -489,7 +622,7 @@ def main() -> None:
                 cpus = PROXY_CPU
             elif row in ("lbproxy", "lbproxy-w2"):
                 workers = 2 if row == "lbproxy-w2" else 1
-                config = lbproxyConfig(workdir, row, port, backend, workers)
+                config = lbproxyConfig(workdir, row, port, backend, workers, tls=tlsFor(row))
                 check = subprocess.run(
                     twistdArgv(sys.executable, row, config, workdir)[:-2]
                     + ["--check", "--config", str(config)],
@@ -506,7 +639,7 @@ def main() -> None:
                 if python is None:
                     notes[row] = "not run: no pypy3"
                     continue
-                config = lbproxyConfig(workdir, row, port, backend, 1)
+                config = lbproxyConfig(workdir, row, port, backend, 1, tls=tlsFor(row))
                 argv = twistdArgv(str(python), row, config, workdir)
                 cpus = PROXY_CPU
             else:
@@ -518,28 +651,28 @@ def main() -> None:
                 rowEnv = {k: v for k, v in env.items() if k != "PYPY_GC_NURSERY"}
             p = procs.start(row, argv, cpus, workdir, env=rowEnv)
             waitForPort(port, p, row, workdir)
+            if row in tlsPorts:
+                waitForPort(tlsPorts[row], p, row, workdir)
             ports[row] = port
         active = [r for r in rows if r in ports]
         log(f"work directory {workdir}; rows {', '.join(active)}")
 
+        measured = [(size, row, urlOf(row, size)) for size in sizes for row in active]
         if args.warmup > 0:
-            for size in sizes:
-                for row in active:
-                    runWrk(f"http://127.0.0.1:{ports[row]}{SIZES[size]}", args.warmup, args.connections)
+            for size, _row, url in measured:
+                if url is not None:
+                    runWrk(url, args.warmup, args.connections, headersOf(size))
         raw: dict[str, dict[str, list[dict[str, float]]]] = {
             r: {s: [] for s in sizes} for r in active
         }
         for n in range(args.rounds):
             log(f"round {n + 1} of {args.rounds}")
-            for size in sizes:
-                for row in active:
-                    result = runWrk(
-                        f"http://127.0.0.1:{ports[row]}{SIZES[size]}",
-                        args.duration,
-                        args.connections,
-                    )
-                    raw[row][size].append(result)
-                    log(f"  {size:>4} {row:<16} {result['rps']:>10.0f} req/s  p99 {result['p99']:.2f} ms  errors {result['errors']:g}")
+            for size, row, url in measured:
+                if url is None:
+                    continue
+                result = runWrk(url, args.duration, args.connections, headersOf(size))
+                raw[row][size].append(result)
+                log(f"  {size:>9} {row:<16} {result['rps']:>10.0f} req/s  p99 {result['p99']:.2f} ms  errors {result['errors']:g}")
         report(raw, rows, sizes, notes, args)
         out = HERE / "results"
         out.mkdir(exist_ok=True)
@@ -572,7 +705,7 @@ def report(
         f"(lbproxy-w2 on CPUs {ALL_CPUS}); medians.\n"
     )
     header = (
-        f"| {'size':<5} | {'row':<16} | {'req/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} "
+        f"| {'size':<9} | {'row':<16} | {'req/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} "
         f"| {'errors':>6} | {'/ nginx':>7} | {'/ stock':>7} |"
     )
     print(header)
@@ -582,14 +715,17 @@ def report(
         stock = med("twisted-stock", size, "rps") if "twisted-stock" in raw else float("nan")
         for row in rows:
             if row not in raw:
-                print(f"| {size:<5} | {row:<16} | {notes.get(row, 'not run'):<50}")
+                print(f"| {size:<9} | {row:<16} | {notes.get(row, 'not run'):<50}")
+                continue
+            if not raw[row][size]:
+                # (A row without a TLS listener, for an HTTPS size.)
                 continue
             rps = med(row, size, "rps")
             ratio = rps / base if base == base and base else float("nan")
             toStock = rps / stock if stock == stock and stock else float("nan")
             errors = sum(r["errors"] for r in raw[row][size])
             print(
-                f"| {size:<5} | {row:<16} | {rps:>9.0f} | {med(row, size, 'p50'):>8.2f} | "
+                f"| {size:<9} | {row:<16} | {rps:>9.0f} | {med(row, size, 'p50'):>8.2f} | "
                 f"{med(row, size, 'p99'):>8.2f} | {errors:>6g} | {ratio:>7.2f} | {toStock:>7.2f} |"
             )
     sys.stdout.flush()

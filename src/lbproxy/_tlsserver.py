@@ -25,6 +25,15 @@ it in; connections already open keep the context they started with, and a
 certificate that did not change keeps its context (and so its session
 cache and ticket keys).
 
+Sessions are resumed from the default context's cache and with its
+ticket keys, whatever the SNI name: OpenSSL looks a session up before the
+servername callback runs, and pyOpenSSL offers no earlier hook (OpenSSL's
+client hello callback).  So a client that offers, for one name, a session
+it made for another name of the same listener resumes it, with the
+certificate of the first; clients keep their sessions by name, and the
+server holds both certificates' keys, but RFC 6066 would have the server
+refuse it.
+
 The settings (L{MOZILLA_INTERMEDIATE}, L{serverContext}): TLS 1.2 at
 least (C{tls_min_version = 1.3} allowed), Mozilla's "intermediate"
 ciphers for TLS 1.2 (OpenSSL's TLS 1.3 suites, which are the same
@@ -35,7 +44,6 @@ ID and by session ticket.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -121,10 +129,6 @@ def serverContext(
     )
     context = options.getContext()
     context.set_options(SSL.OP_NO_COMPRESSION | _OP_NO_RENEGOTIATION)
-    # Sessions are kept per certificate: a session made for one
-    # certificate is never resumed on a connection that SNI sent to
-    # another.
-    context.set_session_id(hashlib.sha256(chain.fingerprint).hexdigest()[:32].encode("ascii"))
     return context
 
 

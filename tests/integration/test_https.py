@@ -81,17 +81,18 @@ class TLSClient:
         serverName: Optional[str],
         cafile: str,
         version: Optional[ssl.TLSVersion] = None,
+        context: Optional[ssl.SSLContext] = None,
+        session: Optional[ssl.SSLSession] = None,
     ) -> None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile)
-        context.check_hostname = serverName is not None
+        if context is None:
+            context = clientContext(cafile, serverName is not None)
         if version is not None:
             context.minimum_version = context.maximum_version = version
             # Let this client offer what the server must refuse.
             context.set_ciphers("DEFAULT:@SECLEVEL=0")
         raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         try:
-            self.sock = context.wrap_socket(raw, server_hostname=serverName)
+            self.sock = context.wrap_socket(raw, server_hostname=serverName, session=session)
         except BaseException:
             raw.close()
             raise
@@ -104,6 +105,16 @@ class TLSClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def clientContext(cafile: str, checkHostname: bool = True) -> ssl.SSLContext:
+    """
+    A client context trusting C{cafile} only.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile)
+    context.check_hostname = checkHostname
+    return context
 
 
 def derOf(chainPath: str) -> bytes:
@@ -170,8 +181,16 @@ class HTTPSListenerTests(TestCase):
                 + extra
             )
 
-    def connect(self, serverName: Optional[str], version: Any = None) -> Any:
-        d = deferToThread(TLSClient, self.tlsPort, serverName, self.cafile, version)
+    def connect(
+        self,
+        serverName: Optional[str],
+        version: Any = None,
+        context: Optional[ssl.SSLContext] = None,
+        session: Optional[ssl.SSLSession] = None,
+    ) -> Any:
+        d = deferToThread(
+            TLSClient, self.tlsPort, serverName, self.cafile, version, context, session
+        )
 
         def track(client: TLSClient) -> TLSClient:
             self.addCleanup(client.close)
@@ -213,6 +232,32 @@ class HTTPSListenerTests(TestCase):
         self.assertEqual(client.version, "TLSv1.3")
         client = yield self.connect("a.test", ssl.TLSVersion.TLSv1_2)
         self.assertEqual(client.version, "TLSv1.2")
+
+    @inlineCallbacks
+    def test_sessionResumption(self) -> Any:
+        """
+        A client that comes back with its session resumes it (a ticket in
+        TLS 1.3, a ticket or session id in TLS 1.2), on the certificate SNI
+        picks.  (A session of a.test offered for b.test would be resumed
+        too, as sessions are looked up before SNI picks a certificate: see
+        L{lbproxy._tlsserver}.)
+        """
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            context = clientContext(self.cafile)
+            context.minimum_version = context.maximum_version = version
+            first = yield self.connect("a.test", context=context)
+            # TLS 1.3 tickets come after the handshake: read a response.
+            yield deferToThread(first.get, "/", "a.test")
+            session = first.sock.session
+            self.assertFalse(first.sock.session_reused)
+            again = yield self.connect("a.test", context=context, session=session)
+            self.assertTrue(again.sock.session_reused, version)
+            self.assertEqual(again.leaf, first.leaf)
+            response = yield deferToThread(again.get, "/", "a.test")
+            self.assertTrue(response.startswith(b"HTTP/1.1 200 "), response)
+            fresh = yield self.connect("b.test", context=context)
+            self.assertFalse(fresh.sock.session_reused, version)
+            self.assertEqual(fresh.leaf, derOf(self.b[0]))
 
     @inlineCallbacks
     def test_tls11Refused(self) -> Any:

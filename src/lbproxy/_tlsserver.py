@@ -52,10 +52,10 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolNegotiationFactory,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from lbproxy._certificates import (
@@ -101,6 +101,9 @@ MOZILLA_INTERMEDIATE = ":".join(
 #: it only from 22.0).
 _OP_NO_RENEGOTIATION = getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
 
+#: The session id context of every server context (see L{serverContext}).
+SESSION_ID_CONTEXT = b"lbproxy"
+
 _MINIMUM = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
 _ACCEPTABLE = AcceptableCiphers.fromOpenSSLCipherString(MOZILLA_INTERMEDIATE)
@@ -129,6 +132,12 @@ def serverContext(
     )
     context = options.getContext()
     context.set_options(SSL.OP_NO_COMPRESSION | _OP_NO_RENEGOTIATION)
+    # One session id context for every context (Twisted draws one at
+    # random for each): a session is found in the default context's cache
+    # before SNI switches the connection to another context, and is then
+    # checked against the context it was stored with, so different ones
+    # would turn every session id resumption on a vhost's certificate down.
+    context.set_session_id(SESSION_ID_CONTEXT)
     return context
 
 
@@ -183,6 +192,8 @@ class SNIConnectionCreator:
         assert table is not None, "no certificates loaded"
         connection = SSL.Connection(table.default, None)
         connection.set_app_data(tlsProtocol)
+        if isinstance(tlsProtocol, TLSServerProtocol):
+            tlsProtocol.lbproxyConnection = connection
         return connection
 
     def onServerName(self, connection: SSL.Connection) -> None:
@@ -223,6 +234,29 @@ class _SiteProtocols(Factory):
         return self.site.buildProtocol(addr)
 
 
+class TLSServerProtocol(BufferingTLSTransport):
+    """
+    Twisted's TLS transport for one accepted connection, which keeps the
+    connection's session resumable when the client goes away without a
+    TLS close_notify (as most do): OpenSSL would take the session out of
+    its cache then, so resumption by session id would never work.  TLS 1.1
+    and later allow resuming such a session (RFC 5246, section 7.2.1); the
+    session tickets, which OpenSSL does not keep, are not concerned.
+
+    @ivar lbproxyConnection: the connection's L{SSL.Connection}, set by
+        L{SNIConnectionCreator}.
+    """
+
+    lbproxyConnection: Optional[SSL.Connection] = None
+
+    def connectionLost(self, reason: Any = connectionDone) -> None:
+        connection = self.lbproxyConnection
+        if connection is not None:
+            self.lbproxyConnection = None
+            connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+        BufferingTLSTransport.connectionLost(self, reason)
+
+
 class TLSServerFactory(TLSMemoryBIOFactory):
     """
     The factory of an HTTPS listener: TLS with the connections that
@@ -232,6 +266,8 @@ class TLSServerFactory(TLSMemoryBIOFactory):
     @ivar creator: the L{SNIConnectionCreator}.
     @ivar site: the site whose protocols speak HTTP inside the TLS.
     """
+
+    protocol = TLSServerProtocol
 
     def __init__(self, creator: SNIConnectionCreator, site: Any, clock: Any = None) -> None:
         TLSMemoryBIOFactory.__init__(self, creator, False, _SiteProtocols(site), clock)

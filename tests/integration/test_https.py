@@ -20,6 +20,7 @@ from typing import Any, Optional
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -258,6 +259,35 @@ class HTTPSListenerTests(TestCase):
             fresh = yield self.connect("b.test", context=context)
             self.assertFalse(fresh.sock.session_reused, version)
             self.assertEqual(fresh.leaf, derOf(self.b[0]))
+
+    @inlineCallbacks
+    def waitForNoConnection(self) -> Any:
+        """
+        Wait (10 s at most) until the proxy has no client connection open.
+        """
+        for _ in range(200):
+            if not self.service.site.channels:
+                return
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"still open: {self.service.site.channels}")
+
+    @inlineCallbacks
+    def test_sessionIdAfterAbruptClose(self) -> Any:
+        """
+        A TLS 1.2 client without session tickets resumes by session id,
+        even after it closed its first connection without a close_notify
+        (as most clients do): the session stays in the server's cache.
+        """
+        context = clientContext(self.cafile)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_TICKET
+        first = yield self.connect("a.test", context=context)
+        yield deferToThread(first.get, "/", "a.test")
+        session = first.sock.session
+        first.sock.close()  # no close_notify: Python sends one only in unwrap()
+        yield self.waitForNoConnection()
+        again = yield self.connect("a.test", context=context, session=session)
+        self.assertTrue(again.sock.session_reused)
 
     @inlineCallbacks
     def test_tls11Refused(self) -> Any:

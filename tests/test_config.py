@@ -585,6 +585,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "tls_server_name": ("API.internal.", "api.internal"),
         "upgrade_protocols": ("WebSocket h2c", ("websocket", "h2c")),
         "tunnel_timeout": ("10m", 600.0),
+        "request_buffering": ("no", False),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),

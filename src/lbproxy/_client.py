@@ -641,6 +641,29 @@ class UpstreamConnection(Protocol):
             self.transport.registerProducer(producer, True)
             producer.startProducing(self.transport).addBoth(self._bodySent)
 
+    def streamBody(self, producer: Any) -> None:
+        """
+        The request's body follows its head through L{writeBody} and
+        L{endBody}, with C{producer} (an L{IPushProducer}, the body's
+        source) paused while the backend does not keep up.
+        """
+        self._sending = producer
+        self.transport.registerProducer(producer, True)
+
+    def writeBody(self, data: bytes) -> None:
+        """
+        Send a piece of a body started with L{streamBody}, as it is (the
+        exchange frames it).
+        """
+        if not self.lost:
+            writeNow(self.transport, data)
+
+    def endBody(self) -> None:
+        """
+        The body started with L{streamBody} is all sent.
+        """
+        self._bodySent(None)
+
     def _bodySent(self, result: Any) -> None:
         if self._sending is None:
             return

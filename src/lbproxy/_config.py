@@ -345,6 +345,9 @@ class UpstreamConfig:
     tunnelTimeout: float = _setting(
         "tunnel_timeout", 3600.0, parsePositiveDuration, "how long an upgraded connection (a WebSocket) may carry no byte"
     )
+    requestBuffering: bool = _setting(
+        "request_buffering", True, parseBool, "read request bodies whole before forwarding (no: stream them to the backend)"
+    )
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,10 @@ class Pool:
         their C{Upgrade} and, once the backend answers 101, become tunnels.
     @ivar tunnelTimeout: seconds a tunnel may carry no byte either way
         before it is closed, or L{None} for no limit.
+    @ivar requestBuffering: whether request bodies are read whole before
+        the request is forwarded (the default), or go to the backend as
+        they arrive (C{request_buffering = no}, over lbproxy's HTTP/1.1
+        connections).
     """
 
     _log = Logger()
@@ -144,6 +148,7 @@ class Pool:
         slowStart: float = 0.0,
         upgradeProtocols: Iterable[str] = ("websocket",),
         tunnelTimeout: Optional[float] = 3600.0,
+        requestBuffering: bool = True,
     ) -> None:
         """
         @param name: the upstream's name, for logs.
@@ -191,6 +196,7 @@ class Pool:
             name.lower().encode("ascii") for name in upgradeProtocols
         )
         self.tunnelTimeout = tunnelTimeout
+        self.requestBuffering = requestBuffering
         self.eligible: tuple[Backend, ...] = ()
         self._recoveries: dict[Backend, IDelayedCall] = {}
         self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}

@@ -42,6 +42,7 @@ from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
 from lbproxy._interfaces import IProxyRequest, ITunnelChannel, implementsProxyRequest
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
+from lbproxy._streaming import StreamingBody
 from lbproxy._timer import Deadline
 from lbproxy._tunnel import Tunnel
 
@@ -200,6 +201,8 @@ class _Exchange(ResponseHandler):
     #: The C{Upgrade} value forwarded (see L{upgradeOffer}), or L{None}.
     _upgrade: Optional[bytes] = None
     _tunnel: Optional[Tunnel] = None
+    #: The request's body when it streams (C{request_buffering = no}).
+    _stream: Optional[StreamingBody] = None
 
     #: Builds the header lines of the request to the backend.
     _forwardedHeaders = staticmethod(forwardedHeaders)
@@ -239,11 +242,22 @@ class _Exchange(ResponseHandler):
             if upgrade is not None:
                 block += b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade
         body = request.content
+        self._bodyFile: Any = None
+        if isinstance(body, StreamingBody):
+            # It goes as it arrives: framed as the client framed it.
+            self._stream = body
+            if body.length is None:
+                block += b"Transfer-Encoding: chunked\r\n"
+            else:
+                block += b"Content-Length: %d\r\n" % body.length
+            self._requestLine = b"%s %s HTTP/1.1\r\nHost: " % (method, uri)
+            self._block = b"\r\n" + block + b"\r\n"
+            self._attempt()
+            return
         length = 0
         if body is not None:
             body.seek(0, 2)
             length = body.tell()
-        self._bodyFile: Any = None
         tail = b"\r\n"
         if length:
             block += b"Content-Length: %d\r\n" % length
@@ -286,6 +300,10 @@ class _Exchange(ResponseHandler):
         if self._upgrade is not None:
             # A tunnel gets a connection of its own, never a pooled one.
             self._connect(pool.newConnection(backend))
+            return
+        if self._stream is not None:
+            # A body that cannot be sent again: no keep-alive race.
+            self._connect(pool.freshConnection(backend))
             return
         proto, connecting = pool.connection(backend)
         if proto is not None:
@@ -342,6 +360,19 @@ class _Exchange(ResponseHandler):
         else:
             host = backend.name.encode("ascii")
         self._conn = proto
+        stream = self._stream
+        if stream is not None:
+            # Once its head is sent, the request is not tried again
+            # elsewhere: its body is not kept.  read_timeout starts once
+            # the body is sent.
+            self._idempotent = False
+            proto.send(self, self._method, self._requestLine + host + self._block)
+            proto.streamBody(stream)
+            if stream.length is None:
+                stream.attach(self._sendChunk, self._lastChunk)
+            else:
+                stream.attach(proto.writeBody, self._bodySent)
+            return
         self._startTimer()
         body = self._bodyFile
         if body is not None:
@@ -353,6 +384,24 @@ class _Exchange(ResponseHandler):
             body,
             self._upgrade is not None,
         )
+
+    def _sendChunk(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is not None and data:
+            conn.writeBody(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _lastChunk(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.writeBody(b"0\r\n\r\n")
+        self._bodySent()
+
+    def _bodySent(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.endBody()
+            if self._stage == _FORWARDING:
+                self._startTimer()
 
     def _startTimer(self) -> None:
         # read_timeout runs on the backend connection's own Deadline, which

@@ -62,6 +62,7 @@ from lbproxy._client import writeNow
 from lbproxy._http import ABSOLUTE, FIELDS, TARGET, TOKEN
 from lbproxy._interfaces import ITunnelChannel
 from lbproxy._pages import errorBody, phrase
+from lbproxy._streaming import StreamingBody
 from lbproxy._timer import Deadline
 
 #: The head of lbproxy's own refusals; the connection closes after them.
@@ -329,6 +330,9 @@ class ProxyChannel(Protocol):
         "_secure",
         "_responseProducer",
         "_tunnelReceiver",
+        "streamBodyFor",
+        "_bodyStream",
+        "_bodyPaused",
     )
 
     def __init__(self) -> None:
@@ -367,6 +371,12 @@ class ProxyChannel(Protocol):
         self._responseProducer: Any = None
         #: Where the client's bytes go once the connection is a tunnel.
         self._tunnelReceiver: Optional[Callable[[bytes], None]] = None
+        #: Whether the body of a request for C{(host, target)} streams to
+        #: its backend (C{request_buffering = no}), or L{None}: never.
+        self.streamBodyFor: Optional[Callable[[Optional[bytes], bytes], bool]] = None
+        #: The L{StreamingBody} being read, once its request is handed on.
+        self._bodyStream: Optional[StreamingBody] = None
+        self._bodyPaused = False
 
     # The connection
 
@@ -648,7 +658,16 @@ class ProxyChannel(Protocol):
                 and expect.lower() == b"100-continue"
             ):
                 self.transport.write(_CONTINUE)
-            request.gotLength(None if chunked else size)
+            bodyLength = None if chunked else size
+            streamFor = self.streamBodyFor
+            streaming = streamFor is not None and streamFor(host, target)
+            if streaming:
+                body = self._bodyStream = StreamingBody(
+                    bodyLength, self._pauseBody, self._resumeBody
+                )
+                request.content = body
+            else:
+                request.gotLength(bodyLength)
             self._phase = _BODY
             self._received = 0
             if chunked:
@@ -657,11 +676,32 @@ class ProxyChannel(Protocol):
                 self._chunks = None
                 self._remaining = size
             self._arm(_BODY_GAP, self.clientBodyTimeout)
+            if streaming:
+                # Handed on now: the body follows as it arrives.
+                self._requestLine = None
+                request.requestReceived(method, target, version)
         else:
             # What gotLength(0) gives (through Site.getContentFile), made
             # here: most requests have no body.
             request.content = BytesIO()
             self._dispatch()
+
+    def _pauseBody(self) -> None:
+        """
+        Stop reading a streaming body: where it goes cannot keep up.  Its
+        backend is the slow one, so client_body_timeout stops meanwhile.
+        """
+        if not self._bodyPaused and self._phase == _BODY:
+            self._bodyPaused = True
+            self._arm(_KEEPALIVE, None)
+            self.transport.pauseProducing()
+
+    def _resumeBody(self) -> None:
+        if self._bodyPaused:
+            self._bodyPaused = False
+            if self._phase == _BODY:
+                self._arm(_BODY_GAP, self.clientBodyTimeout)
+            self.transport.resumeProducing()
 
     def _readBody(self, data: bytes) -> None:
         self._arm(_BODY_GAP, self.clientBodyTimeout)
@@ -695,6 +735,18 @@ class ProxyChannel(Protocol):
             return
         self._chunks = None
         self._unread = rest + self._unread if self._unread else rest
+        body = self._bodyStream
+        if body is not None:
+            # The request was handed on with its head: what follows waits
+            # for its response.
+            self._bodyStream = None
+            self._phase = _HANDLING
+            self._arm(_KEEPALIVE, None)
+            if self._bodyPaused:
+                self._bodyPaused = False
+                self._readPaused = True
+            body.finish()
+            return
         self._dispatch()
         if not self._parsing:
             self._parse()
@@ -719,6 +771,11 @@ class ProxyChannel(Protocol):
         self._activeRequest = self._activeChannel = None
         if self._phase == _CLOSING:
             return
+        if self._bodyStream is not None:
+            # Answered before its streaming body ended: the rest of the
+            # body is not read; the connection closes.
+            self._bodyStream = None
+            self.persistent = False
         if not self.persistent:
             self.loseConnection()
             return
@@ -865,6 +922,16 @@ class ProxyChannel(Protocol):
         stream, self._activeChannel = self._activeChannel, None
         if stream is not None:
             stream.detach()
+        streaming, self._bodyStream = self._bodyStream, None
+        if streaming is not None and request is not None:
+            # Its request was handed on with its head: whatever forwards
+            # it learns that the client is gone (and cuts its backend).
+            started = request.startedWriting
+            request.connectionLost(Failure(ConnectionError("request body refused")))
+            if started:
+                self.transport.abortConnection()
+                return
+            request = None
         if request is not None and request.content is not None:
             request.content.close()
         if self.transport.disconnecting:

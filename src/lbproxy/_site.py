@@ -30,7 +30,7 @@ from lbproxy._interfaces import IProxyRequest
 from lbproxy._realip import TrustedProxies
 from lbproxy._server import ProxyChannel
 from lbproxy._server import headerLines as _headerLines
-from lbproxy._vhost import originForm
+from lbproxy._vhost import VirtualHostResource, originForm
 
 #: The bytes nginx writes as C{\\xHH} in a log line (its default
 #: C{escape}): control characters, C{"}, C{\\}, DEL and every non-ASCII
@@ -462,7 +462,26 @@ class ProxySite(Site):
         channel.clientHeaderTimeout = self.clientHeaderTimeout
         channel.clientBodyTimeout = self.clientBodyTimeout
         channel.sendTimeout = self.sendTimeout
+        channel.streamBodyFor = self.streamsRequestBody
         return channel
+
+    def streamsRequestBody(self, host: Optional[bytes], target: bytes) -> bool:
+        """
+        Whether the body of a request for C{target} on C{host} goes to its
+        backend as it arrives: its route (through the root
+        L{VirtualHostResource}, or the root itself) is an
+        L{UpstreamResource <lbproxy.UpstreamResource>} whose upstream says
+        C{request_buffering = no}.
+        """
+        from lbproxy._proxy import UpstreamResource
+
+        resource: Any = self.resource
+        if isinstance(resource, VirtualHostResource):
+            vhost = resource.vhostFor(host)
+            if vhost is None:
+                return False
+            resource = vhost.resourceFor(originForm(target).partition(b"?")[0])
+        return isinstance(resource, UpstreamResource) and not resource.pool.requestBuffering
 
     def closeConnections(self, timeout: Optional[float] = None) -> Deferred[None]:
         """

@@ -95,6 +95,7 @@ def buildPool(
         slowStart=config.slowStart,
         upgradeProtocols=config.upgradeProtocols,
         tunnelTimeout=config.tunnelTimeout,
+        requestBuffering=config.requestBuffering,
     )
 
 

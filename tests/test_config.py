@@ -565,6 +565,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "tls_certificate": ("certs/default.pem", "certs/default.pem"),
         "tls_key": ("certs/default.key", "certs/default.key"),
         "tls_min_version": ("1.3", "1.3"),
+        "http2": ("no", False),
     },
     "upstream": {
         "servers": (

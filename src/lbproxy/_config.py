@@ -518,6 +518,9 @@ class ProxyConfig:
     tlsMinVersion: str = _setting(
         "tls_min_version", "1.2", parseTLSVersion, "the oldest TLS version accepted: 1.2 or 1.3"
     )
+    http2: bool = _setting(
+        "http2", True, parseBool, "offer HTTP/2 (h2) through ALPN on TLS listeners"
+    )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,15 @@ ANY_ABSOLUTE = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 #: regex source, for patterns that embed it).
 TARGET = rb"[\x21-\x7e]+"
 
+#: L{TARGET} compiled to match a whole string.
+TARGET_RE = re.compile(rb"\A" + TARGET + rb"\Z")
+
+#: A C{Host} value (or an HTTP/2 C{:authority}): a DNS name (letters,
+#: digits, C{-}, C{.}, C{_}), an IPv4 address or a bracketed IPv6 address,
+#: with an optional port.  Stricter than RFC 3986's reg-name, which also
+#: allows sub-delims and %-escapes that no real host name needs.
+HOST = re.compile(rb"\A(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+
 #: A block of header lines separated by CR LF (with no CR LF after the
 #: last), every one a L{TOKEN} name directly followed by its colon (so
 #: no whitespace before the colon and no obs-fold) and a L{FIELD_VALUE}.

@@ -49,7 +49,12 @@ import re
 from io import BytesIO
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -59,7 +64,7 @@ from zope.interface import implementer
 
 from lbproxy._chunked import ChunkedDecoder, MalformedChunks
 from lbproxy._client import writeNow
-from lbproxy._http import ABSOLUTE, FIELDS, TARGET, TOKEN
+from lbproxy._http import ABSOLUTE, FIELDS, HOST, TARGET, TOKEN
 from lbproxy._interfaces import ITunnelChannel
 from lbproxy._pages import errorBody, phrase
 from lbproxy._streaming import StreamingBody
@@ -78,12 +83,6 @@ _REFUSAL = (
 #: HTTP/1.0 or 1.1, separated by single spaces.
 _REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") (" + TARGET + rb") (HTTP/1\.[01])\Z")
 
-#: A C{Host} value: a DNS name (letters, digits, C{-}, C{.}, C{_}), an IPv4
-#: address or a bracketed IPv6 address, with an optional port.  Stricter
-#: than RFC 3986's reg-name, which also allows sub-delims and %-escapes that
-#: no real host name needs.
-_HOST = re.compile(rb"\A(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
-
 #: A C{Content-Length} value (after optional whitespace is stripped): 18
 #: digits are far beyond any C{max_body_size} and bound what is parsed.
 _LENGTH = re.compile(rb"[0-9]{1,18}\Z")
@@ -95,9 +94,10 @@ _READ_AHEAD = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 #: What L{ProxyChannel} is doing: waiting for or reading a request head,
-#: reading a body, waiting for a request's response, closing, or
-#: relaying a tunnel (after a 101).
-_HEAD, _BODY, _HANDLING, _CLOSING, _TUNNEL = range(5)
+#: reading a body, waiting for a request's response, closing, relaying
+#: a tunnel (after a 101), or passing the connection on to the protocol
+#: ALPN chose (see L{ProxyChannel.handshakeCompleted}).
+_HEAD, _BODY, _HANDLING, _CLOSING, _TUNNEL, _HANDED_OFF = range(6)
 
 #: What the connection's one L{Deadline} is timing.
 _KEEPALIVE, _HEADER, _BODY_GAP, _ABORT, _SEND = range(5)
@@ -264,12 +264,17 @@ class RequestChannel:
             connection.requestDone(self)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class ProxyChannel(Protocol):
     """
     One client connection: reads its requests (see the module docstring for
     what is refused), hands each to the site's C{requestFactory} and sends
     the responses back in order.
+
+    On a TLS connection whose ALPN chose another protocol than HTTP/1.1
+    (C{h2}), the site builds the protocol that speaks it once the
+    handshake is done, and the channel passes the connection on to it
+    (see L{handshakeCompleted}).
 
     @ivar site: the L{lbproxy.ProxySite}.
     @ivar maxBodySize: the largest request body accepted, in bytes.
@@ -333,6 +338,7 @@ class ProxyChannel(Protocol):
         "streamBodyFor",
         "_bodyStream",
         "_bodyPaused",
+        "_successor",
     )
 
     def __init__(self) -> None:
@@ -377,8 +383,34 @@ class ProxyChannel(Protocol):
         #: The L{StreamingBody} being read, once its request is handed on.
         self._bodyStream: Optional[StreamingBody] = None
         self._bodyPaused = False
+        self._successor: Any = None
 
     # The connection
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done (L{IHandshakeListener}), before any
+        request has been read: when the site has another protocol for what
+        ALPN chose (L{lbproxy.ProxySite.protocolAfterHandshake}), the
+        connection is that protocol's from now on, and this channel only
+        passes the bytes and the end of the connection on to it.
+
+        Twisted's own C{_GenericHTTPChannelProtocol} makes the same choice
+        as a wrapper around every connection; this way a plain HTTP/1.1
+        connection carries no extra layer.
+        """
+        successor = self.site.protocolAfterHandshake(self)
+        if successor is None or self._phase != _HEAD or self._unread:
+            return
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._phase = _HANDED_OFF
+        self._successor = successor
+        # The successor counts as the site's connection before this channel
+        # stops counting: the site is never seen without it.
+        successor.makeConnection(self.transport)
+        self.site.channels.discard(self)
 
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
@@ -391,6 +423,9 @@ class ProxyChannel(Protocol):
             self._arm(_KEEPALIVE, self.timeOut)
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._phase == _HANDED_OFF:
+            self._successor.connectionLost(reason)
+            return
         self._phase = _CLOSING
         timer = self._timer
         if timer is not None:
@@ -496,6 +531,8 @@ class ProxyChannel(Protocol):
         if phase >= _CLOSING:
             if phase == _TUNNEL:
                 self._tunnelReceiver(data)  # type: ignore[misc]
+            elif phase == _HANDED_OFF:
+                self._successor.dataReceived(data)
             return
         pending = self._unread
         if phase == _HANDLING:
@@ -620,7 +657,7 @@ class ProxyChannel(Protocol):
         if host is None:
             if version == b"HTTP/1.1":
                 return self.refuse(400)
-        elif host and _HOST.match(host) is None:
+        elif host and HOST.match(host) is None:
             return self.refuse(400)
         request.hostHeader = host
 

@@ -18,6 +18,7 @@ import sys
 from typing import IO, Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import INegotiated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, datetimeToLogString, parse_qs
@@ -346,6 +347,18 @@ class ProxyRequest(Request):
 _BACKEND_OWN = frozenset([b"Date", b"Server"])
 
 
+def _h2Channel() -> Any:
+    """
+    L{lbproxy._h2.H2Channel}, or L{None} when the C{h2} package cannot be
+    imported (then only HTTP/1.1 is offered).
+    """
+    try:
+        from lbproxy._h2 import H2Channel
+    except ImportError:
+        return None
+    return H2Channel
+
+
 def _discard(data: bytes) -> None:
     """
     The C{write} of a response that has no body (to C{HEAD}, or 204, 304).
@@ -367,6 +380,8 @@ class ProxySite(Site):
         names the client of their requests, or L{None}.
     @ivar logRequestId: whether each access log line ends with the
         request's id (L{ProxyRequest.requestId}), quoted, or C{"-"}.
+    @ivar http2: whether TLS listeners offer HTTP/2 (C{h2}) through ALPN
+        (see L{acceptableProtocols}).
     """
 
     _drained: Optional[Deferred[None]] = None
@@ -391,6 +406,7 @@ class ProxySite(Site):
         trustedProxies: Iterable[Any] = (),
         logRequestId: bool = False,
         sendTimeout: Optional[float] = 60.0,
+        http2: bool = True,
     ) -> None:
         """
         @param resource: the root resource, usually a
@@ -414,6 +430,7 @@ class ProxySite(Site):
             the client to accept more of it (nginx's C{send_timeout}), or
             L{None}: past it, the client connection and the response's
             backend connection are closed.
+        @param http2: see L{http2}.
         """
         Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
@@ -427,6 +444,7 @@ class ProxySite(Site):
         self.trustedProxies = TrustedProxies(trustedProxies) or None
         self.logRequestId = logRequestId
         self.sendTimeout = sendTimeout
+        self.http2 = http2
 
     def configure(self, proxy: Any) -> None:
         """
@@ -442,6 +460,7 @@ class ProxySite(Site):
         self.sendTimeout = proxy.sendTimeout
         self.maxConnections = proxy.maxConnections
         self.trustedProxies = TrustedProxies(proxy.trustedProxies) or None
+        self.http2 = proxy.http2
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.maxConnections and len(self.channels) >= self.maxConnections:
@@ -538,13 +557,39 @@ class ProxySite(Site):
 
     def acceptableProtocols(self) -> list[bytes]:
         """
-        The protocols offered through ALPN on TLS listeners: HTTP/1.1 only.
-        Twisted's L{Site <twisted.web.server.Site>} also offers C{h2} when the C{h2} package is
-        installed and then serves it with its own HTTP/2 channel, which
-        knows nothing of lbproxy's limits; a client that asks for h2 falls
-        back to HTTP/1.1.
+        The protocols offered through ALPN on TLS listeners: C{h2} then
+        C{http/1.1} when L{http2} is on (and the C{h2} package can be
+        imported), else C{http/1.1} alone.  Either way the connection is
+        lbproxy's: its own HTTP/1.1 channel, or its own HTTP/2 one
+        (L{lbproxy._h2.H2Channel}, see L{protocolAfterHandshake}), never
+        Twisted's, which knows nothing of lbproxy's limits.
         """
+        if self.http2 and _h2Channel() is not None:
+            return [b"h2", b"http/1.1"]
         return [b"http/1.1"]
+
+    def protocolAfterHandshake(self, channel: ProxyChannel) -> Any:
+        """
+        The protocol that takes over C{channel}'s connection once its TLS
+        handshake is done, or L{None} to go on with HTTP/1.1: an HTTP/2
+        connection when ALPN chose C{h2}, with the limits C{channel} was
+        built with (those of the configuration it was accepted under).
+        """
+        negotiated = INegotiated(channel.transport, None)
+        if negotiated is None or negotiated.negotiatedProtocol != b"h2":
+            return None
+        factory = _h2Channel()
+        if factory is None:
+            return None
+        return factory(
+            self,
+            channel.requestFactory,
+            channel.maxBodySize,
+            channel.totalHeadersSize,
+            channel.clientHeaderTimeout,
+            channel.clientBodyTimeout,
+            channel.timeOut,
+        )
 
     def _abortConnections(self) -> None:
         if self.channels:

@@ -302,6 +302,7 @@ class LoadBalancerService(MultiService):
             maxConnections=config.proxy.maxConnections,
             trustedProxies=config.proxy.trustedProxies,
             logRequestId=_logsRequestId(config),
+            http2=config.proxy.http2,
         )
         self._listeners: list[ListenerService] = []
         for description in config.proxy.listen:

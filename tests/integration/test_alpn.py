@@ -1,9 +1,10 @@
 """
-HTTP/2 is never offered half-way: a TLS listener of lbproxy offers only
-C{http/1.1} through ALPN, so a client that would rather speak C{h2} falls
-back to HTTP/1.1 and gets its answer, with lbproxy's limits.  A plain
+With C{http2 = no}, a TLS listener of lbproxy offers only C{http/1.1}
+through ALPN, so a client that would rather speak C{h2} falls back to
+HTTP/1.1 and gets its answer, with lbproxy's limits.  A plain
 L{twisted.web.server.Site} in the same place negotiates C{h2} whenever the
 C{h2} package is installed (the contrast that shows the test can fail).
+HTTP/2 itself (the default) is tested in L{tests.integration.test_h2}.
 
 Real sockets on 127.0.0.1, port 0, a certificate made in the test, bounded
 waits, every port and connection closed by the cleanups.
@@ -265,15 +266,15 @@ _REQUEST = b"GET /alpn?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
 
 class ProxySiteALPNTests(_ALPNMixin, TestCase):
     """
-    A L{ProxySite} behind an C{ssl:} endpoint: an h2-capable client gets
-    HTTP/1.1, and its answer.
+    A L{ProxySite} with HTTP/2 off behind an C{ssl:} endpoint: an
+    h2-capable client gets HTTP/1.1, and its answer.
     """
 
     @inlineCallbacks
     def setUp(self) -> Any:
         self.setUpCertificate()
         pool = yield self.startBackend()
-        self.site = ProxySite(UpstreamResource(pool), reactor=reactor)
+        self.site = ProxySite(UpstreamResource(pool), reactor=reactor, http2=False)
         # Runs before the port stops (cleanups run last in, first out) and
         # after it: every client connection of the site is closed.
         self.addCleanup(lambda: self.site.closeConnections(WAIT))
@@ -341,14 +342,15 @@ class ServiceALPNTests(_ALPNMixin, TestCase):
     @inlineCallbacks
     def test_listenLine(self) -> Any:
         """
-        A C{LoadBalancerService} listening on an C{ssl:} endpoint offers
-        only C{http/1.1}, and answers an h2-capable client.
+        A C{LoadBalancerService} with C{http2 = no} listening on an
+        C{ssl:} endpoint offers only C{http/1.1}, and answers an
+        h2-capable client.
         """
         self.setUpCertificate()
         pool = yield self.startBackend()
         backendPort = pool.backends[0].port
         text = (
-            "[lbproxy]\nlisten = %s\naccess_log = off\n"
+            "[lbproxy]\nlisten = %s\naccess_log = off\nhttp2 = no\n"
             "[upstream:app]\nservers = 127.0.0.1:%d\n"
             "[vhost:app]\nserver_names = 127.0.0.1\ndefault = yes\nupstream = app\n"
             % (tlsDescription(self.keyPath, self.certPath), backendPort)
@@ -391,11 +393,11 @@ class AcceptableProtocolsTests(SynchronousTestCase):
 
     def test_http11Only(self) -> None:
         """
-        L{ProxySite} provides L{IProtocolNegotiationFactory} and offers
-        C{http/1.1} alone, whether or not C{h2} is installed; Twisted's
-        L{Site} offers C{h2} first when it is.
+        L{ProxySite} with HTTP/2 off provides L{IProtocolNegotiationFactory}
+        and offers C{http/1.1} alone, whether or not C{h2} is installed;
+        Twisted's L{Site} offers C{h2} first when it is.
         """
-        site = ProxySite(Resource())
+        site = ProxySite(Resource(), http2=False)
         self.assertTrue(IProtocolNegotiationFactory.providedBy(site))
         self.assertEqual(site.acceptableProtocols(), [b"http/1.1"])
         if _h2Missing is None:

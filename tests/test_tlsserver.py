@@ -24,6 +24,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy._config import ConfigError, parseConfigText
+from lbproxy._h2 import H2Channel
 from lbproxy._site import ProxySite
 from lbproxy._startup import startupFailure
 from lbproxy._tls import UnverifiedClientCreator
@@ -334,10 +335,13 @@ class HandshakeTests(_Table, SynchronousTestCase):
     def test_alpnAndSecure(self) -> None:
         """
         ALPN offers the site's protocols (a client asking for h2 and
-        http/1.1 gets http/1.1 from a site offering only that), and the
-        request on the connection is secure.
+        http/1.1 gets h2, and lbproxy's HTTP/2 connection; one asking for
+        http/1.1 gets that), and the request on the connection is secure.
         """
         handshake = _Handshake(self.factory, "a.test", [b"h2", b"http/1.1"], self.clock)
+        self.assertEqual(handshake.client.negotiatedProtocol, b"h2")
+        self.assertEqual([type(c) for c in self.site.channels], [H2Channel])
+        handshake = _Handshake(self.factory, "a.test", [b"http/1.1"], self.clock)
         self.assertEqual(handshake.client.negotiatedProtocol, b"http/1.1")
         handshake.client.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         handshake.pump()

@@ -67,7 +67,8 @@ else:
 def makeCertificate(directory: FilePath[str]) -> tuple[str, str, bytes]:
     """
     Make a self-signed certificate for C{127.0.0.1} and C{localhost} (an
-    EC key, valid from a day ago for a day) in C{directory}.
+    EC key, valid from a day ago for 30 days: no expiry warning from
+    C{listen_tls}) in C{directory}.
 
     @return: the paths of the key and certificate PEM files, and the
         certificate as PEM.
@@ -83,7 +84,7 @@ def makeCertificate(directory: FilePath[str]) -> tuple[str, str, bytes]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
             x509.SubjectAlternativeName(
                 [

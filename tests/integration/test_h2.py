@@ -36,11 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from lbproxy import (
-    Backend,
     LoadBalancerService,
-    Pool,
-    ProxySite,
-    UpstreamResource,
     parseConfigText,
 )
 from tests.h2client import H2Client
@@ -152,7 +148,8 @@ class _H2Client(Protocol):
 
 class HTTP2Tests(_ALPNMixin, TestCase):
     """
-    A L{ProxySite} behind an C{ssl:} endpoint, HTTP/2 on.
+    A C{LoadBalancerService} with a C{listen_tls} listener, HTTP/2 on (the
+    default), C{max_header_size = 4k} and C{max_body_size = 100000}.
     """
 
     @inlineCallbacks
@@ -163,13 +160,18 @@ class HTTP2Tests(_ALPNMixin, TestCase):
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(tracking)
         self.addCleanup(tracking.closed)
         self.addCleanup(port.stopListening)
-        self.pool = Pool("app", [Backend("127.0.0.1", port.getHost().port)], reactor=reactor)
-        self.addCleanup(self.pool.close)
-        self.site = ProxySite(
-            UpstreamResource(self.pool), reactor=reactor, maxHeaderSize=4096, maxBodySize=100000
+        text = (
+            "[lbproxy]\nlisten_tls = tcp:0:interface=127.0.0.1\n"
+            "tls_certificate = %s\ntls_key = %s\naccess_log = off\n"
+            "max_header_size = 4k\nmax_body_size = 100000\n"
+            "[upstream:app]\nservers = 127.0.0.1:%d\n"
+            "[vhost:app]\nserver_names = 127.0.0.1\ndefault = yes\nupstream = app\n"
+            % (self.certPath, self.keyPath, port.getHost().port)
         )
-        self.addCleanup(lambda: self.site.closeConnections(WAIT))
-        self.port = yield self.listenTLS(self.site)
+        service = LoadBalancerService(parseConfigText(text, "h2.ini"), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        [self.port] = yield service.whenListening().addTimeout(WAIT, reactor)
 
     @inlineCallbacks
     def connectH2(self) -> Any:
@@ -289,7 +291,7 @@ class HTTP2Tests(_ALPNMixin, TestCase):
 
 class ListenLineTests(_ALPNMixin, TestCase):
     """
-    What a user writes: a C{listen} line with an C{ssl:} endpoint.
+    The other way to TLS: a C{listen} line with an C{ssl:} endpoint.
     """
 
     @inlineCallbacks

@@ -399,7 +399,7 @@ class ProbeTests(_Table, SynchronousTestCase):
 
         from twisted import version
 
-        self.patch(self.site, "acceptableProtocols", lambda: [b"h2"])
+        self.patch(self.site, "acceptableProtocols", lambda: [b"spdy/3.1"])
         with self.assertRaises(TLSUnavailable) as caught:
             probeHandshake(self.factory, "a.test")
         message = str(caught.exception)

@@ -881,6 +881,32 @@ class DocumentationTests(SynchronousTestCase):
             for name in names:
                 self.assertIn(f"``{name}``", line, (kind, name))
 
+    def test_nginxExample(self):
+        """
+        The site.ini of the nginx page's example is valid, given the
+        upstream and the directory it leaves out.
+        """
+        with open(os.path.join(os.path.dirname(_DOCS), "nginx.rst"), encoding="utf-8") as f:
+            text = f.read()
+        ini = text[text.index(".. code-block:: ini") :]
+        ini = ini[: ini.index("\n(")]
+        ini = "\n".join(line[3:] for line in ini.splitlines()[2:])
+        assets = FilePath(self.mktemp())
+        assets.makedirs()
+        self.assertIn("files:/srv/www/assets", ini)
+        config = parseConfigText(
+            ini.replace("files:/srv/www/assets", f"files:{assets.path}")
+            + "\n[upstream:api]\nservers = 10.0.0.9:8080\n",
+            "nginx.ini",
+        )
+        (vhost,) = config.vhosts
+        self.assertEqual(
+            [(r.prefix, r.kind, r.stripPrefix) for r in vhost.routes],
+            [("/api/", "upstream", True), ("/assets/", "files", False), ("/old/", "redirect", False)],
+        )
+        self.assertEqual(config.upstreams["app"].balancer, "least_conn")
+        self.assertEqual(config.proxy.maxBodySize, 10 * 1024 * 1024)
+
     def test_errorExample(self):
         """
         The file of nine mistakes in the documentation gives exactly the

@@ -7,8 +7,8 @@ same run, loopback only, bounded in time.
     python benchmarks/bench_gzip.py --quick     # 1 round of 3 s
 
 An nginx backend serves C{/page}: 100 KiB of HTML-like text (generated,
-with a fixed seed; gzip level 1 makes it about a third of its size), with
-its C{Content-Length}.  Four proxies sit in front of it, measured
+with a fixed seed; gzip level 1 makes it about a quarter of its size),
+with its C{Content-Length}.  Four proxies sit in front of it, measured
 interleaved with wrk at 50 connections, every request with
 C{Accept-Encoding: gzip}:
 

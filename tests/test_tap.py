@@ -5,6 +5,7 @@ Tests for L{lbproxy.tap} and the twistd dropin.
 from __future__ import annotations
 
 import io
+import os
 import sys
 
 from twisted.application.service import IServiceMaker, MultiService
@@ -89,6 +90,21 @@ class OptionsTests(SynchronousTestCase):
             Options().parseOptions(["--config", path, "--check"])
         self.assertEqual(caught.exception.code, 1)
         self.assertIn("[bogus]: unknown section", err.getvalue())
+
+    def test_checkCertificates(self):
+        """
+        C{--check} reads the certificates too: one that cannot be read is
+        an error naming its file, and the exit status is 1.
+        """
+        err = self.capture("stderr")
+        missing = os.path.abspath(self.mktemp())
+        path = self.config(
+            _SITE.replace(b"[lbproxy]\n", b"[lbproxy]\nlisten_tls = tcp:8443\ntls_certificate = " + missing.encode() + b"\n", 1)
+        )
+        with self.assertRaises(SystemExit) as caught:
+            Options().parseOptions(["--config", path, "--check"])
+        self.assertEqual(caught.exception.code, 1)
+        self.assertIn(f"cannot read the certificate file {missing}: No such file", err.getvalue())
 
     def test_makeService(self):
         """

@@ -145,3 +145,31 @@ class AdoptedPortServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.adoptedPorts, [(fd, socket.AF_INET, service.site)])
         self.assertEqual(reactor.tcpServers, [])
         self.assertEqual(len(self.successResultOf(service.whenListening())), 1)
+
+    def test_workerServiceTLS(self):
+        """
+        With C{listen_tls}, the worker adopts its sockets in the order
+        C{listen} then C{listen_tls}: the second serves the site through
+        TLS.
+        """
+        from lbproxy._tlsserver import TLSServerFactory
+        from tests.certificates import Authority
+
+        directory = os.path.abspath(self.mktemp())
+        chain, key = Authority().write(directory, ["app.test"])
+        reactor = MemoryReactorClock()
+        config = parseConfigText(
+            _SITE.format(listen="tcp:8080", workers=2).replace(
+                "workers", f"listen_tls = tcp:8443\ntls_certificate = {chain}\ntls_key = {key}\nworkers"
+            )
+        )
+        plain, tls = self.inherited(), self.inherited()
+        service = workerService(config, [(plain, socket.AF_INET), (tls, socket.AF_INET)], reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        [first, second] = reactor.adoptedPorts
+        self.assertEqual(first, (plain, socket.AF_INET, service.site))
+        self.assertEqual(second[:2], (tls, socket.AF_INET))
+        self.assertIsInstance(second[2], TLSServerFactory)
+        self.assertIs(second[2].site, service.site)
+        self.assertEqual(reactor.tcpServers, [])

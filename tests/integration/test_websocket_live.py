@@ -6,15 +6,29 @@ through the proxy (see L{tests.websocket} for why wsproto).
 
 from __future__ import annotations
 
+import os
 from io import StringIO
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from lbproxy import Backend, Pool, ProxySite, UpstreamResource
+from lbproxy import (
+    Backend,
+    LoadBalancerService,
+    Pool,
+    ProxySite,
+    UpstreamResource,
+    parseConfig,
+)
+from tests.certificates import Authority
 from tests.websocket import Client, echoFactory, maskedTextFrame
 
 #: Seconds any one step may take before the test fails.
@@ -112,3 +126,47 @@ class WebSocketTests(TestCase):
         self.assertIsNone(code)
         self.assertEqual(self.backend.active, 0)
 
+    @inlineCallbacks
+    def test_overTLS(self):
+        """
+        A WebSocket over a listen_tls listener (wss://) is tunnelled the
+        same way: the client's TLS connection and the backend's plain one
+        produce for each other.
+        """
+        backendPort = reactor.listenTCP(0, echoFactory(), interface="127.0.0.1")
+        self.addCleanup(backendPort.stopListening)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        authority = Authority()
+        cafile = authority.writeRoot(os.path.join(directory, "root.pem"))
+        chain, key = authority.write(os.path.join(directory, "ws"), ["ws.test"])
+        path = os.path.join(directory, "site.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[lbproxy]\nlisten_tls = tcp:0:interface=127.0.0.1\naccess_log = off\n"
+                f"tls_certificate = {chain}\ntls_key = {key}\n"
+                f"[upstream:ws]\nservers = 127.0.0.1:{backendPort.getHost().port}\n"
+                "[vhost:ws]\ndefault = yes\nupstream = ws\n"
+            )
+        service = LoadBalancerService(parseConfig(path), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        (tls,) = yield self.wait(service.whenListening())
+        with open(cafile, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+        endpoint = wrapClientTLS(
+            optionsForClientTLS("ws.test", trustRoot=trust),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", tls.getHost().port, timeout=WAIT),
+        )
+        client = Client("ws.test")
+        yield self.wait(connectProtocol(endpoint, client))
+        yield self.wait(client.opened)
+        for i in range(100):
+            client.send(TextMessage(data="secure %d" % i))
+        big = os.urandom(2 * 1024 * 1024)
+        client.send(BytesMessage(data=big))
+        yield self.wait(client.waitForMessages(101))
+        self.assertEqual(client.messages[:100], ["secure %d" % i for i in range(100)])
+        self.assertTrue(client.messages[100] == big)
+        client.send(CloseConnection(code=1000))
+        self.assertEqual((yield self.wait(client.closed)), 1000)

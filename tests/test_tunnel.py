@@ -285,6 +285,11 @@ class UpgradeOfferTests(SynchronousTestCase):
         Twisted's own HTTPChannel) is not offered one: its C{Upgrade} is
         not forwarded.
         """
+        from lbproxy._h2 import StreamChannel
+        from lbproxy._server import RequestChannel
+
+        self.assertTrue(ITunnelChannel.implementedBy(RequestChannel))
+        self.assertFalse(ITunnelChannel.implementedBy(StreamChannel))
         allowed = frozenset([b"websocket"])
         plain = self._request(object(), connection=b"upgrade", upgrade=b"websocket")
         self.assertIsNone(upgradeOffer(plain, allowed))

@@ -31,7 +31,14 @@ certificate, made for the run):
 
 HTTPS_SIZES says, per such size, the path and the headers; a row takes
 part when it has a TLS port (the nginx row gets a second server with
-"listen ssl", the lbproxy rows a listen_tls).
+"listen ssl http2", the lbproxy rows a listen_tls).
+
+And one HTTP/2 "size", on the same TLS ports, measured with h2load
+(nghttp2-client) instead of wrk:
+
+    h2              /tiny over HTTP/2: one connection per client, H2_STREAMS
+                    streams in flight on each, --connections in flight in
+                    all (as many as the wrk rows)
 
 CPU pinning (taskset): the proxy under test runs on CPU 0; wrk and the
 backend share CPU 1.  The workers = 2 row cannot fit on one CPU, so it is
@@ -69,6 +76,12 @@ HTTPS_SIZES: dict[str, tuple[str, tuple[str, ...]]] = {
     "https": ("/tiny", ()),
     "https-new": ("/tiny", ("Connection: close",)),
 }
+#: The HTTP/2 measurements (h2load over the TLS port): the path of each.
+H2_SIZES = {"h2": "/tiny"}
+#: Streams each h2load client keeps in flight on its one connection (the
+#: clients are --connections / H2_STREAMS, so that as many requests are in
+#: flight as in the wrk rows).
+H2_STREAMS = 5
 #: The rows that terminate TLS (with a TLS port of their own).
 TLS_ROWS = ("nginx", "lbproxy", "lbproxy-pypy", "lbproxy-pypy-gc", "lbproxy-w2")
 ROWS = [
@@ -303,7 +316,7 @@ def nginxProxyConfig(
     ssl_session_cache shared:SSL:10m;
     ssl_session_tickets on;
     server {{
-        listen 127.0.0.1:{tlsPort} ssl backlog=4096;
+        listen 127.0.0.1:{tlsPort} ssl http2 backlog=4096;
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -519,6 +532,48 @@ def runWrk(
     return parseWrk(proc.stdout)
 
 
+def parseH2load(out: str) -> dict[str, float]:
+    """
+    h2load's figures as L{parseWrk}'s: requests per second, errors (failed,
+    errored, timed out or not 2xx); h2load gives no percentiles, so p50 is
+    its mean time per request and p99 is not known.
+    """
+    result: dict[str, float] = {"rps": 0.0, "p50": float("nan"), "p99": float("nan")}
+    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    if m:
+        result["rps"] = float(m.group(1))
+    m = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if m:
+        result["p50"] = _ms(m.group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    errors = 0
+    if m:
+        result["requests"] = int(m.group(2))
+        errors += int(m.group(3)) + int(m.group(4)) + int(m.group(5))
+    else:
+        result["requests"] = 0
+    m = re.search(r"status codes: (\d+) 2xx", out)
+    if m and m.group(1) != str(result["requests"]):
+        errors += 1
+    result["errors"] = errors
+    return result
+
+
+def runH2load(url: str, seconds: float, connections: int) -> dict[str, float]:
+    """
+    h2load on the load CPU: C{connections} requests in flight, over
+    C{connections / H2_STREAMS} clients of one HTTP/2 connection each.
+    """
+    clients = max(1, connections // H2_STREAMS)
+    argv = [
+        "taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{clients}",
+        f"-m{H2_STREAMS}", f"-D{seconds:g}", url,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    return parseH2load(proc.stdout)
+
+
 # The run
 
 
@@ -550,7 +605,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds per row and size, once")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument("--sizes", default=",".join([*SIZES, *HTTPS_SIZES]))
+    parser.add_argument("--sizes", default=",".join([*SIZES, *HTTPS_SIZES, *H2_SIZES]))
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument(
@@ -566,8 +621,12 @@ def main() -> None:
         if r not in ROWS:
             raise SystemExit(f"unknown row {r!r}; rows: {', '.join(ROWS)}")
     for s in sizes:
-        if s not in SIZES and s not in HTTPS_SIZES:
-            raise SystemExit(f"unknown size {s!r}; sizes: {', '.join([*SIZES, *HTTPS_SIZES])}")
+        if s not in SIZES and s not in HTTPS_SIZES and s not in H2_SIZES:
+            raise SystemExit(
+                f"unknown size {s!r}; sizes: {', '.join([*SIZES, *HTTPS_SIZES, *H2_SIZES])}"
+            )
+    if any(s in H2_SIZES for s in sizes) and not which("h2load"):
+        raise SystemExit("the h2 size needs h2load: sh .ci/tools.sh nghttp2-client")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)")
     ensureTools(not args.no_install)
@@ -579,7 +638,7 @@ def main() -> None:
     ports: dict[str, int] = {}
     tlsPorts: dict[str, int] = {}
     notes: dict[str, str] = {}
-    wantTLS = any(size in HTTPS_SIZES for size in sizes)
+    wantTLS = any(size in HTTPS_SIZES or size in H2_SIZES for size in sizes)
 
     def tlsFor(row: str) -> Optional[tuple[int, Path, Path]]:
         """
@@ -591,6 +650,9 @@ def main() -> None:
         return (tlsPorts[row], *certificate)
 
     def urlOf(row: str, size: str) -> Optional[str]:
+        if size in H2_SIZES:
+            port = tlsPorts.get(row)
+            return None if port is None else f"https://127.0.0.1:{port}{H2_SIZES[size]}"
         if size in HTTPS_SIZES:
             port = tlsPorts.get(row)
             return None if port is None else f"https://127.0.0.1:{port}{HTTPS_SIZES[size][0]}"
@@ -598,6 +660,11 @@ def main() -> None:
 
     def headersOf(size: str) -> tuple[str, ...]:
         return HTTPS_SIZES[size][1] if size in HTTPS_SIZES else ()
+
+    def measure(size: str, url: str, seconds: float) -> dict[str, float]:
+        if size in H2_SIZES:
+            return runH2load(url, seconds, args.connections)
+        return runWrk(url, seconds, args.connections, headersOf(size))
 
     try:
         certificate = benchCertificate(workdir)
@@ -661,7 +728,7 @@ def main() -> None:
         if args.warmup > 0:
             for size, _row, url in measured:
                 if url is not None:
-                    runWrk(url, args.warmup, args.connections, headersOf(size))
+                    measure(size, url, args.warmup)
         raw: dict[str, dict[str, list[dict[str, float]]]] = {
             r: {s: [] for s in sizes} for r in active
         }
@@ -670,7 +737,7 @@ def main() -> None:
             for size, row, url in measured:
                 if url is None:
                     continue
-                result = runWrk(url, args.duration, args.connections, headersOf(size))
+                result = measure(size, url, args.duration)
                 raw[row][size].append(result)
                 log(f"  {size:>9} {row:<16} {result['rps']:>10.0f} req/s  p99 {result['p99']:.2f} ms  errors {result['errors']:g}")
         report(raw, rows, sizes, notes, args)
@@ -704,6 +771,12 @@ def report(
         f"proxy on CPU {PROXY_CPU}, wrk and the nginx backend on CPU {LOAD_CPU} "
         f"(lbproxy-w2 on CPUs {ALL_CPUS}); medians.\n"
     )
+    if any(size in H2_SIZES for size in sizes):
+        print(
+            f"h2: h2load -t1 -c{max(1, args.connections // H2_STREAMS)} -m{H2_STREAMS} over the TLS port "
+            "(one HTTP/2 connection per client); its p50 column is h2load's mean "
+            "time per request, and it gives no p99.\n"
+        )
     header = (
         f"| {'size':<9} | {'row':<16} | {'req/s':>9} | {'p50 ms':>8} | {'p99 ms':>8} "
         f"| {'errors':>6} | {'/ nginx':>7} | {'/ stock':>7} |"

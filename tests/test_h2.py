@@ -463,6 +463,30 @@ class StreamingTests(SynchronousTestCase):
         head, body, ended = client.response(streamId)
         self.assertEqual((len(body), ended), (300000, True))
 
+    def test_sendTimeout(self) -> None:
+        """
+        A stream whose client accepts none of its response (its window
+        stays shut) for C{send_timeout} is reset with C{CANCEL}, and its
+        backend connection closed.
+        """
+        c = _Connection(self, sendTimeout=10.0)
+        streamId = c.client.request(b"/big")
+        c.exchange()
+        backend = c.backend()
+        backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n")
+        for _ in range(3):
+            backend.respond(b"z" * 50000)
+        self.assertEqual(backend.transport.producerState, "paused")
+        c.reactor.advance(9)
+        self.assertFalse(backend.closing)
+        c.reactor.advance(2)
+        self.assertTrue(backend.closing)
+        frames = parseFrames(c.transport.value())
+        self.assertIn(
+            (streamId, ErrorCodes.CANCEL),
+            [(f.stream_id, f.error_code) for f in frames if isinstance(f, RstStreamFrame)],
+        )
+
     def test_resetCancelsBackend(self) -> None:
         """
         The client's RST_STREAM cancels the backend request: its connection
@@ -494,6 +518,59 @@ class StreamingTests(SynchronousTestCase):
         c.http11.connectionLost(None)
         self.assertEqual([b.closing for b in backends], [True, True])
         self.assertEqual(c.site.channels, set())
+
+
+class StreamingBodyTests(SynchronousTestCase):
+    """
+    C{request_buffering = no}: the body goes to the backend as it arrives,
+    and the stream's window opens as the backend takes it.
+    """
+
+    def setUp(self) -> None:
+        self.c = _Connection(self)
+        self.c.pool.requestBuffering = False
+
+    def test_bodyStreams(self) -> None:
+        """
+        The request head reaches the backend before the body has all
+        arrived; the rest follows, chunked (the client gave no length).
+        """
+        c = self.c
+        streamId = c.client.request(b"/up", method=b"POST", body=b"a" * 1000, end=False)
+        c.exchange()
+        backend = c.backend()
+        sent = backend.received()
+        self.assertTrue(sent.startswith(b"POST /up HTTP/1.1\r\n"), sent)
+        self.assertIn(b"\r\nTransfer-Encoding: chunked\r\n", sent)
+        self.assertTrue(sent.endswith(b"\r\n\r\n3e8\r\n" + b"a" * 1000 + b"\r\n"), sent[-40:])
+        c.client.machine.send_data(streamId, b"b" * 10, end_stream=True)
+        c.exchange()
+        self.assertTrue(backend.received().endswith(b"a\r\na\r\n" + b"b" * 10 + b"\r\n0\r\n\r\n"))
+        backend.respond(_OK)
+        c.exchange()
+        self.assertEqual(c.client.response(streamId)[1:], (b"hello", True))
+
+    def test_slowBackendHoldsTheWindow(self) -> None:
+        """
+        While the backend takes no more, the stream's window is not opened
+        again (the client runs out of it); once it does, it is.
+        """
+        c = self.c
+        window = c.client.machine.local_flow_control_window
+        streamId = c.client.request(b"/up", method=b"POST", body=b"a" * 1000, end=False)
+        c.exchange()
+        backend = c.backend()
+        c.exchange()
+        self.assertEqual(window(streamId), 65535)
+        body = backend.transport.producer
+        body.pauseProducing()
+        c.client.machine.send_data(streamId, b"b" * 16000)
+        c.client.machine.send_data(streamId, b"b" * 4000)
+        c.exchange()
+        self.assertEqual(window(streamId), 65535 - 20000)
+        body.resumeProducing()
+        c.exchange()
+        self.assertEqual(window(streamId), 65535)
 
 
 class ConformanceTests(SynchronousTestCase):

@@ -66,7 +66,7 @@ cancels its backend request.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -98,6 +98,7 @@ from zope.interface import implementer
 from lbproxy._http import CTL, HOST, TARGET_RE, TOKEN_RE
 from lbproxy._pages import errorBody
 from lbproxy._server import httpDate
+from lbproxy._streaming import StreamingBody
 from lbproxy._timer import Deadline
 
 __all__ = ["H2Channel", "StreamChannel", "TokenBucket"]
@@ -237,6 +238,17 @@ class StreamChannel:
         self.received = 0
         self.dispatched = False
         self.bodyTimer: Optional[Deadline] = None
+        #: Runs while the producer is paused: C{send_timeout}.
+        self.sendTimer: Optional[Deadline] = None
+        #: The request's content when its body streams to the backend
+        #: (C{request_buffering = no}).
+        self.streamingBody: Optional[StreamingBody] = None
+        #: Whether that body's backend cannot take more now: the stream's
+        #: window is not opened meanwhile.
+        self.bodyPaused = False
+        #: Flow-controlled bytes received but not yet given back to the
+        #: stream's window.
+        self.unacknowledged = 0
 
     @property
     def attached(self) -> bool:
@@ -247,9 +259,10 @@ class StreamChannel:
 
     def detach(self) -> None:
         self._connection = None
-        timer, self.bodyTimer = self.bodyTimer, None
-        if timer is not None:
-            timer.cancel()
+        for timer in (self.bodyTimer, self.sendTimer):
+            if timer is not None:
+                timer.cancel()
+        self.bodyTimer = self.sendTimer = None
 
     # What the request calls.
 
@@ -337,6 +350,8 @@ class StreamChannel:
     def unregisterProducer(self) -> None:
         self.producer = None
         self.producerPaused = False
+        if self.sendTimer is not None:
+            self.sendTimer.clear()
 
     def loseConnection(self) -> None:
         """
@@ -414,6 +429,8 @@ class H2Channel(Protocol):
         clientHeaderTimeout: Optional[float],
         clientBodyTimeout: Optional[float],
         timeOut: Optional[float],
+        sendTimeout: Optional[float] = None,
+        streamBodyFor: Optional[Callable[[Optional[bytes], bytes], bool]] = None,
     ) -> None:
         """
         @param site: the L{lbproxy.ProxySite}.
@@ -426,6 +443,12 @@ class H2Channel(Protocol):
             408), or L{None}.
         @param timeOut: seconds the connection may stay without a stream
             (then it is closed with GOAWAY), or L{None}.
+        @param sendTimeout: seconds a stream's response may wait for the
+            client to accept more of it (then the stream is reset), or
+            L{None}.
+        @param streamBodyFor: whether the body of a request for C{(host,
+            path)} streams to its backend (C{request_buffering = no}), or
+            L{None}: never.
         """
         self.site = site
         self.factory = site
@@ -435,6 +458,8 @@ class H2Channel(Protocol):
         self.clientHeaderTimeout = clientHeaderTimeout
         self.clientBodyTimeout = clientBodyTimeout
         self.timeOut = timeOut
+        self.sendTimeout = sendTimeout
+        self.streamBodyFor = streamBodyFor
         self.hardHeaderListLimit = max(2 * totalHeadersSize, 64 * 1024)
         self.persistentFlag = True
         self.clock = site.reactor
@@ -745,40 +770,67 @@ class H2Channel(Protocol):
         if cookies:
             addRawHeader(b"cookie", b"; ".join(cookies))
         request.hostHeader = host
+        if stream.remoteClosed:
+            return
         if self.clientBodyTimeout is not None:
             stream.bodyTimer = Deadline(self.clock, lambda: self._bodyTimedOut(stream))
             stream.bodyTimer.set(self.clientBodyTimeout)
+        streamFor = self.streamBodyFor
+        if streamFor is not None and streamFor(host, path):
+            # Handed on now: the body follows as it arrives, and the
+            # stream's window opens as the backend takes it.
+            body = stream.streamingBody = StreamingBody(
+                stream.length,
+                lambda: self._pauseBody(stream),
+                lambda: self._resumeBody(stream),
+            )
+            request.content = body
+            stream.dispatched = True
+            request.requestReceived(method, path, VERSION)
 
     def _data(self, event: Any) -> None:
         streamId = event.stream_id
         data = event.data
         flowed = event.flow_controlled_length
-        if flowed:
+        stream = self.streamsById.get(streamId)
+        machine = self.machine
+        if stream is not None and stream.streamingBody is not None and stream.request is not None:
+            # The connection's window opens at once, the stream's as its
+            # backend takes the body.
+            if flowed:
+                machine.increment_flow_control_window(flowed)
+                stream.unacknowledged += flowed
+                if not stream.bodyPaused:
+                    self._openStreamWindow(stream)
+        elif flowed:
             try:
-                self.machine.acknowledge_received_data(flowed, streamId)
+                machine.acknowledge_received_data(flowed, streamId)
             except ProtocolError:
                 # The stream is closed; the connection's window was opened.
                 pass
-        elif not data and not self.controls.take():
+        if not data and not flowed and not self.controls.take():
             self.terminate(ErrorCodes.ENHANCE_YOUR_CALM, "empty DATA frame flood")
             return
-        stream = self.streamsById.get(streamId)
-        if stream is None or stream.request is None or stream.dispatched:
+        if stream is None or stream.request is None:
             return
         if event.stream_ended is not None:
             stream.remoteClosed = True
-        if not data:
+        body = stream.streamingBody
+        if (stream.dispatched and body is None) or not data:
             return
         stream.received += len(data)
         if stream.received > self.maxBodySize:
             self.refuse(stream, 413)
             return
+        if stream.bodyTimer is not None and self.clientBodyTimeout is not None:
+            stream.bodyTimer.set(self.clientBodyTimeout)
+        if body is not None:
+            body.write(data)
+            return
         request = stream.request
         if request.content is None:
             request.gotLength(stream.length)
         request.handleContentChunk(data)
-        if stream.bodyTimer is not None and self.clientBodyTimeout is not None:
-            stream.bodyTimer.set(self.clientBodyTimeout)
 
     def _ended(self, streamId: int) -> None:
         stream = self.streamsById.get(streamId)
@@ -786,11 +838,17 @@ class H2Channel(Protocol):
             return
         stream.remoteClosed = True
         request = stream.request
-        if request is None or stream.dispatched:
+        if request is None:
             return
         timer, stream.bodyTimer = stream.bodyTimer, None
         if timer is not None:
             timer.cancel()
+        body = stream.streamingBody
+        if body is not None:
+            body.finish()
+            return
+        if stream.dispatched:
+            return
         stream.dispatched = True
         if request.content is None:
             request.content = BytesIO()
@@ -808,7 +866,9 @@ class H2Channel(Protocol):
         self._streamGone()
 
     def _bodyTimedOut(self, stream: StreamChannel) -> None:
-        if not stream.attached or stream.dispatched:
+        if not stream.attached or stream.remoteClosed:
+            return
+        if stream.dispatched and stream.streamingBody is None:
             return
         self._log.info(
             "client {client} exceeded client_body_timeout",
@@ -816,6 +876,48 @@ class H2Channel(Protocol):
         )
         self.refuse(stream, 408)
         self.flush()
+
+    def _pauseBody(self, stream: StreamChannel) -> None:
+        """
+        A streaming body's backend cannot take more: the stream's window
+        stays as it is (the client stops sending once it is spent), and
+        C{client_body_timeout} stops, since the backend is the slow one.
+        """
+        stream.bodyPaused = True
+        if stream.bodyTimer is not None:
+            stream.bodyTimer.clear()
+
+    def _resumeBody(self, stream: StreamChannel) -> None:
+        if not stream.bodyPaused:
+            return
+        stream.bodyPaused = False
+        if not stream.attached:
+            return
+        if (
+            stream.bodyTimer is not None
+            and self.clientBodyTimeout is not None
+            and not stream.remoteClosed
+        ):
+            stream.bodyTimer.set(self.clientBodyTimeout)
+        self._openStreamWindow(stream)
+        self.flush()
+
+    def _openStreamWindow(self, stream: StreamChannel) -> None:
+        size, stream.unacknowledged = stream.unacknowledged, 0
+        if size and not stream.remoteClosed and not self.terminated:
+            try:
+                self.machine.increment_flow_control_window(size, stream.streamId)
+            except ProtocolError:
+                pass
+
+    def _sendTimedOut(self, stream: StreamChannel) -> None:
+        if not stream.attached or not stream.producerPaused:
+            return
+        self._log.info(
+            "client {client} exceeded send_timeout: resetting a stream",
+            client=getattr(self.getPeer(), "host", "?"),
+        )
+        self.resetStream(stream, ErrorCodes.CANCEL, countIt=False)
 
     # Streams ending
 
@@ -934,6 +1036,11 @@ class H2Channel(Protocol):
             and len(stream.pending) > HIGH_WATER
         ):
             stream.producerPaused = True
+            sendTimeout = self.sendTimeout
+            if sendTimeout is not None:
+                if stream.sendTimer is None:
+                    stream.sendTimer = Deadline(self.clock, lambda: self._sendTimedOut(stream))
+                stream.sendTimer.set(sendTimeout)
             stream.producer.pauseProducing()
 
     def endStream(self, stream: StreamChannel) -> None:
@@ -1018,6 +1125,8 @@ class H2Channel(Protocol):
                     and stream.producer is not None
                 ):
                     stream.producerPaused = False
+                    if stream.sendTimer is not None:
+                        stream.sendTimer.clear()
                     stream.producer.resumeProducing()
                 elif stream.producer is not None and not stream.streaming:
                     self.schedulePull(stream)

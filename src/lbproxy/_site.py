@@ -589,6 +589,8 @@ class ProxySite(Site):
             channel.clientHeaderTimeout,
             channel.clientBodyTimeout,
             channel.timeOut,
+            channel.sendTimeout,
+            channel.streamBodyFor,
         )
 
     def _abortConnections(self) -> None:

@@ -5,8 +5,10 @@ lbproxy's own HTTP/1.1 server protocol (L{lbproxy._server.ProxyChannel}),
 with lbproxy's limits, timeouts, request validation and access log, and
 the request class that carries a proxied response back.
 
-lbproxy reads each client request completely and re-frames it for the
-backend itself, so the client's framing never reaches a backend.  What
+lbproxy reads each client request completely (or, for an upstream with
+C{request_buffering = no}, decodes its body as it streams) and re-frames
+it for the backend itself, so the client's framing never reaches a
+backend.  What
 could be read two ways is refused with 400 before anything is forwarded:
 see L{lbproxy._server} for the list, and C{docs/security.rst}.
 """

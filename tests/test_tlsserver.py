@@ -405,3 +405,36 @@ class ProbeTests(_Table, SynchronousTestCase):
         message = str(caught.exception)
         self.assertIn(f"Twisted {version.short()} and pyOpenSSL {OpenSSL.__version__}", message)
         self.assertEqual(startupFailure(caught.exception), message)
+
+
+class ServiceReloadTests(SynchronousTestCase):
+    """
+    L{LoadBalancerService.reload} and the certificates, without sockets.
+    """
+
+    def test_reloadWithoutTLS(self) -> None:
+        """
+        A reload to a configuration without C{listen_tls} and certificates
+        keeps the HTTPS listeners (until the restart) on the certificates
+        they had, rather than fail.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbproxy.service import LoadBalancerService
+
+        files = _Files(self)
+        files.write("default", ["default.test"])
+        files.write("a", ["a.test"])
+        files.write("b", ["b.test", "*.b.test"], "rsa")
+        service = LoadBalancerService(files.config(_SITE), MemoryReactorClock())
+        table = service.tlsCreator.table
+        self.assertIsNotNone(table)
+        plain = (
+            "[lbproxy]\nlisten = tcp:8080\n[upstream:app]\nservers = 127.0.0.1:9001\n"
+            "[vhost:a]\nserver_names = a.test\nupstream = app\n"
+        )
+        service.reload(files.config(plain))
+        self.assertIs(service.tlsCreator.table, table)
+        service.reload(files.config(_SITE))
+        self.assertIsNot(service.tlsCreator.table, table)
+        self.assertIs(service.tlsCreator.table.default, table.default)

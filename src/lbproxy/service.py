@@ -421,9 +421,17 @@ class LoadBalancerService(MultiService):
         self.site.configure(config.proxy)
         self.site.logRequestId = _logsRequestId(config)
         certificates.logWarnings()
-        if self.tlsFactories:
+        if self.tlsFactories and certificates.default is not None:
             self.tlsCreator.table = certificates.buildTable(
                 self.tlsCreator, self._offeredProtocols()
+            )
+        elif self.tlsFactories:
+            # listen_tls went with its certificates: the listeners stay
+            # until the restart (logged above), with the certificates
+            # they have.
+            self._log.warn(
+                "reload: the new configuration has no certificate; the "
+                "listen_tls listeners keep serving the ones loaded before"
             )
         if self.running:
             self._useAccessLog(accessLog)

@@ -122,8 +122,7 @@ class Pool:
         before it is closed, or L{None} for no limit.
     @ivar requestBuffering: whether request bodies are read whole before
         the request is forwarded (the default), or go to the backend as
-        they arrive (C{request_buffering = no}, over lbproxy's HTTP/1.1
-        connections).
+        they arrive (C{request_buffering = no}).
     """
 
     _log = Logger()

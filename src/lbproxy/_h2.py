@@ -463,8 +463,16 @@ class H2Channel(Protocol):
         self.hardHeaderListLimit = max(2 * totalHeadersSize, 64 * 1024)
         self.persistentFlag = True
         self.clock = site.reactor
+        # Response heads are checked where they are made (the backend's by
+        # lbproxy's HTTP/1.1 parser, lbproxy's own through Headers) and
+        # lower-cased here: h2 need not check and normalise them again.
         self.machine = H2Connection(
-            H2Configuration(client_side=False, header_encoding=None)
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.machine.local_settings = Settings(
             client=False,

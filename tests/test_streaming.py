@@ -99,7 +99,7 @@ class StreamingTests(SynchronousTestCase):
         """
         The body is the backend transport's producer: a backend that does
         not keep up stops the reading of the client, and client_body_timeout
-        does not run meanwhile.
+        does not run meanwhile (the client is not the slow one).
         """
         h = _Harness(self, clientBodyTimeout=10.0)
         h.client.send(_HEAD + b"abc")
@@ -108,13 +108,31 @@ class StreamingTests(SynchronousTestCase):
         self.assertIsNotNone(producer)
         producer.pauseProducing()
         self.assertEqual(h.client.transport.producerState, "paused")
-        h.reactor.advance(60)
+        h.reactor.advance(4.5)
         self.assertFalse(h.client.closing)
         producer.resumeProducing()
         self.assertEqual(h.client.transport.producerState, "producing")
-        h.reactor.advance(10)
+        h.reactor.advance(9.9)
+        self.assertFalse(h.client.closing)
+        h.reactor.advance(0.1)
         self.assertTrue(h.client.received().startswith(b"HTTP/1.1 408 "))
         self.assertTrue(backend.closing)
+
+    def test_backendNotReading(self) -> None:
+        """
+        A backend that takes none of the body for read_timeout is given up
+        on (nginx's proxy_send_timeout): 504, and its connection closed.
+        """
+        h = _Harness(self, clientBodyTimeout=60.0)
+        h.client.send(_HEAD + b"abc")
+        backend = h.proxy.acceptBackend()
+        backend.transport.producer.pauseProducing()
+        h.reactor.advance(4.9)
+        self.assertFalse(backend.closing)
+        h.reactor.advance(0.1)
+        self.assertTrue(backend.closing)
+        self.assertTrue(h.client.received().startswith(b"HTTP/1.1 504 "))
+        self.assertEqual(h.backends[0].active, 0)
 
     def test_tooLargeMidStream(self) -> None:
         """

@@ -367,7 +367,7 @@ class _Exchange(ResponseHandler):
             # the body is sent.
             self._idempotent = False
             proto.send(self, self._method, self._requestLine + host + self._block)
-            proto.streamBody(stream)
+            proto.streamBody(_BodyRelay(self, stream))
             if stream.length is None:
                 stream.attach(self._sendChunk, self._lastChunk)
             else:
@@ -748,6 +748,35 @@ _EXCHANGES: dict[tuple[bool, bool], type[_Exchange]] = {
     (False, True): _GzipExchange,
     (True, True): _RuledGzipExchange,
 }
+
+
+@implementer(IPushProducer)
+class _BodyRelay:
+    """
+    The backend transport's producer while a streaming request body is
+    sent (C{request_buffering = no}): a backend that does not take more
+    pauses the reading of the client, and read_timeout runs while it does
+    (nginx's C{proxy_send_timeout}): a backend that stops reading is given
+    up on with 504, as one that stops answering.
+    """
+
+    __slots__ = ("_exchange", "_body")
+
+    def __init__(self, exchange: _Exchange, body: StreamingBody) -> None:
+        self._exchange = exchange
+        self._body = body
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+        if self._exchange._conn is not None:
+            self._exchange._startTimer()
+
+    def resumeProducing(self) -> None:
+        self._exchange._stopTimer()
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
 
 
 @implementer(IPushProducer)

@@ -411,6 +411,25 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(holding.requests, [request])
         self.assertEqual(request.getClientAddress().host, "203.0.113.9")
 
+    def test_http2(self):
+        """
+        An HTTP/2 stream's request (built by L{lbproxy._h2}'s stream
+        channel) finds its client from a trusted peer, and passes on a
+        spoofed header from any other with the peer appended.
+        """
+        from tests.test_h2 import _Connection
+
+        for trusted, forwarded, client in [
+            (["192.0.2.0/24"], b"198.51.100.7, 203.0.113.9", b"203.0.113.9"),
+            (["10.0.0.0/8"], b"198.51.100.7, 203.0.113.9, 192.0.2.1", b"192.0.2.1"),
+        ]:
+            c = _Connection(self, trustedProxies=trusted)
+            c.client.request(headers=[(b"x-forwarded-for", b"198.51.100.7, 203.0.113.9")])
+            c.exchange()
+            sent = c.backend().received()
+            self.assertEqual(_headerValues(sent, b"x-forwarded-for"), [forwarded])
+            self.assertEqual(_headerValues(sent, b"x-real-ip"), [client])
+
     def test_plainSite(self):
         """
         A request of a plain L{Site} (adapted to L{IProxyRequest}) has its

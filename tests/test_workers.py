@@ -7,20 +7,25 @@ themselves are exercised in L{tests.integration.test_workers}.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy._workers import (
+    STOP_GRACE,
     WORKER_FDS,
     AdoptedPortService,
+    WorkerParentService,
     listeningSocket,
     workerFDs,
     workerService,
 )
-from lbproxy.config import ConfigError, parseConfigText
+from lbproxy.config import ConfigError, parseConfig, parseConfigText
 
 _SITE = """
 [lbproxy]
@@ -173,3 +178,101 @@ class AdoptedPortServiceTests(SynchronousTestCase):
         self.assertIsInstance(second[2], TLSServerFactory)
         self.assertIs(second[2].site, service.site)
         self.assertEqual(reactor.tcpServers, [])
+
+
+class _Process:
+    """
+    The process transport L{_SpawningReactor} hands out: it records the
+    signals sent to it.
+    """
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.signals = []
+
+    def signalProcess(self, signum):
+        self.signals.append(signum)
+
+
+class _SpawningReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} that records the processes it is asked to start
+    instead of starting them.
+    """
+
+    def __init__(self):
+        MemoryReactorClock.__init__(self)
+        self.processes = []
+
+    def spawnProcess(self, protocol, executable, args, env=None, childFDs=None, **kw):
+        process = _Process(1000 + len(self.processes))
+        self.processes.append((protocol, process))
+        return process
+
+
+class StopTests(SynchronousTestCase):
+    """
+    The parent's stop: SIGTERM to the workers, SIGKILL to those still
+    running C{shutdown_timeout} plus L{STOP_GRACE} seconds later.
+    """
+
+    def startParent(self, extra):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                _SITE.format(listen="tcp:0:interface=127.0.0.1", workers=2).replace(
+                    "workers = 2", "workers = 2\n" + extra
+                )
+            )
+        reactor = _SpawningReactor()
+        parent = WorkerParentService(parseConfig(path), path, reactor)
+        parent.startService()
+        self.addCleanup(lambda: parent.running and parent.stopService())
+        return path, reactor, parent
+
+    def test_killAfterShutdownTimeout(self):
+        """
+        Workers still running C{shutdown_timeout} + L{STOP_GRACE} seconds
+        after the SIGTERM are killed; the stop completes once they end.
+        """
+        path, reactor, parent = self.startParent("shutdown_timeout = 7s")
+        self.assertEqual(len(reactor.processes), 2)
+        stopped = parent.stopService()
+        for protocol, process in reactor.processes:
+            self.assertEqual(process.signals, [signal.SIGTERM])
+        reactor.advance(7 + STOP_GRACE - 0.1)
+        self.assertEqual(reactor.processes[0][1].signals, [signal.SIGTERM])
+        reactor.advance(0.1)
+        for protocol, process in reactor.processes:
+            self.assertEqual(process.signals, [signal.SIGTERM, signal.SIGKILL])
+            protocol.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        self.successResultOf(stopped)
+
+    def test_cleanStop(self):
+        """
+        Workers that end on their own cancel the kill.
+        """
+        path, reactor, parent = self.startParent("")
+        stopped = parent.stopService()
+        for protocol, process in reactor.processes:
+            protocol.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(stopped)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_reloadedShutdownTimeout(self):
+        """
+        On SIGHUP the parent reads C{shutdown_timeout} again (the workers
+        take it then); a file with errors leaves it as it was.
+        """
+        path, reactor, parent = self.startParent("shutdown_timeout = 7s")
+        self.assertEqual(parent.shutdownTimeout, 7.0)
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("shutdown_timeout = 7s", "shutdown_timeout = 90s"))
+        parent.reloadShutdownTimeout()
+        self.assertEqual(parent.shutdownTimeout, 90.0)
+        with open(path, "w") as f:
+            f.write(text.replace("shutdown_timeout = 7s", "shutdown_timeout = soon"))
+        parent.reloadShutdownTimeout()
+        self.assertEqual(parent.shutdownTimeout, 90.0)

@@ -494,6 +494,9 @@ class ProxyConfig:
     sendTimeout: float = _setting(
         "send_timeout", 60.0, parsePositiveDuration, "how long a client may accept none of a response being relayed"
     )
+    shutdownTimeout: float = _setting(
+        "shutdown_timeout", 30.0, parseDuration, "how long a graceful stop waits for requests in flight (0: not at all)"
+    )
     maxBodySize: int = _setting(
         "max_body_size", 100 * 1024 * 1024, parsePositiveSize, "the largest request body"
     )

@@ -33,7 +33,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy._config import SiteConfig
+from lbproxy._config import ConfigError, SiteConfig, parseConfig
 from lbproxy._listeners import EndpointListener, ListenerService, parseTCPDescription
 
 #: The environment variable that tells a worker which inherited file
@@ -47,9 +47,10 @@ WORKER_FDS = "LBPROXY_WORKER_FDS"
 STABLE_AFTER = 10.0
 MAX_RESTART_DELAY = 30.0
 
-#: Seconds the parent waits for its workers to finish after SIGTERM
-#: before it kills them.
-STOP_TIMEOUT = 30.0
+#: Seconds the parent waits for its workers after SIGTERM beyond their own
+#: C{shutdown_timeout} (by when they have aborted what was left) before it
+#: kills them.
+STOP_GRACE = 5.0
 
 
 def workerFDs() -> Optional[list[tuple[int, int]]]:
@@ -147,6 +148,10 @@ class WorkerParentService(MultiService):
         self._reactor = reactor
         self.config = config
         self.count = config.proxy.workers
+        self._configPath = configPath
+        #: Seconds the workers give their requests in flight on SIGTERM:
+        #: the parent kills those still running L{STOP_GRACE} seconds later.
+        self.shutdownTimeout = config.proxy.shutdownTimeout
         self._argv = list(
             argv
             or [
@@ -188,7 +193,21 @@ class WorkerParentService(MultiService):
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
 
     def _onHup(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.reloadShutdownTimeout)
         self._reactor.callFromThread(self.signalWorkers, signal.SIGHUP)
+
+    def reloadShutdownTimeout(self) -> None:
+        """
+        Read C{shutdown_timeout} from the configuration file again (the
+        workers reload it on SIGHUP, and the parent must wait for them as
+        long as they wait); a file with errors leaves it as it was (the
+        workers refuse it too).
+        """
+        try:
+            config = parseConfig(self._configPath)
+        except (ConfigError, OSError):
+            return
+        self.shutdownTimeout = config.proxy.shutdownTimeout
 
     def signalWorkers(self, signum: int) -> None:
         """
@@ -261,7 +280,9 @@ class WorkerParentService(MultiService):
         self._restarts.clear()
         ended = [p.ended for p in self._protocols.values()]
         self.signalWorkers(signal.SIGTERM)
-        killer = self._reactor.callLater(STOP_TIMEOUT, self.signalWorkers, signal.SIGKILL)
+        killer = self._reactor.callLater(
+            self.shutdownTimeout + STOP_GRACE, self.signalWorkers, signal.SIGKILL
+        )
 
         def done(result: Any) -> Any:
             if killer.active():

@@ -201,10 +201,17 @@ def _logsRequestId(config: SiteConfig) -> bool:
 
 class StopSignals:
     """
-    SIGINT and SIGTERM once the reactor runs: the first goes on to the
-    reactor's own handler, which stops the reactor gracefully; each later
-    one calls C{again} instead (the reactor's handler would try to stop a
-    stopping reactor, and log a C{ReactorNotRunning} traceback).
+    SIGINT and SIGTERM once the reactor runs: the first stops the reactor
+    gracefully; each later one calls C{again} instead (the reactor's
+    handler would try to stop a stopping reactor, and log a
+    C{ReactorNotRunning} traceback).
+
+    The first signal stops the reactor with
+    L{IReactorCore.stop <twisted.internet.interfaces.IReactorCore.stop>}
+    rather than through the reactor's own handler: that handler records
+    the signal, and twistd then ends by killing itself with it, so a
+    graceful stop would end with the status of a process killed by
+    SIGTERM (143) instead of 0.
 
     @ivar stopping: whether a stop has begun (a first signal came, or
         L{stop} was called).
@@ -253,9 +260,7 @@ class StopSignals:
             self.reactor.callFromThread(self.again)
             return
         self.stopping = True
-        previous = self.previous.get(signum)
-        if callable(previous):
-            previous(signum, frame)
+        self.reactor.callFromThread(self.reactor.stop)
 
 
 class LoadBalancerService(MultiService):
@@ -274,9 +279,14 @@ class LoadBalancerService(MultiService):
 
     _log = Logger()
 
-    #: Seconds that requests in flight get to finish when the service
-    #: stops; the client connections still open then are aborted.
-    shutdownTimeout = 30.0
+    @property
+    def shutdownTimeout(self) -> float:
+        """
+        Seconds that requests in flight get to finish when the service
+        stops (C{shutdown_timeout} of the running configuration); the
+        client connections still open then are aborted.
+        """
+        return self.config.proxy.shutdownTimeout
 
     def __init__(self, config: SiteConfig, reactor: Any = None) -> None:
         MultiService.__init__(self)

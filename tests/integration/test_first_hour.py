@@ -379,6 +379,33 @@ class FirstHourTests(TestCase):
         )
 
     @inlineCallbacks
+    def test_cleanDrainExitsZero(self):
+        """
+        SIGTERM with a request in flight: the process waits for it (the
+        client gets its whole response) and then ends with status 0, not
+        by the signal.
+        """
+        factory, backendPort = self.holdingBackend()
+        path = self.writeConfig(backend=backendPort)
+        process, transport = self.spawn("lbproxy", "--config", path)
+        match = yield process.waitFor(rb"ProxySite starting on (\d+)")
+        port = int(match.group(1))
+        client = yield self.requestInFlight(port, factory)
+        transport.signalProcess("TERM")
+        yield process.waitFor(rb"a second SIGINT or SIGTERM stops at once")
+        self.assertIsNone(process.code)
+        factory.connected[0].transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ndrain"
+        )
+        code = yield process.ended
+        output = process.out + process.err
+        self.assertEqual(code, 0, output)
+        self.assertNotIn(b"Traceback", output)
+        received = yield client.closed
+        self.assertTrue(received.startswith(b"HTTP/1.1 200 OK\r\n"), received)
+        self.assertTrue(received.endswith(b"\r\n\r\ndrain"), received)
+
+    @inlineCallbacks
     def test_secondSigintStopsAtOnce(self):
         """
         A first SIGINT waits for the request in flight (to a backend that

@@ -554,6 +554,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "client_body_timeout": ("750ms", 0.75),
         "keepalive_timeout": ("1m", 60.0),
         "send_timeout": ("30s", 30.0),
+        "shutdown_timeout": ("0", 0.0),
         "max_body_size": ("1g", 1024**3),
         "max_header_size": ("8k", 8192),
         "max_connections": ("0", 0),

@@ -238,7 +238,7 @@ class StopTests(SynchronousTestCase):
         path, reactor, parent = self.startParent("shutdown_timeout = 7s")
         self.assertEqual(len(reactor.processes), 2)
         stopped = parent.stopService()
-        for protocol, process in reactor.processes:
+        for _protocol, process in reactor.processes:
             self.assertEqual(process.signals, [signal.SIGTERM])
         reactor.advance(7 + STOP_GRACE - 0.1)
         self.assertEqual(reactor.processes[0][1].signals, [signal.SIGTERM])
@@ -254,7 +254,7 @@ class StopTests(SynchronousTestCase):
         """
         path, reactor, parent = self.startParent("")
         stopped = parent.stopService()
-        for protocol, process in reactor.processes:
+        for protocol, _process in reactor.processes:
             protocol.processEnded(Failure(ProcessDone(0)))
         self.successResultOf(stopped)
         self.assertEqual(reactor.getDelayedCalls(), [])

@@ -161,3 +161,25 @@ class DocumentationTests(SynchronousTestCase):
         self.assertIs(checker.pool, pool)
         self.assertEqual(checker.config.path, "/healthz")
         self.assertEqual(list(application), [checker])
+
+    def test_reExportsDocumented(self):
+        """
+        A public name defined in a private module is not in that module's
+        C{__all__}: pydoctor, which builds the API reference, documents a
+        re-exported object in the public module only when the module that
+        defines it does not export it itself (it would otherwise stay in
+        the private module, which the reference leaves out).
+        """
+        import importlib
+
+        for public in ["lbproxy", "lbproxy.config", "lbproxy.interfaces", "lbproxy.balancers"]:
+            module = importlib.import_module(public)
+            for name in module.__all__:
+                value = getattr(module, name)
+                home = getattr(value, "__module__", None)
+                if not home or home == public or not any(
+                    part.startswith("_") for part in home.split(".")
+                ):
+                    continue
+                defining = importlib.import_module(home)
+                self.assertNotIn(name, getattr(defining, "__all__", ()), (public, name, home))

@@ -2,7 +2,10 @@
 lbproxy: a reverse proxy and load balancer built on Twisted.
 
 The stable API is re-exported here; everything in a module whose name
-starts with an underscore is private.
+starts with an underscore is private.  L{parseConfig}, L{parseConfigText},
+L{SiteConfig} and L{ConfigError} are documented in L{lbproxy.config}, with
+the classes of a configuration; L{lbproxy.interfaces}, L{lbproxy.balancers}
+and L{lbproxy.testing} are public too.
 
 The names are imported on first use (PEP 562): twistd imports lbproxy's
 balancer dropins while it scans for plugins, before it installs the reactor

@@ -581,6 +581,55 @@ class FailureTests(SynchronousTestCase):
         self.assertFalse(h.clientTransport.disconnecting)
         self.assertEqual(len(h.pool._connections[h.backends[0]].idle), 1)
 
+    def test_sendTimeoutAfterBackendDone(self):
+        """
+        send_timeout runs until the client has taken the whole response,
+        not only until the backend is done: a response that ended while
+        the client's transport was paused still cuts off a client that
+        takes none of the rest for send_timeout; the backend connection,
+        done and sound, went back to the pool.
+        """
+        h = _Harness(self, count=1, readTimeout=600.0)
+        h.client.sendTimeout = 30.0
+        h.client.timeOut = 5.0
+        h.send(_GET)
+        _, protocol, transport = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        h.clientTransport.producer.pauseProducing()
+        h.reactor.advance(10)
+        protocol.dataReceived(b"lo, wor")
+        self.assertEqual(len(h.pool._connections[h.backends[0]].idle), 1)
+        # Not the keep-alive timeout (5 s): the client has not taken it all.
+        h.reactor.advance(19.9)
+        self.assertFalse(h.clientTransport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(h.clientTransport.disconnecting)
+        self.assertEqual(len(h.pool._connections[h.backends[0]].idle), 1)
+
+    def test_sendDrainedThenKeepAlive(self):
+        """
+        Once the client takes the end of a response that the backend had
+        finished, the channel leaves the transport and the keep-alive
+        timeout runs as after any response.
+        """
+        h = _Harness(self, count=1, readTimeout=600.0)
+        h.client.sendTimeout = 30.0
+        h.client.timeOut = 5.0
+        h.send(_GET)
+        _, protocol, _ = h.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        h.clientTransport.producer.pauseProducing()
+        protocol.dataReceived(b"lo, wor")
+        self.assertIs(h.clientTransport.producer, h.client)
+        h.reactor.advance(20)
+        h.client.resumeProducing()
+        self.assertIsNone(h.clientTransport.producer)
+        h.reactor.advance(4.9)
+        self.assertFalse(h.clientTransport.disconnecting)
+        h.reactor.advance(0.1)
+        self.assertTrue(h.clientTransport.disconnecting)
+        self.assertTrue(h.response().endswith(b"hello, wor"))
+
     def test_clientGoneClosesBackend(self):
         """
         A client that disconnects while waiting closes the backend request.

@@ -34,9 +34,9 @@ What is refused, with a short page, before anything reaches a resource:
   - 413 for a body larger than C{maxBodySize}, announced or reached;
   - 431 for a head larger than C{maxHeaderSize}.
 
-A client that accepts none of a response for C{sendTimeout} seconds while
-it is relayed (the response's producer paused by the client's transport)
-is cut off: nginx's C{send_timeout}.
+A client that accepts none of a response for C{sendTimeout} seconds (the
+client's transport paused, while the response is relayed or while the
+transport still holds its end) is cut off: nginx's C{send_timeout}.
 
 Requests on a connection are read one at a time: while one is handled,
 what follows it is buffered (and the socket paused past
@@ -334,6 +334,7 @@ class ProxyChannel(Protocol):
         "_localAddress",
         "_secure",
         "_responseProducer",
+        "_sendDrain",
         "_tunnelReceiver",
         "streamBodyFor",
         "_bodyStream",
@@ -375,6 +376,10 @@ class ProxyChannel(Protocol):
         #: The response's streaming producer, which the transport pauses
         #: through this channel (see L{registerProducer}).
         self._responseProducer: Any = None
+        #: Whether the response's producer is gone but the transport still
+        #: holds what the client has not taken, timed by L{sendTimeout}
+        #: (see L{unregisterProducer}).
+        self._sendDrain = False
         #: Where the client's bytes go once the connection is a tunnel.
         self._tunnelReceiver: Optional[Callable[[bytes], None]] = None
         #: Whether the body of a request for C{(host, target)} streams to
@@ -495,6 +500,10 @@ class ProxyChannel(Protocol):
     def _arm(self, timing: int, seconds: Optional[float]) -> None:
         timer = self._timer
         if timer is None:
+            return
+        if self._sendDrain and timing != _SEND:
+            # The client has yet to take the end of a response: only
+            # sendTimeout runs until it has (see unregisterProducer).
             return
         self._timing = timing
         if seconds is None:
@@ -837,6 +846,9 @@ class ProxyChannel(Protocol):
         @return: the transport.
         """
         self.flushHead()
+        if self._sendDrain:
+            self._sendDrain = False
+            self.transport.unregisterProducer()
         self._phase = _TUNNEL
         self.persistent = False
         self._tunnelReceiver = received
@@ -860,6 +872,14 @@ class ProxyChannel(Protocol):
         streaming one through this channel, which times how long the
         transport keeps it paused (L{sendTimeout}).
         """
+        if self._sendDrain:
+            # Still registered, with the end of the last response unsent.
+            if streaming:
+                self._sendDrain = False
+                self._responseProducer = producer
+                producer.pauseProducing()
+                return
+            self._sendDrained()
         if not streaming or self.sendTimeout is None:
             self.transport.registerProducer(producer, streaming)
             return
@@ -867,11 +887,36 @@ class ProxyChannel(Protocol):
         self.transport.registerProducer(self, True)
 
     def unregisterProducer(self) -> None:
+        """
+        The response's producer is done.  If the transport is still
+        paused, holding part of the response the client has not taken, the
+        channel stays registered with it and L{sendTimeout} keeps running
+        until it resumes: nginx's C{send_timeout} too runs until the last
+        byte is sent, not until the backend is done.
+        """
         if self._responseProducer is not None:
             self._responseProducer = None
             if self._timing == _SEND:
-                self._arm(_KEEPALIVE, None)
+                self._sendDrain = True
+                return
         self.transport.unregisterProducer()
+
+    def _sendDrained(self) -> None:
+        """
+        The client took what was held for it after the response's producer
+        was done: leave the transport, and time what the connection does
+        next as if the response had just been sent.
+        """
+        self._sendDrain = False
+        self.transport.unregisterProducer()
+        phase = self._phase
+        if phase == _HEAD:
+            if self._unread:
+                self._arm(_HEADER, self.clientHeaderTimeout)
+            else:
+                self._arm(_KEEPALIVE, self.timeOut)
+        else:
+            self._arm(_KEEPALIVE, None)
 
     def pauseProducing(self) -> None:
         """
@@ -889,6 +934,8 @@ class ProxyChannel(Protocol):
             if self._timing == _SEND:
                 self._arm(_KEEPALIVE, None)
             producer.resumeProducing()
+        elif self._sendDrain:
+            self._sendDrained()
 
     def stopProducing(self) -> None:
         producer, self._responseProducer = self._responseProducer, None

@@ -9,17 +9,25 @@ benchmarks/run.py, whose req/s include all of those.
 
     python benchmarks/bench_hotpath.py            # 20,000 requests, 5 runs
     PYTHONPATH=/other/checkout/src python benchmarks/bench_hotpath.py
+    python benchmarks/bench_hotpath.py --access-log  # each log format
 
 Prints the median µs per request over the runs (keep-alive client, pooled
-backend connection, a 6-byte response with Content-Length).
+backend connection, a 6-byte response with Content-Length).  With
+C{--access-log}, the runs go round the access log off and each
+C{access_log_format} (C{combined}, C{upstream}, C{json}), each writing to
+C{/dev/null} opened as lbproxy opens an access log (line-buffered: one
+write per line), and it prints each one's median and what it adds to
+the run without a log.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from typing import Any, Optional
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -45,15 +53,22 @@ _RESPONSE = (
 )
 
 
-def run(count: int) -> float:
+def run(count: int, logFormat: Optional[str] = None) -> float:
     """
     Proxy C{count} requests; return the seconds per request.
+
+    @param logFormat: the C{access_log_format}, or L{None} for no access
+        log.
     """
     reactor = MemoryReactorClock()
     pool = Pool("app", [Backend("127.0.0.1", 9000)], reactor=reactor)
     vhost = VirtualHost("app", ["app.example"], {b"/": UpstreamResource(pool)})
-    site = ProxySite(VirtualHostResource([vhost], vhost), reactor=reactor)
-    site.accessLog = None
+    site = ProxySite(
+        VirtualHostResource([vhost], vhost),
+        reactor=reactor,
+        accessLogFormat=logFormat or "combined",
+    )
+    site.accessLog = None if logFormat is None else ProxySite.openAccessLog(os.devnull)
     peer = IPv4Address("TCP", "192.0.2.1", 4321)
     client = site.buildProtocol(peer)
     clientTransport = StringTransport(peerAddress=peer)
@@ -77,14 +92,78 @@ def run(count: int) -> float:
         raise SystemExit("the proxy did not answer: " + repr(clientTransport.value()[:200]))
     if len(reactor.tcpClients) != 1:
         raise SystemExit("the backend connection was not reused")
+    if site.accessLog is not None:
+        site.accessLog.close()
     return elapsed / count
+
+
+def logLineCost(logFormat: str, count: int) -> float:
+    """
+    The seconds that writing one access log line in C{logFormat} takes
+    (formatting and the write to C{/dev/null}), for a request proxied
+    once: the least of 5 timings of C{count} lines, as C{timeit} reports,
+    which load on the machine cannot lower.
+    """
+    reactor = MemoryReactorClock()
+    pool = Pool("app", [Backend("127.0.0.1", 9000)], reactor=reactor)
+    vhost = VirtualHost("app", ["app.example"], {b"/": UpstreamResource(pool)})
+    site = ProxySite(
+        VirtualHostResource([vhost], vhost), reactor=reactor, accessLogFormat=logFormat
+    )
+    site.accessLog = None
+    logged: list[Any] = []
+    site.log = logged.append  # type: ignore[method-assign]
+    peer = IPv4Address("TCP", "192.0.2.1", 4321)
+    client = site.buildProtocol(peer)
+    client.makeConnection(StringTransport(peerAddress=peer))
+    client.dataReceived(_REQUEST)
+    _, port, factory, _, _ = reactor.tcpClients[0]
+    backend = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+    backend.makeConnection(StringTransport())
+    backend.dataReceived(_RESPONSE)
+    (request,) = logged
+    del site.log
+    site.accessLog = ProxySite.openAccessLog(os.devnull)
+    log = site.log
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(count):
+            log(request)
+        best = min(best, time.perf_counter() - started)
+    site.accessLog.close()
+    return best / count
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="measure the access log off and in each format, interleaved",
+    )
     options = parser.parse_args()
+    if options.access_log:
+        formats: list[Optional[str]] = [None, "combined", "upstream", "json"]
+        byFormat: dict[Optional[str], list[float]] = {f: [] for f in formats}
+        for _ in range(options.runs):
+            for f in formats:
+                byFormat[f].append(run(options.requests, f) * 1e6)
+        base = statistics.median(byFormat[None])
+        print(f"{sys.implementation.name} {sys.version.split()[0]}, median of {options.runs} runs:")
+        for f in formats:
+            median = statistics.median(byFormat[f])
+            print(
+                f"  {f or 'off':9} {median:6.2f} µs per request "
+                f"(+{median - base:.2f} µs over no log)"
+            )
+        for f in formats[1:]:
+            assert f is not None
+            cost = logLineCost(f, options.requests) * 1e6
+            print(f"  one {f} line alone (best of 5): {cost:.2f} µs")
+        return
     results = [run(options.requests) * 1e6 for _ in range(options.runs)]
     print(
         f"lbproxy {lbproxy.__file__.rsplit('/', 2)[0]} on "

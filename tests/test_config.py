@@ -555,6 +555,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "keepalive_timeout": ("1m", 60.0),
         "send_timeout": ("30s", 30.0),
         "shutdown_timeout": ("0", 0.0),
+        "access_log_format": ("upstream", "upstream"),
         "max_body_size": ("1g", 1024**3),
         "max_header_size": ("8k", 8192),
         "max_connections": ("0", 0),

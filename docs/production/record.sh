@@ -13,7 +13,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 cp "$here/site.ini" "$work/"
-sed "s|/var/log/lbproxy|$work|; s|systemctl reload lbproxy.service|kill -HUP \$(cat $work/twistd.pid)|; s|create 0640 lbproxy lbproxy|create 0600 $(id -un) $(id -gn)|" \
+sed "s|/var/log/lbproxy|$work|; s|systemctl show --property MainPID --value lbproxy.service|cat $work/twistd.pid|; s|create 0640 lbproxy lbproxy|create 0600 $(id -un) $(id -gn)|" \
     "$here/logrotate.conf" > "$work/logrotate.conf"
 cd "$work"
 . "$here/../recording.sh"
@@ -35,7 +35,7 @@ echo "##### rotate"
 run "logrotate -s state -f logrotate.conf"
 run "curl -s http://127.0.0.1:8080/after-rotation"
 run "head access.log access.log.1"
-run "grep -e reloaded -e '#warn' twistd.log"
+run "grep -c -e reloaded -e '#warn' twistd.log"
 echo "##### stop"
 pid=$(cat twistd.pid)
 run "kill \$(cat twistd.pid)"

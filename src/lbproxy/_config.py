@@ -40,6 +40,7 @@ from lbproxy._values import (
     isName,
     listOf,
     parseAccessLog,
+    parseAccessLogFormat,
     parseBool,
     parseCompressionLevel,
     parseDuration,
@@ -478,6 +479,9 @@ class ProxyConfig:
     )
     accessLog: Optional[str] = _setting(
         "access_log", "-", parseAccessLog, "where the access log goes: a path, - or off"
+    )
+    accessLogFormat: str = _setting(
+        "access_log_format", "combined", parseAccessLogFormat, "combined, upstream (with nginx's $upstream_* fields and $request_time) or json"
     )
     workers: int = _setting(
         "workers", 1, parsePositiveInt, "processes sharing the listening sockets"

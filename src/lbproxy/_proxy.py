@@ -177,6 +177,17 @@ def upgradeOffer(request: Any, allowed: frozenset[bytes]) -> Optional[bytes]:
 _FORWARDING, _RELAYING, _ANSWERED, _ABANDONED = range(4)
 
 
+#: The status the access log gives a backend that sent no response head,
+#: by outcome, as nginx's C{$upstream_status} does (a backend left because
+#: the client went away has none).
+_OUTCOME_STATUS = {
+    Outcome.CONNECT_FAILED: 502,
+    Outcome.RESET: 502,
+    Outcome.INVALID: 502,
+    Outcome.TIMEOUT: 504,
+}
+
+
 class _Exchange(ResponseHandler):
     """
     One client request on its way through the pool: picks, retries,
@@ -203,6 +214,11 @@ class _Exchange(ResponseHandler):
     _tunnel: Optional[Tunnel] = None
     #: The request's body when it streams (C{request_buffering = no}).
     _stream: Optional[StreamingBody] = None
+    #: The status of the current backend's response head, once received.
+    _code: Optional[int] = None
+    #: The backends tried so far, for the access log (see
+    #: L{lbproxy._site.ProxyRequest.upstreamTried}).
+    _triedLog: tuple[tuple[str, Optional[int], float], ...] = ()
 
     #: Builds the header lines of the request to the backend.
     _forwardedHeaders = staticmethod(forwardedHeaders)
@@ -489,6 +505,7 @@ class _Exchange(ResponseHandler):
 
     def headReceived(self, head: ResponseHead) -> None:
         self._latency = self._reactor.seconds() - self._started
+        self._code = head.code
         self._stage = _RELAYING
         # The head may be held, to go out with the first bytes of the body
         # when they came in the same read.
@@ -503,6 +520,7 @@ class _Exchange(ResponseHandler):
         counts the request as active until the tunnel closes.
         """
         self._latency = self._reactor.seconds() - self._started
+        self._code = head.code
         self._stopTimer()
         conn, self._conn = self._conn, None
         backend = self._backend
@@ -599,10 +617,13 @@ class _Exchange(ResponseHandler):
         if backend is None:
             return
         self._backend = None
-        if outcome is Outcome.SUCCESS:
-            latency = self._latency
-        else:
-            latency = self._reactor.seconds() - self._started
+        took = self._reactor.seconds() - self._started
+        latency = self._latency if outcome is Outcome.SUCCESS else took
+        code, self._code = self._code, None
+        if code is None:
+            code = _OUTCOME_STATUS.get(outcome)
+        tried = self._triedLog = self._triedLog + ((backend.name, code, took),)
+        self._request.upstreamTried = tried
         self._pool.requestFinished(backend, self._request, outcome, latency)
 
     def _fail(self, code: int) -> None:

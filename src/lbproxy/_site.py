@@ -15,8 +15,10 @@ see L{lbproxy._server} for the list, and C{docs/security.rst}.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from datetime import datetime, timezone
 from typing import IO, Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred, succeed
@@ -89,6 +91,80 @@ def combinedLogLine(timestamp: str, request: Any) -> str:
     )
 
 
+def upstreamLogFields(request: Any, now: float) -> str:
+    """
+    What the C{upstream} format adds to a combined line: nginx's
+    C{$upstream_addr $upstream_status $upstream_response_time
+    $request_time}, each backend tried in order, separated by C{", "} as
+    nginx separates them (C{-} for a request that went to none, or a status
+    never received), times in seconds with milliseconds.
+
+    @param now: the time the response ended, for C{$request_time}.
+    """
+    tried = request.upstreamTried
+    received = request.received
+    requestTime = "-" if received is None else "%.3f" % (now - received)
+    if not tried:
+        return " - - - " + requestTime
+    return " %s %s %s %s" % (
+        ", ".join([name for name, _, _ in tried]),
+        ", ".join(["-" if code is None else str(code) for _, code, _ in tried]),
+        ", ".join(["%.3f" % seconds for _, _, seconds in tried]),
+        requestTime,
+    )
+
+
+def _jsonText(value: Optional[bytes]) -> Optional[str]:
+    return None if value is None else value.decode("utf-8", "backslashreplace")
+
+
+def jsonLogLine(
+    now: float,
+    request: Any,
+    requestId: bool,
+    tunnel: Optional[tuple[int, int, float]],
+) -> str:
+    """
+    The access log line of C{request} as one JSON object: the fields of
+    the C{combined} and C{upstream} formats under nginx's variable names
+    (C{time} in ISO 8601, UTC; numbers as numbers; the upstream fields as
+    lists, one item per backend tried; C{null} where the line would say
+    C{-}), then C{request_id} with L{ProxySite.logRequestId}, and
+    C{tunnel_from_client}, C{tunnel_to_client} and C{tunnel_duration} for a
+    tunnel.
+
+    @param now: the time the response ended.
+    @param tunnel: bytes from and to the client and seconds of a tunnel,
+        or L{None}.
+    """
+    host = getattr(request.getClientAddress(), "host", None)
+    user = request.getUser() if request.getHeader(b"authorization") else b""
+    tried = request.upstreamTried
+    received = request.received
+    fields: dict[str, Any] = {
+        "time": datetime.fromtimestamp(int(now), timezone.utc).isoformat(),
+        "remote_addr": host if isinstance(host, str) and host else None,
+        "remote_user": _jsonText(user) if user else None,
+        "request": _jsonText(
+            b"%s %s %s" % (request.method, request.uri, request.clientproto)
+        ),
+        "status": request.code,
+        "body_bytes_sent": request.sentLength,
+        "http_referer": _jsonText(request.getHeader(b"referer")),
+        "http_user_agent": _jsonText(request.getHeader(b"user-agent")),
+        "upstream_addr": [name for name, _, _ in tried],
+        "upstream_status": [code for _, code, _ in tried],
+        "upstream_response_time": [round(seconds, 3) for _, _, seconds in tried],
+        "request_time": None if received is None else round(now - received, 3),
+    }
+    if requestId:
+        fields["request_id"] = request.requestId
+    if tunnel is not None:
+        fields["tunnel_from_client"], fields["tunnel_to_client"] = tunnel[:2]
+        fields["tunnel_duration"] = round(tunnel[2], 3)
+    return json.dumps(fields)
+
+
 #: L{ProxyRequest._checkedHost} before the channel has checked the C{Host}.
 _NOT_CHECKED: Any = object()
 
@@ -123,6 +199,17 @@ class ProxyRequest(Request):
     #: The request's id (a L{str}), once its vhost's C{request_id} or a
     #: header rule's C{$request_id} gave it one; L{None} until then.
     requestId: Optional[str] = None
+
+    #: The backends the request was sent to, in order, as the exchange
+    #: records them for the access log: C{(address, status, seconds)},
+    #: the status L{None} when none was received (nginx's
+    #: C{$upstream_addr}, C{$upstream_status}, C{$upstream_response_time}).
+    upstreamTried: tuple[tuple[str, Optional[int], float], ...] = ()
+
+    #: When the request's head was read, in the reactor's seconds, for the
+    #: access log's C{$request_time}; L{None} unless the site's
+    #: C{accessLogFormat} needs it (see L{TimedProxyRequest}).
+    received: Optional[float] = None
 
     @property
     def clientAddress(self) -> Any:
@@ -367,6 +454,18 @@ def _discard(data: bytes) -> None:
     """
 
 
+class TimedProxyRequest(ProxyRequest):
+    """
+    A L{ProxyRequest} that notes when it was made (L{received}): the
+    request a L{ProxySite} makes when its access log format writes
+    C{$request_time}, so that the C{combined} format costs no clock read.
+    """
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        ProxyRequest.__init__(self, channel, *args, **kwargs)
+        self.received = channel.site.reactor.seconds()
+
+
 class ProxySite(Site):
     """
     The L{Site <twisted.web.server.Site>} of lbproxy's listeners.
@@ -384,7 +483,11 @@ class ProxySite(Site):
         request's id (L{ProxyRequest.requestId}), quoted, or C{"-"}.
     @ivar http2: whether TLS listeners offer HTTP/2 (C{h2}) through ALPN
         (see L{acceptableProtocols}).
+    @ivar accessLogFormat: C{"combined"}, C{"upstream"} or C{"json"} (see
+        L{setAccessLogFormat}).
     """
+
+    accessLogFormat = "combined"
 
     _drained: Optional[Deferred[None]] = None
     _log = Logger()
@@ -409,6 +512,7 @@ class ProxySite(Site):
         logRequestId: bool = False,
         sendTimeout: Optional[float] = 60.0,
         http2: bool = True,
+        accessLogFormat: str = "combined",
     ) -> None:
         """
         @param resource: the root resource, usually a
@@ -433,6 +537,7 @@ class ProxySite(Site):
             L{None}: past it, the client connection and the response's
             backend connection are closed.
         @param http2: see L{http2}.
+        @param accessLogFormat: see L{setAccessLogFormat}.
         """
         Site.__init__(self, resource, timeout=keepaliveTimeout, reactor=reactor)
         self.accessLog = accessLog
@@ -447,6 +552,7 @@ class ProxySite(Site):
         self.logRequestId = logRequestId
         self.sendTimeout = sendTimeout
         self.http2 = http2
+        self.setAccessLogFormat(accessLogFormat)
 
     def configure(self, proxy: Any) -> None:
         """
@@ -463,6 +569,22 @@ class ProxySite(Site):
         self.maxConnections = proxy.maxConnections
         self.trustedProxies = TrustedProxies(proxy.trustedProxies) or None
         self.http2 = proxy.http2
+        self.setAccessLogFormat(proxy.accessLogFormat)
+
+    def setAccessLogFormat(self, logFormat: str) -> None:
+        """
+        Write the access log in C{logFormat}: C{"combined"} (nginx's),
+        C{"upstream"} (combined, then nginx's C{$upstream_addr
+        $upstream_status $upstream_response_time $request_time}, see
+        L{upstreamLogFields}) or C{"json"} (L{jsonLogLine}).  Connections
+        opened from now on make L{TimedProxyRequest}s when the format writes
+        C{$request_time}, unless the site was given another
+        C{requestFactory}.
+        """
+        self.accessLogFormat = logFormat
+        if self.requestFactory in (ProxyRequest, TimedProxyRequest):
+            timed = logFormat != "combined"
+            self.requestFactory = TimedProxyRequest if timed else ProxyRequest
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.maxConnections and len(self.channels) >= self.maxConnections:
@@ -612,15 +734,27 @@ class ProxySite(Site):
         request without one), as nginx writes a C{log_format} that ends
         with C{"$request_id"}.
         """
-        self._logLine(request, "")
+        self._logLine(request, None)
 
-    def _logLine(self, request: Any, extra: str) -> None:
+    def _logLine(
+        self, request: Any, tunnel: Optional[tuple[int, int, float]]
+    ) -> None:
         if self.accessLog is None:
             return
-        line = combinedLogLine(self._logTime(), request) + extra
-        if self.logRequestId:
-            requestId = request.requestId
-            line += ' "%s"' % (logEscape(requestId.encode("utf-8")) if requestId else "-")
+        logFormat = self.accessLogFormat
+        if logFormat == "json":
+            line = jsonLogLine(self.reactor.seconds(), request, self.logRequestId, tunnel)
+        else:
+            line = combinedLogLine(self._logTime(), request)
+            if logFormat == "upstream":
+                line += upstreamLogFields(request, self.reactor.seconds())
+            if tunnel is not None:
+                line += " tunnel=%d/%d duration=%.3f" % tunnel
+            if self.logRequestId:
+                requestId = request.requestId
+                line += ' "%s"' % (
+                    logEscape(requestId.encode("utf-8")) if requestId else "-"
+                )
         self.accessLog.write(line + "\n")
 
     def logTunnel(
@@ -635,9 +769,7 @@ class ProxySite(Site):
         request's id if L{logRequestId}.
         """
         request.sentLength = toClient
-        self._logLine(
-            request, " tunnel=%d/%d duration=%.3f" % (fromClient, toClient, seconds)
-        )
+        self._logLine(request, (fromClient, toClient, seconds))
 
     _loggedSecond = -1
     _loggedTime = ""

@@ -329,6 +329,20 @@ def parseAccessLog(text: str) -> Optional[str]:
     return None if text == "off" else text
 
 
+#: The formats of C{access_log_format}.
+ACCESS_LOG_FORMATS = ("combined", "upstream", "json")
+
+
+def parseAccessLogFormat(text: str) -> str:
+    """
+    Parse the access log's format: C{combined}, C{upstream} or C{json}.
+    """
+    text = text.strip().lower()
+    if text not in ACCESS_LOG_FORMATS:
+        raise ValueError("combined, upstream or json")
+    return text
+
+
 def parsePath(text: str) -> str:
     """
     Parse a URL path such as C{/healthz}.

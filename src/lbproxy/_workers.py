@@ -172,6 +172,7 @@ class WorkerParentService(MultiService):
         self._restarts: dict[int, Any] = {}
         self._shuttingDown = False
         self._previousHup: Any = None
+        self._previousUsr1: Any = None
         for demo in config.demos:
             self._addDemo(demo)
 
@@ -191,6 +192,13 @@ class WorkerParentService(MultiService):
         for number in range(self.count):
             self._spawn(number)
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
+        self._previousUsr1 = signal.signal(signal.SIGUSR1, self._onUsr1)
+
+    def _onUsr1(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.signalWorkers, signal.SIGUSR1)
+        # twistd's own: it rotates the --logfile on SIGUSR1.
+        if callable(self._previousUsr1):
+            self._previousUsr1(signum, frame)
 
     def _onHup(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.reloadShutdownTimeout)
@@ -273,6 +281,7 @@ class WorkerParentService(MultiService):
         self._shuttingDown = True
         if self._previousHup is not None:
             signal.signal(signal.SIGHUP, self._previousHup)
+            signal.signal(signal.SIGUSR1, self._previousUsr1)
             self._previousHup = None
         for call in self._restarts.values():
             if call.active():

@@ -294,6 +294,7 @@ class LoadBalancerService(MultiService):
         self._reactor = reactor
         self._configPath: Optional[str] = None
         self._previousHangup: Any = None
+        self._previousUserSignal: Any = None
         self._stopSignals: Optional[StopSignals] = None
         self.pools, self.healthCheckers, self.resource = self._build(config)
         for checker in self.healthCheckers.values():
@@ -313,6 +314,7 @@ class LoadBalancerService(MultiService):
             trustedProxies=config.proxy.trustedProxies,
             logRequestId=_logsRequestId(config),
             http2=config.proxy.http2,
+            accessLogFormat=config.proxy.accessLogFormat,
         )
         self._listeners: list[ListenerService] = []
         for description in config.proxy.listen:
@@ -526,6 +528,38 @@ class LoadBalancerService(MultiService):
             )
         return self.site.closeConnections(0)
 
+    def reopenAccessLog(self) -> bool:
+        """
+        Open the access log's file again, and close the one written so far
+        (SIGUSR1, after logrotate has moved the file away: lines go to a
+        new file of the same name).  When it cannot be opened, the log goes
+        on in the file it was in, and the error is logged.
+
+        @return: whether it was reopened.
+        """
+        path = self.config.proxy.accessLog
+        try:
+            self._setAccessLog(path)
+        except OSError as e:
+            self._log.error(
+                "cannot reopen the access log {log}: {reason}; it goes on "
+                "in the file it was in",
+                log=path,
+                reason=e.strerror or e,
+            )
+            return False
+        return True
+
+    def _onUserSignal(self, signum: int, frame: Any) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.callFromThread(self.reopenAccessLog)
+        # twistd's own: it rotates the --logfile on SIGUSR1.
+        previous = self._previousUserSignal
+        if callable(previous):
+            previous(signum, frame)
+
     def _onHangup(self, signum: int, frame: Any) -> None:
         reactor = self._reactor
         if reactor is None:
@@ -586,10 +620,12 @@ class LoadBalancerService(MultiService):
                 signals.installWhenRunning()
         if self._configPath is not None and hasattr(signal, "SIGHUP"):
             self._previousHangup = signal.signal(signal.SIGHUP, self._onHangup)
+            self._previousUserSignal = signal.signal(signal.SIGUSR1, self._onUserSignal)
 
     def stopService(self) -> Deferred[Any]:
         if self._previousHangup is not None:
             signal.signal(signal.SIGHUP, self._previousHangup)
+            signal.signal(signal.SIGUSR1, self._previousUserSignal)
             self._previousHangup = None
         if self._stopSignals is not None:
             self._stopSignals.stop()

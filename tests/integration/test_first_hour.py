@@ -406,6 +406,63 @@ class FirstHourTests(TestCase):
         self.assertTrue(received.endswith(b"\r\n\r\ndrain"), received)
 
     @inlineCallbacks
+    def test_userSignalReopensAccessLog(self):
+        """
+        logrotate's way: the access log is moved away, lines go on into
+        the moved file, and after SIGUSR1 into a new file of the old name;
+        nothing else happens (no reload), and the process goes on serving.
+        """
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        log = directory.child("access.log")
+        backend = _freePort()
+        path = directory.child("site.ini")
+        path.setContent(
+            (
+                _SITE.format(
+                    listen="tcp:0:interface=127.0.0.1",
+                    accessLog=log.path,
+                    backend=backend,
+                    workers=1,
+                )
+                + f"\n[demo:blue]\nlisten = tcp:{backend}:interface=127.0.0.1\n"
+            ).encode()
+        )
+        process, transport = self.spawn("lbproxy", "--config", path.path)
+        match = yield process.waitFor(rb"ProxySite starting on (\d+)")
+        port = int(match.group(1))
+
+        @inlineCallbacks
+        def get(target):
+            client = _Raw()
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+            client.transport.write(
+                b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % target
+            )
+            response = yield client.closed
+            self.assertTrue(response.startswith(b"HTTP/1.1 200"), response)
+
+        def lines(f):
+            return f.getContent().count(b"\n") if f.exists() else 0
+
+        yield get(b"/first")
+        yield _waitUntil(self, lambda: lines(log) == 1, "the first line")
+        moved = directory.child("access.log.1")
+        log.moveTo(moved)
+        yield get(b"/second")
+        yield _waitUntil(self, lambda: lines(moved) == 2, "the second line, in the moved file")
+        transport.signalProcess(signal.SIGUSR1)
+        yield _waitUntil(self, log.exists, "a new access.log")
+        yield get(b"/third")
+        yield _waitUntil(self, lambda: lines(log) == 1, "the third line, in the new file")
+        self.assertIn(b"/third", log.getContent())
+        self.assertEqual(lines(moved), 2)
+        self.assertIsNone(process.code)
+        output = process.out + process.err
+        self.assertNotIn(b"reloaded", output)
+        self.assertNotIn(b"Traceback", output)
+
+    @inlineCallbacks
     def test_secondSigintStopsAtOnce(self):
         """
         A first SIGINT waits for the request in flight (to a backend that
@@ -615,6 +672,19 @@ http {{
 """
 
 
+@inlineCallbacks
+def _waitUntil(testCase, condition, what, timeout=10.0):
+    """
+    Poll C{condition} every 20 ms until it holds; fail C{testCase} after
+    C{timeout} seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            testCase.fail(f"timed out waiting for {what}")
+        yield deferLater(reactor, 0.02, lambda: None)
+
+
 def _freePort():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -638,13 +708,8 @@ class NginxAccessLogTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
     def waitFor(self, condition, what, timeout=10.0):
-        deadline = reactor.seconds() + timeout
-        while not condition():
-            if reactor.seconds() > deadline:
-                self.fail(f"timed out waiting for {what}")
-            yield deferLater(reactor, 0.02, lambda: None)
+        return _waitUntil(self, condition, what, timeout)
 
     @inlineCallbacks
     def startNginx(self):

@@ -66,6 +66,23 @@ class _Harness:
 
 
 _GET = b"GET /path?q=1 HTTP/1.1\r\nHost: app.example\r\n\r\n"
+
+
+def _stalledResponse(testCase, keepAlive=None):
+    """
+    A harness whose client (send_timeout 30 s, keep-alive C{keepAlive})
+    has stopped taking a response of 10 bytes after its first 3.
+
+    @return: the harness, and the backend's protocol and transport.
+    """
+    h = _Harness(testCase, count=1, readTimeout=600.0)
+    h.client.sendTimeout = 30.0
+    h.client.timeOut = keepAlive
+    h.send(_GET)
+    _, protocol, transport = h.accept()
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+    h.clientTransport.producer.pauseProducing()
+    return h, protocol, transport
 _OK = (
     b"HTTP/1.1 200 OK\r\n"
     b"Content-Length: 5\r\n"
@@ -542,13 +559,7 @@ class FailureTests(SynchronousTestCase):
         is closed, and so is the backend connection (its state is
         unknown): it does not go back to the pool.
         """
-        h = _Harness(self, count=1, readTimeout=600.0)
-        h.site.sendTimeout = 30.0
-        h.client.sendTimeout = 30.0
-        h.send(_GET)
-        _, protocol, transport = h.accept()
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
-        h.clientTransport.producer.pauseProducing()
+        h, protocol, transport = _stalledResponse(self)
         self.assertEqual(transport.producerState, "paused")
         h.reactor.advance(29.9)
         self.assertFalse(h.clientTransport.disconnecting)
@@ -589,13 +600,7 @@ class FailureTests(SynchronousTestCase):
         takes none of the rest for send_timeout; the backend connection,
         done and sound, went back to the pool.
         """
-        h = _Harness(self, count=1, readTimeout=600.0)
-        h.client.sendTimeout = 30.0
-        h.client.timeOut = 5.0
-        h.send(_GET)
-        _, protocol, transport = h.accept()
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
-        h.clientTransport.producer.pauseProducing()
+        h, protocol, _ = _stalledResponse(self, keepAlive=5.0)
         h.reactor.advance(10)
         protocol.dataReceived(b"lo, wor")
         self.assertEqual(len(h.pool._connections[h.backends[0]].idle), 1)
@@ -612,13 +617,7 @@ class FailureTests(SynchronousTestCase):
         finished, the channel leaves the transport and the keep-alive
         timeout runs as after any response.
         """
-        h = _Harness(self, count=1, readTimeout=600.0)
-        h.client.sendTimeout = 30.0
-        h.client.timeOut = 5.0
-        h.send(_GET)
-        _, protocol, _ = h.accept()
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
-        h.clientTransport.producer.pauseProducing()
+        h, protocol, _ = _stalledResponse(self, keepAlive=5.0)
         protocol.dataReceived(b"lo, wor")
         self.assertIs(h.clientTransport.producer, h.client)
         h.reactor.advance(20)

@@ -17,7 +17,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import lbproxy
-from lbproxy._config import _NOT_YET, defaultOf, parseServer, sectionKeys
+from lbproxy._config import _NOT_YET, AdminConfig, defaultOf, parseServer, sectionKeys
 from lbproxy._values import (
     BadItems,
     closestName,
@@ -323,7 +323,7 @@ class ParseConfigTests(SynchronousTestCase):
         (error,) = _errors(_GOOD + "\n[server]\nlisten = 80\n")
         self.assertEqual(
             error,
-            "site.ini: [server]: unknown section; expected [lbproxy], [upstream:NAME], "
+            "site.ini: [server]: unknown section; expected [lbproxy], [admin], [upstream:NAME], "
             "[vhost:NAME], [route:VHOST:PREFIX] or [demo:NAME] with NAME and VHOST "
             "made of letters, digits, '_', '.' and '-' and PREFIX a path prefix "
             "starting with /",
@@ -344,7 +344,7 @@ class ParseConfigTests(SynchronousTestCase):
             (error,) = _errors(_GOOD + f"\n[{section}]\nlisten = tcp:80\n")
             self.assertTrue(error.startswith(f"site.ini: [{section}]: unknown section; "), error)
             self.assertTrue(error.endswith(f"; did you mean {suggested}?"), error)
-        for section in ["admin", "vhost", "lbproxy:b", "proxy:b"]:
+        for section in ["admins:b", "vhost", "lbproxy:b", "proxy:b"]:
             (error,) = _errors(_GOOD + f"\n[{section}]\nlisten = tcp:80\n")
             self.assertNotIn("did you mean", error)
 
@@ -352,6 +352,39 @@ class ParseConfigTests(SynchronousTestCase):
         (error,) = _errors(_GOOD.replace("/static/ static", "/static/ assets"))
         self.assertIn("[vhost:app] routes = '/static/ assets'", error)
         self.assertIn("no [upstream:assets]", error)
+
+    def test_admin(self):
+        """
+        An C{[admin]} section gives an L{AdminConfig} listening on
+        loopback unless told otherwise, with no token when C{token} is
+        empty; without the section there is none.
+        """
+        self.assertIsNone(parseConfigText(_GOOD).admin)
+        admin = parseConfigText(_GOOD + "\n[admin]\ntoken =\n").admin
+        self.assertEqual(admin, AdminConfig("tcp:9000:interface=127.0.0.1", None))
+        admin = parseConfigText(_GOOD + "\n[admin]\nlisten = tcp:9100\ntoken = t0k\n").admin
+        self.assertEqual(admin, AdminConfig("tcp:9100", "t0k"))
+
+    def test_adminErrors(self):
+        """
+        A bad C{[admin] listen} is reported as any bad key, and C{[admin]}
+        with several workers is refused, naming C{workers}.
+        """
+        (error,) = _errors(_GOOD + "\n[admin]\nlisten = 127.0.0.1:9000\n")
+        self.assertTrue(
+            error.startswith(
+                "site.ini: [admin] listen = '127.0.0.1:9000': bad value; "
+                "expected a Twisted server endpoint description"
+            ),
+            error,
+        )
+        (error,) = _errors("[lbproxy]\nworkers = 2\n[admin]\n")
+        self.assertEqual(
+            error,
+            "site.ini: [lbproxy] workers = '2': bad value; expected 1 with an "
+            "[admin] section: the admin API changes the backends of one "
+            "process, so it is not offered with several workers yet",
+        )
 
     def test_badListen(self):
         (error,) = _errors(_GOOD.replace("listen = tcp:8080", "listen = tcp:http"))
@@ -540,6 +573,7 @@ _MINIMAL = {
     "route": "[upstream:app]\nservers = 127.0.0.1:9001\n[lbproxy]\nlisten = tcp:8080\n"
     "[vhost:site]\nupstream = app\ndefault = yes\n[route:site:/]\n",
     "demo": "[demo:blue]\nlisten = tcp:9001\n",
+    "admin": "[admin]\n",
 }
 
 #: For every declared key, a value that is not its default and what it
@@ -624,6 +658,10 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "response_headers": ("", ()),
     },
     "demo": {"listen": ("tcp:9002 tcp:9003", ("tcp:9002", "tcp:9003"))},
+    "admin": {
+        "listen": ("unix:/run/lbproxy-admin.sock", "unix:/run/lbproxy-admin.sock"),
+        "token": ("  s3cret ", "s3cret"),
+    },
 }
 
 
@@ -639,6 +677,7 @@ def _sectionOf(kind, text):
         "vhost": config.vhosts[0] if config.vhosts else None,
         "route": config.vhosts[0].routeOverrides.get("/") if config.vhosts else None,
         "demo": config.demos[0] if config.demos else None,
+        "admin": config.admin,
     }[kind]
 
 

@@ -648,7 +648,7 @@ class RouteConfigTests(SynchronousTestCase):
         self.assertEqual(
             errors,
             [
-                "routes.ini: [route:app]: unknown section; expected [lbproxy], "
+                "routes.ini: [route:app]: unknown section; expected [lbproxy], [admin], "
                 "[upstream:NAME], [vhost:NAME], [route:VHOST:PREFIX] or [demo:NAME] "
                 "with NAME and VHOST made of letters, digits, '_', '.' and '-' and "
                 "PREFIX a path prefix starting with /",

@@ -141,6 +141,32 @@ class LoadBalancerServiceTests(SynchronousTestCase):
         ports = self.successResultOf(listening)
         self.assertEqual([p.getHost().port for p in ports], [8080, 9001])
 
+    def test_admin(self):
+        """
+        An C{[admin]} section adds a listener on its endpoint, last, serving
+        the JSON API over the running pools with its token; a reload
+        changes the token and the pools it shows, not the listener.
+        """
+        reactor = MemoryReactorClock()
+        service = LoadBalancerService(
+            parseConfigText(_SITE + "\n[admin]\nlisten = tcp:9100:interface=127.0.0.1\ntoken = a\n"),
+            reactor,
+        )
+        self.assertIsNone(LoadBalancerService(parseConfigText(_SITE), reactor).admin)
+        service.startService()
+        self.addCleanup(service.stopService)
+        ports = self.successResultOf(service.whenListening())
+        self.assertEqual([p.getHost().port for p in ports], [8080, 9001, 9100])
+        self.assertEqual(reactor.tcpServers[-1][3], "127.0.0.1")
+        admin = service.admin
+        assert admin is not None
+        self.assertIs(reactor.tcpServers[-1][1].resource, admin)
+        self.assertEqual((admin.token, admin.pools()), ("a", service.pools))
+        service.reload(
+            parseConfigText(_SITE + "\n[admin]\nlisten = tcp:9100:interface=127.0.0.1\ntoken = b\n")
+        )
+        self.assertEqual((admin.token, admin.pools()), ("b", service.pools))
+
     def test_portInUse(self):
         """
         A port that cannot be opened makes the start fail at once.

@@ -530,6 +530,28 @@ class ProxyConfig:
     )
 
 
+#: Where the C{[admin]} listener listens when its section gives no
+#: C{listen}: loopback only, as the JSON API can change the running proxy.
+DEFAULT_ADMIN_LISTEN = "tcp:9000:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """
+    The C{[admin]} section: the listener of the JSON API.
+
+    @ivar token: the bearer token that changes through the API need, or
+        L{None} when they need none.
+    """
+
+    listen: str = _setting(
+        "listen", DEFAULT_ADMIN_LISTEN, parseEndpoint, "where the admin JSON API listens (keep it on loopback)"
+    )
+    token: Optional[str] = _setting(
+        "token", None, parseOptionalText, 'the token that changes need as "Authorization: Bearer TOKEN" (empty: none)'
+    )
+
+
 @dataclass(frozen=True)
 class SiteConfig:
     """
@@ -538,6 +560,8 @@ class SiteConfig:
     @ivar upstreams: upstream name to L{UpstreamConfig}.
     @ivar vhosts: the virtual hosts, in file order.
     @ivar demos: the built-in sample backends to start.
+    @ivar admin: the C{[admin]} section, or L{None} when there is none (no
+        admin listener then).
     @ivar source: the file it came from, for messages.
     """
 
@@ -546,6 +570,7 @@ class SiteConfig:
     vhosts: tuple[VHostConfig, ...] = ()
     demos: tuple[DemoConfig, ...] = ()
     source: str = "<string>"
+    admin: Optional[AdminConfig] = None
 
 
 #: The classes whose fields declare the keys of each kind of section.
@@ -555,7 +580,11 @@ _SECTIONS: Mapping[str, tuple[type, ...]] = {
     "vhost": (VHostConfig,),
     "route": (RouteOverridesConfig,),
     "demo": (DemoConfig,),
+    "admin": (AdminConfig,),
 }
+
+#: The kinds of section that take no C{:NAME}.
+_SINGLE_SECTIONS = ("lbproxy", "admin")
 
 # Keys of SPEC.md that this version knows about but does not implement yet:
 # accepting them silently would promise what is not there.
@@ -570,7 +599,7 @@ _SECTION_NAMES = {"route": ":VHOST:PREFIX"}
 def sectionKeys(kind: str) -> list[tuple[type, Key]]:
     """
     The keys a kind of section accepts (C{"lbproxy"}, C{"upstream"},
-    C{"vhost"}, C{"route"} or C{"demo"}), each with the class whose attribute it fills.
+    C{"vhost"}, C{"route"}, C{"demo"} or C{"admin"}), each with the class whose attribute it fills.
     """
     return [(cls, key) for cls in _SECTIONS[kind] for key in _keysOf(cls)]
 
@@ -719,6 +748,23 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
                     "share tcp: and tcp6: listeners only",
                 )
     return proxy
+
+
+def _readAdmin(reader: _Reader, proxy: ProxyConfig) -> Optional[AdminConfig]:
+    if not reader.parser.has_section("admin"):
+        return None
+    s = _Section(reader, "admin", "admin")
+    admin = AdminConfig(**s.read(AdminConfig))
+    if proxy.workers > 1 and not reader.reported("lbproxy", "workers"):
+        reader.fail(
+            "lbproxy",
+            "workers",
+            str(proxy.workers),
+            "bad value; expected 1 with an [admin] section: the admin API "
+            "changes the backends of one process, so it is not offered "
+            "with several workers yet",
+        )
+    return admin
 
 
 def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
@@ -951,7 +997,7 @@ def _sectionSuggestion(section: str) -> str:
     C{[upstrem:app]} is likely C{[upstream:app]}, C{[lbproy]} C{[lbproxy]}.
     """
     kind, sep, name = section.partition(":")
-    kinds = [k for k in _SECTIONS if (k == "lbproxy") != bool(sep)]
+    kinds = [k for k in _SECTIONS if (k in _SINGLE_SECTIONS) != bool(sep)]
     return didYouMean(kind.strip(), kinds, lambda k: f"[{k}{sep}{name}]")
 
 
@@ -978,6 +1024,7 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
 
     reader = _Reader(parser, filename)
     proxy = _readProxy(reader)
+    admin = _readAdmin(reader, proxy)
     upstreams: dict[str, UpstreamConfig] = {}
     vhosts: list[VHostConfig] = []
     demos = []
@@ -996,10 +1043,10 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
                 vhosts.append(_readVHost(reader, section, name))
             else:
                 demos.append(_readDemo(reader, section, name))
-        elif section != "lbproxy":
+        elif section not in _SINGLE_SECTIONS:
             reader.errors.append(
                 f"{filename}: [{section}]: unknown section; expected [lbproxy], "
-                "[upstream:NAME], [vhost:NAME], [route:VHOST:PREFIX] or "
+                "[admin], [upstream:NAME], [vhost:NAME], [route:VHOST:PREFIX] or "
                 "[demo:NAME] with NAME and VHOST made of letters, digits, '_', "
                 "'.' and '-' and PREFIX a path prefix starting with /"
                 + _sectionSuggestion(section)
@@ -1011,6 +1058,7 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
         vhosts=tuple(vhosts),
         demos=tuple(demos),
         source=filename,
+        admin=admin,
     )
     _crossCheck(reader, config)
     if reader.errors:

@@ -5,6 +5,7 @@ same objects can be built directly in Python.
 """
 
 from lbproxy._config import (
+    AdminConfig,
     ConfigError,
     DemoConfig,
     HealthCheckConfig,
@@ -21,6 +22,7 @@ from lbproxy._config import (
 from lbproxy._values import parseDuration, parseSize
 
 __all__ = [
+    "AdminConfig",
     "ConfigError",
     "DemoConfig",
     "HealthCheckConfig",

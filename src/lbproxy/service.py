@@ -20,8 +20,10 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeD
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.web.resource import IResource
+from twisted.web.server import Site
 from twisted.web.static import File
 
+from lbproxy._admin import AdminResource
 from lbproxy._backend import Backend
 from lbproxy._config import (
     ConfigError,
@@ -275,6 +277,10 @@ class LoadBalancerService(MultiService):
     @ivar pools: upstream name to L{Pool}.
     @ivar resource: the root L{VirtualHostResource}.
     @ivar site: the L{ProxySite} every listener serves.
+
+    The C{[admin]} listener serves L{AdminResource}, whose run-time changes
+    to the backends last until the next L{reload} (which builds the pools
+    again); its token follows reloads, its endpoint does not.
     """
 
     _log = Logger()
@@ -343,6 +349,11 @@ class LoadBalancerService(MultiService):
         self.demos: dict[str, DemoResource] = {}
         for demo in config.demos:
             self._addDemo(demo)
+        #: The JSON API of the C{[admin]} section, or L{None} without one.
+        self.admin: Optional[AdminResource] = None
+        if config.admin is not None:
+            self.admin = AdminResource(lambda: self.pools, config.admin.token)
+            self._listeners.append(self._listen(config.admin.listen, Site(self.admin)))
 
     def httpsPort(self) -> int:
         """
@@ -418,6 +429,12 @@ class LoadBalancerService(MultiService):
             ("listen_tls", old.proxy.listenTLS, config.proxy.listenTLS),
             ("workers", old.proxy.workers, config.proxy.workers),
             ("demo backends", old.demos, config.demos),
+            ("[admin]", old.admin is None, config.admin is None),
+            (
+                "[admin] listen",
+                old.admin and old.admin.listen,
+                config.admin and config.admin.listen,
+            ),
         ]:
             if before != after:
                 self._log.warn(
@@ -432,6 +449,8 @@ class LoadBalancerService(MultiService):
         self.site.resource = resource
         self.site.configure(config.proxy)
         self.site.logRequestId = _logsRequestId(config)
+        if self.admin is not None and config.admin is not None:
+            self.admin.token = config.admin.token
         certificates.logWarnings()
         if self.tlsFactories and certificates.default is not None:
             self.tlsCreator.table = certificates.buildTable(
@@ -603,7 +622,7 @@ class LoadBalancerService(MultiService):
     def whenListening(self) -> Deferred[list[Any]]:
         """
         Fire with every listening port (proxy listeners first, then demo
-        backends) once all are listening, or fail (with a
+        backends, then the C{[admin]} listener) once all are listening, or fail (with a
         L{twisted.internet.defer.FirstError}) when one could not listen.
         """
         return gatherResults(

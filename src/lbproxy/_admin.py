@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The JSON API of the C{[admin]} listener: read the upstreams and their
+backends, and drain, enable or re-weight a backend at run time.
+
+    - C{GET /api/upstreams}: every upstream with its backends;
+    - C{GET /api/upstreams/NAME}: one upstream;
+    - C{GET /api/upstreams/NAME/servers/HOST:PORT}: one backend;
+    - C{PATCH /api/upstreams/NAME/servers/HOST:PORT} with a JSON object of
+      C{"state"} (C{"drain"} or C{"up"}) and/or C{"weight"} (a whole
+      number of at least 1): change one backend.
+
+A change goes through the pool's own operations (L{Pool.drain},
+L{Pool.enable}, L{Pool.setWeight}), so it is logged and reaches the
+balancer as any other state change.  It lasts until the next reload, which
+builds the pools again from the configuration file.
+
+Written as one leaf L{Resource} that reads the whole path itself, rather
+than as a tree of child resources: the last segment is a backend's
+C{HOST:PORT} (C{[::1]:8080} for IPv6, percent-encoded or not), and every
+answer, errors included, must be JSON.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Callable, Mapping, Optional
+from urllib.parse import unquote
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from lbproxy._backend import Backend, BackendState
+from lbproxy._pool import Pool
+
+#: The values of C{"state"} in a C{PATCH} body.
+DRAIN = "drain"
+UP = "up"
+
+
+class _Refusal(Exception):
+    """
+    A request the API refuses: its status code and the message of its JSON
+    error body.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def backendStatus(backend: Backend) -> dict[str, Any]:
+    """
+    What the API shows of one backend: its address, state (with the reason
+    and the time, in seconds since the epoch, it began), weights and
+    counters.
+    """
+    return {
+        "name": backend.name,
+        "url": backend.url,
+        "state": backend.state.value,
+        "reason": backend.stateReason,
+        "since": backend.stateSince,
+        "weight": backend.weight,
+        "effective_weight": backend.effectiveWeight,
+        "backup": backend.backup,
+        "active": backend.active,
+        "requests": backend.requests,
+        "responses": backend.responses,
+        "failures": backend.failures,
+        "last_latency": backend.lastLatency,
+    }
+
+
+def upstreamStatus(pool: Pool) -> dict[str, Any]:
+    """
+    What the API shows of one upstream: its name and its backends.
+    """
+    return {
+        "name": pool.name,
+        "backends": [backendStatus(b) for b in pool.backends],
+    }
+
+
+class AdminResource(Resource):
+    """
+    The JSON API, at the root of the C{[admin]} listener.
+
+    @ivar token: the bearer token that C{PATCH} requests need, or L{None}
+        when they need none; replaced on reload.
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self, pools: Callable[[], Mapping[str, Pool]], token: Optional[str] = None
+    ) -> None:
+        """
+        @param pools: gives the running pools by upstream name (called for
+            each request, so that a reload's new pools are the ones shown).
+        @param token: see L{token}.
+        """
+        Resource.__init__(self)
+        self.pools = pools
+        self.token = token
+
+    def render(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        try:
+            code, body = self._answer(request)
+        except _Refusal as e:
+            code, body = e.code, {"error": e.message}
+            if e.code == 401:
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="lbproxy"')
+        request.setResponseCode(code)
+        return json.dumps(body, indent=2).encode("utf-8") + b"\n"
+
+    def _answer(self, request: Any) -> tuple[int, Any]:
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
+        if segments and segments[-1] == "":
+            segments.pop()
+        if segments[:2] != ["api", "upstreams"] or len(segments) not in (2, 3, 5) or (
+            len(segments) == 5 and segments[3] != "servers"
+        ):
+            raise _Refusal(404, "no such resource; see GET /api/upstreams")
+        method = request.method
+        if method == b"PATCH" and len(segments) == 5:
+            self._authorize(request)
+        elif method not in (b"GET", b"HEAD"):
+            request.setHeader(
+                b"Allow", b"GET, HEAD, PATCH" if len(segments) == 5 else b"GET, HEAD"
+            )
+            raise _Refusal(405, f"method {method.decode('ascii', 'replace')} not allowed here")
+        pools = self.pools()
+        if len(segments) == 2:
+            return 200, {"upstreams": [upstreamStatus(p) for p in pools.values()]}
+        pool = pools.get(segments[2])
+        if pool is None:
+            raise _Refusal(404, f"no upstream named {segments[2]!r}")
+        if len(segments) == 3:
+            return 200, upstreamStatus(pool)
+        try:
+            backend = pool.backendNamed(segments[4])
+        except KeyError:
+            raise _Refusal(
+                404, f"upstream {pool.name!r} has no server {segments[4]!r}"
+            ) from None
+        if method == b"PATCH":
+            self._change(request, pool, backend)
+        return 200, backendStatus(backend)
+
+    def _authorize(self, request: Any) -> None:
+        """
+        Refuse a change without the token (401) or with another (403),
+        comparing in constant time.
+        """
+        token = self.token
+        if token is None:
+            return
+        header = request.getHeader(b"authorization")
+        scheme, _, given = (header or b"").partition(b" ")
+        if header is None or scheme.lower() != b"bearer":
+            raise _Refusal(401, 'changes need "Authorization: Bearer TOKEN"')
+        if not hmac.compare_digest(given.strip(), token.encode("utf-8")):
+            raise _Refusal(403, "wrong token")
+
+    def _change(self, request: Any, pool: Pool, backend: Backend) -> None:
+        """
+        Apply the body of a C{PATCH} to C{backend}, once all of it is
+        checked.
+        """
+        expected = (
+            'a JSON object with "state": "drain" or "up" and/or "weight": '
+            "a whole number of at least 1"
+        )
+        try:
+            body = json.loads(request.content.read().decode("utf-8"))
+        except ValueError:
+            raise _Refusal(400, f"the body is not JSON; expected {expected}") from None
+        if not isinstance(body, dict) or not body or set(body) - {"state", "weight"}:
+            raise _Refusal(400, f"expected {expected}")
+        state = body.get("state")
+        weight = body.get("weight")
+        if "state" in body and state not in (DRAIN, UP):
+            raise _Refusal(400, f"bad state {state!r}; expected {expected}")
+        if "weight" in body and (
+            not isinstance(weight, int) or isinstance(weight, bool) or weight < 1
+        ):
+            raise _Refusal(400, f"bad weight {weight!r}; expected {expected}")
+        peer = request.getClientAddress()
+        who = f"the admin API ({getattr(peer, 'host', 'local')})"
+        if weight is not None:
+            self._log.info(
+                "backend {backend} of upstream {upstream}: weight {old} -> {new} by {who}",
+                backend=backend.name,
+                upstream=pool.name,
+                old=backend.weight,
+                new=weight,
+                who=who,
+            )
+            pool.setWeight(backend, weight)
+        if state == DRAIN and backend.adminState is not BackendState.DRAINING:
+            pool.drain(backend, f"drained through {who}")
+        elif state == UP:
+            pool.enable(backend, f"enabled through {who}")

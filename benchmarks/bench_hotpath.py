@@ -15,9 +15,11 @@ Prints the median µs per request over the runs (keep-alive client, pooled
 backend connection, a 6-byte response with Content-Length).  With
 C{--access-log}, the runs go round the access log off and each
 C{access_log_format} (C{combined}, C{upstream}, C{json}), each writing to
-C{/dev/null} opened as lbproxy opens an access log (line-buffered: one
-write per line), and it prints each one's median and what it adds to
-the run without a log.
+C{/dev/null} opened as lbproxy opens an access log (lines written in
+batches of 64 KiB; the fake clock's 1 s flush never comes), and it prints each one's median and what it adds to
+the run without a log, then the cost of writing one line to
+C{/dev/null} and to a file in a temporary directory, in batches and line
+by line.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -68,7 +71,7 @@ def run(count: int, logFormat: Optional[str] = None) -> float:
         reactor=reactor,
         accessLogFormat=logFormat or "combined",
     )
-    site.accessLog = None if logFormat is None else ProxySite.openAccessLog(os.devnull)
+    site.accessLog = None if logFormat is None else ProxySite.openAccessLog(os.devnull, reactor)
     peer = IPv4Address("TCP", "192.0.2.1", 4321)
     client = site.buildProtocol(peer)
     clientTransport = StringTransport(peerAddress=peer)
@@ -123,7 +126,7 @@ def logLineCost(logFormat: str, count: int) -> float:
     backend.dataReceived(_RESPONSE)
     (request,) = logged
     del site.log
-    site.accessLog = ProxySite.openAccessLog(os.devnull)
+    site.accessLog = ProxySite.openAccessLog(os.devnull, reactor)
     log = site.log
     best = float("inf")
     for _ in range(5):
@@ -132,6 +135,38 @@ def logLineCost(logFormat: str, count: int) -> float:
             log(request)
         best = min(best, time.perf_counter() - started)
     site.accessLog.close()
+    return best / count
+
+
+def writeCost(path: str, batched: bool, count: int) -> float:
+    """
+    The seconds that handing one 90-byte access log line to the file at
+    C{path} takes: written in batches by L{lbproxy._logbuffer.BufferedLog}
+    (as lbproxy does), or line by line through a line-buffered text file
+    (one C{write()} per line, as lbproxy did before); the least of 5
+    timings of C{count} lines.
+    """
+    from twisted.internet.task import Clock
+
+    from lbproxy._logbuffer import BufferedLog
+
+    line = (
+        '192.0.2.1 - - [02/Dec/2026:04:39:00 +0000] "GET /tiny HTTP/1.1" 200 6 '
+        '"-" "bench"\n'
+    )
+    log: Any = (
+        BufferedLog.open(path, Clock())
+        if batched
+        else open(path, "a", buffering=1, encoding="utf-8")
+    )
+    write = log.write
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(count):
+            write(line)
+        best = min(best, time.perf_counter() - started)
+    log.close()
     return best / count
 
 
@@ -163,6 +198,15 @@ def main() -> None:
             assert f is not None
             cost = logLineCost(f, options.requests) * 1e6
             print(f"  one {f} line alone (best of 5): {cost:.2f} µs")
+        with tempfile.TemporaryDirectory() as directory:
+            for name, path in [
+                ("/dev/null", os.devnull),
+                ("a file", os.path.join(directory, "access.log")),
+            ]:
+                for batched in (False, True):
+                    cost = writeCost(path, batched, options.requests * 10) * 1e6
+                    how = "in 64 KiB batches" if batched else "line by line    "
+                    print(f"  writing a line to {name:9} {how} (best of 5): {cost:.3f} µs")
         return
     results = [run(options.requests) * 1e6 for _ in range(options.runs)]
     print(

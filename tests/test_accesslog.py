@@ -364,9 +364,9 @@ class ReopenTests(SynchronousTestCase):
 
     def test_movedFileReopened(self):
         """
-        After the file is moved away, lines go on into it until SIGUSR1;
-        then a new file of the same name gets them, and the moved one is
-        closed.  The previous handler (twistd's, which rotates its own log
+        After the file is moved away, lines go on into it until SIGUSR1,
+        which writes the lines kept (lines are written in batches) and
+        closes it; then a new file of the same name gets the next lines.  The previous handler (twistd's, which rotates its own log
         file) is called too; stopping puts it back.
         """
         import signal
@@ -382,8 +382,10 @@ class ReopenTests(SynchronousTestCase):
         handler(signal.SIGUSR1, None)
         self.assertTrue(old.closed)
         self.assertEqual(self.rotations, [(signal.SIGUSR1, None)])
-        site.log(_request())
         self.assertEqual(moved.getContent().count(b"\n"), 2)
+        site.log(_request())
+        self.assertEqual(self.log.getContent().count(b"\n"), 0)
+        self.reactor.advance(1)
         self.assertEqual(self.log.getContent().count(b"\n"), 1)
         self.service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGUSR1), self.previous)

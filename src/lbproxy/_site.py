@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterable, Optional
+from typing import IO, Any, Callable, Iterable, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import INegotiated
@@ -32,6 +31,7 @@ from twisted.web.server import version as _TWISTED_SERVER
 from zope.interface import implementer
 
 from lbproxy._interfaces import IProxyRequest
+from lbproxy._logbuffer import BufferedLog
 from lbproxy._realip import TrustedProxies
 from lbproxy._server import ProxyChannel
 from lbproxy._server import headerLines as _headerLines
@@ -470,8 +470,9 @@ class ProxySite(Site):
     """
     The L{Site <twisted.web.server.Site>} of lbproxy's listeners.
 
-    @ivar accessLog: where the access log goes: an open text file, or
-        L{None} for no access log.
+    @ivar accessLog: where the access log goes: a L{BufferedLog} (see
+        L{openAccessLog}), an open text file, or L{None} for no access
+        log.  Each line is one C{write} of it.
     @ivar channels: the open client connections.
     @ivar maxConnections: the most client connections open at once, or 0
         for no limit.  A connection beyond it is accepted and closed at
@@ -500,7 +501,7 @@ class ProxySite(Site):
     def __init__(
         self,
         resource: IResource,
-        accessLog: Optional[IO[str]] = None,
+        accessLog: Union[IO[str], BufferedLog, None] = None,
         keepaliveTimeout: float = 75.0,
         maxBodySize: int = 100 * 1024 * 1024,
         maxHeaderSize: int = 16 * 1024,
@@ -785,15 +786,15 @@ class ProxySite(Site):
         return self._loggedTime
 
     @staticmethod
-    def openAccessLog(path: Optional[str]) -> Optional[IO[str]]:
+    def openAccessLog(path: Optional[str], reactor: Any = None) -> Optional[BufferedLog]:
         """
         Open the access log named in the configuration: a path, C{"-"} for
-        standard output, or L{None} for none.
+        standard output, or L{None} for none; its lines are written in
+        batches (see L{BufferedLog.open}).
+
+        @param reactor: the reactor whose clock flushes the batches; the
+            global one if L{None}.
         """
-        if path is None:
-            return None
-        if path == "-":
-            # The real standard output: under twistd, sys.stdout is
-            # redirected into the log, which would wrap every line.
-            return sys.__stdout__
-        return open(path, "a", buffering=1, encoding="utf-8")
+        if reactor is None:
+            from twisted.internet import reactor
+        return BufferedLog.open(path, reactor)

@@ -10,10 +10,9 @@ application, and what C{twistd lbproxy} uses.
 from __future__ import annotations
 
 import signal
-import sys
 from dataclasses import replace
 from random import Random
-from typing import IO, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
@@ -39,6 +38,7 @@ from lbproxy._gzip import GzipPolicy
 from lbproxy._headers import HeaderRules
 from lbproxy._health import HealthChecker
 from lbproxy._listeners import EndpointListener, ListenerService
+from lbproxy._logbuffer import BufferedLog
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
 from lbproxy._site import ProxySite
@@ -305,7 +305,7 @@ class LoadBalancerService(MultiService):
         self.pools, self.healthCheckers, self.resource = self._build(config)
         for checker in self.healthCheckers.values():
             checker.setServiceParent(self)
-        self._accessLog: Optional[IO[str]] = None
+        self._accessLog: Optional[BufferedLog] = None
         self.site = ProxySite(
             self.resource,
             accessLog=None,
@@ -422,7 +422,7 @@ class LoadBalancerService(MultiService):
         certificates = loadServerCertificates(config)
         accessLog = None
         if self.running:
-            accessLog = ProxySite.openAccessLog(config.proxy.accessLog)
+            accessLog = ProxySite.openAccessLog(config.proxy.accessLog, self._reactor)
         old = self.config
         for what, before, after in [
             ("listen", old.proxy.listen, config.proxy.listen),
@@ -590,17 +590,18 @@ class LoadBalancerService(MultiService):
         Log to C{path} (see L{ProxySite.openAccessLog}; L{None} for no
         access log), closing the log file used so far.
         """
-        self._useAccessLog(ProxySite.openAccessLog(path))
+        self._useAccessLog(ProxySite.openAccessLog(path, self._reactor))
 
-    def _useAccessLog(self, accessLog: Optional[IO[str]]) -> None:
+    def _useAccessLog(self, accessLog: Optional[BufferedLog]) -> None:
         """
-        Log to the open file C{accessLog} (or nowhere), closing the log file
-        used so far.
+        Log to C{accessLog} (or nowhere), closing the log used so far once
+        the lines it kept are written: on reopen, on reload and at stop,
+        no line is lost.
         """
         old = self._accessLog
         self._accessLog = accessLog
         self.site.accessLog = accessLog
-        if old is not None and old is not sys.__stdout__:
+        if old is not None:
             old.close()
 
     def _listen(self, description: str, factory: Any) -> ListenerService:

@@ -406,11 +406,14 @@ class FirstHourTests(TestCase):
         self.assertTrue(received.endswith(b"\r\n\r\ndrain"), received)
 
     @inlineCallbacks
-    def test_userSignalReopensAccessLog(self):
+    def loggingToFile(self):
         """
-        logrotate's way: the access log is moved away, lines go on into
-        the moved file, and after SIGUSR1 into a new file of the old name;
-        nothing else happens (no reload), and the process goes on serving.
+        Start C{twistd -n lbproxy} with its access log in a new directory
+        and a demo backend.
+
+        @return: a L{Deferred} that fires, once it listens, with the
+            directory, the access log's L{FilePath}, the L{_Twistd}, its
+            process transport and the port it listens on.
         """
         directory = FilePath(self.mktemp())
         directory.makedirs()
@@ -431,16 +434,33 @@ class FirstHourTests(TestCase):
         process, transport = self.spawn("lbproxy", "--config", path.path)
         match = yield process.waitFor(rb"ProxySite starting on (\d+)")
         port = int(match.group(1))
+        return directory, log, process, transport, port
 
-        @inlineCallbacks
+    @inlineCallbacks
+    def getOK(self, port, target):
+        """
+        GET C{target} from 127.0.0.1:C{port} on a connection of its own,
+        and check that the answer is a 200.
+        """
+        client = _Raw()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        client.transport.write(
+            b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % target
+        )
+        response = yield client.closed
+        self.assertTrue(response.startswith(b"HTTP/1.1 200"), response)
+
+    @inlineCallbacks
+    def test_userSignalReopensAccessLog(self):
+        """
+        logrotate's way: the access log is moved away, lines go on into
+        the moved file, and after SIGUSR1 into a new file of the old name;
+        nothing else happens (no reload), and the process goes on serving.
+        """
+        directory, log, process, transport, port = yield self.loggingToFile()
+
         def get(target):
-            client = _Raw()
-            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-            client.transport.write(
-                b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % target
-            )
-            response = yield client.closed
-            self.assertTrue(response.startswith(b"HTTP/1.1 200"), response)
+            return self.getOK(port, target)
 
         def lines(f):
             return f.getContent().count(b"\n") if f.exists() else 0
@@ -461,6 +481,26 @@ class FirstHourTests(TestCase):
         output = process.out + process.err
         self.assertNotIn(b"reloaded", output)
         self.assertNotIn(b"Traceback", output)
+
+    @inlineCallbacks
+    def test_stopWritesEveryLine(self):
+        """
+        The access log is written in batches (up to 1 s late); SIGTERM
+        right after the last response still leaves a line for every
+        request in the file once the process has ended.
+        """
+        directory, log, process, transport, port = yield self.loggingToFile()
+        count = 40
+        for n in range(count):
+            yield self.getOK(port, b"/%d" % n)
+        transport.signalProcess("TERM")
+        code = yield process.ended
+        self.assertEqual(code, 0, process.out + process.err)
+        lines = log.getContent().decode("ascii").splitlines()
+        self.assertEqual(
+            [line.split('"')[1] for line in lines],
+            ["GET /%d HTTP/1.1" % n for n in range(count)],
+        )
 
     @inlineCallbacks
     def test_secondSigintStopsAtOnce(self):

@@ -668,6 +668,16 @@ class ConformanceTests(SynchronousTestCase):
         """
         self._malformed(_GET + [(b"connection", b"keep-alive")])
 
+    def test_upgrade(self) -> None:
+        """
+        C{Upgrade} is connection-specific too (8.2.2): an HTTP/2 request
+        asking for a WebSocket is refused as malformed, never tunnelled
+        (lbproxy has no Extended CONNECT, RFC 8441).
+        """
+        self._malformed(
+            _GET + [(b"upgrade", b"websocket"), (b"sec-websocket-version", b"13")]
+        )
+
     def test_te(self) -> None:
         """
         C{TE} other than C{trailers} is malformed (8.2.2).

@@ -257,6 +257,7 @@ class _Exchange(ResponseHandler):
             upgrade = self._upgrade = upgradeOffer(request, self._pool.upgradeProtocols)
             if upgrade is not None:
                 block += b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade
+        self._requestLine = b"%s %s HTTP/1.1\r\nHost: " % (method, uri)
         body = request.content
         self._bodyFile: Any = None
         if isinstance(body, StreamingBody):
@@ -266,7 +267,6 @@ class _Exchange(ResponseHandler):
                 block += b"Transfer-Encoding: chunked\r\n"
             else:
                 block += b"Content-Length: %d\r\n" % body.length
-            self._requestLine = b"%s %s HTTP/1.1\r\nHost: " % (method, uri)
             self._block = b"\r\n" + block + b"\r\n"
             self._attempt()
             return
@@ -284,7 +284,6 @@ class _Exchange(ResponseHandler):
                 self._bodyFile = body
         elif method in _EXPECTS_BODY:
             block += b"Content-Length: 0\r\n"
-        self._requestLine = b"%s %s HTTP/1.1\r\nHost: " % (method, uri)
         self._block = b"\r\n" + block + tail
         self._attempt()
 

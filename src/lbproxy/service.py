@@ -649,12 +649,12 @@ class LoadBalancerService(MultiService):
             self._previousHangup = None
         if self._stopSignals is not None:
             self._stopSignals.stop()
-        if self._stopSignals is not None and self.site.channels:
-            self._log.info(
-                "stopping: requests in flight get up to {timeout} s to "
-                "finish; a second SIGINT or SIGTERM stops at once",
-                timeout=self.shutdownTimeout,
-            )
+            if self.site.channels:
+                self._log.info(
+                    "stopping: requests in flight get up to {timeout} s to "
+                    "finish; a second SIGINT or SIGTERM stops at once",
+                    timeout=self.shutdownTimeout,
+                )
         d = MultiService.stopService(self)
 
         def closeClients(result: Any) -> Any:

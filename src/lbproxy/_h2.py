@@ -92,12 +92,11 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITCPTransp
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lbproxy._http import CTL, HOST, TARGET_RE, TOKEN_RE
 from lbproxy._pages import errorBody
-from lbproxy._server import httpDate
+from lbproxy._server import asHeaders, httpDate
 from lbproxy._streaming import StreamingBody
 from lbproxy._timer import Deadline
 
@@ -281,10 +280,7 @@ class StreamChannel:
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         if self._connection is None:
             return
-        if not isinstance(headers, Headers):
-            pairs, headers = headers, Headers()
-            for name, value in pairs:
-                headers.addRawHeader(name, value)
+        headers = asHeaders(headers)
         fields = [(b":status", code)]
         if not headers.hasHeader(b"date"):
             fields.append((b"date", httpDate(self.site.reactor)))

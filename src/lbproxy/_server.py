@@ -122,6 +122,22 @@ def headerLines(headers: Any, skip: frozenset[bytes] = frozenset()) -> list[byte
     ]
 
 
+def asHeaders(headers: Any) -> Headers:
+    """
+    C{headers} as given to C{writeHeaders}: a L{Headers} as it is, or
+    the C{(name, value)} pairs that C{HTTPChannel.writeHeaders} still takes
+    (Twisted itself no longer passes them) made into one, as that method
+    does, through L{Headers}, which turns CR and LF in a value into spaces:
+    no split header.
+    """
+    if isinstance(headers, Headers):
+        return headers
+    made = Headers()
+    for name, value in headers:
+        made.addRawHeader(name, value)
+    return made
+
+
 _dateCache: list[Any] = [None, b""]
 
 
@@ -948,13 +964,7 @@ class ProxyChannel(Protocol):
         small response goes to the client in one send; add a C{Date} when
         the response has none.
         """
-        if not isinstance(headers, Headers):
-            # Pairs, which HTTPChannel.writeHeaders still takes (Twisted
-            # itself no longer passes them): as it does, through Headers,
-            # which turns CR and LF in a value into spaces: no split header.
-            pairs, headers = headers, Headers()
-            for name, value in pairs:
-                headers.addRawHeader(name, value)
+        headers = asHeaders(headers)
         lines = [b"%s %s %s\r\n" % (version, code, reason)]
         if not headers.hasHeader(b"date"):
             lines.append(b"Date: %s\r\n" % httpDate(self.site.reactor))

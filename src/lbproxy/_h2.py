@@ -617,6 +617,13 @@ class H2Channel(Protocol):
         for stream in streams:
             self._loseStream(stream, reason)
         self.transport.loseConnection()
+        self._abortLater()
+
+    def _abortLater(self) -> None:
+        """
+        Abort the connection in L{abortTimeout} seconds, if it has not
+        closed by then (once: the first call sets the time).
+        """
         if self.abortTimeout is not None and self.aborting is None:
             self.aborting = self.clock.callLater(
                 self.abortTimeout, self.transport.abortConnection
@@ -637,10 +644,7 @@ class H2Channel(Protocol):
         if self.streamsById or self.terminated:
             return
         self.goAway()
-        if self.abortTimeout is not None and self.aborting is None:
-            self.aborting = self.clock.callLater(
-                self.abortTimeout, self.transport.abortConnection
-            )
+        self._abortLater()
 
     # Reading
 

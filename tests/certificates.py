@@ -170,3 +170,27 @@ class Authority:
         with open(path, "wb") as f:
             f.write(pem(self.root))
         return path
+
+
+def writeSelfSigned(directory: str, names: Sequence[str]) -> tuple[str, str, bytes]:
+    """
+    Make a self-signed certificate for C{names} (its own root: what a
+    client trusts is the certificate itself), valid from a day ago for 90
+    days, and write it in C{directory} as C{cert.pem} and C{key.pem}.
+
+    @return: the paths of the key and of the certificate, and the
+        certificate as PEM.
+    """
+    key = newKey()
+    subject = _name(names[0])
+    certificate = Authority._build(
+        subject, subject, key.public_key(), key, ca=True, names=names
+    )
+    os.makedirs(directory, exist_ok=True)
+    keyPath = os.path.join(directory, "key.pem")
+    with open(keyPath, "wb") as f:
+        f.write(keyPEM(key))
+    certPath = os.path.join(directory, "cert.pem")
+    with open(certPath, "wb") as f:
+        f.write(pem(certificate))
+    return keyPath, certPath, pem(certificate)

@@ -12,16 +12,10 @@ waits, every port and connection closed by the cleanups.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import subprocess
 from typing import Any, Optional
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import (
@@ -35,7 +29,6 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.protocols.policies import WrappingFactory
-from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -49,6 +42,7 @@ from lbproxy import (
     UpstreamResource,
     parseConfigText,
 )
+from tests.certificates import writeSelfSigned
 
 #: Seconds any one step may take before the test fails.
 WAIT = 10
@@ -62,53 +56,6 @@ except ImportError:
     _h2Missing: Optional[str] = "the h2 package is not installed"
 else:
     _h2Missing = None
-
-
-def makeCertificate(directory: FilePath[str]) -> tuple[str, str, bytes]:
-    """
-    Make a self-signed certificate for C{127.0.0.1} and C{localhost} (an
-    EC key, valid from a day ago for 30 days: no expiry warning from
-    C{listen_tls}) in C{directory}.
-
-    @return: the paths of the key and certificate PEM files, and the
-        certificate as PEM.
-    """
-    directory.makedirs(ignoreExistingDirectory=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    certPEM = certificate.public_bytes(serialization.Encoding.PEM)
-    keyPath = directory.child("key.pem")
-    keyPath.setContent(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    certPath = directory.child("cert.pem")
-    certPath.setContent(certPEM)
-    return keyPath.path, certPath.path, certPEM
 
 
 def tlsDescription(keyPath: str, certPath: str) -> str:
@@ -212,8 +159,8 @@ class _ALPNMixin:
     timeout = 60
 
     def setUpCertificate(self) -> None:
-        self.keyPath, self.certPath, certPEM = makeCertificate(
-            FilePath(self.mktemp())  # type: ignore[attr-defined]
+        self.keyPath, self.certPath, certPEM = writeSelfSigned(
+            self.mktemp(), ["127.0.0.1", "localhost"]  # type: ignore[attr-defined]
         )
         self.trustRoot = Certificate.loadPEM(certPEM)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import sys
 
 from twisted.application.service import IServiceMaker, MultiService
@@ -16,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import LoadBalancerService
 from lbproxy.tap import Options, makeService
+from tests.certificates import writeSelfSigned
 
 _SITE = b"""
 [lbproxy]
@@ -116,6 +118,62 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(service, LoadBalancerService)
         self.assertIsInstance(service, MultiService)
         self.assertEqual([b.weight for b in service.pools["app"].backends], [2, 1])
+
+    def busyPort(self):
+        """
+        A port on 127.0.0.1 that a listening socket of the test holds.
+        """
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        return sock.getsockname()[1]
+
+    def assertRefusedBeforeFork(self, content, port):
+        """
+        As twistd's subcommand without C{-n}, L{makeService} tries every
+        port before twistd forks: the configuration C{content}, one of
+        whose listeners is on the busy C{port}, stops it with lbproxy's one
+        line and status 1.
+        """
+        options = Options()
+        options.parseOptions(["--config", self.config(content)])
+        options.parent = {"nodaemon": False}
+        err = self.capture("stderr")
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options)
+        self.assertEqual(caught.exception.code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            f"twistd lbproxy: cannot listen on 127.0.0.1:{port}: "
+            "Address already in use\n",
+        )
+
+    def test_adminPortInUseBeforeFork(self):
+        """
+        The C{[admin]} listener's port is among those tried before the fork.
+        """
+        port = self.busyPort()
+        self.assertRefusedBeforeFork(
+            _SITE + b"[admin]\nlisten = tcp:%d:interface=127.0.0.1\n" % (port,), port
+        )
+
+    def test_tlsPortInUseBeforeFork(self):
+        """
+        So are the C{listen_tls} listeners' ports.
+        """
+        port = self.busyPort()
+        key, certificate, _ = writeSelfSigned(os.path.abspath(self.mktemp()), ["localhost"])
+        self.assertRefusedBeforeFork(
+            _SITE.replace(
+                b"[lbproxy]\n",
+                b"[lbproxy]\nlisten_tls = tcp:%d:interface=127.0.0.1\n"
+                b"tls_certificate = %s\ntls_key = %s\n"
+                % (port, certificate.encode(), key.encode()),
+                1,
+            ),
+            port,
+        )
 
 
 class DropinTests(SynchronousTestCase):

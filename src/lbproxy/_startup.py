@@ -22,6 +22,7 @@ from typing import IO, Any, Callable, Iterable, Optional
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from lbproxy._config import SiteConfig
 from lbproxy._version import __version__
 from twisted import version as twistedVersion
 
@@ -111,6 +112,22 @@ def _tcpPart(description: str) -> str:
     if kind.lower() == "ssl":
         return "tcp:" + rest
     return description
+
+
+def configuredListeners(config: SiteConfig) -> list[str]:
+    """
+    Every endpoint that the service of C{config} listens on, as
+    descriptions: C{listen}, C{listen_tls}, the demo backends' and the
+    C{[admin]} listener's (what L{unopenablePort} is to try before twistd
+    goes into the background).
+    """
+    proxy = config.proxy
+    return [
+        *proxy.listen,
+        *proxy.listenTLS,
+        *(d for demo in config.demos for d in demo.listen),
+        *([config.admin.listen] if config.admin is not None else []),
+    ]
 
 
 def unopenablePort(descriptions: Iterable[str]) -> Optional[str]:

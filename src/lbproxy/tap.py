@@ -17,6 +17,7 @@ from twisted.python import usage
 
 from lbproxy._config import ConfigError, SiteConfig, parseConfig
 from lbproxy._startup import (
+    configuredListeners,
     reportStartupFailures,
     unopenablePort,
     unreadableFile,
@@ -142,9 +143,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     fds = workerFDs()
     if twistd is not None:
         if not twistd.get("nodaemon") and fds is None:
-            unopenable = unopenablePort(
-                [*config.proxy.listen, *(d for demo in config.demos for d in demo.listen)]
-            )
+            unopenable = unopenablePort(configuredListeners(config))
             if unopenable is not None:
                 options.fail(unopenable)
             if config.proxy.accessLog == "-":

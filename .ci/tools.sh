@@ -6,6 +6,8 @@
 #   nghttp2-client  nghttp, a second HTTP/2 client for the h2 tests
 #   systemd         systemd-analyze, which verifies the production page's unit
 #   logrotate       which reads the production page's logrotate file
+#   etcd-server     etcd, the registry the etcd source and fleet tests watch
+#   etcd-client     etcdctl, used by the fleet page's recorded session
 #
 #   sh .ci/tools.sh              # all of them
 #   sh .ci/tools.sh pypy3        # just these packages
@@ -14,13 +16,15 @@
 # script fails, so that no test is skipped in silence.
 set -eu
 if [ $# -eq 0 ]; then
-    set -- pypy3 nghttp2-client systemd logrotate
+    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client
 fi
 missing=""
 for package in "$@"; do
     case $package in
         nghttp2-client) program=nghttp ;;
         systemd) program=systemd-analyze ;;
+        etcd-server) program=etcd ;;
+        etcd-client) program=etcdctl ;;
         *) program=$package ;;
     esac
     command -v "$program" >/dev/null 2>&1 || missing="$missing $package"

@@ -6,11 +6,14 @@ Backends, their states, and the outcomes of the requests sent to them.
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from zope.interface import implementer
 
 from lbproxy._interfaces import IBackend
+
+if TYPE_CHECKING:
+    from lbproxy._config import ServerConfig
 
 
 class BackendState(enum.Enum):
@@ -173,3 +176,20 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.url} weight={self.weight} {self.state.value}>"
+
+
+def backendFor(server: ServerConfig) -> Backend:
+    """
+    A new L{Backend} for one server line: the configuration's C{servers},
+    or one that a dynamic source (etcd, DNS) found.
+    """
+    return Backend(
+        server.host,
+        server.port,
+        scheme=server.scheme,
+        weight=server.weight,
+        backup=server.backup,
+        down=server.down,
+        maxFails=server.maxFails,
+        failTimeout=server.failTimeout,
+    )

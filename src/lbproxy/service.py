@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from lbproxy._admin import AdminResource
-from lbproxy._backend import Backend
+from lbproxy._backend import backendFor
 from lbproxy._config import (
     ConfigError,
     DemoConfig,
@@ -67,22 +67,9 @@ def buildPool(
     """
     Build the L{Pool} of one upstream, with its balancer plugin.
     """
-    backends = [
-        Backend(
-            server.host,
-            server.port,
-            scheme=server.scheme,
-            weight=server.weight,
-            backup=server.backup,
-            down=server.down,
-            maxFails=server.maxFails,
-            failTimeout=server.failTimeout,
-        )
-        for server in config.servers
-    ]
     return Pool(
         config.name,
-        backends,
+        [backendFor(server) for server in config.servers],
         buildBalancer(config.balancer, config.balancerOptions, random),
         reactor,
         maxFails=config.maxFails,

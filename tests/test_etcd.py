@@ -1,0 +1,419 @@
+"""
+Tests for L{lbproxy._etcd}: the etcd v3 gateway client and the mirror of
+a prefix, against L{tests.fakeetcd.FakeEtcd} through treq's C{StubTreq},
+with a L{Clock} for time.  tests/integration/test_etcd_live.py runs the
+same against a real etcd.
+"""
+
+from __future__ import annotations
+
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy._etcd import (
+    Compacted,
+    EtcdClient,
+    EtcdError,
+    Event,
+    LineSplitter,
+    PrefixMirror,
+    parseRange,
+    parseWatchResponse,
+    prefixEnd,
+)
+from tests.fakeetcd import FakeEtcd
+
+A = "http://a.example:2379"
+B = "http://b.example:2379"
+
+
+class WireTests(SynchronousTestCase):
+    """
+    The gateway's JSON, read and written.
+    """
+
+    def test_prefixEnd(self):
+        """
+        The end of a prefix's range is the prefix with its last byte plus
+        one, trailing 0xff dropped; every key for an empty prefix.
+        """
+        self.assertEqual(prefixEnd(b"/lb/"), b"/lb0")
+        self.assertEqual(prefixEnd(b"a\xff\xff"), b"b")
+        self.assertEqual(prefixEnd(b""), b"\0")
+        self.assertEqual(prefixEnd(b"\xff"), b"\0")
+
+    def test_parseRange(self):
+        """
+        A range response gives the header's revision and the keys; an empty
+        one (no C{kvs}) gives no key.
+        """
+        body = (
+            b'{"header":{"revision":"7"},"kvs":[{"key":"L2xiL2E=",'
+            b'"value":"MTI3LjAuMC4xOjgw","mod_revision":"5"}],"count":"1"}'
+        )
+        self.assertEqual(parseRange(body), (7, {b"/lb/a": b"127.0.0.1:80"}))
+        self.assertEqual(parseRange(b'{"header":{"revision":"3"}}'), (3, {}))
+
+    def test_parseRangeBad(self):
+        """
+        Anything else is an L{EtcdError}: not JSON, an error, bad base64, a
+        truncated answer.
+        """
+        for body in [
+            b"<html>",
+            b'{"error":"x","code":2}',
+            b'{"header":{"revision":"1"},"kvs":[{"key":"***"}]}',
+            b'{"header":{"revision":"1"},"more":true}',
+            b"[]",
+        ]:
+            self.assertRaises(EtcdError, parseRange, body)
+
+    def test_parseWatchResponse(self):
+        """
+        A watch line gives its events in order, PUT when the type is left
+        out, DELETE without a value.
+        """
+        response = parseWatchResponse(
+            b'{"result":{"header":{"revision":"9"},"events":['
+            b'{"kv":{"key":"YQ==","value":"MQ==","mod_revision":"8"}},'
+            b'{"type":"DELETE","kv":{"key":"Yg==","mod_revision":"9"}}]}}'
+        )
+        self.assertFalse(response.created)
+        self.assertEqual(response.revision, 9)
+        self.assertEqual(
+            response.events, (Event(b"a", b"1", 8), Event(b"b", None, 9))
+        )
+        created = parseWatchResponse(b'{"result":{"header":{"revision":"3"},"created":true}}')
+        self.assertTrue(created.created)
+
+    def test_parseWatchCompacted(self):
+        """
+        A cancellation for compaction is L{Compacted} with etcd's oldest
+        revision; any other cancellation or an error is an L{EtcdError}.
+        """
+        with self.assertRaises(Compacted) as caught:
+            parseWatchResponse(
+                b'{"result":{"header":{},"canceled":true,"compact_revision":"12"}}'
+            )
+        self.assertEqual(caught.exception.revision, 12)
+        for line in [
+            b'{"result":{"canceled":true}}',
+            b'{"error":{"grpc_code":14,"message":"unavailable"}}',
+            b'{"result":{"events":[{"type":"EXPLODE","kv":{"key":"YQ=="}}]}}',
+            b"nonsense",
+        ]:
+            self.assertRaises(EtcdError, parseWatchResponse, line)
+
+    def test_lineSplitter(self):
+        """
+        Lines come out whole, however the bytes are cut; an overlong line
+        is an error rather than an ever-growing buffer.
+        """
+        splitter = LineSplitter(maxLine=10)
+        self.assertEqual(splitter.feed(b'{"a"'), [])
+        self.assertEqual(splitter.feed(b':1}\n\n{"b":2}\n{'), [b'{"a":1}', b'{"b":2}'])
+        self.assertEqual(splitter.feed(b"}\n"), [b"{}"])
+        self.assertRaises(EtcdError, splitter.feed, b"x" * 11)
+
+
+class ClientTests(SynchronousTestCase):
+    """
+    L{EtcdClient} against the fake gateway.
+    """
+
+    def setUp(self):
+        self.etcd = FakeEtcd()
+        self.http = StubTreq(self.etcd)
+        self.clock = Clock()
+        self.client = EtcdClient([A, B], self.clock, self.http)
+
+    def test_range(self):
+        """
+        C{range} reads every key under the prefix and no other.
+        """
+        self.etcd.put(b"/lb/a", b"127.0.0.1:8001")
+        self.etcd.put(b"/lb/b", b"127.0.0.1:8002")
+        self.etcd.put(b"/lbx", b"127.0.0.1:8003")
+        d = self.client.range(b"/lb/")
+        self.http.flush()
+        self.assertEqual(
+            self.successResultOf(d),
+            (4, {b"/lb/a": b"127.0.0.1:8001", b"/lb/b": b"127.0.0.1:8002"}),
+        )
+
+    def test_rangeNextEndpoint(self):
+        """
+        When the first endpoint fails, the next one is tried, and it is
+        where the next call starts.
+        """
+        self.etcd.refuse.add("a.example")
+        d = self.client.range(b"/lb/")
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d), (1, {}))
+        self.assertEqual(self.client.endpoint, B)
+        self.assertEqual([r[0] for r in self.etcd.requests], ["a.example", "b.example"])
+
+    def test_rangeEveryEndpointFails(self):
+        """
+        When every endpoint fails, the error names what each did.
+        """
+        self.etcd.refuse.update({"a.example", "b.example"})
+        d = self.client.range(b"/lb/")
+        self.http.flush()
+        failure = self.failureResultOf(d, EtcdError)
+        self.assertEqual(
+            str(failure.value), f"{A}: HTTP 503 from {A}; {B}: HTTP 503 from {B}"
+        )
+
+    def test_rangeTimeout(self):
+        """
+        An endpoint that does not answer within the timeout counts as
+        failed, and the next is tried.
+        """
+        client = EtcdClient([A, B], self.clock, _Silent(self.http, "a.example"), timeout=2)
+        d = client.range(b"/lb/")
+        self.assertNoResult(d)
+        self.clock.advance(2)
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d), (1, {}))
+        self.assertEqual(client.endpoint, B)
+
+    def test_watch(self):
+        """
+        C{watch} reports the creation, then each change as it happens,
+        from the start revision on.
+        """
+        self.etcd.put(b"/lb/a", b"1")
+        seen = []
+        d = self.client.watch(b"/lb/", 2, seen.append)
+        self.http.flush()
+        self.etcd.put(b"/lb/b", b"2")
+        self.etcd.put(b"/other", b"3")
+        self.etcd.delete(b"/lb/a")
+        self.http.flush()
+        self.assertNoResult(d)
+        self.assertEqual(
+            [(r.created, r.events) for r in seen],
+            [
+                (True, ()),
+                (False, (Event(b"/lb/a", b"1", 2),)),
+                (False, (Event(b"/lb/b", b"2", 3),)),
+                (False, (Event(b"/lb/a", None, 5),)),
+            ],
+        )
+        (request,) = [r for r in self.etcd.requests if r[1] == b"/v3/watch"]
+        self.assertTrue(request[2]["create_request"]["progress_notify"])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.http.flush()
+        self.assertEqual(self.etcd.watches, [])
+
+    def test_watchEnds(self):
+        """
+        A watch stream that ends is a failure saying so.
+        """
+        d = self.client.watch(b"/lb/", 2, lambda r: None)
+        self.http.flush()
+        self.etcd.dropWatches()
+        self.http.flush()
+        failure = self.failureResultOf(d, EtcdError)
+        self.assertEqual(str(failure.value), f"{A} ended the watch stream")
+
+    def test_watchCompacted(self):
+        """
+        A watch from a compacted revision fails with L{Compacted}.
+        """
+        self.etcd.put(b"/lb/a", b"1")
+        self.etcd.put(b"/lb/a", b"2")
+        self.etcd.compact(3)
+        d = self.client.watch(b"/lb/", 2, lambda r: None)
+        self.http.flush()
+        self.assertEqual(self.failureResultOf(d, Compacted).value.revision, 3)
+
+
+class _Silent:
+    """
+    An HTTP client whose requests to one host are never answered.
+    """
+
+    def __init__(self, http, host):
+        self.http = http
+        self.host = host
+
+    def post(self, url, **kwargs):
+        if self.host in url:
+            return Deferred()
+        return self.http.post(url, **kwargs)
+
+
+class MirrorTests(SynchronousTestCase):
+    """
+    L{PrefixMirror}: a full read, then the watch, resumed after a loss and
+    restarted from a full read after compaction.
+    """
+
+    def setUp(self):
+        self.etcd = FakeEtcd()
+        self.http = StubTreq(self.etcd)
+        self.clock = Clock()
+        self.client = EtcdClient([A, B], self.clock, self.http)
+        self.changes = []
+        self.mirror = PrefixMirror(
+            self.client, b"/lb/", lambda v, why: self.changes.append((v, why)), self.clock
+        )
+        self.addCleanup(self.mirror.stop)
+
+    def watchStarts(self):
+        return [
+            (r[0], int(r[2]["create_request"]["start_revision"]))
+            for r in self.etcd.requests
+            if r[1] == b"/v3/watch"
+        ]
+
+    def test_readThenWatch(self):
+        """
+        The mirror reads the prefix, tells its copy, then applies each
+        watch response in order and tells the new copy.
+        """
+        self.etcd.put(b"/lb/a", b"1")
+        self.mirror.start()
+        self.http.flush()
+        self.assertEqual(self.changes, [({b"/lb/a": b"1"}, "etcd read at revision 2")])
+        self.assertEqual(self.watchStarts(), [("a.example", 3)])
+        self.etcd.put(b"/lb/b", b"2")
+        self.etcd.delete(b"/lb/a")
+        self.http.flush()
+        self.assertEqual(
+            self.changes[1:],
+            [
+                ({b"/lb/a": b"1", b"/lb/b": b"2"}, "etcd revision 3: put /lb/b"),
+                ({b"/lb/b": b"2"}, "etcd revision 4: deleted /lb/a"),
+            ],
+        )
+        self.assertEqual(self.mirror.revision, 4)
+
+    def test_resume(self):
+        """
+        A lost watch is started again on the next endpoint from the
+        revision after the last change applied, so the changes made
+        meanwhile arrive once each.
+        """
+        self.mirror.start()
+        self.http.flush()
+        self.etcd.put(b"/lb/a", b"1")
+        self.http.flush()
+        self.etcd.refuse.add("b.example")
+        with capturedLogs() as logs:
+            self.etcd.dropWatches()
+            self.http.flush()
+        self.clock.advance(0)
+        self.etcd.put(b"/lb/b", b"2")
+        self.etcd.delete(b"/lb/a")
+        # b.example refuses at once; back to a.example after a backoff.
+        self.assertEqual(self.watchStarts(), [("a.example", 2), ("b.example", 3)])
+        self.http.flush()
+        self.clock.advance(PrefixMirror.initialDelay)
+        self.http.flush()
+        self.assertEqual(
+            self.watchStarts(),
+            [("a.example", 2), ("b.example", 3), ("a.example", 3)],
+        )
+        self.assertEqual(
+            [why for _, why in self.changes],
+            [
+                "etcd read at revision 1",
+                "etcd revision 2: put /lb/a",
+                "etcd revision 4: put /lb/b, deleted /lb/a",
+            ],
+        )
+        self.assertEqual(self.changes[-1][0], {b"/lb/b": b"2"})
+        self.assertIn(
+            "etcd /lb/: the watch at http://a.example:2379 failed: "
+            "http://a.example:2379 ended the watch stream; trying "
+            "http://b.example:2379 in 0s, from revision 3",
+            [e["log_format"].format(**e) for e in logs],
+        )
+
+    def test_backoff(self):
+        """
+        While every endpoint fails, the retries wait longer each round, up
+        to L{PrefixMirror.maxDelay}; a success starts over.
+        """
+        self.etcd.refuse.update({"a.example", "b.example"})
+        self.mirror.start()
+        self.http.flush()
+        def reads():
+            return sum(1 for r in self.etcd.requests if r[1] == b"/v3/kv/range")
+        self.assertEqual(reads(), 2)
+        delays = []
+        for _ in range(10):
+            (retry,) = self.clock.getDelayedCalls()
+            delay = retry.getTime() - self.clock.seconds()
+            delays.append(round(delay, 6))
+            self.clock.advance(delay)
+            self.http.flush()
+        self.assertEqual(reads(), 22)
+        self.assertEqual(delays, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0])
+        self.etcd.refuse.clear()
+        self.clock.advance(10)
+        self.http.flush()
+        self.assertEqual(len(self.changes), 1)
+
+    def test_compacted(self):
+        """
+        When the revisions the watch needs were compacted, the mirror reads
+        the whole prefix again and watches on from there.
+        """
+        self.etcd.put(b"/lb/a", b"1")
+        self.mirror.start()
+        self.http.flush()
+        self.etcd.refuse.update({"a.example", "b.example"})
+        self.etcd.dropWatches()
+        self.http.flush()
+        self.etcd.put(b"/lb/b", b"2")
+        self.etcd.delete(b"/lb/a")
+        self.etcd.compact(self.etcd.revision)
+        self.etcd.refuse.clear()
+        self.clock.advance(PrefixMirror.initialDelay)
+        self.http.flush()
+        self.assertEqual(
+            [why for _, why in self.changes],
+            ["etcd read at revision 2", "etcd read at revision 4"],
+        )
+        self.assertEqual(self.changes[-1][0], {b"/lb/b": b"2"})
+        self.assertEqual(self.watchStarts()[-1], ("b.example", 5))
+
+    def test_idle(self):
+        """
+        A watch that sends nothing for L{PrefixMirror.idleTimeout} is taken
+        as lost and started again; progress notifications keep it alive
+        and move the revision on.
+        """
+        self.mirror.start()
+        self.http.flush()
+        self.etcd.revision += 5
+        self.clock.advance(PrefixMirror.idleTimeout - 1)
+        self.etcd.progress()
+        self.http.flush()
+        self.assertEqual(self.mirror.revision, 6)
+        self.clock.advance(PrefixMirror.idleTimeout - 1)
+        self.assertEqual(len(self.watchStarts()), 1)
+        self.clock.advance(1)
+        self.http.flush()
+        self.assertEqual(self.watchStarts(), [("a.example", 2), ("b.example", 7)])
+
+    def test_stop(self):
+        """
+        L{PrefixMirror.stop} cancels the watch and any retry.
+        """
+        self.mirror.start()
+        self.http.flush()
+        self.mirror.stop()
+        self.http.flush()
+        self.assertEqual(self.etcd.watches, [])
+        self.clock.advance(100)
+        self.http.flush()
+        self.assertEqual(len(self.watchStarts()), 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from types import SimpleNamespace
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
@@ -124,10 +125,12 @@ class CombinedFormatTests(SynchronousTestCase):
 
     def test_off(self):
         """
-        With no access log, nothing is formatted.
+        With no access log, nothing is formatted (a request that has
+        nothing to format a line from is only counted).
         """
         site = ProxySite(Resource(), accessLog=None, reactor=Clock())
-        site.log(object())
+        site.log(SimpleNamespace(code=200, received=None, requestCounts=None))
+        self.assertEqual(site.unroutedCounts.classes[2], 1)
 
 
 class ReloadTests(SynchronousTestCase):
@@ -278,18 +281,15 @@ class UpstreamFormatTests(SynchronousTestCase):
 
     def test_timedRequests(self):
         """
-        A format with C{$request_time} makes the site's requests note when
-        they were made; C{combined} does not (no clock read).
+        Whatever the format, the site's requests note when they were made,
+        for C{$request_time} and the request duration histograms.
         """
-        site = self.site("combined")
-        self.assertIs(site.requestFactory, ProxyRequest)
-        site.setAccessLogFormat("upstream")
-        self.assertIs(site.requestFactory, TimedProxyRequest)
-        channel = DummyChannel()
-        channel.site = site
-        self.assertEqual(site.requestFactory(channel, False).received, _NOW + 0.5)
-        site.setAccessLogFormat("combined")
-        self.assertIs(site.requestFactory, ProxyRequest)
+        for logFormat in ("combined", "upstream", "json"):
+            site = self.site(logFormat)
+            self.assertIs(site.requestFactory, TimedProxyRequest)
+            channel = DummyChannel()
+            channel.site = site
+            self.assertEqual(site.requestFactory(channel, False).received, _NOW + 0.5)
 
 
 class RetriedRequestLogTests(SynchronousTestCase):

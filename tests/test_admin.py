@@ -79,6 +79,7 @@ class AdminAPITests(SynchronousTestCase):
             {
                 "name": "127.0.0.1:9001",
                 "url": "http://127.0.0.1:9001",
+                "id": self.a.id,
                 "state": "up",
                 "reason": "started",
                 "since": None,
@@ -88,8 +89,16 @@ class AdminAPITests(SynchronousTestCase):
                 "active": 1,
                 "requests": 1,
                 "responses": 0,
+                "responses_by_class": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
                 "failures": 0,
                 "last_latency": None,
+                "response_time_histogram": {
+                    "bounds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                    "counts": [0] * 12,
+                    "count": 0,
+                    "sum": 0.0,
+                },
+                "health": None,
             },
         )
         self.assertEqual((second["name"], second["weight"], second["active"]), ("127.0.0.1:9002", 2, 0))

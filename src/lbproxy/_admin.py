@@ -1,8 +1,11 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 The JSON API of the C{[admin]} listener: read the upstreams and their
-backends, and drain, enable or re-weight a backend at run time.
+backends, and drain, enable or re-weight a backend at run time; and the
+admin snapshot.
 
+    - C{GET /api/status}: the admin snapshot, everything an operator looks
+      at (see L{lbproxy._snapshot});
     - C{GET /api/upstreams}: every upstream with its backends;
     - C{GET /api/upstreams/NAME}: one upstream;
     - C{GET /api/upstreams/NAME/servers/HOST:PORT}: one backend;
@@ -33,6 +36,9 @@ from twisted.web.resource import Resource
 
 from lbproxy._backend import Backend, BackendState
 from lbproxy._pool import Pool
+from lbproxy._snapshot import backendStatus, upstreamStatus
+
+__all__ = ["AdminResource", "backendStatus", "upstreamStatus"]
 
 #: The values of C{"state"} in a C{PATCH} body.
 DRAIN = "drain"
@@ -51,61 +57,35 @@ class _Refusal(Exception):
         self.message = message
 
 
-def backendStatus(backend: Backend) -> dict[str, Any]:
-    """
-    What the API shows of one backend: its address, state (with the reason
-    and the time, in seconds since the epoch, it began), weights and
-    counters.
-    """
-    return {
-        "name": backend.name,
-        "url": backend.url,
-        "state": backend.state.value,
-        "reason": backend.stateReason,
-        "since": backend.stateSince,
-        "weight": backend.weight,
-        "effective_weight": backend.effectiveWeight,
-        "backup": backend.backup,
-        "active": backend.active,
-        "requests": backend.requests,
-        "responses": backend.responses,
-        "failures": backend.failures,
-        "last_latency": backend.lastLatency,
-    }
-
-
-def upstreamStatus(pool: Pool) -> dict[str, Any]:
-    """
-    What the API shows of one upstream: its name and its backends.
-    """
-    return {
-        "name": pool.name,
-        "backends": [backendStatus(b) for b in pool.backends],
-    }
-
-
 class AdminResource(Resource):
     """
     The JSON API, at the root of the C{[admin]} listener.
 
     @ivar token: the bearer token that C{PATCH} requests need, or L{None}
         when they need none; replaced on reload.
+    @ivar snapshot: builds the admin snapshot (L{lbproxy._snapshot}), or
+        L{None} when there is none to show (then C{/api/status} is 404).
     """
 
     isLeaf = True
     _log = Logger()
 
     def __init__(
-        self, pools: Callable[[], Mapping[str, Pool]], token: Optional[str] = None
+        self,
+        pools: Callable[[], Mapping[str, Pool]],
+        token: Optional[str] = None,
+        snapshot: Optional[Callable[[], dict[str, Any]]] = None,
     ) -> None:
         """
         @param pools: gives the running pools by upstream name (called for
             each request, so that a reload's new pools are the ones shown).
         @param token: see L{token}.
+        @param snapshot: see L{snapshot}.
         """
         Resource.__init__(self)
         self.pools = pools
         self.token = token
+        self.snapshot = snapshot
 
     def render(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
@@ -123,6 +103,9 @@ class AdminResource(Resource):
         segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
         if segments and segments[-1] == "":
             segments.pop()
+        if segments == ["api", "status"] and self.snapshot is not None:
+            self._onlyRead(request, b"GET, HEAD")
+            return 200, self.snapshot()
         if segments[:2] != ["api", "upstreams"] or len(segments) not in (2, 3, 5) or (
             len(segments) == 5 and segments[3] != "servers"
         ):
@@ -130,11 +113,10 @@ class AdminResource(Resource):
         method = request.method
         if method == b"PATCH" and len(segments) == 5:
             self._authorize(request)
-        elif method not in (b"GET", b"HEAD"):
-            request.setHeader(
-                b"Allow", b"GET, HEAD, PATCH" if len(segments) == 5 else b"GET, HEAD"
+        else:
+            self._onlyRead(
+                request, b"GET, HEAD, PATCH" if len(segments) == 5 else b"GET, HEAD"
             )
-            raise _Refusal(405, f"method {method.decode('ascii', 'replace')} not allowed here")
         pools = self.pools()
         if len(segments) == 2:
             return 200, {"upstreams": [upstreamStatus(p) for p in pools.values()]}
@@ -152,6 +134,16 @@ class AdminResource(Resource):
         if method == b"PATCH":
             self._change(request, pool, backend)
         return 200, backendStatus(backend)
+
+    def _onlyRead(self, request: Any, allow: bytes) -> None:
+        """
+        Refuse (405, saying the methods of C{allow}) any method but C{GET}
+        and C{HEAD}.
+        """
+        method = request.method
+        if method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", allow)
+            raise _Refusal(405, f"method {method.decode('ascii', 'replace')} not allowed here")
 
     def _authorize(self, request: Any) -> None:
         """

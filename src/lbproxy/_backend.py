@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from zope.interface import implementer
 
+from lbproxy._counters import Histogram, statusClasses
 from lbproxy._interfaces import IBackend
 
 if TYPE_CHECKING:
@@ -93,6 +94,12 @@ class Backend:
     @ivar failures: failed exchanges (see L{Outcome.isFailure}), in total.
     @ivar responses: responses received, in total.
     @ivar lastLatency: seconds to the response head of the latest success.
+    @ivar responseClasses: the responses received (L{responses}) by status
+        class, indexed by C{code // 100} (see
+        L{lbproxy._counters.statusClasses}).
+    @ivar responseTimes: a L{Histogram} of the seconds from the pick to the
+        end of each response received, but a C{101}'s (whose tunnel may
+        last hours): nginx's C{$upstream_response_time}.
     @ivar effectiveWeight: see L{IBackend.effectiveWeight}: C{weight}, or
         less while the backend is slow-starting.
     @ivar adminState: L{BackendState.DISABLED} or L{BackendState.DRAINING}
@@ -157,6 +164,8 @@ class Backend:
         self.responses = 0
         self.failures = 0
         self.lastLatency: Optional[float] = None
+        self.responseClasses = statusClasses()
+        self.responseTimes = Histogram()
         self._failureTimes: list[float] = []
 
     @property

@@ -310,7 +310,12 @@ class BackendCheck:
     @ivar probes: probes run, in total.
     @ivar skipped: probes skipped because the previous one was still
         running when the next was due.
+    @ivar passed: probes that passed, in total.
+    @ivar failed: probes that failed (timed out included), in total.
     @ivar lastResult: what the latest probe found, or L{None}.
+    @ivar lastPassed: whether the latest probe passed, or L{None} before
+        the first one ends.
+    @ivar lastLatency: the seconds the latest probe took, or L{None}.
     @ivar lastTime: the reactor time the latest probe ended, or L{None}.
     @ivar awaitingFirst: L{True} while a backend held down by
         C{health_mandatory} waits for its first passing probe.
@@ -321,7 +326,11 @@ class BackendCheck:
         self.failures = 0
         self.probes = 0
         self.skipped = 0
+        self.passed = 0
+        self.failed = 0
         self.lastResult: Optional[str] = None
+        self.lastPassed: Optional[bool] = None
+        self.lastLatency: Optional[float] = None
         self.lastTime: Optional[float] = None
         self.awaitingFirst = False
         self.loop: Optional[LoopingCall] = None
@@ -476,6 +485,7 @@ class HealthChecker(Service):
         check.probes += 1
         timeout = self.config.timeout
         timedOut = []
+        started = self._reactor.seconds()
 
         def expire() -> None:
             timedOut.append(True)
@@ -487,7 +497,8 @@ class HealthChecker(Service):
             check.inFlight = None
             if not self.running:
                 return
-            check.lastTime = self._reactor.seconds()
+            now = check.lastTime = self._reactor.seconds()
+            check.lastLatency = now - started
             if isinstance(result, Failure):
                 if timedOut:
                     detail = f"no answer within {timeout:g}s"
@@ -505,6 +516,8 @@ class HealthChecker(Service):
     def _passed(self, backend: Backend, check: BackendCheck, detail: str) -> None:
         check.failures = 0
         check.passes += 1
+        check.passed += 1
+        check.lastPassed = True
         check.lastResult = f"passed: {detail}"
         if not backend.checkedDown:
             return
@@ -531,6 +544,8 @@ class HealthChecker(Service):
     def _failed(self, backend: Backend, check: BackendCheck, detail: str) -> None:
         check.passes = 0
         check.failures += 1
+        check.failed += 1
+        check.lastPassed = False
         check.lastResult = f"failed: {detail}"
         if backend.checkedDown:
             self._log.debug(

@@ -123,6 +123,8 @@ class Pool:
     @ivar requestBuffering: whether request bodies are read whole before
         the request is forwarded (the default), or go to the backend as
         they arrive (C{request_buffering = no}).
+    @ivar retries: how many times a request was sent to another backend
+        after one failed it (nginx's C{proxy_next_upstream}), in total.
     """
 
     _log = Logger()
@@ -197,6 +199,7 @@ class Pool:
         self.tunnelTimeout = tunnelTimeout
         self.requestBuffering = requestBuffering
         self.eligible: tuple[Backend, ...] = ()
+        self.retries = 0
         self._recoveries: dict[Backend, IDelayedCall] = {}
         self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}
         self._drainWaiters: dict[Backend, list[Deferred[bool]]] = {}

@@ -308,7 +308,10 @@ class _Exchange(ResponseHandler):
                 )
             self._fail(502)
             return
-        self._tried.add(backend)
+        tried = self._tried
+        if tried:
+            pool.retries += 1
+        tried.add(backend)
         self._backend = backend
         self._started = self._reactor.seconds()
         pool.requestStarted(backend, self._request)
@@ -621,6 +624,10 @@ class _Exchange(ResponseHandler):
         code, self._code = self._code, None
         if code is None:
             code = _OUTCOME_STATUS.get(outcome)
+        elif outcome is Outcome.SUCCESS:
+            backend.responseClasses[code // 100] += 1
+            if code != 101:
+                backend.responseTimes.observe(took)
         tried = self._triedLog = self._triedLog + ((backend.name, code, took),)
         self._request.upstreamTried = tried
         self._pool.requestFinished(backend, self._request, outcome, latency)

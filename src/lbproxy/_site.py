@@ -30,6 +30,7 @@ from twisted.web.server import Request, Site
 from twisted.web.server import version as _TWISTED_SERVER
 from zope.interface import implementer
 
+from lbproxy._counters import RequestCounts
 from lbproxy._interfaces import IProxyRequest
 from lbproxy._logbuffer import BufferedLog
 from lbproxy._realip import TrustedProxies
@@ -207,9 +208,14 @@ class ProxyRequest(Request):
     upstreamTried: tuple[tuple[str, Optional[int], float], ...] = ()
 
     #: When the request's head was read, in the reactor's seconds, for the
-    #: access log's C{$request_time}; L{None} unless the site's
-    #: C{accessLogFormat} needs it (see L{TimedProxyRequest}).
+    #: access log's C{$request_time} and the request duration histograms;
+    #: L{None} unless the site's requests are L{TimedProxyRequest}s.
     received: Optional[float] = None
+
+    #: The L{RequestCounts} that count the request when it ends: those of
+    #: the vhost that took it (set by L{VirtualHostResource}), else
+    #: L{None} (then the site's L{ProxySite.unroutedCounts}).
+    requestCounts: Optional[RequestCounts] = None
 
     @property
     def clientAddress(self) -> Any:
@@ -456,9 +462,9 @@ def _discard(data: bytes) -> None:
 
 class TimedProxyRequest(ProxyRequest):
     """
-    A L{ProxyRequest} that notes when it was made (L{received}): the
-    request a L{ProxySite} makes when its access log format writes
-    C{$request_time}, so that the C{combined} format costs no clock read.
+    A L{ProxyRequest} that notes when it was made (L{received}), for the
+    access log's C{$request_time} and the request duration histograms:
+    the request a L{ProxySite} makes.
     """
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
@@ -486,6 +492,9 @@ class ProxySite(Site):
         (see L{acceptableProtocols}).
     @ivar accessLogFormat: C{"combined"}, C{"upstream"} or C{"json"} (see
         L{setAccessLogFormat}).
+    @ivar unroutedCounts: the L{RequestCounts} of the requests that no
+        vhost took (refused before routing, or for a host no vhost
+        serves).
     """
 
     accessLogFormat = "combined"
@@ -495,7 +504,7 @@ class ProxySite(Site):
     displayTracebacks = False
     connectionsRefused = 0
 
-    requestFactory = ProxyRequest
+    requestFactory = TimedProxyRequest
     protocol = ProxyChannel  # type: ignore[assignment]
 
     def __init__(
@@ -553,6 +562,7 @@ class ProxySite(Site):
         self.logRequestId = logRequestId
         self.sendTimeout = sendTimeout
         self.http2 = http2
+        self.unroutedCounts = RequestCounts()
         self.setAccessLogFormat(accessLogFormat)
 
     def configure(self, proxy: Any) -> None:
@@ -577,15 +587,9 @@ class ProxySite(Site):
         Write the access log in C{logFormat}: C{"combined"} (nginx's),
         C{"upstream"} (combined, then nginx's C{$upstream_addr
         $upstream_status $upstream_response_time $request_time}, see
-        L{upstreamLogFields}) or C{"json"} (L{jsonLogLine}).  Connections
-        opened from now on make L{TimedProxyRequest}s when the format writes
-        C{$request_time}, unless the site was given another
-        C{requestFactory}.
+        L{upstreamLogFields}) or C{"json"} (L{jsonLogLine}).
         """
         self.accessLogFormat = logFormat
-        if self.requestFactory in (ProxyRequest, TimedProxyRequest):
-            timed = logFormat != "combined"
-            self.requestFactory = TimedProxyRequest if timed else ProxyRequest
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.maxConnections and len(self.channels) >= self.maxConnections:
@@ -729,26 +733,34 @@ class ProxySite(Site):
 
     def log(self, request: Any) -> None:
         """
-        Write one line of nginx's combined log format (see
-        L{combinedLogLine}), unless the access log is off; with
-        L{logRequestId}, the request's id follows, quoted (C{"-"} for a
-        request without one), as nginx writes a C{log_format} that ends
-        with C{"$request_id"}.
+        Count C{request}, which has ended, in its L{RequestCounts} (its
+        status class, and its duration when it has a L{ProxyRequest.received} time),
+        and write its access log line in L{accessLogFormat}, unless the
+        access log is off: for C{combined}, a line of nginx's combined log
+        format (see L{combinedLogLine}); with L{logRequestId}, the
+        request's id follows, quoted (C{"-"} for a request without one), as
+        nginx writes a C{log_format} that ends with C{"$request_id"}.
         """
-        self._logLine(request, None)
+        now = self.reactor.seconds()
+        counts = request.requestCounts or self.unroutedCounts
+        counts.classes[request.code // 100] += 1
+        received = request.received
+        if received is not None:
+            counts.durations.observe(now - received)
+        if self.accessLog is not None:
+            self._logLine(request, None, now)
 
     def _logLine(
-        self, request: Any, tunnel: Optional[tuple[int, int, float]]
+        self, request: Any, tunnel: Optional[tuple[int, int, float]], now: float
     ) -> None:
-        if self.accessLog is None:
-            return
+        assert self.accessLog is not None
         logFormat = self.accessLogFormat
         if logFormat == "json":
-            line = jsonLogLine(self.reactor.seconds(), request, self.logRequestId, tunnel)
+            line = jsonLogLine(now, request, self.logRequestId, tunnel)
         else:
-            line = combinedLogLine(self._logTime(), request)
+            line = combinedLogLine(self._logTime(now), request)
             if logFormat == "upstream":
-                line += upstreamLogFields(request, self.reactor.seconds())
+                line += upstreamLogFields(request, now)
             if tunnel is not None:
                 line += " tunnel=%d/%d duration=%.3f" % tunnel
             if self.logRequestId:
@@ -767,19 +779,25 @@ class ProxySite(Site):
         with C{$body_bytes_sent} the bytes sent to the client through the
         tunnel, then C{tunnel=FROM_CLIENT/TO_CLIENT} (bytes each way) and
         C{duration=SECONDS} (the tunnel's, with milliseconds), then the
-        request's id if L{logRequestId}.
+        request's id if L{logRequestId}.  The request is counted as a
+        C{1xx} of its L{RequestCounts}, outside its duration histogram
+        (a tunnel may last hours).
         """
         request.sentLength = toClient
-        self._logLine(request, (fromClient, toClient, seconds))
+        counts = request.requestCounts or self.unroutedCounts
+        counts.classes[request.code // 100] += 1
+        if self.accessLog is not None:
+            self._logLine(request, (fromClient, toClient, seconds), self.reactor.seconds())
 
     _loggedSecond = -1
     _loggedTime = ""
 
-    def _logTime(self) -> str:
+    def _logTime(self, seconds: float) -> str:
         """
-        The access log's timestamp for now, formatted at most once a second.
+        The access log's timestamp for C{seconds} (now), formatted at most
+        once a second.
         """
-        now = int(self.reactor.seconds())
+        now = int(seconds)
         if now != self._loggedSecond:
             self._loggedSecond = now
             self._loggedTime = datetimeToLogString(now)

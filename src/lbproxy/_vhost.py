@@ -38,6 +38,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import File
 from zope.interface import implementer
 
+from lbproxy._counters import RequestCounts
 from lbproxy._http import ANY_ABSOLUTE, NO_BODY_CODES
 from lbproxy._interfaces import implementsProxyRequest
 from lbproxy._pages import errorBody, renderError
@@ -303,6 +304,9 @@ class VirtualHost:
         mount)}, in the order of L{routes}; C{mount} is L{None} for an
         L{lbproxy.UpstreamResource}, rendered as it is, else the L{_Mount}
         that sets the request's paths and traverses the resource.
+    @ivar requestCounts: the L{RequestCounts} of the requests it took,
+        which L{VirtualHostResource} hands to each (as its
+        C{requestCounts}) for the site to count it when it ends.
     """
 
     #: The vhost's L{HTTPSPolicy}, or L{None} when it has none.
@@ -331,6 +335,7 @@ class VirtualHost:
         self.table: Sequence[tuple[bytes, IResource, Optional[_Mount]]] = tuple(table)
         #: The first exact server name, if any.
         self.exactName = next((n for n in self.serverNames if not n.startswith("*.")), None)
+        self.requestCounts = RequestCounts()
 
     def routeFor(self, path: bytes) -> Optional[tuple[bytes, IResource, Optional[_Mount]]]:
         """
@@ -500,6 +505,7 @@ class VirtualHostResource(Resource):
         vhost = self.vhostFor(host)
         if vhost is None:
             return renderError(request, 404)
+        request.requestCounts = vhost.requestCounts
         https = vhost.https
         if https is not None:
             redirect = https.apply(request, host, vhost.exactName)

@@ -42,6 +42,7 @@ from lbproxy._logbuffer import BufferedLog
 from lbproxy._pool import Pool
 from lbproxy._proxy import UpstreamResource
 from lbproxy._site import ProxySite
+from lbproxy._snapshot import ReloadCounts, buildSnapshot
 from lbproxy._tlsserver import (
     SNIConnectionCreator,
     TLSServerFactory,
@@ -268,7 +269,23 @@ class LoadBalancerService(MultiService):
     The C{[admin]} listener serves L{AdminResource}, whose run-time changes
     to the backends last until the next L{reload} (which builds the pools
     again); its token follows reloads, its endpoint does not.
+
+    @ivar reloads: how many reloads were taken (L{reload}).
+    @ivar reloadFailures: how many reloads from the configuration file
+        (L{reloadFromFile}, on SIGHUP) were refused.
+    @ivar lastReloadOK: whether the latest reload from the file was taken
+        (L{True} before any).
+    @ivar configLoaded: the reactor time the running configuration was
+        taken: the service's start, or its latest reload (L{None} before
+        the start).
+    @ivar certificates: the L{ServerCertificates} of the running
+        configuration.
     """
+
+    reloads = 0
+    reloadFailures = 0
+    lastReloadOK = True
+    configLoaded: Optional[float] = None
 
     _log = Logger()
 
@@ -316,7 +333,7 @@ class LoadBalancerService(MultiService):
         #: table of certificates is replaced on reload.
         self.tlsCreator = SNIConnectionCreator()
         self.tlsFactories: list[TLSServerFactory] = []
-        certificates = loadServerCertificates(config)
+        certificates = self.certificates = loadServerCertificates(config)
         certificates.logWarnings()
         if config.proxy.listenTLS:
             self.tlsCreator.table = certificates.buildTable(
@@ -339,8 +356,39 @@ class LoadBalancerService(MultiService):
         #: The JSON API of the C{[admin]} section, or L{None} without one.
         self.admin: Optional[AdminResource] = None
         if config.admin is not None:
-            self.admin = AdminResource(lambda: self.pools, config.admin.token)
+            self.admin = AdminResource(
+                lambda: self.pools, config.admin.token, self.snapshot
+            )
             self._listeners.append(self._listen(config.admin.listen, Site(self.admin)))
+
+    def _clock(self) -> Any:
+        """
+        The reactor: the one given, else the global one.
+        """
+        if self._reactor is not None:
+            return self._reactor
+        from twisted.internet import reactor
+
+        return reactor
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        Everything an operator looks at, as a JSON-able dict (see
+        L{lbproxy._snapshot.buildSnapshot}): what C{GET /api/status} of
+        the C{[admin]} listener answers, and what its status page and
+        C{/metrics} are rendered from.
+        """
+        return buildSnapshot(
+            pools=self.pools,
+            healthCheckers=self.healthCheckers,
+            vhosts=self.resource.vhosts,
+            site=self.site,
+            reloads=ReloadCounts(
+                self.reloads, self.reloadFailures, self.lastReloadOK, self.configLoaded
+            ),
+            certificates=self.certificates.chains(),
+            now=self._clock().seconds(),
+        )
 
     def httpsPort(self) -> int:
         """
@@ -438,6 +486,7 @@ class LoadBalancerService(MultiService):
         self.site.logRequestId = _logsRequestId(config)
         if self.admin is not None and config.admin is not None:
             self.admin.token = config.admin.token
+        self.certificates = certificates
         certificates.logWarnings()
         if self.tlsFactories and certificates.default is not None:
             self.tlsCreator.table = certificates.buildTable(
@@ -459,6 +508,8 @@ class LoadBalancerService(MultiService):
         for checker in checkers.values():
             checker.setServiceParent(self)
         results.extend(pool.close() for pool in oldPools.values())
+        self.reloads += 1
+        self.configLoaded = self._clock().seconds()
         self._log.info(
             "reloaded {source}: {upstreams} upstream(s), {vhosts} vhost(s)",
             source=config.source,
@@ -477,10 +528,12 @@ class LoadBalancerService(MultiService):
         @return: whether the new configuration was taken.
         """
         path = path or self.config.source
+        self.lastReloadOK = False
         try:
             config = parseConfig(path)
             self.reload(config)
         except ConfigError as e:
+            self.reloadFailures += 1
             # A bad file, or a certificate of it that cannot be used.
             self._log.error(
                 "reload of {path} refused, the running configuration stays:\n"
@@ -490,6 +543,7 @@ class LoadBalancerService(MultiService):
             )
             return False
         except OSError as e:
+            self.reloadFailures += 1
             self._log.error(
                 "reload of {path} refused, the running configuration stays: "
                 "cannot open the access log {log}: {reason}",
@@ -498,6 +552,7 @@ class LoadBalancerService(MultiService):
                 reason=e.strerror or e,
             )
             return False
+        self.lastReloadOK = True
         return True
 
     def reloadOnHangup(self, path: str) -> None:
@@ -620,6 +675,8 @@ class LoadBalancerService(MultiService):
     def startService(self) -> None:
         self._setAccessLog(self.config.proxy.accessLog)
         MultiService.startService(self)
+        if self.configLoaded is None:
+            self.configLoaded = self._clock().seconds()
         signals = self._stopSignals
         if signals is not None:
             signals.stopping = False

@@ -1,0 +1,197 @@
+# -*- test-case-name: tests.test_snapshot -*-
+"""
+The admin snapshot: everything an operator looks at in a running lbproxy,
+as one JSON-able dict.
+
+C{GET /api/status} of the C{[admin]} listener answers it as it is; the
+status page and the Prometheus exposition (L{lbproxy._metrics}) are
+rendered from it, never from the live objects, so that in C{workers} mode
+the parent can fetch each worker's snapshot, add them up and hand the sum
+to the same renderers.  Every count in it is a number that adds up across
+workers; states, reasons and times are per process.
+
+Its keys (a dict per upstream, backend, vhost and certificate)::
+
+    version             1
+    time                the reactor time of the snapshot (seconds since the epoch)
+    config_loaded       when the running configuration was taken (start or reload)
+    reloads             reloads taken
+    reload_failures     reloads from the file refused (a bad file)
+    last_reload_ok      whether the latest reload from the file was taken
+    connections         client connections open
+    connections_refused client connections closed at max_connections
+    active_requests     requests in flight to backends
+    upstreams           [{name, retries, backends: [backend...]}]
+      backend           {name, url, id, state, reason, since, weight,
+                         effective_weight, backup, active, requests,
+                         responses, responses_by_class, failures,
+                         last_latency, response_time_histogram, health}
+      health            None without active checks, else {passed, failed,
+                         last_passed, last_result, last_latency, last_time}
+    vhosts              [{name, server_names, requests, responses_by_class,
+                          duration_histogram}]
+    unrouted            {requests, responses_by_class, duration_histogram}
+                        of the requests no vhost took
+    certificates        [{file, names, not_after, not_after_timestamp}]
+
+A histogram is C{{bounds, counts, count, sum}}: the finite upper bounds
+of its buckets, the count of each bucket (not cumulative; one more than
+the bounds, the last unbounded), the total count and the sum of the
+observations (see L{lbproxy._counters.Histogram.asDict}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Optional
+
+from lbproxy._backend import Backend
+from lbproxy._counters import classCounts
+from lbproxy._pool import Pool
+
+if TYPE_CHECKING:
+    from lbproxy._certificates import CertificateChain
+    from lbproxy._health import BackendCheck, HealthChecker
+    from lbproxy._site import ProxySite
+    from lbproxy._vhost import VirtualHost
+
+#: The version of the snapshot's shape.
+SNAPSHOT_VERSION = 1
+
+
+class ReloadCounts(NamedTuple):
+    """
+    A service's reload figures, for L{buildSnapshot}.
+    """
+
+    #: Reloads taken.
+    reloads: int
+    #: Reloads from the configuration file that were refused.
+    failures: int
+    #: Whether the latest reload from the file was taken.
+    lastOK: bool
+    #: The reactor time the running configuration was taken, or L{None}
+    #: before the service started.
+    loaded: Optional[float]
+
+
+def healthStatus(check: BackendCheck) -> dict[str, Any]:
+    """
+    What the snapshot shows of a backend's active checks: probes passed
+    and failed in total, and the latest one's result (passed or not, and
+    what it found), latency and end time.
+    """
+    return {
+        "passed": check.passed,
+        "failed": check.failed,
+        "last_passed": check.lastPassed,
+        "last_result": check.lastResult,
+        "last_latency": check.lastLatency,
+        "last_time": check.lastTime,
+    }
+
+
+def backendStatus(
+    backend: Backend, check: Optional[BackendCheck] = None
+) -> dict[str, Any]:
+    """
+    What the API shows of one backend: its address, state (with the reason
+    and the time, in seconds since the epoch, it began), weights and
+    counters, and its latest health check when C{check} is given.
+    """
+    return {
+        "name": backend.name,
+        "url": backend.url,
+        "id": backend.id,
+        "state": backend.state.value,
+        "reason": backend.stateReason,
+        "since": backend.stateSince,
+        "weight": backend.weight,
+        "effective_weight": backend.effectiveWeight,
+        "backup": backend.backup,
+        "active": backend.active,
+        "requests": backend.requests,
+        "responses": backend.responses,
+        "responses_by_class": classCounts(backend.responseClasses),
+        "failures": backend.failures,
+        "last_latency": backend.lastLatency,
+        "response_time_histogram": backend.responseTimes.asDict(),
+        "health": None if check is None else healthStatus(check),
+    }
+
+
+def upstreamStatus(
+    pool: Pool, checker: Optional[HealthChecker] = None
+) -> dict[str, Any]:
+    """
+    What the API shows of one upstream: its name, its retries and its
+    backends (with their health checks, from C{checker}).
+    """
+    checks = {} if checker is None else checker.checks
+    return {
+        "name": pool.name,
+        "retries": pool.retries,
+        "backends": [backendStatus(b, checks.get(b)) for b in pool.backends],
+    }
+
+
+def certificateStatus(chain: CertificateChain) -> dict[str, Any]:
+    """
+    What the snapshot shows of a certificate: its file, the names it is
+    for, and the end of its validity (ISO 8601 and seconds since the
+    epoch).
+    """
+    notAfter = chain.notAfter
+    return {
+        "file": chain.certificatePath,
+        "names": list(chain.dnsNames),
+        "not_after": notAfter.isoformat(),
+        "not_after_timestamp": notAfter.timestamp(),
+    }
+
+
+def buildSnapshot(
+    *,
+    pools: Mapping[str, Pool],
+    healthCheckers: Mapping[str, HealthChecker],
+    vhosts: Iterable[VirtualHost],
+    site: ProxySite,
+    reloads: ReloadCounts,
+    certificates: Iterable[CertificateChain],
+    now: float,
+) -> dict[str, Any]:
+    """
+    The admin snapshot (see this module's docstring for its keys).
+
+    @param pools: the running pools, by upstream name.
+    @param healthCheckers: the running health checkers, by upstream name.
+    @param vhosts: the running virtual hosts.
+    @param site: the L{ProxySite} of the listeners.
+    @param reloads: the service's reload figures.
+    @param certificates: the chains of the HTTPS listeners.
+    @param now: the reactor's time.
+    """
+    upstreams = [upstreamStatus(p, healthCheckers.get(n)) for n, p in pools.items()]
+    return {
+        "version": SNAPSHOT_VERSION,
+        "time": now,
+        "config_loaded": reloads.loaded,
+        "reloads": reloads.reloads,
+        "reload_failures": reloads.failures,
+        "last_reload_ok": reloads.lastOK,
+        "connections": len(site.channels),
+        "connections_refused": site.connectionsRefused,
+        "active_requests": sum(
+            b["active"] for u in upstreams for b in u["backends"]
+        ),
+        "upstreams": upstreams,
+        "vhosts": [
+            {
+                "name": vhost.name,
+                "server_names": list(vhost.serverNames),
+                **vhost.requestCounts.asDict(),
+            }
+            for vhost in vhosts
+        ],
+        "unrouted": site.unroutedCounts.asDict(),
+        "certificates": [certificateStatus(c) for c in certificates],
+    }

@@ -477,6 +477,119 @@ class PoolTests(SynchronousTestCase):
                 self.assertIsNone(balancer.pick(request, frozenset(tried)), name)
 
 
+class MembershipChangeTests(SynchronousTestCase):
+    """
+    Every built-in copes with a pool whose membership changes
+    (L{Pool.setBackends}): a backend that left is never picked, one that
+    joined is, and a request in flight to a backend that left ends
+    cleanly.
+    """
+
+    def test_joinAndLeave(self) -> None:
+        """
+        Through many changes of membership, no built-in picks a backend
+        that is not a member taking requests, every member gets picked,
+        and requests started before their backend left finish without
+        error.  (Members with nothing in flight are all picked, except by
+        the hashing balancers, whose keys decide.)
+        """
+        for name, balancer in allBuiltins(Random(5)):
+            pool = Pool("app", makeBackends([1, 2]), balancer, MemoryReactorClock())
+            rng = Random(6)
+            inFlight: list[tuple[Backend, Any]] = []
+            for change in range(30):
+                ports = sorted(rng.sample(range(20), rng.randint(1, 6)))
+                pool.setBackends(
+                    [Backend("10.2.0.1", 9000 + p, weight=1 + p % 3) for p in ports],
+                    f"change {change}",
+                )
+                members = set(pool.eligible)
+                self.assertEqual(
+                    sorted(b.port for b in members), [9000 + p for p in ports], name
+                )
+                idle = {b for b in members if b.active == 0}
+                seen = set()
+                for i in range(60):
+                    request = makeRequest(
+                        client=f"10.7.{i}.1",
+                        headers={b"x-user": b"%d" % i},
+                        cookies={b"lbproxy_sticky": rng.choice(list(members)).id.encode()},
+                    )
+                    backend = pool.pick(request)
+                    self.assertIn(backend, members, name)
+                    seen.add(backend)
+                    pool.requestStarted(backend, request)
+                    if i % 10 == 0:
+                        inFlight.append((backend, request))
+                    else:
+                        pool.requestFinished(backend, request, Outcome.SUCCESS, 0.01)
+                if name not in ("consistent_hash", "ip_hash", "sticky"):
+                    self.assertLessEqual(idle, seen, name)
+                # Finish the oldest requests in flight, some after their
+                # backend left.
+                for backend, request in inFlight[:-3]:
+                    pool.requestFinished(backend, request, Outcome.SUCCESS, 0.01)
+                del inFlight[:-3]
+            for backend, request in inFlight:
+                pool.requestFinished(backend, request, Outcome.SUCCESS, 0.01)
+            self.assertEqual(
+                sorted(b.port for b in pool.backends),
+                sorted(b.port for b in pool.eligible),
+                name,
+            )
+
+    def test_consistentHashMovesOnlyTheLeaversKeys(self) -> None:
+        """
+        When a backend leaves the pool, only the keys it had move; when it
+        joins again (a new L{Backend} object for the same address), they
+        come back to it.
+        """
+        backends = [Backend("10.3.0.1", 9000 + i) for i in range(5)]
+        pool = Pool(
+            "app", backends, ConsistentHash("header:X-User"), MemoryReactorClock()
+        )
+        requests = [makeRequest(headers={b"x-user": b"%d" % i}) for i in range(2000)]
+        before = [pool.pick(r).port for r in requests]
+        pool.setBackends(backends[:2] + backends[3:], "one leaves")
+        during = [pool.pick(r).port for r in requests]
+        for old, new in zip(before, during):
+            if old != 9002:
+                self.assertEqual(old, new)
+            else:
+                self.assertNotEqual(new, 9002)
+        pool.setBackends([Backend("10.3.0.1", 9000 + i) for i in range(5)], "back")
+        self.assertEqual([pool.pick(r).port for r in requests], before)
+
+    def test_ipHashPlaceKeptByAddress(self) -> None:
+        """
+        C{ip_hash} gives a backend that leaves and joins again (a new
+        L{Backend} object for the same address) its old clients back.
+        """
+        backends = [Backend("10.3.0.1", 9000 + i) for i in range(4)]
+        pool = Pool("app", backends, IPHash(), MemoryReactorClock())
+        requests = [makeRequest(client=f"10.{i // 250}.{i % 250}.1") for i in range(500)]
+        before = [pool.pick(r).port for r in requests]
+        pool.setBackends(backends[:3], "one leaves")
+        self.assertNotIn(9003, [pool.pick(r).port for r in requests])
+        pool.setBackends([Backend("10.3.0.1", 9000 + i) for i in range(4)], "back")
+        self.assertEqual([pool.pick(r).port for r in requests], before)
+
+    def test_hashingMemoryBounded(self) -> None:
+        """
+        Under churn of ever new addresses, what the hashing balancers
+        remember of backends that are gone stays bounded.
+        """
+        ipHash, ring = IPHash(), ConsistentHash("uri")
+        for balancer in (ipHash, ring):
+            for i in range(500):
+                balancer.backendsChanged(
+                    (Backend("10.4.0.1", 9000 + i), Backend("10.4.0.1", 20000 + i))
+                )
+                self.assertIsNotNone(balancer.pick(makeRequest(uri=b"/%d" % i)))
+        self.assertLessEqual(len(ipHash._known), 2 * 2 + ipHash._SPARE + 2)
+        self.assertLessEqual(len(ring._points), 2 * 2 + 16 + 2)
+
+
 class RoundRobinTests(SynchronousTestCase, AssertDistribution):
     """
     L{RoundRobin} is nginx's smooth weighted round robin.

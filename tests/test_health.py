@@ -21,6 +21,7 @@ from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from lbproxy._backend import Backend, BackendState
 from lbproxy._config import HealthCheckConfig
@@ -34,6 +35,7 @@ from lbproxy._health import (
     ProbeFailed,
     describeFailure,
 )
+from lbproxy._interfaces import IMembershipObserver
 from lbproxy._pool import Pool
 
 UP = BackendState.UP
@@ -347,6 +349,103 @@ class MandatoryTests(SynchronousTestCase):
         pool, (a, b) = makePool(reactor=clock)
         makeChecker(pool, clock, ControlledProbe(clock))
         self.assertEqual((a.state, b.state), (UP, UP))
+
+
+class MembershipTests(SynchronousTestCase):
+    """
+    The checker follows the pool's membership (L{Pool.setBackends}).
+    """
+
+    def test_providesTheObserverInterface(self) -> None:
+        """
+        L{HealthChecker} provides L{IMembershipObserver}.
+        """
+        clock = Clock()
+        pool, _ = makePool(reactor=clock)
+        checker = makeChecker(pool, clock, ControlledProbe(clock))
+        self.assertTrue(verifyObject(IMembershipObserver, checker))
+
+    def test_newBackendIsProbed(self) -> None:
+        """
+        A backend that joins a running checker's pool is probed on the
+        checker's interval from then on, and its failures take it down.
+        """
+        clock = Clock()
+        pool, (a, b) = makePool(reactor=clock)
+        healthy = {a: True, b: True}
+        probe = AnsweringProbe(lambda x: healthy.get(x, False))
+        checker = makeChecker(pool, clock, probe, NoJitter(), fall=2)
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        clock.advance(0)
+        pool.setBackends([Backend("127.0.0.1", 9001), Backend("127.0.0.1", 9003)], "t")
+        (c,) = [x for x in pool.backends if x.port == 9003]
+        self.assertEqual(set(checker.checks), {a, c})
+        clock.advance(0)
+        self.assertEqual(checker.checks[c].probes, 1)
+        self.assertIs(c.state, UP)
+        clock.advance(1)
+        self.assertIs(c.state, DOWN)
+        self.assertEqual(checker.checks[a].probes, 2)
+
+    def test_newBackendWithMandatory(self) -> None:
+        """
+        With C{health_mandatory}, a backend that joins is down until its
+        first probe passes.
+        """
+        clock = Clock()
+        pool, (a, b) = makePool(reactor=clock)
+        probe = ControlledProbe(clock)
+        checker = makeChecker(pool, clock, probe, mandatory=True)
+        pool.setBackends([Backend("127.0.0.1", 9003)], "t")
+        (c,) = pool.backends
+        self.assertIs(c.state, DOWN)
+        self.assertIn("health_mandatory", c.stateReason)
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        clock.advance(JITTER)
+        [(backend, _, d)] = probe.calls
+        self.assertIs(backend, c)
+        d.callback("status 200")
+        self.assertIs(c.state, UP)
+
+    def test_removedBackendIsNoLongerProbed(self) -> None:
+        """
+        A backend dropped from the pool stops being probed; its probe in
+        flight is cancelled and its result ignored.
+        """
+        clock = Clock()
+        pool, (a, b) = makePool(reactor=clock)
+        probe = ControlledProbe(clock)
+        checker = makeChecker(pool, clock, probe, NoJitter())
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        clock.advance(0)
+        self.assertEqual(len(probe.calls), 2)
+        pool.setBackends([Backend("127.0.0.1", 9001)], "t")
+        self.assertEqual(set(checker.checks), {a})
+        self.assertEqual(probe.cancelled, [b])
+        self.assertIs(b.state, UP)
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual([x for x, _, _ in probe.calls].count(b), 1)
+
+    def test_stoppedCheckerStartsNewBackendsOnStart(self) -> None:
+        """
+        A backend that joins while the checker is stopped is probed once it
+        starts.
+        """
+        clock = Clock()
+        pool, (a, b) = makePool(reactor=clock)
+        probe = ControlledProbe(clock)
+        checker = makeChecker(pool, clock, probe, NoJitter())
+        pool.setBackends([Backend("127.0.0.1", 9003)], "t")
+        clock.advance(5)
+        self.assertEqual(probe.calls, [])
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        clock.advance(0)
+        self.assertEqual([x.port for x, _, _ in probe.calls], [9003])
 
 
 class SchedulingTests(SynchronousTestCase):

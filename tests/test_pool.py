@@ -14,7 +14,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy._backend import Backend, BackendState, Outcome
-from lbproxy._interfaces import IBalancer
+from lbproxy._interfaces import IBalancer, IMembershipObserver
 from lbproxy._pool import (
     SLOW_START_SHARE,
     Pool,
@@ -662,3 +662,290 @@ class SlowStartTests(SynchronousTestCase):
         clock.advance(60)
         picks = [pool.pick(object()) for _ in range(100)]
         self.assertEqual(picks.count(a), 50)
+
+
+@implementer(IMembershipObserver)
+class MembershipRecorder:
+    """
+    Records what L{Pool.setBackends} tells its membership observers.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def backendAdded(self, backend: Backend) -> None:
+        self.events.append(("added", backend.name))
+
+    def backendRemoved(self, backend: Backend) -> None:
+        self.events.append(("removed", backend.name))
+
+
+def line(port: int, host: str = "127.0.0.1", **kwargs: Any) -> Backend:
+    """
+    A backend as a new server line (a DNS answer, an etcd value) gives it.
+    """
+    return Backend(host, port, **kwargs)
+
+
+class MembershipTests(SynchronousTestCase):
+    """
+    L{Pool.setBackends}: backends join, stay and leave.
+    """
+
+    def test_observerProvidesTheInterface(self) -> None:
+        """
+        The test observer keeps the contract.
+        """
+        self.assertTrue(verifyObject(IMembershipObserver, MembershipRecorder()))
+
+    def test_stayingBackendKeepsEverything(self) -> None:
+        """
+        A backend named again keeps its L{Backend} object, state, counters
+        and connections; the new line's object is not used.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        fail(pool, a)
+        pool.markDown(b, "checks failed")
+        connections = pool._connections[a]
+        pool.setBackends([line(9001), line(9002)], "same answer")
+        self.assertEqual(pool.backends, (a, b))
+        self.assertIs(pool._connections[a], connections)
+        self.assertEqual((a.requests, a.failures, a.state), (1, 1, FAILED))
+        self.assertIs(b.state, DOWN)
+
+    def test_stayingBackendTakesTheNewSettings(self) -> None:
+        """
+        The weight, backup flag and per-server passive settings of the new
+        line apply to the backend that stays, and the balancer is told.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.setBackends(
+            [line(9001, weight=3, maxFails=5, failTimeout=2.0), line(9002, backup=True)],
+            "new weights",
+        )
+        self.assertEqual((a.weight, a.effectiveWeight), (3, 3.0))
+        self.assertEqual((a.maxFails, a.failTimeout), (5, 2.0))
+        self.assertTrue(b.backup)
+        self.assertEqual(pool.eligible, (a,))
+        self.assertEqual(recorder(pool).changes[-1], (("127.0.0.1:9001", 3.0),))
+
+    def test_downInTheNewLine(self) -> None:
+        """
+        C{down} on the new line disables a staying backend, and its removal
+        from the line enables it again; an operator's disable is not lifted
+        by a line without C{down}.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.setBackends([line(9001, down=True), line(9002)], "edit")
+        self.assertIs(a.state, DISABLED)
+        pool.setBackends([line(9001), line(9002)], "edit")
+        self.assertIs(a.state, UP)
+        pool.disable(b, "maintenance")
+        pool.setBackends([line(9001), line(9002)], "edit")
+        self.assertIs(b.state, DISABLED)
+
+    def test_newBackendJoins(self) -> None:
+        """
+        A new backend gets its id, connections and state, is eligible, and
+        the membership observers are told; the log says why it came.
+        """
+        pool, clock, (a,) = makePool("9001")
+        observer = MembershipRecorder()
+        pool.addMembershipObserver(observer)
+        with capturedLogs() as events:
+            pool.setBackends([line(9001), line(9002)], "DNS answer for app")
+        (a2, b) = pool.backends
+        self.assertIs(a2, a)
+        self.assertTrue(b.id)
+        self.assertNotEqual(b.id, a.id)
+        self.assertIn(b, pool._connections)
+        self.assertEqual(pool.eligible, (a, b))
+        self.assertEqual(observer.events, [("added", "127.0.0.1:9002")])
+        self.assertIn(
+            "backend 127.0.0.1:9002 of upstream app added (DNS answer for app)",
+            [e["log_format"].format(**e) for e in events],
+        )
+
+    def test_balancerToldOnce(self) -> None:
+        """
+        However many backends join and leave, the balancer is told the new
+        eligible set once.
+        """
+        pool, clock, backends = makePool("9001", "9002", "9003")
+        before = len(recorder(pool).changes)
+        pool.setBackends([line(9004), line(9005), line(9006)], "all new")
+        self.assertEqual(len(recorder(pool).changes), before + 1)
+        self.assertEqual(
+            [name for name, _ in recorder(pool).changes[-1]],
+            ["127.0.0.1:9004", "127.0.0.1:9005", "127.0.0.1:9006"],
+        )
+
+    def test_idleBackendLeavesAtOnce(self) -> None:
+        """
+        A backend with nothing in flight that is not named again is dropped
+        at once: out of L{Pool.backends}, its connections closed, the
+        observers told.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        observer = MembershipRecorder()
+        pool.addMembershipObserver(observer)
+        connections = pool._connections[b]
+        pool.setBackends([line(9001)], "gone from DNS")
+        self.assertEqual(pool.backends, (a,))
+        self.assertEqual(pool.eligible, (a,))
+        self.assertNotIn(b, pool._connections)
+        self.assertTrue(connections.closed)
+        self.assertEqual(observer.events, [("removed", "127.0.0.1:9002")])
+        self.assertFalse(pool.leaving(b))
+
+    def test_busyBackendDrainsThenLeaves(self) -> None:
+        """
+        A backend with requests in flight that is not named again takes no
+        new request (it drains, with the reason), keeps its connections
+        until its last request finishes, and is dropped then.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        observer = MembershipRecorder()
+        pool.addMembershipObserver(observer)
+        pool.requestStarted(b, "r1")
+        pool.requestStarted(b, "r2")
+        pool.setBackends([line(9001)], "gone from DNS")
+        self.assertIs(b.state, DRAINING)
+        self.assertTrue(pool.leaving(b))
+        self.assertIn("leaving the pool (gone from DNS)", b.stateReason)
+        self.assertEqual(pool.backends, (a, b))
+        self.assertEqual(pool.eligible, (a,))
+        self.assertIs(pool.pick(object()), a)
+        connections = pool._connections[b]
+        self.assertFalse(connections.closed)
+        pool.requestFinished(b, "r1", Outcome.SUCCESS, 0.1)
+        self.assertEqual(pool.backends, (a, b))
+        self.assertEqual(observer.events, [])
+        pool.requestFinished(b, "r2", Outcome.SUCCESS, 0.1)
+        self.assertEqual(pool.backends, (a,))
+        self.assertTrue(connections.closed)
+        self.assertEqual(observer.events, [("removed", "127.0.0.1:9002")])
+        self.assertEqual(b.responses, 2)
+
+    def test_leavingBackendComesBack(self) -> None:
+        """
+        A backend that comes back before its requests have finished stays,
+        in the state it had before it left, with its counters.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(b, "r1")
+        pool.setBackends([line(9001)], "gone")
+        pool.setBackends([line(9001), line(9002)], "back")
+        self.assertIs(b.state, UP)
+        self.assertFalse(pool.leaving(b))
+        self.assertEqual(pool.backends, (a, b))
+        self.assertEqual(pool.eligible, (a, b))
+        pool.requestFinished(b, "r1", Outcome.SUCCESS, 0.1)
+        self.assertEqual(pool.backends, (a, b))
+        self.assertEqual(b.requests, 1)
+
+    def test_operatorCannotEnableALeavingBackend(self) -> None:
+        """
+        L{Pool.enable} leaves a backend that is leaving the pool draining,
+        and says so.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(b, "r1")
+        pool.setBackends([line(9001)], "gone")
+        with capturedLogs() as events:
+            pool.enable(b, "enabled by the operator")
+        self.assertIs(b.state, DRAINING)
+        self.assertIn("is leaving the pool", events[0]["log_format"])
+        pool.requestFinished(b, "r1", Outcome.SUCCESS, 0.1)
+        self.assertEqual(pool.backends, (a,))
+
+    def test_operatorDrainOfALeavingBackend(self) -> None:
+        """
+        An operator's drain of a backend that is leaving fires once its
+        requests finish, when it is dropped.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(b, "r1")
+        pool.setBackends([line(9001)], "gone")
+        drained = pool.drain(b)
+        self.assertNoResult(drained)
+        pool.requestFinished(b, "r1", Outcome.SUCCESS, 0.1)
+        self.assertIs(self.successResultOf(drained), True)
+        self.assertEqual(pool.backends, (a,))
+
+    def test_droppedBackendTimersCancelled(self) -> None:
+        """
+        A backend dropped while failed (passive) or slow-starting leaves no
+        timer behind.
+        """
+        pool, clock, (a, b, c) = makePool("9001", "9002", "9003", slowStart=10.0)
+        fail(pool, b)
+        self.assertIs(b.state, FAILED)
+        pool.setBackends([line(9001), line(9003), line(9004)], "churn")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # 9004's ramp
+        (d,) = [x for x in pool.backends if x.port == 9004]
+        self.assertLess(d.effectiveWeight, 1.0)
+        pool.setBackends([line(9001), line(9003)], "churn")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_newBackendNoRampIntoAnEmptyPool(self) -> None:
+        """
+        Backends that join a pool with no eligible backend take their whole
+        weight at once: there is nobody to share the load with.
+        """
+        pool, clock, (a,) = makePool("9001", slowStart=10.0)
+        pool.setBackends([], "empty answer")
+        self.assertEqual(pool.backends, ())
+        pool.setBackends([line(9002), line(9003)], "answer")
+        self.assertEqual([b.effectiveWeight for b in pool.backends], [1.0, 1.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_orderAndDuplicates(self) -> None:
+        """
+        Members are in the order given (leaving ones last); the first of
+        two lines with the same identity counts.  Identity is scheme, host
+        and port: an C{https} line on the same address is another backend.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(a, "r1")
+        pool.setBackends(
+            [line(9003, weight=2), line(9003, weight=5), line(9002),
+             line(9002, scheme="https")],
+            "reorder",
+        )
+        names = [x.url for x in pool.backends]
+        self.assertEqual(
+            names,
+            [
+                "http://127.0.0.1:9003",
+                "http://127.0.0.1:9002",
+                "https://127.0.0.1:9002",
+                "http://127.0.0.1:9001",
+            ],
+        )
+        self.assertEqual(pool.backends[0].weight, 2)
+        pool.requestFinished(a, "r1", Outcome.SUCCESS, 0.1)
+
+    def test_closeClosesEverything(self) -> None:
+        """
+        L{Pool.close} closes the connections of leaving backends too, and
+        waits for those of dropped ones.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(b, "r1")
+        pool.setBackends([line(9001)], "gone")
+        connections = pool._connections[b]
+        self.successResultOf(pool.close())
+        self.assertTrue(connections.closed)
+        self.assertTrue(pool._connections[a].closed)
+
+    def test_removeObserver(self) -> None:
+        """
+        An observer removed is no longer told.
+        """
+        pool, clock, (a,) = makePool("9001")
+        observer = MembershipRecorder()
+        pool.addMembershipObserver(observer)
+        pool.removeMembershipObserver(observer)
+        pool.setBackends([line(9002)], "x")
+        self.assertEqual(observer.events, [])

@@ -16,6 +16,9 @@ from lbproxy._interfaces import IBackend
 if TYPE_CHECKING:
     from lbproxy._config import ServerConfig
 
+#: The reason given for a backend that its server line marks C{down}.
+DOWN_IN_CONFIGURATION = "down in the configuration"
+
 
 class BackendState(enum.Enum):
     """
@@ -153,7 +156,7 @@ class Backend:
         self.checkedDown = False
         self.failedUntil: Optional[float] = None
         self.state = BackendState.DISABLED if down else BackendState.UP
-        self.stateReason = "down in the configuration" if down else "started"
+        self.stateReason = DOWN_IN_CONFIGURATION if down else "started"
         self.stateSince: Optional[float] = None
         self._reasons: dict[BackendState, str] = {}
         if down:

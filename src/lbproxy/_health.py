@@ -26,10 +26,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbproxy._backend import Backend, BackendState
 from lbproxy._client import ResponseHandler, ResponseHead, UpstreamConnection
 from lbproxy._config import HealthCheckConfig
+from lbproxy._interfaces import IMembershipObserver
 from lbproxy._pool import Pool
 
 #: The most a probe is delayed after it is due, as a share of
@@ -341,6 +343,7 @@ class BackendCheck:
 Probe = Callable[[Backend], "Deferred[str]"]
 
 
+@implementer(IMembershipObserver)
 class HealthChecker(Service):
     """
     Probe every backend of a pool every C{health_interval}.
@@ -363,6 +366,11 @@ class HealthChecker(Service):
 
     Stopping the service stops the timers and cancels the probes in
     flight; their results are ignored.
+
+    The checker follows the pool's membership (it is the pool's
+    L{IMembershipObserver}): a backend that joins is probed from then on
+    (down until its first pass with C{health_mandatory}), and one that is
+    dropped stops being probed.
 
     @ivar pool: the L{Pool} whose backends are probed.
     @ivar config: the L{HealthCheckConfig}.
@@ -400,14 +408,36 @@ class HealthChecker(Service):
         self._reactor = reactor
         self._random = random if random is not None else Random()
         self._probe: Probe = probe if probe is not None else HTTPProbe(pool, config)
-        self.checks = {backend: BackendCheck() for backend in pool.backends}
-        if config.mandatory:
-            for backend in pool.backends:
-                self.checks[backend].awaitingFirst = True
-                pool.markDown(
-                    backend,
-                    "health_mandatory = yes: no health check has passed yet",
-                )
+        self.checks: dict[Backend, BackendCheck] = {}
+        for backend in pool.backends:
+            self._follow(backend)
+        pool.addMembershipObserver(self)
+
+    def _follow(self, backend: Backend) -> BackendCheck:
+        check = self.checks[backend] = BackendCheck()
+        if self.config.mandatory:
+            check.awaitingFirst = True
+            self.pool.markDown(
+                backend, "health_mandatory = yes: no health check has passed yet"
+            )
+        return check
+
+    def backendAdded(self, backend: Backend) -> None:
+        """
+        C{backend} joined the pool: probe it from now on.
+        """
+        check = self._follow(backend)
+        if self.running:
+            self._startLoop(backend, check)
+
+    def backendRemoved(self, backend: Backend) -> None:
+        """
+        C{backend} left the pool: stop probing it (a probe in flight is
+        cancelled, its result ignored).
+        """
+        check = self.checks.pop(backend, None)
+        if check is not None:
+            self._stopCheck(check)
 
     def startService(self) -> None:
         """
@@ -416,12 +446,15 @@ class HealthChecker(Service):
         """
         Service.startService(self)
         for backend, check in self.checks.items():
-            loop = LoopingCall(self._due, backend)
-            loop.clock = self._reactor
-            check.loop = loop
-            loop.start(self.config.interval, now=True).addErrback(
-                self._loopFailed, backend
-            )
+            self._startLoop(backend, check)
+
+    def _startLoop(self, backend: Backend, check: BackendCheck) -> None:
+        loop = LoopingCall(self._due, backend)
+        loop.clock = self._reactor
+        check.loop = loop
+        loop.start(self.config.interval, now=True).addErrback(
+            self._loopFailed, backend
+        )
 
     def stopService(self) -> Deferred[Any]:
         """
@@ -431,21 +464,29 @@ class HealthChecker(Service):
             closed its connection.
         """
         Service.stopService(self)
-        waiting: list[Deferred[None]] = []
-        for check in self.checks.values():
-            if check.loop is not None and check.loop.running:
-                check.loop.stop()
-            check.loop = None
-            if check.pending is not None:
-                check.pending.cancel()
-                check.pending = None
-            inFlight = check.inFlight
-            if inFlight is not None:
-                done: Deferred[None] = Deferred()
-                inFlight.addBoth(_fire, done)
-                waiting.append(done)
-                inFlight.cancel()
-        return gatherResults(waiting)
+        waiting = [self._stopCheck(check) for check in self.checks.values()]
+        return gatherResults([d for d in waiting if d is not None])
+
+    def _stopCheck(self, check: BackendCheck) -> Optional[Deferred[None]]:
+        """
+        Stop the timer of C{check} and cancel its probe in flight.
+
+        @return: L{None}, or a L{Deferred} that fires once the cancelled
+            probe has closed its connection.
+        """
+        if check.loop is not None and check.loop.running:
+            check.loop.stop()
+        check.loop = None
+        if check.pending is not None:
+            check.pending.cancel()
+            check.pending = None
+        inFlight = check.inFlight
+        if inFlight is None:
+            return None
+        done: Deferred[None] = Deferred()
+        inFlight.addBoth(_fire, done)
+        inFlight.cancel()
+        return done
 
     def _loopFailed(self, failure: Failure, backend: Backend) -> None:
         self._log.failure(
@@ -495,7 +536,8 @@ class HealthChecker(Service):
             if timer.active():
                 timer.cancel()
             check.inFlight = None
-            if not self.running:
+            if not self.running or self.checks.get(backend) is not check:
+                # Stopped, or the backend left the pool meanwhile.
                 return
             now = check.lastTime = self._reactor.seconds()
             check.lastLatency = now - started

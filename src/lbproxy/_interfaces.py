@@ -102,6 +102,27 @@ class IBalancer(Interface):
         """
 
 
+class IMembershipObserver(Interface):
+    """
+    Told when a backend joins or leaves a pool (see
+    L{lbproxy._pool.Pool.setBackends}), so that what follows each backend
+    (its health checks, say) can follow the membership without asking the
+    pool for it.
+    """
+
+    def backendAdded(backend):
+        """
+        C{backend} joined the pool: it is in the pool's C{backends} now.
+        """
+
+    def backendRemoved(backend):
+        """
+        C{backend} left the pool: its requests have finished, its
+        connections are closing, and it is no longer in the pool's
+        C{backends}.
+        """
+
+
 class IBalancerFactory(Interface):
     """
     A named balancing algorithm, found by L{twisted.plugin.getPlugins} in the

@@ -11,16 +11,16 @@ L{BackendConnections} per backend and hands out what it gives.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Collection, Iterable, Optional
+from typing import Any, Callable, Collection, Iterable, NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from lbproxy._backend import Backend, BackendState, Outcome
+from lbproxy._backend import DOWN_IN_CONFIGURATION, Backend, BackendState, Outcome
 from lbproxy._client import UpstreamConnection
 from lbproxy._connections import BackendConnections, backendEndpoint
-from lbproxy._interfaces import IBalancer
+from lbproxy._interfaces import IBalancer, IMembershipObserver
 
 
 def _backendId(poolName: str, backend: Backend) -> str:
@@ -86,10 +86,37 @@ def slowStartStep(duration: float) -> float:
 StateObserver = Callable[[Backend, BackendState, BackendState, str], None]
 
 
+def backendIdentity(backend: Backend) -> tuple[str, str, int]:
+    """
+    What makes two backends the same member of a pool for
+    L{Pool.setBackends}: C{(scheme, host, port)}.
+    """
+    return (backend.scheme, backend.host, backend.port)
+
+
+class _Leaving(NamedTuple):
+    """
+    A backend that left the pool's membership while requests were in
+    flight to it: what to restore if it comes back before they finish.
+
+    @ivar adminState: its administrative state before it left.
+    @ivar drainReason: the reason of an earlier drain, or L{None}.
+    @ivar reason: why it left, for the log line of its removal.
+    """
+
+    adminState: Optional[BackendState]
+    drainReason: Optional[str]
+    reason: str
+
+
 class Pool:
     """
     The backends of one upstream and everything that decides which of them
     gets a request.
+
+    Membership changes go through L{setBackends} (see there): a backend
+    that stays keeps its state, counters and connections, one that leaves
+    is drained, then dropped.
 
     Every state change of a backend goes through L{setState}, which logs it,
     tells the state observers, and tells the balancer the new eligible set:
@@ -110,7 +137,8 @@ class Pool:
     there is no other server to share the load with.
 
     @ivar name: the upstream's name.
-    @ivar backends: every backend, in configuration order.
+    @ivar backends: every backend, in configuration order (those leaving
+        the pool, still finishing their requests, last).
     @ivar balancer: the L{IBalancer} picking among the eligible backends.
     @ivar eligible: the backends the balancer may pick now.
     @ivar slowStart: seconds over which a backend that comes back ramps its
@@ -204,20 +232,30 @@ class Pool:
         self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}
         self._drainWaiters: dict[Backend, list[Deferred[bool]]] = {}
         self._observers: list[StateObserver] = []
+        self._members: list[IMembershipObserver] = []
+        self._leaving: dict[Backend, _Leaving] = {}
+        self._closing: list[Deferred[Any]] = []
+        self._holding = 0
         self._connections: dict[Backend, BackendConnections] = {}
+        self._endpointOptions = (connectTimeout, tlsVerify, tlsCA, tlsServerName)
+        self._keepaliveTimeout = keepaliveTimeout
         for backend in self.backends:
-            backend.id = _backendId(name, backend)
-            backend.state = deriveState(backend)
-            self._connections[backend] = BackendConnections(
-                reactor,
-                backendEndpoint(
-                    reactor, backend, connectTimeout, tlsVerify, tlsCA, tlsServerName
-                ),
-                keepalive,
-                keepaliveTimeout,
-                tls=backend.scheme == "https",
-            )
+            self._join(backend)
         self._refresh(initial=True)
+
+    def _join(self, backend: Backend) -> None:
+        """
+        Give a backend that joins the pool its id, state and connections.
+        """
+        backend.id = _backendId(self.name, backend)
+        backend.state = deriveState(backend)
+        self._connections[backend] = BackendConnections(
+            self._reactor,
+            backendEndpoint(self._reactor, backend, *self._endpointOptions),
+            self.keepalive,
+            self._keepaliveTimeout,
+            tls=backend.scheme == "https",
+        )
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} {list(self.backends)!r}>"
@@ -264,6 +302,180 @@ class Pool:
         """
         self._observers.remove(observer)
 
+    def addMembershipObserver(self, observer: IMembershipObserver) -> None:
+        """
+        Tell C{observer} of every backend that joins or leaves the pool
+        through L{setBackends}.
+        """
+        self._members.append(observer)
+
+    def removeMembershipObserver(self, observer: IMembershipObserver) -> None:
+        """
+        Stop telling an observer added with L{addMembershipObserver}.
+        """
+        self._members.remove(observer)
+
+    # Membership.
+
+    def setBackends(self, backends: Iterable[Backend], reason: str) -> None:
+        """
+        Make C{backends} the pool's members: the one place where backends
+        join and leave (a DNS answer, an etcd event).
+
+        Backends are matched by L{backendIdentity}, C{(scheme, host,
+        port)}; the first of C{backends} with an identity counts:
+
+            - a backend already a member stays the same L{Backend}: its
+              state, counters, passive accounting and pooled connections
+              go on.  Its C{weight}, C{backup}, C{max_fails} and
+              C{fail_timeout} are taken from the new one, and the C{down}
+              of its server line is applied (or lifted) as the
+              configuration would;
+            - a new backend joins: it gets its id and connections, its
+              membership observers (the health checker) are told, and,
+              with C{slow_start}, it ramps up as a backend coming back
+              does;
+            - a member not in C{backends} leaves: it is drained (no new
+              requests; those in flight finish), then its connections are
+              closed and it is dropped, and the membership observers are
+              told.  If it comes back before its requests have finished,
+              it stays, as it was before it left.
+
+        The balancer is told the new eligible set once, at the end.
+
+        @param backends: the new members, in order (the order of
+            L{backends}).
+        @param reason: why the membership changed, for the log lines
+            (C{"DNS answer for app.internal"}).
+        """
+        wanted: dict[tuple[str, str, int], Backend] = {}
+        for backend in backends:
+            wanted.setdefault(backendIdentity(backend), backend)
+        current = {backendIdentity(b): b for b in self.backends}
+        members: list[Backend] = []
+        added: list[Backend] = []
+        self._holding += 1
+        try:
+            for key, backend in wanted.items():
+                member = current.get(key)
+                if member is None:
+                    self._join(backend)
+                    members.append(backend)
+                    added.append(backend)
+                else:
+                    members.append(member)
+            gone = [b for key, b in current.items() if key not in wanted]
+            self.backends = tuple(members + gone)
+            for key, backend in wanted.items():
+                member = current.get(key)
+                if member is not None:
+                    self._keep(member, backend, reason)
+            for backend in added:
+                self._log.info(
+                    "backend {backend} of upstream {upstream} added ({reason})",
+                    backend=backend.name,
+                    upstream=self.name,
+                    reason=reason,
+                )
+                for observer in list(self._members):
+                    observer.backendAdded(backend)
+                if backend.state is BackendState.UP and self.eligible:
+                    # Into a pool that takes requests: it ramps up as a
+                    # backend that comes back does.
+                    self._startSlowStart(backend)
+            for backend in gone:
+                self._leave(backend, reason)
+        finally:
+            self._holding -= 1
+        self._refresh(weights=True)
+
+    def _keep(self, member: Backend, line: Backend, reason: str) -> None:
+        """
+        C{member} stays in the pool: take the settings of C{line}, the
+        backend that names it in the new membership.
+        """
+        leaving = self._leaving.pop(member, None)
+        if leaving is not None:
+            member.adminState = leaving.adminState
+            if leaving.drainReason is not None:
+                member._reasons[BackendState.DRAINING] = leaving.drainReason
+            self._update(member, f"back in the pool ({reason})")
+        member.backup = line.backup
+        member.maxFails = line.maxFails
+        member.failTimeout = line.failTimeout
+        if member.weight != line.weight:
+            self._applyWeight(member, line.weight)
+        configured = member._reasons.get(BackendState.DISABLED)
+        if line.adminState is BackendState.DISABLED and member.adminState is None:
+            self.disable(member, DOWN_IN_CONFIGURATION)
+        elif (
+            line.adminState is None
+            and member.adminState is BackendState.DISABLED
+            and configured == DOWN_IN_CONFIGURATION
+        ):
+            self.enable(member, f"no longer down in the configuration ({reason})")
+
+    def _leave(self, backend: Backend, reason: str) -> None:
+        """
+        C{backend} left the membership: drop it now if nothing is in
+        flight to it, else drain it and drop it when its last request
+        finishes (L{requestFinished}).
+        """
+        if backend in self._leaving:
+            return
+        self._leaving[backend] = _Leaving(
+            backend.adminState, backend._reasons.get(BackendState.DRAINING), reason
+        )
+        if backend.active == 0:
+            self._drop(backend)
+            return
+        why = (
+            f"leaving the pool ({reason}): finishing {backend.active} "
+            "request(s) in flight"
+        )
+        if backend.adminState is not BackendState.DISABLED:
+            backend.adminState = BackendState.DRAINING
+            backend._reasons[BackendState.DRAINING] = why
+        self._update(backend, why)
+
+    def _drop(self, backend: Backend) -> None:
+        """
+        Remove C{backend}, which left and has nothing in flight: stop its
+        timers, close its connections and tell the membership observers.
+        """
+        leaving = self._leaving.pop(backend)
+        self.backends = tuple(b for b in self.backends if b is not backend)
+        recovery = self._recoveries.pop(backend, None)
+        if recovery is not None:
+            recovery.cancel()
+        self._stopSlowStart(backend)
+        for waiter in self._drainWaiters.pop(backend, []):
+            waiter.callback(True)
+        closing = self._connections.pop(backend).close()
+        if not closing.called:
+            self._closing.append(closing)
+            closing.addBoth(self._closed, closing)
+        self._log.info(
+            "backend {backend} of upstream {upstream} removed ({reason})",
+            backend=backend.name,
+            upstream=self.name,
+            reason=leaving.reason,
+        )
+        for observer in list(self._members):
+            observer.backendRemoved(backend)
+
+    def _closed(self, result: object, closing: Deferred[Any]) -> object:
+        if closing in self._closing:
+            self._closing.remove(closing)
+        return result
+
+    def leaving(self, backend: Backend) -> bool:
+        """
+        Whether C{backend} has left the membership and is finishing its
+        requests in flight before it is dropped.
+        """
+        return backend in self._leaving
+
     def unavailableReason(self) -> str:
         """
         Say why no backend can take a request: every backend with its state
@@ -274,6 +486,9 @@ class Pool:
         )
 
     def _refresh(self, initial: bool = False, weights: bool = False) -> None:
+        if self._holding:
+            # L{setBackends} tells the balancer once, at its end.
+            return
         up = [b for b in self.backends if b.state is BackendState.UP]
         eligible = tuple(b for b in up if not b.backup) or tuple(
             b for b in up if b.backup
@@ -420,6 +635,16 @@ class Pool:
         """
         if backend.adminState is None:
             return
+        if backend in self._leaving:
+            self._log.warn(
+                "backend {backend} of upstream {upstream} is leaving the pool "
+                "({leaving}); it is not enabled ({reason})",
+                backend=backend.name,
+                upstream=self.name,
+                leaving=self._leaving[backend].reason,
+                reason=reason,
+            )
+            return
         backend.adminState = None
         for waiter in self._drainWaiters.pop(backend, []):
             waiter.callback(False)
@@ -433,6 +658,10 @@ class Pool:
         """
         if weight < 1:
             raise ValueError(f"weight must be a positive integer, not {weight!r}")
+        self._applyWeight(backend, weight)
+        self._refresh(weights=backend in self.eligible)
+
+    def _applyWeight(self, backend: Backend, weight: int) -> None:
         backend.weight = weight
         ramp = self._ramps.get(backend)
         if ramp is None:
@@ -440,7 +669,6 @@ class Pool:
         else:
             elapsed = self._reactor.seconds() - ramp[0]
             backend.effectiveWeight = slowStartWeight(weight, elapsed, self.slowStart)
-        self._refresh(weights=backend in self.eligible)
 
     def _startSlowStart(self, backend: Backend) -> None:
         self._stopSlowStart(backend)
@@ -510,6 +738,8 @@ class Pool:
         if backend.active == 0 and backend.adminState is not None:
             for waiter in self._drainWaiters.pop(backend, []):
                 waiter.callback(True)
+            if backend in self._leaving:
+                self._drop(backend)
 
     def _recordFailure(self, backend: Backend, outcome: Outcome) -> None:
         maxFails = self.maxFails if backend.maxFails is None else backend.maxFails
@@ -585,13 +815,17 @@ class Pool:
 
     def close(self) -> Deferred[Any]:
         """
-        Cancel timers and close idle connections.
+        Cancel timers and close idle connections (those of backends that
+        are leaving too; those of backends already dropped were closed
+        then, and are waited for).
         """
         for call in self._recoveries.values():
             call.cancel()
         self._recoveries.clear()
         for backend in list(self._ramps):
             self._stopSlowStart(backend)
-        if not self._connections:
+        closing, self._closing = self._closing, []
+        closing.extend(c.close() for c in self._connections.values())
+        if not closing:
             return succeed(None)
-        return DeferredList([c.close() for c in self._connections.values()])
+        return DeferredList(closing)

@@ -68,7 +68,13 @@ class IPHash(BalancerBase):
     the eligible ones: so when a backend goes down only its clients move,
     and when it comes back they return; the other clients stay where they
     are.  (The pool only shows a balancer its eligible backends, so this
-    balancer remembers the others.)
+    balancer remembers the others.)  A backend is remembered by its URL, so
+    one that leaves the pool and joins it again (a DNS answer that comes
+    back) takes its old place.  Where backends come and go for good (new
+    addresses from DNS or etcd), the remembered ones that are not eligible
+    could pile up; once they outnumber twice the eligible ones (plus
+    L{_SPARE}), the layout is built again from the eligible backends alone,
+    which moves clients once.
 
     The layout uses each backend's configured weight, which keeps the
     mapping stable.  While a backend slow-starts (its effective weight is a
@@ -79,11 +85,12 @@ class IPHash(BalancerBase):
     """
 
     _TRIES = 20
+    _SPARE = 16
 
     def __init__(self) -> None:
         super().__init__()
         self._known: list[Any] = []
-        self._knownIndex: dict[Any, int] = {}
+        self._knownIndex: dict[str, int] = {}
         self._knownWeights: list[int] = []
         self._cumulative: list[int] = []
         self._total = 0
@@ -95,16 +102,20 @@ class IPHash(BalancerBase):
         super().backendsChanged(backends)
         self._fallback.backendsChanged(self.backends)
         changed = False
+        if len(self._known) > 2 * len(self.backends) + self._SPARE:
+            self._known, self._knownIndex, self._knownWeights = [], {}, []
         for backend in self.backends:
-            index = self._knownIndex.get(backend)
+            index = self._knownIndex.get(backend.url)
             if index is None:
-                self._knownIndex[backend] = len(self._known)
+                self._knownIndex[backend.url] = len(self._known)
                 self._known.append(backend)
                 self._knownWeights.append(backend.weight)
                 changed = True
-            elif self._knownWeights[index] != backend.weight:
-                self._knownWeights[index] = backend.weight
-                changed = True
+            else:
+                self._known[index] = backend
+                if self._knownWeights[index] != backend.weight:
+                    self._knownWeights[index] = backend.weight
+                    changed = True
         if changed:
             cumulative = []
             total = 0
@@ -260,6 +271,12 @@ class ConsistentHash(BalancerBase):
     A retry walks on along the ring to the next backend not yet tried.  A
     request without the key (or no request) goes round robin.
 
+    The points depend only on the backends' URLs and weights, so every
+    lbproxy with the same backends has the same ring, and a backend that
+    leaves and comes back gets its points back.  Each backend's points are
+    kept while it is out (down, say), until the backends kept outnumber
+    twice the eligible ones.
+
     @ivar keyOf: extracts the key from a request (see L{parseKey}).
     """
 
@@ -275,13 +292,13 @@ class ConsistentHash(BalancerBase):
         super().__init__()
         self.keyOf = parseKey(key)
         self._fallback = RoundRobin()
-        self._points: dict[Any, list[int]] = {}
+        self._points: dict[str, list[int]] = {}
         self._hashes: list[int] = []
         self._owners: list[Any] = []
         self._eligible: frozenset[Any] = frozenset()
 
     def _pointsOf(self, backend: Any, count: int) -> list[int]:
-        points = self._points.setdefault(backend, [])
+        points = self._points.setdefault(backend.url, [])
         if len(points) < count:
             prefix = backend.url.encode("utf-8") + b"-"
             points.extend(
@@ -293,6 +310,9 @@ class ConsistentHash(BalancerBase):
         super().backendsChanged(backends)
         self._fallback.backendsChanged(self.backends)
         self._eligible = frozenset(self.backends)
+        if len(self._points) > 2 * len(self.backends) + 16:
+            urls = {backend.url for backend in self.backends}
+            self._points = {u: p for u, p in self._points.items() if u in urls}
         weights = [weightOf(backend) for backend in self.backends]
         perWeight = float(self.POINTS_PER_WEIGHT)
         wanted = perWeight * sum(weights)

@@ -8,6 +8,7 @@
 #   logrotate       which reads the production page's logrotate file
 #   etcd-server     etcd, the registry the etcd source and fleet tests watch
 #   etcd-client     etcdctl, used by the fleet page's recorded session
+#   haproxy         the PROXY protocol peer (in front of and behind lbproxy)
 #
 #   sh .ci/tools.sh              # all of them
 #   sh .ci/tools.sh pypy3        # just these packages
@@ -16,7 +17,7 @@
 # script fails, so that no test is skipped in silence.
 set -eu
 if [ $# -eq 0 ]; then
-    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client
+    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client haproxy
 fi
 missing=""
 for package in "$@"; do
@@ -25,6 +26,7 @@ for package in "$@"; do
         systemd) program=systemd-analyze ;;
         etcd-server) program=etcd ;;
         etcd-client) program=etcdctl ;;
+        haproxy) program=/usr/sbin/haproxy ;;
         *) program=$package ;;
     esac
     command -v "$program" >/dev/null 2>&1 || missing="$missing $package"

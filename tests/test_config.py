@@ -623,6 +623,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "upgrade_protocols": ("WebSocket h2c", ("websocket", "h2c")),
         "tunnel_timeout": ("10m", 600.0),
         "request_buffering": ("no", False),
+        "send_proxy_protocol": ("V2", 2),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),

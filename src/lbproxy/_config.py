@@ -55,6 +55,7 @@ from lbproxy._values import (
     parsePositiveInt,
     parsePositiveSize,
     parseProtocolName,
+    parseProxyProtocol,
     parseRequestHeaderRules,
     parseResponseHeaderRules,
     parseRoutes,
@@ -348,6 +349,9 @@ class UpstreamConfig:
     )
     requestBuffering: bool = _setting(
         "request_buffering", True, parseBool, "read request bodies whole before forwarding (no: stream them to the backend)"
+    )
+    sendProxyProtocol: int = _setting(
+        "send_proxy_protocol", 0, parseProxyProtocol, "no, v1 or v2: the PROXY protocol header that starts each new backend connection"
     )
 
 
@@ -738,14 +742,17 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
     s = _Section(reader, "lbproxy", "lbproxy")
     proxy = ProxyConfig(**s.read(ProxyConfig))
     if proxy.workers > 1:
+        from lbproxy._proxyprotocol import withoutPrefix
+
         for description in proxy.listen + proxy.listenTLS:
-            kind = description.split(":", 1)[0].lower()
+            kind = withoutPrefix(description).split(":", 1)[0].lower()
             if kind not in ("tcp", "tcp6") and not kind.isdigit():
                 s.error(
                     "workers",
                     str(proxy.workers),
                     f"1 with the listener {description!r}: several workers "
-                    "share tcp: and tcp6: listeners only",
+                    "share tcp: and tcp6: listeners only (haproxy: in front "
+                    "of either too)",
                 )
     return proxy
 

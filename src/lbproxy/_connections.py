@@ -27,6 +27,11 @@ from twisted.internet.protocol import Factory
 
 from lbproxy._backend import Backend
 from lbproxy._client import UpstreamConnection
+from lbproxy._proxyprotocol import (
+    HeaderSource,
+    IProxyHeaderEndpoint,
+    ProxyHeaderEndpoint,
+)
 from lbproxy._timer import Deadline
 
 
@@ -37,6 +42,7 @@ def backendEndpoint(
     tlsVerify: bool = True,
     tlsCA: Optional[str] = None,
     tlsServerName: Optional[str] = None,
+    proxyProtocol: int = 0,
 ) -> IStreamClientEndpoint:
     """
     Build the client endpoint that reaches C{backend}.
@@ -46,6 +52,10 @@ def backendEndpoint(
     with C{tlsServerName} (else its host) sent in SNI, and verified
     against C{tlsCA} (or the platform's trust store) with
     C{service_identity} for that name unless C{tlsVerify} is false.
+
+    @param proxyProtocol: C{send_proxy_protocol}: 0 (no), 1 or 2, for
+        which the endpoint is a L{ProxyHeaderEndpoint} that writes a PROXY
+        header before anything else (before TLS).
     """
     endpoint: IStreamClientEndpoint
     if isIPAddress(backend.host):
@@ -60,12 +70,15 @@ def backendEndpoint(
         endpoint = HostnameEndpoint(
             reactor, backend.host.encode("idna"), backend.port, timeout=connectTimeout
         )
+    creator = None
     if backend.scheme == "https":
         from lbproxy._tls import clientCreator
 
-        endpoint = wrapClientTLS(
-            clientCreator(backend.host, tlsVerify, tlsCA, tlsServerName), endpoint
-        )
+        creator = clientCreator(backend.host, tlsVerify, tlsCA, tlsServerName)
+    if proxyProtocol:
+        return ProxyHeaderEndpoint(endpoint, creator, proxyProtocol)
+    if creator is not None:
+        endpoint = wrapClientTLS(creator, endpoint)
     return endpoint
 
 
@@ -99,6 +112,17 @@ class BackendConnections:
     Idle connections expire C{idleTimeout} seconds after they were put
     back; one L{Deadline} per backend sweeps them, rather than a delayed
     call scheduled and cancelled for each connection on every request.
+
+    With C{send_proxy_protocol}, each connection started with the PROXY
+    header of the client it was opened for, and the backend takes every
+    request on it as that client's: an idle connection is given only to a
+    request with the very same header (same client address and port, same
+    address connected to), as HAProxy reuses a connection only when its
+    "proxy protocol block" is the same (its C{http-reuse}).  In practice
+    that is the next request on the same client connection.  A connection
+    whose client has gone cannot be used any more, so when the cache is
+    full the oldest idle connection makes room for the newest, instead of
+    the newest being closed.
 
     @ivar idle: idle connections, oldest first.
     @ivar opened: how many connections were opened in total.
@@ -135,14 +159,24 @@ class BackendConnections:
         self._sweep = Deadline(reactor, self._expire)
         self.opened = 0
         self.closed = False
+        #: The PROXY header each connection started with, when the
+        #: upstream sends them.
+        self._proxyHeaders: dict[UpstreamConnection, bytes] = {}
 
-    def get(self) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
+    def get(
+        self, proxyHeader: Optional[bytes] = None
+    ) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
         """
         Take an idle connection, or start a new one.
 
+        @param proxyHeader: the PROXY header of the request's client, when
+            the upstream sends one: only a connection opened with the same
+            header is reused.
         @return: C{(protocol, None)} for a reused connection, or
             C{(None, deferred)} where C{deferred} fires with a new one.
         """
+        if proxyHeader is not None:
+            return self._getFor(proxyHeader)
         while self.idle:
             proto = self.idle.pop()
             del self._idleSince[proto]
@@ -150,12 +184,40 @@ class BackendConnections:
                 return proto, None
         return None, self.connectUpstream()
 
-    def connectUpstream(self) -> Deferred[UpstreamConnection]:
+    def _getFor(
+        self, proxyHeader: bytes
+    ) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
+        idle, headers = self.idle, self._proxyHeaders
+        for index in range(len(idle) - 1, -1, -1):
+            proto = idle[index]
+            if headers.get(proto) == proxyHeader:
+                del idle[index]
+                del self._idleSince[proto]
+                if proto.reusable:
+                    return proto, None
+        return None, self.connectUpstream(proxyHeader)
+
+    def connectUpstream(
+        self, proxyHeader: Optional[bytes] = None
+    ) -> Deferred[UpstreamConnection]:
         """
         Open a new connection for forwarding, bypassing the idle cache; it
         joins the cache after each complete exchange.
+
+        @param proxyHeader: the PROXY header the connection starts with,
+            when the upstream sends one.
         """
-        return self._connected(self._endpoint.connect(QuietFactory(self._buildUpstream)))
+        if proxyHeader is None:
+            factory = QuietFactory(self._buildUpstream)
+            return self._connected(self._endpoint.connect(factory))
+
+        def build(addr: Any) -> UpstreamConnection:
+            proto = self._buildUpstream(addr)
+            self._proxyHeaders[proto] = proxyHeader
+            return proto
+
+        endpoint = IProxyHeaderEndpoint(self._endpoint)
+        return self._connected(endpoint.connectWithHeader(QuietFactory(build), proxyHeader))
 
     def _connected(self, connecting: Deferred[Any]) -> Deferred[Any]:
         if self._tls:
@@ -167,23 +229,41 @@ class BackendConnections:
         return UpstreamConnection(self._put, self._lost)
 
     def connect(
-        self, build: Callable[[], UpstreamConnection] = UpstreamConnection
+        self,
+        build: Callable[[], UpstreamConnection] = UpstreamConnection,
+        proxyHeader: Optional[HeaderSource] = None,
     ) -> Deferred[UpstreamConnection]:
         """
         Open a new connection that never joins the idle cache (for a health
-        probe, which closes it after one request).
+        probe, which closes it after one request, or a tunnel).
 
         @param build: makes the protocol: L{UpstreamConnection} or a
             subclass, built without the cache's callbacks.
+        @param proxyHeader: the PROXY header of the client whose tunnel
+            this is, when the upstream sends one (a health probe's
+            connection sends its own, see L{ProxyHeaderEndpoint.connect}).
         """
 
         def buildProtocol(addr: Any) -> UpstreamConnection:
             self.opened += 1
             return build()
 
-        return self._connected(self._endpoint.connect(QuietFactory(buildProtocol)))
+        factory = QuietFactory(buildProtocol)
+        if proxyHeader is None:
+            return self._connected(self._endpoint.connect(factory))
+        endpoint = IProxyHeaderEndpoint(self._endpoint)
+        return self._connected(endpoint.connectWithHeader(factory, proxyHeader))
 
     def _put(self, proto: UpstreamConnection) -> None:
+        if (
+            self._proxyHeaders
+            and not self.closed
+            and 0 < self._keepalive <= len(self.idle)
+        ):
+            # Make room: the oldest may well belong to a client that left.
+            oldest = self.idle.pop(0)
+            del self._idleSince[oldest]
+            oldest.transport.loseConnection()
         if self.closed or self._keepalive <= 0 or len(self.idle) >= self._keepalive:
             proto.transport.loseConnection()
             return
@@ -205,6 +285,7 @@ class BackendConnections:
             self._sweep.cancel()
 
     def _lost(self, proto: UpstreamConnection) -> None:
+        self._proxyHeaders.pop(proto, None)
         if self._idleSince.pop(proto, None) is not None:
             self.idle.remove(proto)
             if not self.idle:

@@ -31,6 +31,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy._proxyprotocol import listenerParts
+
 __all__ = [
     "EndpointListener",
     "ListenerService",
@@ -246,7 +248,8 @@ class ListenerService(Service):
 class EndpointListener(ListenerService):
     """
     Listen with C{factory} on the server endpoint that C{description}
-    describes (see L{serverFromString}).
+    describes (see L{serverFromString}); a C{haproxy:} description reads
+    a PROXY header on each connection (L{listenerParts}).
 
     @ivar description: the endpoint description.
     @ivar endpoint: the endpoint.
@@ -263,6 +266,9 @@ class EndpointListener(ListenerService):
 
             reactor = _globalReactor
         self.description = description
+        # haproxy: listeners read the PROXY header with lbproxy's own
+        # wrapper (see lbproxy._proxyprotocol), not Twisted's.
+        description, factory = listenerParts(description, factory, reactor)
         self.endpoint = serverFromString(reactor, description)
         self._factory = factory
 

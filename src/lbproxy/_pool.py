@@ -21,6 +21,7 @@ from lbproxy._backend import DOWN_IN_CONFIGURATION, Backend, BackendState, Outco
 from lbproxy._client import UpstreamConnection
 from lbproxy._connections import BackendConnections, backendEndpoint
 from lbproxy._interfaces import IBalancer, IMembershipObserver
+from lbproxy._proxyprotocol import WRITERS
 
 
 def _backendId(poolName: str, backend: Backend) -> str:
@@ -178,6 +179,7 @@ class Pool:
         upgradeProtocols: Iterable[str] = ("websocket",),
         tunnelTimeout: Optional[float] = 3600.0,
         requestBuffering: bool = True,
+        sendProxyProtocol: int = 0,
     ) -> None:
         """
         @param name: the upstream's name, for logs.
@@ -201,6 +203,9 @@ class Pool:
         @param slowStart: seconds over which a backend that comes back (from
             down, failed, draining or disabled) ramps its effective weight
             from L{SLOW_START_SHARE} of its weight to all of it.
+        @param sendProxyProtocol: C{send_proxy_protocol}: 0 (no), or the
+            PROXY protocol version (1 or 2) of the header that starts
+            every connection to a backend.
         """
         if reactor is None:
             from twisted.internet import reactor as _globalReactor
@@ -226,6 +231,7 @@ class Pool:
         )
         self.tunnelTimeout = tunnelTimeout
         self.requestBuffering = requestBuffering
+        self.sendProxyProtocol = sendProxyProtocol
         self.eligible: tuple[Backend, ...] = ()
         self.retries = 0
         self._recoveries: dict[Backend, IDelayedCall] = {}
@@ -237,7 +243,9 @@ class Pool:
         self._closing: list[Deferred[Any]] = []
         self._holding = 0
         self._connections: dict[Backend, BackendConnections] = {}
-        self._endpointOptions = (connectTimeout, tlsVerify, tlsCA, tlsServerName)
+        self._endpointOptions = (
+            connectTimeout, tlsVerify, tlsCA, tlsServerName, sendProxyProtocol
+        )
         self._keepaliveTimeout = keepaliveTimeout
         for backend in self.backends:
             self._join(backend)
@@ -776,36 +784,54 @@ class Pool:
     # Connections.
 
     def connection(
-        self, backend: Backend
+        self, backend: Backend, proxyHeader: Optional[bytes] = None
     ) -> tuple[Optional[UpstreamConnection], Optional[Deferred[Any]]]:
         """
         Get a connection to C{backend} for forwarding a request.
 
+        @param proxyHeader: with C{send_proxy_protocol}, the request's
+            PROXY header (see L{proxyHeader}): only a connection that
+            started with it is reused.
         @return: C{(protocol, None)} when an idle persistent connection was
             reused, C{(None, deferred)} when a new one is being opened.
         """
-        return self._connections[backend].get()
+        return self._connections[backend].get(proxyHeader)
 
-    def freshConnection(self, backend: Backend) -> Deferred[UpstreamConnection]:
+    def freshConnection(
+        self, backend: Backend, proxyHeader: Optional[bytes] = None
+    ) -> Deferred[UpstreamConnection]:
         """
         Open a new connection to C{backend} for forwarding a request,
         ignoring idle ones.
         """
-        return self._connections[backend].connectUpstream()
+        return self._connections[backend].connectUpstream(proxyHeader)
 
     def newConnection(
         self,
         backend: Backend,
         build: Callable[[], UpstreamConnection] = UpstreamConnection,
+        proxyHeader: Optional[bytes] = None,
     ) -> Deferred[UpstreamConnection]:
         """
-        Open a new connection to C{backend} for a health probe: it is
-        closed after one request and never joins the idle cache.
+        Open a new connection to C{backend} for a health probe (or a
+        tunnel): it is closed after one request and never joins the idle
+        cache.
 
         @param build: makes the protocol, an L{UpstreamConnection} (or a
             subclass of it).
+        @param proxyHeader: the client's PROXY header, for a tunnel.
         """
-        return self._connections[backend].connect(build)
+        return self._connections[backend].connect(build, proxyHeader)
+
+    def proxyHeader(self, client: Any, host: Any) -> Optional[bytes]:
+        """
+        With C{send_proxy_protocol}, the PROXY header of a request from
+        C{client} to the listener address C{host}; else L{None}.
+        """
+        version = self.sendProxyProtocol
+        if not version:
+            return None
+        return WRITERS[version](client, host)
 
     def connectionsOpened(self, backend: Backend) -> int:
         """

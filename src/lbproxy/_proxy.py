@@ -219,6 +219,9 @@ class _Exchange(ResponseHandler):
     #: The backends tried so far, for the access log (see
     #: L{lbproxy._site.ProxyRequest.upstreamTried}).
     _triedLog: tuple[tuple[str, Optional[int], float], ...] = ()
+    #: With C{send_proxy_protocol}, the PROXY header of the request's
+    #: client, which the connections it uses start with.
+    _proxyHeader: Optional[bytes] = None
 
     #: Builds the header lines of the request to the backend.
     _forwardedHeaders = staticmethod(forwardedHeaders)
@@ -253,6 +256,8 @@ class _Exchange(ResponseHandler):
             incoming, getattr(address, "host", None), request.isSecure()
         )
         self._clientHost = clientHost or b""
+        if self._pool.sendProxyProtocol:
+            self._proxyHeader = self._pool.proxyHeader(address, request.getHost())
         if incoming.hasHeader(b"upgrade"):
             upgrade = self._upgrade = upgradeOffer(request, self._pool.upgradeProtocols)
             if upgrade is not None:
@@ -317,13 +322,15 @@ class _Exchange(ResponseHandler):
         pool.requestStarted(backend, self._request)
         if self._upgrade is not None:
             # A tunnel gets a connection of its own, never a pooled one.
-            self._connect(pool.newConnection(backend))
+            self._connect(
+                pool.newConnection(backend, proxyHeader=self._proxyHeader)
+            )
             return
         if self._stream is not None:
             # A body that cannot be sent again: no keep-alive race.
-            self._connect(pool.freshConnection(backend))
+            self._connect(pool.freshConnection(backend, self._proxyHeader))
             return
-        proto, connecting = pool.connection(backend)
+        proto, connecting = pool.connection(backend, self._proxyHeader)
         if proto is not None:
             self._send(proto, True)
         else:
@@ -369,7 +376,7 @@ class _Exchange(ResponseHandler):
             if reused:
                 # Lost while idle, before anything was sent: never the
                 # backend's failure.
-                self._connect(self._pool.freshConnection(backend))
+                self._connect(self._pool.freshConnection(backend, self._proxyHeader))
             else:
                 self.failed(False, False, "connection lost before the request")
             return
@@ -479,7 +486,7 @@ class _Exchange(ResponseHandler):
             # The keep-alive race: the backend closed an idle connection
             # just as it was reused.  Not the backend's failure; try once
             # more on a fresh connection.
-            self._connect(self._pool.freshConnection(backend))
+            self._connect(self._pool.freshConnection(backend, self._proxyHeader))
             return
         self._log.warn(
             "upstream {upstream}: {backend} closed the connection before "

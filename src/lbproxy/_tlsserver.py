@@ -497,10 +497,11 @@ def httpsPort(proxy: Any) -> Optional[int]:
     to; L{None} when there is none or it is not a C{tcp:} or C{tcp6:} one.
     """
     from lbproxy._listeners import parseTCPDescription
+    from lbproxy._proxyprotocol import withoutPrefix
 
     for description in proxy.listenTLS:
         try:
-            return parseTCPDescription(description).port
+            return parseTCPDescription(withoutPrefix(description)).port
         except ValueError:
             return None
     return None

@@ -343,6 +343,23 @@ def parseAccessLogFormat(text: str) -> str:
     return text
 
 
+#: The values of C{send_proxy_protocol}, and the PROXY protocol version
+#: each sends (0: none).
+PROXY_PROTOCOL_VERSIONS = {"no": 0, "v1": 1, "v2": 2}
+
+
+def parseProxyProtocol(text: str) -> int:
+    """
+    Parse C{send_proxy_protocol}: C{no}, C{v1} or C{v2}.
+
+    @return: the version to send, 0 for none.
+    """
+    version = PROXY_PROTOCOL_VERSIONS.get(text.strip().lower())
+    if version is None:
+        raise ValueError("no, v1 or v2")
+    return version
+
+
 def parsePath(text: str) -> str:
     """
     Parse a URL path such as C{/healthz}.

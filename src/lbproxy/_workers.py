@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from lbproxy._config import ConfigError, SiteConfig, parseConfig
 from lbproxy._listeners import EndpointListener, ListenerService, parseTCPDescription
+from lbproxy._proxyprotocol import listenerParts, withoutPrefix
 
 #: The environment variable that tells a worker which inherited file
 #: descriptors are its listening sockets, in C{listen} order, as
@@ -73,14 +74,14 @@ def workerFDs() -> Optional[list[tuple[int, int]]]:
 def listeningSocket(description: str) -> socket.socket:
     """
     Open the listening TCP socket that C{description} (a Twisted server
-    endpoint string, C{tcp:PORT[:interface=HOST][:backlog=N]} or C{tcp6:}),
-    describes.
+    endpoint string, C{tcp:PORT[:interface=HOST][:backlog=N]} or C{tcp6:},
+    or either behind C{haproxy:}), describes.
 
     @raise ValueError: for any other kind of endpoint.
     @raise CannotListenError: when the socket cannot be opened.
     """
     try:
-        listen = parseTCPDescription(description)
+        listen = parseTCPDescription(withoutPrefix(description))
     except ValueError as e:
         raise ValueError(
             f"workers > 1 needs tcp: or tcp6: listeners, not {description!r} ({e})"
@@ -362,6 +363,9 @@ def workerService(
             else:
                 _reactor = reactor
             fd, family = self._fds.pop(0)
+            # The socket of a haproxy: listener: its connections start
+            # with a PROXY header.
+            _, factory = listenerParts(description, factory, _reactor)
             service = AdoptedPortService(fd, family, factory, _reactor)
             service.setServiceParent(self)
             return service

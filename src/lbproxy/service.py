@@ -86,6 +86,7 @@ def buildPool(
         upgradeProtocols=config.upgradeProtocols,
         tunnelTimeout=config.tunnelTimeout,
         requestBuffering=config.requestBuffering,
+        sendProxyProtocol=config.sendProxyProtocol,
     )
 
 

@@ -46,10 +46,12 @@ request_headers =
 
 class _Reporting(Resource):
     """
-    A backend answering with its name and the client headers it received.
+    A backend answering with its name and the client headers it received
+    (those of L{headers}).
     """
 
     isLeaf = True
+    headers = (b"x-forwarded-for", b"x-real-ip", b"x-remote")
 
     def __init__(self, name: bytes) -> None:
         Resource.__init__(self)
@@ -61,7 +63,7 @@ class _Reporting(Resource):
             [self.name]
             + [
                 (request.getHeader(name) or b"-")
-                for name in (b"x-forwarded-for", b"x-real-ip", b"x-remote")
+                for name in self.headers
             ]
         )
 

@@ -57,6 +57,50 @@ class _Parent(ProcessProtocol):
             found[int(number)] = int(pid)
         return found
 
+    def everyWorker(self):
+        """
+        The pid of every worker the parent's log named.
+        """
+        return {int(pid) for pid in re.findall(rb"worker \d+ started, pid (\d+)", self.output)}
+
+
+def startWorkers(testCase, listen, backendPort, workers=2):
+    """
+    Run C{twistd -n lbproxy} with C{workers} workers listening on
+    C{listen} (an endpoint description) and one upstream, C{backendPort}
+    on 127.0.0.1, until C{testCase} ends: then SIGTERM to the parent, and
+    SIGKILL to every worker its log named that is still running.
+
+    @return: the parent's L{_Parent} and its process transport.
+    """
+    path = FilePath(testCase.mktemp())
+    path.setContent(
+        (
+            f"[lbproxy]\nlisten = {listen}\n"
+            f"access_log = off\nworkers = {workers}\n"
+            f"[upstream:app]\nservers = 127.0.0.1:{backendPort}\n"
+            "[vhost:app]\ndefault = yes\nupstream = app\n"
+        ).encode()
+    )
+    parent = _Parent()
+    process = reactor.spawnProcess(
+        parent,
+        _TWISTD[0],
+        _TWISTD + ["-n", "--pidfile=", "lbproxy", "--config", path.path],
+        env=_ENV,
+    )
+
+    def stop():
+        if process.pid is not None:
+            process.signalProcess("TERM")
+        for pid in parent.everyWorker():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        return parent.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
+
+    testCase.addCleanup(stop)
+    return parent, process
+
 
 def _freePort():
     with socket.socket() as s:
@@ -92,35 +136,8 @@ class WorkersTests(TestCase):
         backend = yield startServer(_Hello(), reactor)
         self.addCleanup(backend.stop)
         port = _freePort()
-        path = FilePath(self.mktemp())
-        path.setContent(
-            (
-                f"[lbproxy]\nlisten = tcp:{port}:interface=127.0.0.1\n"
-                "access_log = off\nworkers = 2\n"
-                f"[upstream:app]\nservers = 127.0.0.1:{backend.port}\n"
-                "[vhost:app]\ndefault = yes\nupstream = app\n"
-            ).encode()
-        )
-        parent = _Parent()
-        process = reactor.spawnProcess(
-            parent,
-            _TWISTD[0],
-            _TWISTD + ["-n", "--pidfile=", "lbproxy", "--config", path.path],
-            env=_ENV,
-        )
-        seen: set[int] = set()
-
-        def stop():
-            if process.pid is not None:
-                process.signalProcess("TERM")
-            for pid in seen:
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            return parent.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
-
-        self.addCleanup(stop)
+        parent, process = startWorkers(self, f"tcp:{port}:interface=127.0.0.1", backend.port)
         yield self.waitFor(lambda: len(parent.workers()) == 2, "two workers")
-        seen.update(parent.workers().values())
         yield self.waitFor(
             lambda: parent.output.count(b"Starting factory <lbproxy._site.ProxySite") >= 2,
             "two workers listening",
@@ -136,7 +153,6 @@ class WorkersTests(TestCase):
         yield self.waitFor(
             lambda: parent.workers().get(0, first) != first, "worker 0 restarted"
         )
-        seen.update(parent.workers().values())
         self.assertIn(b"worker 0 ended", parent.output)
         for _ in range(4):
             response = yield agent.request(b"GET", b"http://127.0.0.1:%d/" % port)

@@ -49,6 +49,21 @@ _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 _MISSING = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"
 
 
+def runningService(
+    testCase: SynchronousTestCase,
+) -> tuple[MemoryReactorClock, LoadBalancerService]:
+    """
+    A L{LoadBalancerService} of L{_SITE}, started on a fake clock at 1000 s
+    and stopped at the end of C{testCase}.
+    """
+    reactor = MemoryReactorClock()
+    reactor.advance(1000)
+    service = LoadBalancerService(parseConfigText(_SITE), reactor)
+    service.startService()
+    testCase.addCleanup(service.stopService)
+    return reactor, service
+
+
 class HistogramTests(SynchronousTestCase):
     def test_buckets(self) -> None:
         """
@@ -75,12 +90,7 @@ class ServiceSnapshotTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        self.reactor.advance(1000)
-        self.service = LoadBalancerService(parseConfigText(_SITE), self.reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        self.backends: dict[int, tuple[Any, StringTransport]] = {}
+        self.reactor, self.service = runningService(self)
 
     def client(self) -> tuple[Any, StringTransport]:
         peer = IPv4Address("TCP", "192.0.2.1", 4321)

@@ -6,6 +6,8 @@ admin snapshot.
 
     - C{GET /api/status}: the admin snapshot, everything an operator looks
       at (see L{lbproxy._snapshot});
+    - C{GET /metrics}: the same figures as Prometheus metrics (see
+      L{lbproxy._metrics}), the one answer that is not JSON;
     - C{GET /api/upstreams}: every upstream with its backends;
     - C{GET /api/upstreams/NAME}: one upstream;
     - C{GET /api/upstreams/NAME/servers/HOST:PORT}: one backend;
@@ -35,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from lbproxy._backend import Backend, BackendState
+from lbproxy._metrics import renderMetrics
 from lbproxy._pool import Pool
 from lbproxy._snapshot import backendStatus, upstreamStatus
 
@@ -88,6 +91,12 @@ class AdminResource(Resource):
         self.snapshot = snapshot
 
     def render(self, request: Any) -> bytes:
+        if (
+            request.postpath == [b"metrics"]
+            and request.method in (b"GET", b"HEAD")
+            and self.snapshot is not None
+        ):
+            return renderMetrics(request, self.snapshot())
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         try:
@@ -106,6 +115,9 @@ class AdminResource(Resource):
         if segments == ["api", "status"] and self.snapshot is not None:
             self._onlyRead(request, b"GET, HEAD")
             return 200, self.snapshot()
+        if segments == ["metrics"] and self.snapshot is not None:
+            # (GET and HEAD are answered by render.)
+            self._onlyRead(request, b"GET, HEAD")
         if segments[:2] != ["api", "upstreams"] or len(segments) not in (2, 3, 5) or (
             len(segments) == 5 and segments[3] != "servers"
         ):

@@ -624,6 +624,12 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "tunnel_timeout": ("10m", 600.0),
         "request_buffering": ("no", False),
         "send_proxy_protocol": ("V2", 2),
+        "servers_from": ("ETCD", "etcd"),
+        "etcd_endpoints": (
+            "http://10.0.0.1:2379 http://[fd00::2]:2379/",
+            ("http://10.0.0.1:2379", "http://[fd00::2]:2379"),
+        ),
+        "etcd_prefix": (" /lb/app/ ", "/lb/app/"),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),
@@ -735,6 +741,10 @@ class DeclarationTests(SynchronousTestCase):
                 )
                 if cls is HealthCheckConfig and key.name != "health_check":
                     source += "health_check = /\n"
+                if key.name in ("servers_from", "etcd_endpoints", "etcd_prefix"):
+                    source = source.replace("servers = 127.0.0.1:9001\n", "")
+                    if key.name != "servers_from":
+                        source += "servers_from = etcd\n"
                 section = _sectionOf(kind, f"{source}\n{key.name} = {text}\n")
                 if cls is HealthCheckConfig:
                     section = section.healthCheck
@@ -770,6 +780,44 @@ class DeclarationTests(SynchronousTestCase):
             _sectionOf("demo", _MINIMAL["demo"]), DemoConfig("blue", ("tcp:9001",))
         )
 
+    def test_etcdKeys(self):
+        """
+        C{servers_from = etcd} replaces C{servers}; the C{etcd_*} keys need
+        it; the prefix defaults to C{/lbproxy/upstreams/NAME/}; endpoints
+        are C{http://HOST:PORT} URLs.
+        """
+        upstream = parseConfigText(
+            "[upstream:app]\nservers_from = etcd\n", "site.ini"
+        ).upstreams["app"]
+        self.assertEqual(
+            (upstream.servers, upstream.etcdEndpoints, upstream.etcdKeyPrefix),
+            ((), ("http://127.0.0.1:2379",), "/lbproxy/upstreams/app/"),
+        )
+        self.assertEqual(
+            _errors(
+                "[upstream:app]\nservers_from = etcd\nservers = 127.0.0.1:80\n"
+                "etcd_endpoints = https://e:2379 http://e http://e:2379/x\n"
+                "[upstream:b]\nservers = 127.0.0.1:80\netcd_prefix = /b/\n"
+                "[upstream:c]\nservers_from = consul\n"
+            ),
+            [
+                "site.ini: [upstream:app] etcd_endpoints = 'https://e:2379': bad "
+                "value; expected an etcd client URL such as http://127.0.0.1:2379 "
+                "(http:// only: TLS to etcd is not supported)",
+                "site.ini: [upstream:app] etcd_endpoints = 'http://e': bad value; "
+                "expected an etcd client URL such as http://127.0.0.1:2379",
+                "site.ini: [upstream:app] etcd_endpoints = 'http://e:2379/x': bad "
+                "value; expected an etcd client URL such as http://127.0.0.1:2379",
+                "site.ini: [upstream:app] servers = '127.0.0.1:80': bad value; "
+                "expected no servers with servers_from = etcd: the backends are "
+                "the values of the keys under /lbproxy/upstreams/app/",
+                "site.ini: [upstream:b] etcd_prefix = '/b/': bad value; expected "
+                "servers_from = etcd to be set as well",
+                "site.ini: [upstream:c] servers_from = 'consul': bad value; "
+                "expected etcd (backends from the keys under etcd_prefix)",
+            ],
+        )
+
     def test_requiredKeys(self):
         """
         A required key that is missing is named with what was expected.
@@ -778,7 +826,7 @@ class DeclarationTests(SynchronousTestCase):
             _errors("[upstream:app]\n"),
             [
                 "site.ini: [upstream:app] servers = '': missing key; "
-                "expected one or more HOST:PORT lines"
+                "expected one or more HOST:PORT lines (or servers_from = etcd)"
             ],
         )
         self.assertEqual(

@@ -45,6 +45,8 @@ from lbproxy._values import (
     parseCompressionLevel,
     parseDuration,
     parseEndpoint,
+    parseEtcdEndpoint,
+    parseEtcdPrefix,
     parseHSTS,
     parseMediaType,
     parseNonNegativeInt,
@@ -60,6 +62,7 @@ from lbproxy._values import (
     parseResponseHeaderRules,
     parseRoutes,
     parseServerName,
+    parseServersFrom,
     parseSize,
     parseStatusRanges,
     parseText,
@@ -299,8 +302,7 @@ class UpstreamConfig:
         metadata=_key(
             "servers",
             listOf(parseServer, splitLines, nonEmpty="one or more HOST:PORT lines"),
-            "the backends, one server line per line",
-            required="one or more HOST:PORT lines",
+            "the backends, one server line per line (required unless servers_from is set)",
         )
     )
     balancer: str = _setting(
@@ -353,6 +355,23 @@ class UpstreamConfig:
     sendProxyProtocol: int = _setting(
         "send_proxy_protocol", 0, parseProxyProtocol, "no, v1 or v2: the PROXY protocol header that starts each new backend connection"
     )
+    serversFrom: Optional[str] = _setting(
+        "servers_from", None, parseServersFrom, "etcd: the backends are the values of the keys under etcd_prefix, followed as they change"
+    )
+    etcdEndpoints: tuple[str, ...] = _setting(
+        "etcd_endpoints", ("http://127.0.0.1:2379",), listOf(parseEtcdEndpoint, nonEmpty="one or more etcd client URLs"), "the client URLs of the etcd members, tried in turn"
+    )
+    etcdPrefix: Optional[str] = _setting(
+        "etcd_prefix", None, parseEtcdPrefix, "the etcd key prefix whose keys are server lines (default: /lbproxy/upstreams/NAME/)"
+    )
+
+    @property
+    def etcdKeyPrefix(self) -> str:
+        """
+        The etcd prefix this upstream follows: C{etcd_prefix}, or
+        C{/lbproxy/upstreams/NAME/}.
+        """
+        return self.etcdPrefix or f"/lbproxy/upstreams/{self.name}/"
 
 
 @dataclass(frozen=True)
@@ -792,6 +811,22 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
     upstream = UpstreamConfig(
         **{"name": name, "servers": (), **values, "healthCheck": _readHealth(s)}
     )
+    if upstream.serversFrom is None and not reader.reported(section, "servers_from"):
+        if not s.has("servers"):
+            reader.fail(
+                section, "servers", "", "missing key; expected one or more HOST:PORT "
+                "lines (or servers_from = etcd)"
+            )
+        for key in ("etcd_endpoints", "etcd_prefix"):
+            if s.has(key):
+                s.error(key, s.raw(key) or "", "servers_from = etcd to be set as well")
+    elif upstream.serversFrom == "etcd" and s.has("servers"):
+        s.error(
+            "servers",
+            s.raw("servers") or "",
+            "no servers with servers_from = etcd: the backends are the values "
+            f"of the keys under {upstream.etcdKeyPrefix}",
+        )
     seen = set()
     for server in upstream.servers:
         where = (server.scheme, server.host, server.port)

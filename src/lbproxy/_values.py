@@ -401,6 +401,49 @@ def parseEndpoint(text: str) -> str:
     return text
 
 
+def parseServersFrom(text: str) -> str:
+    """
+    Parse C{servers_from}: where an upstream's backends come from besides
+    its C{servers} (only C{etcd} for now).
+    """
+    word = text.strip().lower()
+    if word != "etcd":
+        raise ValueError("etcd (backends from the keys under etcd_prefix)")
+    return word
+
+
+def parseEtcdEndpoint(text: str) -> str:
+    """
+    Parse one of C{etcd_endpoints}: the C{http://HOST:PORT} of an etcd
+    member's client URL, without a path.
+
+    @return: the URL without a trailing slash.
+    """
+    expected = "an etcd client URL such as http://127.0.0.1:2379"
+    url = text.strip().rstrip("/")
+    if not url.lower().startswith("http://"):
+        raise ValueError(f"{expected} (http:// only: TLS to etcd is not supported)")
+    address = url[len("http://") :]
+    match = re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]/]+):(\d+)$", address)
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(expected)
+    host = match.group(1)
+    if not host.startswith("[") and not isHostName(host.lower()):
+        raise ValueError(expected)
+    return "http://" + address
+
+
+def parseEtcdPrefix(text: str) -> str:
+    """
+    Parse C{etcd_prefix}: the etcd key prefix under which every key is a
+    server line; any text without surrounding whitespace, not empty.
+    """
+    prefix = text.strip()
+    if not prefix:
+        raise ValueError("a key prefix such as /lbproxy/upstreams/app/")
+    return prefix
+
+
 class _NoReactor:
     """
     Stands in for the reactor while endpoint descriptions are checked:

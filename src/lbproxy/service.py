@@ -34,6 +34,7 @@ from lbproxy._config import (
     parseConfig,
 )
 from lbproxy._demo import DemoResource, DemoSite
+from lbproxy._etcdsource import EtcdSource
 from lbproxy._gzip import GzipPolicy
 from lbproxy._headers import HeaderRules
 from lbproxy._health import HealthChecker
@@ -172,6 +173,21 @@ def buildVirtualHost(
     return VirtualHost(config.name, config.serverNames, routes, https)
 
 
+def _seeded(upstream: UpstreamConfig, previous: Optional[EtcdSource]) -> UpstreamConfig:
+    """
+    C{upstream}, with the servers that C{previous} (the etcd source of the
+    same upstream before a reload) last applied, when it followed the same
+    prefix.
+    """
+    if (
+        upstream.serversFrom != "etcd"
+        or previous is None
+        or previous.prefix != upstream.etcdKeyPrefix
+    ):
+        return upstream
+    return replace(upstream, servers=previous.servers)
+
+
 def _withTLSPaths(config: SiteConfig, upstream: UpstreamConfig) -> UpstreamConfig:
     """
     C{upstream} with its C{tls_ca} read from the configuration file's
@@ -307,9 +323,13 @@ class LoadBalancerService(MultiService):
         self._previousHangup: Any = None
         self._previousUserSignal: Any = None
         self._stopSignals: Optional[StopSignals] = None
-        self.pools, self.healthCheckers, self.resource = self._build(config)
+        self.pools, self.healthCheckers, self.sources, self.resource = self._build(
+            config
+        )
         for checker in self.healthCheckers.values():
             checker.setServiceParent(self)
+        for source in self.sources.values():
+            source.setServiceParent(self)
         self._accessLog: Optional[BufferedLog] = None
         self.site = ProxySite(
             self.resource,
@@ -411,20 +431,36 @@ class LoadBalancerService(MultiService):
         return list(IProtocolNegotiationFactory(self.site).acceptableProtocols())
 
     def _build(
-        self, config: SiteConfig
-    ) -> tuple[dict[str, Pool], dict[str, HealthChecker], VirtualHostResource]:
+        self, config: SiteConfig, previous: Optional[dict[str, EtcdSource]] = None
+    ) -> tuple[
+        dict[str, Pool], dict[str, HealthChecker], dict[str, EtcdSource], VirtualHostResource
+    ]:
         """
-        Build the pools, health checkers and virtual hosts of C{config}.
+        Build the pools, health checkers, etcd sources and virtual hosts of
+        C{config}.
+
+        @param previous: the etcd sources of the configuration being
+            replaced: an upstream that follows the same etcd prefix starts
+            with the backends its source found, rather than with none until
+            the new source has read etcd.
         """
         reactor = self._reactor
-        pools = {
-            name: buildPool(_withTLSPaths(config, upstream), reactor)
+        upstreams = {
+            name: _withTLSPaths(config, _seeded(upstream, (previous or {}).get(name)))
             for name, upstream in config.upstreams.items()
+        }
+        pools = {
+            name: buildPool(upstream, reactor) for name, upstream in upstreams.items()
         }
         checkers = {
             name: HealthChecker(pools[name], upstream.healthCheck, reactor)
             for name, upstream in config.upstreams.items()
             if upstream.healthCheck is not None
+        }
+        sources = {
+            name: EtcdSource.forUpstream(pools[name], upstream, reactor)
+            for name, upstream in config.upstreams.items()
+            if upstream.serversFrom == "etcd"
         }
         resources = {
             name: UpstreamResource(pool, True, reactor) for name, pool in pools.items()
@@ -433,7 +469,7 @@ class LoadBalancerService(MultiService):
         default = next(
             (vh for vh, c in zip(vhosts, config.vhosts) if c.default), None
         )
-        return pools, checkers, VirtualHostResource(vhosts, default)
+        return pools, checkers, sources, VirtualHostResource(vhosts, default)
 
     def reload(self, config: SiteConfig) -> Deferred[Any]:
         """
@@ -478,9 +514,10 @@ class LoadBalancerService(MultiService):
                     "restart; it is unchanged until then",
                     what=what,
                 )
-        pools, checkers, resource = self._build(config)
-        oldPools, oldCheckers = self.pools, self.healthCheckers
+        pools, checkers, sources, resource = self._build(config, self.sources)
+        oldPools, oldCheckers, oldSources = self.pools, self.healthCheckers, self.sources
         self.pools, self.healthCheckers, self.resource = pools, checkers, resource
+        self.sources = sources
         self.config = config
         self.site.resource = resource
         self.site.configure(config.proxy)
@@ -504,10 +541,12 @@ class LoadBalancerService(MultiService):
         if self.running:
             self._useAccessLog(accessLog)
         results = []
-        for checker in oldCheckers.values():
-            results.append(maybeDeferred(checker.disownServiceParent))
+        for child in [*oldCheckers.values(), *oldSources.values()]:
+            results.append(maybeDeferred(child.disownServiceParent))
         for checker in checkers.values():
             checker.setServiceParent(self)
+        for source in sources.values():
+            source.setServiceParent(self)
         results.extend(pool.close() for pool in oldPools.values())
         self.reloads += 1
         self.configLoaded = self._clock().seconds()

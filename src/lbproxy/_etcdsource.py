@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.test_etcdsource -*-
+"""
+The backends of an upstream with C{servers_from = etcd}: every key under
+its C{etcd_prefix} is a server line, and the pool's membership follows the
+keys as they are put and deleted.
+
+The etcd side (reading, watching, resuming) is L{lbproxy._etcd}'s; this
+module turns each new copy of the prefix into server lines and hands them
+to L{lbproxy._pool.Pool.setBackends}, which keeps the backends that stay
+and drains those that leave.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from lbproxy._backend import backendFor
+from lbproxy._config import ServerConfig, UpstreamConfig, parseServer
+from lbproxy._etcd import EtcdClient, PrefixMirror
+from lbproxy._pool import Pool
+
+
+def _identity(server: ServerConfig) -> tuple[str, str, int]:
+    return (server.scheme, server.host, server.port)
+
+
+class EtcdSource(Service):
+    """
+    Keeps one pool's backends equal to the server lines under an etcd
+    prefix, from the moment it starts until it stops (a child of the
+    service that owns the pool, replaced with it on reload).
+
+    Each key's value is parsed with L{parseServer}.  A value that does not
+    parse is logged once and never applied: the key's last good value
+    stays in force, and a key that never had one adds no backend.  Keys
+    are taken in their sorted order, so when two name the same address the
+    first counts (the other is logged).
+
+    @ivar pool: the L{Pool} whose membership this source sets.
+    @ivar mirror: the L{PrefixMirror} following the prefix.
+    @ivar servers: the server lines last applied, in key order.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: Pool,
+        endpoints: tuple[str, ...],
+        prefix: str,
+        reactor: Any = None,
+        http: Any = None,
+    ) -> None:
+        """
+        @param endpoints: the etcd client URLs, tried in turn.
+        @param prefix: the key prefix.
+        @param reactor: the clock for timeouts and retries; the global
+            reactor when L{None}.
+        @param http: the treq client to reach etcd with (see
+            L{EtcdClient}).
+        """
+        if reactor is None:
+            from twisted.internet import reactor as _globalReactor
+
+            reactor = _globalReactor
+        self.pool = pool
+        self.prefix = prefix
+        self.mirror = PrefixMirror(
+            EtcdClient(endpoints, reactor, http),
+            prefix.encode("utf-8"),
+            self._changed,
+            reactor,
+        )
+        self.servers: tuple[ServerConfig, ...] = ()
+        self._parsed: dict[bytes, tuple[bytes, ServerConfig]] = {}
+        self._rejected: dict[bytes, bytes] = {}
+
+    @classmethod
+    def forUpstream(
+        cls, pool: Pool, upstream: UpstreamConfig, reactor: Any = None, http: Any = None
+    ) -> EtcdSource:
+        """
+        The source of an upstream with C{servers_from = etcd}.
+        """
+        return cls(pool, upstream.etcdEndpoints, upstream.etcdKeyPrefix, reactor, http)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.mirror.start()
+
+    def stopService(self) -> Optional[Deferred[None]]:
+        Service.stopService(self)
+        return self.mirror.stop()
+
+    def _changed(self, values: dict[bytes, bytes], reason: str) -> None:
+        parsed: dict[bytes, tuple[bytes, ServerConfig]] = {}
+        rejected: dict[bytes, bytes] = {}
+        for key in sorted(values):
+            value = values[key]
+            known = self._parsed.get(key)
+            if known is not None and known[0] == value:
+                parsed[key] = known
+                continue
+            try:
+                server = parseServer(value.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                rejected[key] = value
+                if self._rejected.get(key) != value:
+                    self._log.error(
+                        "upstream {upstream}: etcd key {key} = {value!r} is not "
+                        "a server line, skipped ({kept}): expected {expected}",
+                        upstream=self.pool.name,
+                        key=key.decode("utf-8", "replace"),
+                        value=value.decode("utf-8", "replace"),
+                        kept="its last good value stays"
+                        if known is not None
+                        else "no backend for it",
+                        expected=e,
+                    )
+                if known is not None:
+                    parsed[key] = known
+                continue
+            parsed[key] = (value, server)
+        self._parsed, self._rejected = parsed, rejected
+        servers: list[ServerConfig] = []
+        owners: dict[tuple[str, str, int], bytes] = {}
+        for key, (_, server) in parsed.items():
+            owner = owners.setdefault(_identity(server), key)
+            if owner != key:
+                self._log.warn(
+                    "upstream {upstream}: etcd keys {first} and {second} both "
+                    "name {server}; {first} counts",
+                    upstream=self.pool.name,
+                    first=owner.decode("utf-8", "replace"),
+                    second=key.decode("utf-8", "replace"),
+                    server=f"{server.host}:{server.port}",
+                )
+                continue
+            servers.append(server)
+        self.servers = tuple(servers)
+        self.pool.setBackends([backendFor(server) for server in servers], reason)

@@ -1,0 +1,258 @@
+"""
+Real processes for the integration tests of the etcd source and the fleet:
+Debian's C{etcd} (3.4) on loopback with a temporary data directory, and
+C{twistd lbproxy}, each started with C{spawnProcess} and stopped by its own
+PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from typing import Any, Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest
+
+_TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago (for etcd, which
+    must be told its ports and keep them across a restart).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@inlineCallbacks
+def waitUntil(condition: Any, what: str, seconds: float = 10.0, step: float = 0.02) -> Any:
+    """
+    Poll C{condition} (which may return a L{Deferred}) until it is true,
+    for at most C{seconds}.
+
+    @return: a L{Deferred} firing with the seconds it took.
+    @raise AssertionError: when it never became true.
+    """
+    start = reactor.seconds()
+    for _ in range(int(seconds / step) + 1):
+        result = yield condition()
+        if result:
+            return reactor.seconds() - start
+        yield deferLater(reactor, step, lambda: None)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+class Watched(ProcessProtocol):
+    """
+    A child process: its output, and L{Deferred}s for patterns in it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.output = b""
+        self.ended: Deferred[Any] = Deferred()
+        self.waiting: list[tuple[bytes, Deferred[Any]]] = []
+        self.pid: Optional[int] = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for pattern, d in list(self.waiting):
+            match = re.search(pattern, self.output)
+            if match:
+                self.waiting.remove((pattern, d))
+                d.callback(match)
+
+    errReceived = outReceived
+
+    def waitFor(self, pattern: bytes, seconds: float = 30.0) -> Deferred[Any]:
+        """
+        Fire with the first match of C{pattern} in the output, or fail after
+        C{seconds} or when the process ends first.
+        """
+        match = re.search(pattern, self.output)
+        d: Deferred[Any] = Deferred()
+        if match:
+            d.callback(match)
+            return d
+        self.waiting.append((pattern, d))
+
+        def expire() -> None:
+            if (pattern, d) in self.waiting:
+                self.waiting.remove((pattern, d))
+                d.errback(
+                    AssertionError(
+                        f"{self.name}: no {pattern!r} within {seconds}s; output:\n"
+                        + self.output[-3000:].decode("utf-8", "replace")
+                    )
+                )
+
+        call = reactor.callLater(seconds, expire)
+        return d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+
+    def processEnded(self, reason: Any) -> None:
+        for pattern, d in self.waiting:
+            d.errback(AssertionError(f"{self.name} ended before {pattern!r}"))
+        self.waiting = []
+        self.ended.callback(reason.value)
+
+    def stop(self, signal: str = "TERM") -> Deferred[Any]:
+        """
+        Signal the process (by its PID) and fire once it has ended.
+        """
+        if not self.ended.called and self.transport is not None:
+            self.transport.signalProcess(signal)  # type: ignore[attr-defined]
+        ended: Deferred[Any] = Deferred()
+
+        def done(reason: Any) -> Any:
+            ended.callback(None)
+            return reason
+
+        if self.ended.called:
+            ended.callback(None)
+        else:
+            self.ended.addBoth(done)
+        return ended
+
+
+def spawn(name: str, argv: list[str], env: Optional[dict[str, str]] = None) -> Watched:
+    protocol = Watched(name)
+    reactor.spawnProcess(protocol, argv[0], argv, env=env or dict(os.environ))
+    return protocol
+
+
+class Etcd:
+    """
+    One etcd member on 127.0.0.1, its data in C{dataDir}, its client and
+    peer ports chosen once so that it restarts on the same ones.
+    """
+
+    def __init__(self, dataDir: str) -> None:
+        if shutil.which("etcd") is None:
+            raise SkipTest("etcd is not installed: sh .ci/tools.sh etcd-server")
+        self.dataDir = dataDir
+        self.clientPort = freePort()
+        self.peerPort = freePort()
+        self.process: Optional[Watched] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.clientPort}"
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        """
+        Start etcd and wait until it serves its gateway.
+        """
+        client = self.url
+        peer = f"http://127.0.0.1:{self.peerPort}"
+        self.process = spawn(
+            "etcd",
+            [
+                shutil.which("etcd") or "etcd",
+                "--name",
+                "test",
+                "--data-dir",
+                self.dataDir,
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"test={peer}",
+                "--log-level",
+                "warn",
+                "--logger",
+                "zap",
+            ],
+        )
+        yield waitUntil(self.ready, "etcd to serve", seconds=30)
+
+    @inlineCallbacks
+    def ready(self) -> Any:
+        try:
+            yield self.call("/v3/kv/range", {"key": _b64(b"/")})
+        except Exception:
+            return False
+        return True
+
+    def stop(self, signal: str = "TERM") -> Deferred[Any]:
+        """
+        Stop etcd by its PID (C{KILL} to kill it outright).
+        """
+        if self.process is None:
+            from twisted.internet.defer import succeed
+
+            return succeed(None)
+        return self.process.stop(signal)
+
+    @inlineCallbacks
+    def call(self, path: str, body: dict[str, Any]) -> Any:
+        """
+        POST C{body} to the gateway and return the JSON answer.
+        """
+        import treq
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        http = treq.client.HTTPClient(
+            Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        )
+        response = yield http.post(self.url + path, json=body, timeout=5)
+        answer = yield response.json()
+        if response.code != 200:
+            raise AssertionError(f"etcd answered {path} with {response.code}: {answer}")
+        return answer
+
+    def put(self, key: str, value: str) -> Deferred[Any]:
+        return self.call("/v3/kv/put", {"key": _b64(key.encode()), "value": _b64(value.encode())})
+
+    def delete(self, key: str) -> Deferred[Any]:
+        return self.call("/v3/kv/deleterange", {"key": _b64(key.encode())})
+
+    @inlineCallbacks
+    def compact(self) -> Any:
+        """
+        Compact etcd's history up to its current revision.
+        """
+        answer = yield self.call("/v3/kv/range", {"key": _b64(b"/")})
+        revision = int(answer["header"]["revision"])
+        yield self.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def lbproxy(name: str, configPath: str) -> Watched:
+    """
+    Start C{twistd -n lbproxy --config configPath}.
+    """
+    return spawn(
+        name,
+        _TWISTD + ["-n", "--pidfile=", "lbproxy", "--config", configPath],
+        env=_ENV,
+    )
+
+
+__all__ = ["Etcd", "Watched", "freePort", "json", "lbproxy", "spawn", "waitUntil"]

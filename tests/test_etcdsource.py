@@ -1,0 +1,226 @@
+"""
+Tests for L{lbproxy._etcdsource}: an upstream's backends following the
+server lines under an etcd prefix, against L{tests.fakeetcd.FakeEtcd}
+through treq's C{StubTreq}; and its place in L{LoadBalancerService}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+from treq.testing import StubTreq
+
+from lbproxy._backend import BackendState
+from lbproxy._config import ServerConfig, parseConfigText
+from lbproxy._etcdsource import EtcdSource
+from lbproxy._pool import Pool
+from lbproxy.service import LoadBalancerService
+from tests.fakeetcd import FakeEtcd
+
+PREFIX = "/lbproxy/upstreams/app/"
+
+
+def _logged(logs):
+    return [e["log_format"].format(**e) for e in logs]
+
+
+class EtcdSourceTests(SynchronousTestCase):
+    """
+    L{EtcdSource} sets its pool's backends from the keys under its prefix.
+    """
+
+    def setUp(self):
+        self.etcd = FakeEtcd()
+        self.http = StubTreq(self.etcd)
+        self.clock = Clock()
+        self.pool = Pool("app", [], reactor=MemoryReactorClock())
+        self.source = EtcdSource(
+            self.pool, ("http://127.0.0.1:2379",), PREFIX, self.clock, self.http
+        )
+        self.addCleanup(self.source.stopService)
+
+    def put(self, name, value):
+        self.etcd.put((PREFIX + name).encode(), value.encode())
+        self.http.flush()
+
+    def delete(self, name):
+        self.etcd.delete((PREFIX + name).encode())
+        self.http.flush()
+
+    def members(self):
+        return [(b.name, b.weight, b.state.value) for b in self.pool.backends]
+
+    def test_emptyUntilRead(self):
+        """
+        The pool has no backend (and picks none) until etcd is read; then
+        it has one per key, in key order.
+        """
+        self.assertEqual(self.members(), [])
+        self.assertIsNone(self.pool.pick(None))
+        self.etcd.put(b"/lbproxy/upstreams/app/b", b"127.0.0.1:8002 weight=3")
+        self.etcd.put(b"/lbproxy/upstreams/app/a", b"127.0.0.1:8001")
+        self.etcd.put(b"/lbproxy/upstreams/other/c", b"127.0.0.1:8003")
+        self.source.startService()
+        self.http.flush()
+        self.assertEqual(
+            self.members(), [("127.0.0.1:8001", 1, "up"), ("127.0.0.1:8002", 3, "up")]
+        )
+        self.assertEqual(
+            self.source.servers,
+            (ServerConfig("127.0.0.1", 8001), ServerConfig("127.0.0.1", 8002, weight=3)),
+        )
+
+    def test_changesKeepState(self):
+        """
+        A put adds a backend or changes one that stays (the same object,
+        counters and all); a delete drains the backend until its requests
+        in flight finish, then drops it.
+        """
+        self.source.startService()
+        self.http.flush()
+        self.put("a", "127.0.0.1:8001")
+        self.put("b", "127.0.0.1:8002")
+        a, b = self.pool.backends
+        self.pool.requestStarted(a, None)
+        self.pool.requestStarted(b, None)
+        self.put("a", "127.0.0.1:8001 weight=5")
+        self.assertIs(self.pool.backends[0], a)
+        self.assertEqual((a.weight, a.requests), (5, 1))
+        self.delete("b")
+        self.assertEqual(b.state, BackendState.DRAINING)
+        self.assertEqual(self.pool.eligible, (a,))
+        self.pool.requestFinished(b, None, _success(), 0.01)
+        self.assertEqual(self.members(), [("127.0.0.1:8001", 5, "up")])
+
+    def test_badValueSkipped(self):
+        """
+        A value that is not a server line is logged once and not applied: a
+        new key adds nothing, a key with a good value keeps it.
+        """
+        self.source.startService()
+        self.http.flush()
+        self.put("a", "127.0.0.1:8001")
+        with capturedLogs() as logs:
+            self.put("b", "not a server line")
+            self.put("a", "127.0.0.1:99999")
+            self.put("c", "127.0.0.1:8003")
+        self.assertEqual(self.members(), [("127.0.0.1:8001", 1, "up"), ("127.0.0.1:8003", 1, "up")])
+        errors = [line for line in _logged(logs) if "is not a server line" in line]
+        self.assertEqual(
+            errors,
+            [
+                "upstream app: etcd key /lbproxy/upstreams/app/b = 'not a server line' "
+                "is not a server line, skipped (no backend for it): expected "
+                "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
+                "down, max_fails=N, fail_timeout=T, got 'a'",
+                "upstream app: etcd key /lbproxy/upstreams/app/a = '127.0.0.1:99999' "
+                "is not a server line, skipped (its last good value stays): expected "
+                "a port between 1 and 65535 in [http://|https://]HOST:PORT followed "
+                "by any of weight=N, backup, down, max_fails=N, fail_timeout=T",
+            ],
+        )
+        self.put("b", "127.0.0.1:8002 backup")
+        self.assertEqual(
+            [b.name for b in self.pool.backends],
+            ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"],
+        )
+        self.assertTrue(self.pool.backends[1].backup)
+
+    def test_sameAddressTwice(self):
+        """
+        Two keys naming one address give one backend, the first key's; the
+        other is logged.
+        """
+        self.source.startService()
+        self.http.flush()
+        with capturedLogs() as logs:
+            self.put("b", "127.0.0.1:8001 weight=2")
+            self.put("a", "127.0.0.1:8001 weight=7")
+        self.assertEqual(self.members(), [("127.0.0.1:8001", 7, "up")])
+        self.assertIn(
+            "upstream app: etcd keys /lbproxy/upstreams/app/a and "
+            "/lbproxy/upstreams/app/b both name 127.0.0.1:8001; "
+            "/lbproxy/upstreams/app/a counts",
+            _logged(logs),
+        )
+
+    def test_stop(self):
+        """
+        Stopping the source stops the watch; the pool keeps its backends.
+        """
+        self.source.startService()
+        self.http.flush()
+        self.put("a", "127.0.0.1:8001")
+        self.source.stopService()
+        self.http.flush()
+        self.assertEqual(self.etcd.watches, [])
+        self.put("b", "127.0.0.1:8002")
+        self.assertEqual(self.members(), [("127.0.0.1:8001", 1, "up")])
+
+
+def _success():
+    from lbproxy._backend import Outcome
+
+    return Outcome.SUCCESS
+
+
+_CONFIG = """\
+[lbproxy]
+listen = tcp:0:interface=127.0.0.1
+[upstream:app]
+servers_from = etcd
+etcd_endpoints = http://127.0.0.1:1 http://127.0.0.1:2
+[upstream:static]
+servers = 127.0.0.1:9001
+[vhost:app]
+default = yes
+upstream = app
+"""
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    A L{LoadBalancerService} has one L{EtcdSource} per upstream with
+    C{servers_from = etcd}, a child of it, replaced on reload.
+    """
+
+    def test_sources(self):
+        """
+        Each upstream with C{servers_from = etcd} gets a source for its
+        pool, with the default prefix; it starts with no backend.
+        """
+        service = LoadBalancerService(parseConfigText(_CONFIG), MemoryReactorClock())
+        self.assertEqual(sorted(service.sources), ["app"])
+        source = service.sources["app"]
+        self.assertIs(source.pool, service.pools["app"])
+        self.assertIs(source.parent, service)
+        self.assertEqual(source.prefix, PREFIX)
+        self.assertEqual(
+            source.mirror.client.endpoints, ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        )
+        self.assertEqual(service.pools["app"].backends, ())
+
+    def test_reloadKeepsBackends(self):
+        """
+        After a reload the new pool starts with the servers the old source
+        had applied, and a new source follows the prefix; the old source is
+        no longer a child.  A new prefix starts empty.
+        """
+        service = LoadBalancerService(parseConfigText(_CONFIG), MemoryReactorClock())
+        old = service.sources["app"]
+        old.servers = (ServerConfig("127.0.0.1", 8001, weight=2),)
+        service.reload(parseConfigText(_CONFIG))
+        new = service.sources["app"]
+        self.assertIsNot(new, old)
+        self.assertIsNone(old.parent)
+        self.assertIs(new.parent, service)
+        self.assertEqual(
+            [(b.name, b.weight) for b in service.pools["app"].backends],
+            [("127.0.0.1:8001", 2)],
+        )
+        service.reload(
+            parseConfigText(_CONFIG.replace("servers_from", "etcd_prefix = /x/\nservers_from"))
+        )
+        self.assertEqual(service.pools["app"].backends, ())

@@ -8,6 +8,8 @@ tolerance below is checked against the same draws on every run.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import Counter
 from random import Random
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -1518,6 +1520,58 @@ class StickyTests(SynchronousTestCase, AssertDistribution):
         balancer.backendsChanged(tuple(backends))
         seen = drive(balancer, 10000, lambda i: makeRequest())
         self.assertShares(seen, backends, 0.001)
+
+    def test_secret(self) -> None:
+        """
+        With C{balancer.secret} the cookie holds an HMAC-SHA256 of the
+        backend's URL keyed with the secret, not its id nor its address;
+        a balancer of another pool (another lbproxy instance) built with
+        the same secret and the same servers honours it, one with another
+        secret does not.
+        """
+        def instance(secret: str) -> Pool:
+            balancer = buildBalancer("sticky", {"secret": secret})
+            return Pool("app", makeBackends([1, 1, 1]), balancer, MemoryReactorClock())
+
+        first, second, other = instance("s3cret"), instance(" s3cret "), instance("else")
+        request = makeRequest()
+        backend = self._exchange(first, request)
+        value = self._cookieValue(request)
+        expected = hmac.new(b"s3cret", backend.url.encode(), hashlib.sha256).hexdigest()
+        self.assertEqual(value, expected[:32].encode())
+        self.assertNotIn(backend.host.encode(), value)
+        self.assertNotEqual(value, backend.id.encode())
+        for _ in range(10):
+            again = makeRequest(cookies={b"lbproxy_sticky": value})
+            self.assertEqual(self._exchange(second, again).url, backend.url)
+            self.assertEqual(self._setCookie(again), [])
+        elsewhere = makeRequest(cookies={b"lbproxy_sticky": value})
+        self._exchange(other, elsewhere)
+        self.assertNotEqual(self._cookieValue(elsewhere), value)
+
+    def test_withoutSecretSameOnEveryInstance(self) -> None:
+        """
+        Without a secret the cookie holds the backend's id, which depends
+        only on the upstream's name and the backend's URL: another pool of
+        the same name and servers honours it.
+        """
+        first = Pool("app", makeBackends([1, 1]), Sticky(), MemoryReactorClock())
+        second = Pool("app", makeBackends([1, 1]), Sticky(), MemoryReactorClock())
+        request = makeRequest()
+        backend = self._exchange(first, request)
+        value = self._cookieValue(request)
+        self.assertEqual(value, backend.id.encode())
+        again = makeRequest(cookies={b"lbproxy_sticky": value})
+        self.assertEqual(self._exchange(second, again).url, backend.url)
+
+    def test_emptySecret(self) -> None:
+        """
+        An empty C{balancer.secret} is refused.
+        """
+        error = self.assertRaises(
+            InvalidBalancerOptions, buildBalancer, "sticky", {"secret": "  "}
+        )
+        self.assertIn("balancer.secret is empty", str(error))
 
     def test_maxAge(self) -> None:
         """

@@ -6,11 +6,11 @@ through treq's C{StubTreq}; and its place in L{LoadBalancerService}.
 
 from __future__ import annotations
 
+from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
-from treq.testing import StubTreq
 
 from lbproxy._backend import BackendState
 from lbproxy._config import ServerConfig, parseConfigText

@@ -45,9 +45,11 @@ def _buildEWMA(options: Mapping[str, str], random: Random) -> IBalancer:
 
 def _buildSticky(options: Mapping[str, str], random: Random) -> IBalancer:
     maxAge = durationOption("sticky", options, "max_age", None)
+    secret = options.get("secret")
     return Sticky(
         options.get("cookie", "lbproxy_sticky").strip(),
         maxAge=None if maxAge is None else max(1, round(maxAge)),
+        secret=None if secret is None else secret.strip().encode("utf-8"),
     )
 
 
@@ -102,6 +104,8 @@ sticky = BalancerFactory(
     {
         "cookie": "the cookie's name (default lbproxy_sticky)",
         "max_age": "the cookie's lifetime, a duration (default: a session cookie)",
+        "secret": "the key of the HMAC that names the backend in the cookie, the "
+        "same on every instance (default: none, the backend's id)",
     },
 )
 

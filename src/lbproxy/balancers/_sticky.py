@@ -5,6 +5,8 @@ Sticky sessions by cookie.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from typing import Any, Collection, Iterable, Optional
 
@@ -27,9 +29,18 @@ class Sticky(BalancerBase):
     draining, or already tried for this request), the request is balanced
     by the fallback balancer and the cookie re-pinned to its new backend.
 
-    The cookie holds the backend's opaque L{id<lbproxy.interfaces.IBackend.id>},
-    never its address.  It is set in L{requestStarted}, before the response
-    head is written; a retry on another backend replaces the cookie that the
+    The cookie never holds the backend's address.  Without a secret it
+    holds the backend's L{id<lbproxy.interfaces.IBackend.id>}, a hash of
+    the upstream's name and the backend's URL: the same on every lbproxy
+    instance with the same upstream, but whoever knows the upstream's name
+    can test a guessed address against it.  With a secret
+    (C{balancer.secret}) it holds an HMAC-SHA256 of the backend's URL
+    (C{scheme://host:port}) keyed with the secret: the same on every
+    instance given the same secret, and no address can be tested against
+    it without the secret.
+
+    The cookie is set in L{requestStarted}, before the response head is
+    written; a retry on another backend replaces the cookie that the
     earlier try set rather than adding a second one.
 
     @ivar cookieName: the cookie's name, as L{bytes}.
@@ -41,6 +52,7 @@ class Sticky(BalancerBase):
         cookie: str = "lbproxy_sticky",
         maxAge: Optional[int] = None,
         fallback: Optional[IBalancer] = None,
+        secret: Optional[bytes] = None,
     ) -> None:
         """
         @param cookie: the cookie's name.
@@ -48,11 +60,20 @@ class Sticky(BalancerBase):
             session cookie.
         @param fallback: balances unpinned requests; round robin when
             L{None}.
+        @param secret: the key of the HMAC that names a backend in the
+            cookie; L{None} to use the backend's id.
 
         @raise InvalidBalancerOptions: when C{cookie} is not a valid cookie
-            name.
+            name, or C{secret} is empty.
         """
         super().__init__()
+        if secret is not None and not secret:
+            raise InvalidBalancerOptions(
+                "balancer.secret is empty; expected some secret text, the "
+                "same on every lbproxy instance"
+            )
+        self._secret = secret
+        self._values: dict[Any, bytes] = {}
         if not _TOKEN.match(cookie):
             raise InvalidBalancerOptions(
                 f"balancer.cookie = {cookie!r} is not a valid cookie name; "
@@ -64,9 +85,34 @@ class Sticky(BalancerBase):
         self.fallback: IBalancer = fallback if fallback is not None else RoundRobin()
         self._byId: dict[bytes, Any] = {}
 
+    def cookieValue(self, backend: Any) -> bytes:
+        """
+        The value of the cookie that pins a client to C{backend}: its id,
+        or with a secret the HMAC of its URL; empty when it has neither an
+        id nor a secret.
+        """
+        value = self._values.get(backend)
+        if value is None:
+            if self._secret is None:
+                value = backend.id.encode("ascii")
+            else:
+                value = hmac.new(
+                    self._secret, backend.url.encode("utf-8"), hashlib.sha256
+                ).hexdigest()[:32].encode("ascii")
+            if value:
+                self._values[backend] = value
+        return value
+
     def backendsChanged(self, backends: Iterable[Any]) -> None:
         super().backendsChanged(backends)
-        self._byId = {b.id.encode("ascii"): b for b in self.backends if b.id}
+        eligible = set(self.backends)
+        self._values = {b: v for b, v in self._values.items() if b in eligible}
+        byValue = {}
+        for backend in self.backends:
+            value = self.cookieValue(backend)
+            if value:
+                byValue[value] = backend
+        self._byId = byValue
         self.fallback.backendsChanged(self.backends)
 
     def _pinned(self, request: Any) -> Optional[bytes]:
@@ -88,9 +134,11 @@ class Sticky(BalancerBase):
 
     def requestStarted(self, backend: Any, request: Any) -> None:
         self.fallback.requestStarted(backend, request)
-        if request is None or not backend.id:
+        if request is None:
             return
-        value = backend.id.encode("ascii")
+        value = self.cookieValue(backend)
+        if not value:
+            return
         if self._pinned(request) == value:
             return
         cookies = getattr(request, "cookies", None)

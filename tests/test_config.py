@@ -659,6 +659,13 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "tls_key": ("/etc/letsencrypt/live/a/privkey.pem", "/etc/letsencrypt/live/a/privkey.pem"),
         "redirect_https": ("yes", True),
         "hsts": ("max-age=31536000; includeSubDomains", "max-age=31536000; includeSubDomains"),
+        "limit_rate": ("30r/m", 0.5),
+        "limit_burst": ("40", 40),
+        "limit_delay": ("yes", True),
+        "limit_conn": ("10", 10),
+        "limit_key": ("header:X-API-Key", ("header", "x-api-key")),
+        "limit_per_worker": ("each", "each"),
+        "limit_keys": ("500", 500),
     },
     "route": {
         "request_headers": ("remove X-Env", (("remove", "X-Env", ()),)),
@@ -745,6 +752,9 @@ class DeclarationTests(SynchronousTestCase):
                     source = source.replace("servers = 127.0.0.1:9001\n", "")
                     if key.name != "servers_from":
                         source += "servers_from = etcd\n"
+                if key.name.startswith("limit_") and key.name != "limit_rate":
+                    # The other limit_* keys tune limit_rate.
+                    source += "limit_rate = 1/s\n"
                 section = _sectionOf(kind, f"{source}\n{key.name} = {text}\n")
                 if cls is HealthCheckConfig:
                     section = section.healthCheck
@@ -879,6 +889,60 @@ class DeclarationTests(SynchronousTestCase):
                 "expected health_check = PATH to be set as well",
             ],
         )
+
+    def test_limitKeysNeedLimitRate(self):
+        """
+        C{limit_burst}, C{limit_delay}, C{limit_per_worker} and
+        C{limit_keys} without C{limit_rate} are errors naming it (once
+        each: a bad value is reported as such), and so is C{limit_key}
+        without C{limit_rate} or C{limit_conn}.
+        """
+        self.assertEqual(
+            _errors(
+                _MINIMAL["vhost"] + "limit_burst = 5\nlimit_delay = maybe\n"
+                "limit_key = header:X-Key\n"
+            ),
+            [
+                "site.ini: [vhost:site] limit_delay = 'maybe': bad value; "
+                "expected yes or no",
+                "site.ini: [vhost:site] limit_burst = '5': bad value; "
+                "expected limit_rate to be set as well",
+                "site.ini: [vhost:site] limit_key = 'header:X-Key': bad value; "
+                "expected limit_rate or limit_conn to be set as well",
+            ],
+        )
+        vhost = _sectionOf("vhost", _MINIMAL["vhost"] + "limit_conn = 3\nlimit_key = cookie:sid\n")
+        self.assertEqual((vhost.limitConn, vhost.limitKey), (3, ("cookie", "sid")))
+
+    def test_limitValues(self):
+        """
+        C{limit_rate} is a positive number of requests per second or
+        minute; C{limit_key} names C{remote_addr} or a header or cookie
+        by a token; C{limit_per_worker} is C{divide} or C{each}.
+        """
+        for text, rate in [("20/s", 20.0), ("20r/s", 20.0), ("0.5/s", 0.5), ("90/m", 1.5)]:
+            vhost = _sectionOf("vhost", _MINIMAL["vhost"] + f"limit_rate = {text}\n")
+            self.assertEqual(vhost.limitRate, rate, text)
+        self.assertEqual(
+            _errors(
+                _MINIMAL["vhost"] + "limit_rate = 0/s\nlimit_key = header:\n"
+                "limit_per_worker = half\n"
+            ),
+            [
+                "site.ini: [vhost:site] limit_rate = '0/s': bad value; "
+                "expected a rate greater than zero such as 20/s or 30/m",
+                "site.ini: [vhost:site] limit_key = 'header:': bad value; "
+                "expected remote_addr, header:NAME or cookie:NAME",
+                "site.ini: [vhost:site] limit_per_worker = 'half': bad value; "
+                "expected divide or each",
+            ],
+        )
+        for text in ["20", "20/h", "-1/s", "fast"]:
+            (error,) = _errors(_MINIMAL["vhost"] + f"limit_rate = {text}\n")
+            self.assertIn("expected a rate greater than zero", error)
+        for text in ["cookie:a b", "query:x", "remote"]:
+            (error,) = _errors(_MINIMAL["vhost"] + f"limit_conn = 1\nlimit_key = {text}\n")
+            self.assertIn("expected remote_addr, header:NAME or cookie:NAME", error)
 
 
 #: The reference documentation of site.ini.

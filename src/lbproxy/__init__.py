@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from lbproxy._config import ConfigError, SiteConfig, parseConfig, parseConfigText
     from lbproxy._gzip import GzipPolicy
     from lbproxy._health import HealthChecker
+    from lbproxy._limits import (
+        ConcurrencyLimiter,
+        RateLimiter,
+        RequestLimits,
+        limitKeyFunction,
+    )
     from lbproxy._pool import Pool
     from lbproxy._proxy import UpstreamResource
     from lbproxy._site import ProxySite
@@ -41,6 +47,10 @@ _EXPORTS = {
     "parseConfigText": "lbproxy._config",
     "GzipPolicy": "lbproxy._gzip",
     "HealthChecker": "lbproxy._health",
+    "ConcurrencyLimiter": "lbproxy._limits",
+    "RateLimiter": "lbproxy._limits",
+    "RequestLimits": "lbproxy._limits",
+    "limitKeyFunction": "lbproxy._limits",
     "Pool": "lbproxy._pool",
     "UpstreamResource": "lbproxy._proxy",
     "ProxySite": "lbproxy._site",
@@ -53,6 +63,7 @@ _EXPORTS = {
 __all__ = [
     "Backend",
     "BackendState",
+    "ConcurrencyLimiter",
     "ConfigError",
     "GzipPolicy",
     "HealthChecker",
@@ -60,12 +71,15 @@ __all__ = [
     "Outcome",
     "Pool",
     "ProxySite",
+    "RateLimiter",
+    "RequestLimits",
     "SiteConfig",
     "UpstreamResource",
     "VirtualHost",
     "VirtualHostResource",
     "__version__",
     "buildPool",
+    "limitKeyFunction",
     "parseConfig",
     "parseConfigText",
 ]

@@ -29,8 +29,10 @@ from lbproxy._gzip import DEFAULT_LEVEL as DEFAULT_GZIP_LEVEL
 from lbproxy._gzip import DEFAULT_MIN_LENGTH as DEFAULT_GZIP_MIN_LENGTH
 from lbproxy._gzip import DEFAULT_TYPES as DEFAULT_GZIP_TYPES
 from lbproxy._values import (
+    DEFAULT_LIMIT_KEYS,
     BadItems,
     HeaderRule,
+    LimitKey,
     RouteConfig,
     TrustedNetwork,
     closestName,
@@ -48,6 +50,8 @@ from lbproxy._values import (
     parseEtcdEndpoint,
     parseEtcdPrefix,
     parseHSTS,
+    parseLimitKey,
+    parseLimitPerWorker,
     parseMediaType,
     parseNonNegativeInt,
     parseOptionalHostName,
@@ -58,6 +62,7 @@ from lbproxy._values import (
     parsePositiveSize,
     parseProtocolName,
     parseProxyProtocol,
+    parseRate,
     parseRequestHeaderRules,
     parseResponseHeaderRules,
     parseRoutes,
@@ -435,6 +440,27 @@ class VHostConfig:
     )
     hsts: Optional[str] = _setting(
         "hsts", None, parseHSTS, "the Strict-Transport-Security header of HTTPS responses, such as max-age=31536000"
+    )
+    limitRate: Optional[float] = _setting(
+        "limit_rate", None, parseRate, "requests per second (20/s) or minute (30/m) per client; over it 429 (nginx limit_req)"
+    )
+    limitBurst: int = _setting(
+        "limit_burst", 0, parseNonNegativeInt, "requests a client may make above limit_rate at once (nginx burst)"
+    )
+    limitDelay: bool = _setting(
+        "limit_delay", False, parseBool, "yes: requests within the burst are spaced out to the rate; no: they pass at once (nginx nodelay)"
+    )
+    limitConn: int = _setting(
+        "limit_conn", 0, parseNonNegativeInt, "requests in flight per client (0: no limit); beyond it 429 (nginx limit_conn)"
+    )
+    limitKey: LimitKey = _setting(
+        "limit_key", ("remote_addr", ""), parseLimitKey, "what a client is for the limits: remote_addr, header:NAME or cookie:NAME"
+    )
+    limitPerWorker: str = _setting(
+        "limit_per_worker", "divide", parseLimitPerWorker, "with workers = N: divide (each worker enforces 1/N of limit_rate and limit_burst) or each"
+    )
+    limitKeys: int = _setting(
+        "limit_keys", DEFAULT_LIMIT_KEYS, parsePositiveInt, "the most clients limit_rate remembers; the least recently seen are forgotten first"
     )
     routeOverrides: Mapping[str, RouteOverridesConfig] = field(default_factory=dict)
 
@@ -871,6 +897,17 @@ def _checkRequestIdRules(
 def _readVHost(reader: _Reader, section: str, name: str) -> VHostConfig:
     s = _Section(reader, section, "vhost")
     vhost = VHostConfig(name=name, **s.read(VHostConfig))
+    if vhost.limitRate is None and not reader.reported(section, "limit_rate"):
+        for key in ("limit_burst", "limit_delay", "limit_per_worker", "limit_keys"):
+            if s.has(key) and not reader.reported(section, key):
+                s.error(key, s.raw(key) or "", "limit_rate to be set as well")
+    if (
+        vhost.limitRate is None
+        and not vhost.limitConn
+        and s.has("limit_key")
+        and not reader.reported(section, "limit_rate", "limit_conn")
+    ):
+        s.error("limit_key", s.raw("limit_key") or "", "limit_rate or limit_conn to be set as well")
     _checkRequestIdRules(
         s,
         vhost.requestId,

@@ -430,6 +430,9 @@ class GzipResponse:
         self._encoder = None
         self._request.abortConnection()
 
+    def callWhenDone(self, callback: Callable[[], object]) -> None:
+        self._request.callWhenDone(callback)
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._request.registerProducer(producer, streaming)
 

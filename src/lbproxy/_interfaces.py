@@ -227,6 +227,15 @@ class IProxyRequest(Interface):
         complete.
         """
 
+    def callWhenDone(callback):
+        """
+        Call C{callback} (with no argument) once, when the request is over:
+        finished, or its client connection lost before that.  What
+        C{notifyFinish().addBoth(...)} does, without a L{Deferred
+        <twisted.internet.defer.Deferred>} for lbproxy's own requests;
+        several callbacks are called in the order they were given.
+        """
+
     def registerProducer(producer, streaming):
         """
         As L{twisted.internet.interfaces.IConsumer.registerProducer}: the

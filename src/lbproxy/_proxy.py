@@ -937,6 +937,9 @@ class _PlainRequest:
             # HTTP/2: the stream, which is reset.
             channel.abortConnection()
 
+    def callWhenDone(self, callback: Callable[[], object]) -> None:
+        self._request.notifyFinish().addBoth(lambda _: callback())
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._request.registerProducer(producer, streaming)
 

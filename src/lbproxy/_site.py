@@ -251,18 +251,42 @@ class ProxyRequest(Request):
     def hostHeader(self, host: Optional[bytes]) -> None:
         self._checkedHost = host
 
+    #: What L{callWhenDone} was given, until the request is over.
+    _whenDone: Optional[list[Callable[[], object]]] = None
+
+    def callWhenDone(self, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} once the request is over: finished, or its
+        connection lost before that (L{IProxyRequest.callWhenDone}).
+        """
+        calls = self._whenDone
+        if calls is None:
+            self._whenDone = [callback]
+        else:
+            calls.append(callback)
+
+    def _callDone(self) -> None:
+        calls, self._whenDone = self._whenDone, None
+        if calls is not None:
+            for call in calls:
+                call()
+
     def finish(self) -> None:
         # The callback is usually a bound method of whatever handles the
         # request, which holds the request: letting go of it here leaves no
         # cycle for the garbage collector to find after every request.
         self.onConnectionLost = None
         Request.finish(self)
+        if self._whenDone is not None and self.finished:
+            self._callDone()
 
     def connectionLost(self, reason: Failure) -> None:
         Request.connectionLost(self, reason)
         callback, self.onConnectionLost = self.onConnectionLost, None
         if callback is not None:
             callback(reason)
+        if self._whenDone is not None:
+            self._callDone()
 
     def abortConnection(self) -> None:
         """

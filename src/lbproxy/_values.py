@@ -194,6 +194,62 @@ _MEDIA_TYPE = re.compile(r"^" + _TOKEN + r"/" + _TOKEN + r"$")
 _PROTOCOL_NAME = re.compile(r"^" + _TOKEN + r"$")
 
 
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*r?/(s|m)$")
+
+
+def parseRate(text: str) -> float:
+    """
+    Parse a request rate, C{20/s} or C{30/m} (nginx's C{20r/s} and
+    C{30r/m} too), as requests per second.
+    """
+    match = _RATE.match(text.strip().lower())
+    value = float(match.group(1)) if match else 0.0
+    if match is None or value <= 0:
+        raise ValueError("a rate greater than zero such as 20/s or 30/m")
+    return value / 60 if match.group(2) == "m" else value
+
+
+#: A C{limit_key}: C{("remote_addr", "")}, or C{("header", NAME)} or
+#: C{("cookie", NAME)}.
+LimitKey = Tuple[str, str]
+
+def parseLimitKey(text: str) -> LimitKey:
+    """
+    Parse what requests are counted by: C{remote_addr} (the client's
+    address), C{header:NAME} or C{cookie:NAME}.
+    """
+    expected = "remote_addr, header:NAME or cookie:NAME"
+    value = text.strip()
+    if value.lower() == "remote_addr":
+        return ("remote_addr", "")
+    kind, sep, name = value.partition(":")
+    kind = kind.strip().lower()
+    name = name.strip()
+    # A cookie's name is a token, as a header's (RFC 6265 4.1.1).
+    if sep and kind in ("header", "cookie") and _HEADER_NAME.match(name):
+        return (kind, name.lower() if kind == "header" else name)
+    raise ValueError(expected)
+
+
+#: The default of C{limit_keys}: the most keys a vhost's rate table holds.
+DEFAULT_LIMIT_KEYS = 100_000
+
+#: The values of C{limit_per_worker}.
+LIMIT_PER_WORKER = ("divide", "each")
+
+
+def parseLimitPerWorker(text: str) -> str:
+    """
+    Parse how C{limit_rate} and C{limit_burst} apply with several
+    workers: C{divide} (each worker gets its share) or C{each} (each
+    worker gets them whole).
+    """
+    value = text.strip().lower()
+    if value not in LIMIT_PER_WORKER:
+        raise ValueError("divide or each")
+    return value
+
+
 def parseMediaType(text: str) -> str:
     """
     Parse a media type without parameters, lower-cased: C{type/subtype},

@@ -41,6 +41,7 @@ from zope.interface import implementer
 from lbproxy._counters import RequestCounts
 from lbproxy._http import ANY_ABSOLUTE, NO_BODY_CODES
 from lbproxy._interfaces import implementsProxyRequest
+from lbproxy._limits import RequestLimits
 from lbproxy._pages import errorBody, renderError
 
 
@@ -312,15 +313,21 @@ class VirtualHost:
     #: The vhost's L{HTTPSPolicy}, or L{None} when it has none.
     https: Optional[HTTPSPolicy] = None
 
+    #: The vhost's per-client limits (L{RequestLimits}), checked for every
+    #: request after L{https} and before the route, or L{None}.
+    limits: Optional[RequestLimits] = None
+
     def __init__(
         self,
         name: str,
         serverNames: Iterable[str],
         routes: Mapping[bytes, IResource],
         https: Optional[HTTPSPolicy] = None,
+        limits: Optional[RequestLimits] = None,
     ) -> None:
         self.name = name
         self.https = https
+        self.limits = limits
         self.serverNames = tuple(n.lower() for n in serverNames)
         self.routes: Sequence[tuple[bytes, IResource]] = sorted(
             routes.items(), key=lambda item: -len(item[0])
@@ -511,6 +518,11 @@ class VirtualHostResource(Resource):
             redirect = https.apply(request, host, vhost.exactName)
             if redirect is not None:
                 return redirect
+        limits = vhost.limits
+        if limits is not None:
+            refused = limits.admit(request, self)
+            if refused is not None:
+                return refused
         # VirtualHost.routeFor, inlined: this runs for every proxied
         # request, and an UpstreamResource costs one test more than a
         # plain prefix match.

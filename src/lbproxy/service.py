@@ -38,6 +38,12 @@ from lbproxy._etcdsource import EtcdSource
 from lbproxy._gzip import GzipPolicy
 from lbproxy._headers import HeaderRules
 from lbproxy._health import HealthChecker
+from lbproxy._limits import (
+    ConcurrencyLimiter,
+    RateLimiter,
+    RequestLimits,
+    limitKeyFunction,
+)
 from lbproxy._listeners import EndpointListener, ListenerService
 from lbproxy._logbuffer import BufferedLog
 from lbproxy._pool import Pool
@@ -91,10 +97,52 @@ def buildPool(
     )
 
 
+def limitSettings(config: VHostConfig, workers: int = 1) -> Optional[tuple[Any, ...]]:
+    """
+    What the limits of a vhost are made from: its C{limit_*} keys and the
+    number of workers that share them out, or L{None} when it has none.
+    Two vhosts (or one, before and after a reload) with the same settings
+    can share one L{RequestLimits}.
+    """
+    if config.limitRate is None and not config.limitConn:
+        return None
+    if config.limitPerWorker == "each":
+        workers = 1
+    return (
+        config.limitRate,
+        config.limitBurst,
+        config.limitDelay,
+        config.limitConn,
+        config.limitKey,
+        config.limitKeys,
+        workers,
+    )
+
+
+def buildLimits(settings: tuple[Any, ...], reactor: Any = None) -> RequestLimits:
+    """
+    Build the L{RequestLimits} of a vhost from its L{limitSettings}: with
+    C{workers} sharing them, each enforces C{1/workers} of the rate and of
+    the burst (the clients' connections are spread over the workers, so
+    that together they let through no more than the configuration says).
+    """
+    rate, burst, delay, conn, (kind, name), maxKeys, workers = settings
+    if reactor is None:
+        from twisted.internet import reactor
+    return RequestLimits(
+        limitKeyFunction(kind, name),
+        reactor,
+        rate=None if rate is None else RateLimiter(rate / workers, burst / workers, reactor, maxKeys),
+        conn=ConcurrencyLimiter(conn) if conn else None,
+        delay=delay,
+    )
+
+
 def buildVirtualHost(
     config: VHostConfig,
     resources: dict[str, UpstreamResource],
     redirectPort: Optional[Callable[[], int]] = None,
+    limits: Optional[RequestLimits] = None,
 ) -> VirtualHost:
     """
     Build one L{VirtualHost}, its routes pointing at the resources of
@@ -106,6 +154,8 @@ def buildVirtualHost(
 
     @param redirectPort: gives the HTTPS port that C{redirect_https = yes}
         sends clients to.
+    @param limits: the vhost's L{RequestLimits} (see L{buildLimits}), or
+        L{None}.
     """
     compiled: dict[Any, Optional[HeaderRules]] = {}
 
@@ -170,7 +220,7 @@ def buildVirtualHost(
     port = redirectPort if config.redirectHTTPS else None
     if port is not None or config.hsts is not None:
         https = HTTPSPolicy(port, None if config.hsts is None else config.hsts.encode("ascii"))
-    return VirtualHost(config.name, config.serverNames, routes, https)
+    return VirtualHost(config.name, config.serverNames, routes, https, limits)
 
 
 def _seeded(upstream: UpstreamConfig, previous: Optional[EtcdSource]) -> UpstreamConfig:
@@ -278,15 +328,16 @@ class LoadBalancerService(MultiService):
     Add it to an application with C{setServiceParent}; it listens when
     started and closes its pooled connections when stopped.
 
-    @ivar config: the L{SiteConfig} it was built from.
-    @ivar pools: upstream name to L{Pool}.
-    @ivar resource: the root L{VirtualHostResource}.
-    @ivar site: the L{ProxySite} every listener serves.
-
     The C{[admin]} listener serves L{AdminResource}, whose run-time changes
     to the backends last until the next L{reload} (which builds the pools
     again); its token follows reloads, its endpoint does not.
 
+    @ivar config: the L{SiteConfig} it was built from.
+    @ivar pools: upstream name to L{Pool}.
+    @ivar resource: the root L{VirtualHostResource}.
+    @ivar site: the L{ProxySite} every listener serves.
+    @ivar limits: vhost name to its L{limitSettings} and L{RequestLimits},
+        for the vhosts with C{limit_rate} or C{limit_conn}.
     @ivar reloads: how many reloads were taken (L{reload}).
     @ivar reloadFailures: how many reloads from the configuration file
         (L{reloadFromFile}, on SIGHUP) were refused.
@@ -323,6 +374,7 @@ class LoadBalancerService(MultiService):
         self._previousHangup: Any = None
         self._previousUserSignal: Any = None
         self._stopSignals: Optional[StopSignals] = None
+        self.limits: dict[str, tuple[tuple[Any, ...], RequestLimits]] = {}
         self.pools, self.healthCheckers, self.sources, self.resource = self._build(
             config
         )
@@ -465,7 +517,21 @@ class LoadBalancerService(MultiService):
         resources = {
             name: UpstreamResource(pool, True, reactor) for name, pool in pools.items()
         }
-        vhosts = [buildVirtualHost(v, resources, self.httpsPort) for v in config.vhosts]
+        # A vhost whose limits are the same as before the reload keeps
+        # them, with what they counted (as nginx keeps a zone's state).
+        oldLimits, self.limits = self.limits, {}
+        vhosts = []
+        for vhostConfig in config.vhosts:
+            limits = None
+            settings = limitSettings(vhostConfig, config.proxy.workers)
+            if settings is not None:
+                kept = oldLimits.get(vhostConfig.name)
+                if kept is not None and kept[0] == settings:
+                    limits = kept[1]
+                else:
+                    limits = buildLimits(settings, reactor)
+                self.limits[vhostConfig.name] = (settings, limits)
+            vhosts.append(buildVirtualHost(vhostConfig, resources, self.httpsPort, limits))
         default = next(
             (vh for vh, c in zip(vhosts, config.vhosts) if c.default), None
         )

@@ -10,6 +10,7 @@ benchmarks/run.py, whose req/s include all of those.
     python benchmarks/bench_hotpath.py            # 20,000 requests, 5 runs
     PYTHONPATH=/other/checkout/src python benchmarks/bench_hotpath.py
     python benchmarks/bench_hotpath.py --access-log  # each log format
+    python benchmarks/bench_hotpath.py --caps        # max_conns, eject_on, retry_budget
 
 Prints the median µs per request over the runs (keep-alive client, pooled
 backend connection, a 6-byte response with Content-Length).  With
@@ -20,6 +21,13 @@ batches of 64 KiB; the fake clock's 1 s flush never comes), and it prints each o
 the run without a log, then the cost of writing one line to
 C{/dev/null} and to a file in a temporary directory, in batches and line
 by line.
+
+With C{--caps}, the runs go round backend protection off and on: a
+C{max_conns} the backend never reaches (the queue empty), C{max_conns=1}
+(the backend at its cap during every request, the queue empty, as with
+one client), and C{max_conns=1} with C{eject_on = 5xx} and
+C{retry_budget = 20%} as well; each one's median, and what it adds to the
+run without.
 """
 
 from __future__ import annotations
@@ -56,15 +64,36 @@ _RESPONSE = (
 )
 
 
-def run(count: int, logFormat: Optional[str] = None) -> float:
+#: The C{--caps} configurations: a name, the backend's C{max_conns} and
+#: the pool's options.
+_CAPS: list[tuple[str, Optional[int], dict[str, Any]]] = [
+    ("off", None, {}),
+    ("max_conns=1000", 1000, {}),
+    ("max_conns=1", 1, {}),
+    (
+        "max_conns=1, eject_on, retry_budget",
+        1,
+        {"ejectOn": range(500, 600), "retryBudget": 0.2},
+    ),
+]
+
+
+def run(
+    count: int,
+    logFormat: Optional[str] = None,
+    maxConns: Optional[int] = None,
+    poolOptions: Optional[dict[str, Any]] = None,
+) -> float:
     """
     Proxy C{count} requests; return the seconds per request.
 
     @param logFormat: the C{access_log_format}, or L{None} for no access
         log.
+    @param maxConns: the backend's C{max_conns}.
+    @param poolOptions: keyword arguments of the L{Pool}.
     """
     reactor = MemoryReactorClock()
-    pool = Pool("app", [Backend("127.0.0.1", 9000)], reactor=reactor)
+    pool = _pool(reactor, maxConns, poolOptions)
     vhost = VirtualHost("app", ["app.example"], {b"/": UpstreamResource(pool)})
     site = ProxySite(
         VirtualHostResource([vhost], vhost),
@@ -98,6 +127,52 @@ def run(count: int, logFormat: Optional[str] = None) -> float:
     if site.accessLog is not None:
         site.accessLog.close()
     return elapsed / count
+
+
+def _pool(
+    reactor: Any, maxConns: Optional[int], poolOptions: Optional[dict[str, Any]]
+) -> Pool:
+    """
+    A pool of one backend with C{max_conns} (left out when L{None}, so that
+    the default run measures a checkout that has no caps too).
+    """
+    backendOptions = {} if maxConns is None else {"maxConns": maxConns}
+    return Pool(
+        "app",
+        [Backend("127.0.0.1", 9000, **backendOptions)],
+        reactor=reactor,
+        **(poolOptions or {}),
+    )
+
+
+def poolCost(
+    maxConns: Optional[int], poolOptions: dict[str, Any], count: int
+) -> float:
+    """
+    The seconds the pool's share of one request takes: what the exchange
+    asks of it (is anyone queued, the budget's count, the pick) and the
+    accounting around the exchange (L{Pool.requestStarted},
+    L{Pool.requestFinished} with a 200), the least of 5 timings of
+    C{count} requests, which load on the machine cannot lower.
+    """
+    from lbproxy import Outcome
+
+    pool = _pool(MemoryReactorClock(), maxConns, poolOptions)
+    nothing: frozenset[Any] = frozenset()
+    success = Outcome.SUCCESS
+
+    def oneRequest(pool: Pool) -> None:
+        if pool.queue.waiting:
+            raise AssertionError("nothing should wait")
+        budget = pool.budget
+        if budget is not None:
+            budget.request(1.0)
+        backend = pool.pick(None, nothing)
+        assert backend is not None
+        pool.requestStarted(backend, None)
+        pool.requestFinished(backend, None, success, 0.001, 200)
+
+    return leastTime(oneRequest, pool, count)
 
 
 def leastTime(call: Callable[[Any], object], argument: Any, count: int) -> float:
@@ -182,7 +257,39 @@ def main() -> None:
         action="store_true",
         help="measure the access log off and in each format, interleaved",
     )
+    parser.add_argument(
+        "--caps",
+        action="store_true",
+        help="measure max_conns, eject_on and retry_budget off and on, interleaved",
+    )
     options = parser.parse_args()
+    if options.caps:
+        byCaps: dict[str, list[float]] = {name: [] for name, _, _ in _CAPS}
+        for _ in range(options.runs):
+            for name, maxConns, poolOptions in _CAPS:
+                byCaps[name].append(
+                    run(options.requests, None, maxConns, poolOptions) * 1e6
+                )
+        base = statistics.median(byCaps["off"])
+        print(f"{sys.implementation.name} {sys.version.split()[0]}, median of {options.runs} runs:")
+        for name, _, _ in _CAPS:
+            median = statistics.median(byCaps[name])
+            print(
+                f"  {name:36} {median:6.2f} µs per request "
+                f"({median - base:+.2f} µs over off)"
+            )
+        print(f"the pool's share of a request alone (best of {options.runs} × 5, interleaved):")
+        costs = {name: float("inf") for name, _, _ in _CAPS}
+        for _ in range(options.runs):
+            for name, maxConns, poolOptions in _CAPS:
+                cost = poolCost(maxConns, poolOptions, options.requests) * 1e6
+                costs[name] = min(costs[name], cost)
+        for name, _, _ in _CAPS:
+            print(
+                f"  {name:36} {costs[name]:6.3f} µs "
+                f"({costs[name] - costs['off']:+.3f} µs over off)"
+            )
+        return
     if options.access_log:
         formats: list[Optional[str]] = [None, "combined", "upstream", "json"]
         byFormat: dict[Optional[str], list[float]] = {f: [] for f in formats}

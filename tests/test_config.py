@@ -25,7 +25,10 @@ from lbproxy._values import (
     editDistance,
     listOf,
     parseBool,
+    parseOptionalPercent,
+    parsePercent,
     parseStatusRanges,
+    parseStatusSet,
 )
 from lbproxy.config import (
     ConfigError,
@@ -135,7 +138,10 @@ class ValueParserTests(SynchronousTestCase):
         )
         self.assertEqual(parseServer("example.com").port, 80)
         self.assertEqual(parseServer("https://example.com").port, 443)
+        self.assertEqual(parseServer("h:80 max_conns=4").maxConns, 4)
+        self.assertIsNone(parseServer("h:80").maxConns)
         for bad in (
+            "127.0.0.1:80 max_conns=0",
             "127.0.0.1:0",
             "127.0.0.1:65536",
             "127.0.0.1:80 weight=0",
@@ -155,7 +161,7 @@ class ValueParserTests(SynchronousTestCase):
         """
         expected = (
             "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-            "down, max_fails=N, fail_timeout=T"
+            "down, max_fails=N, fail_timeout=T, max_conns=N"
         )
         for line, message in [
             ("h:80 weight=0", "a whole number of at least 1, got 'weight=0'"),
@@ -214,6 +220,33 @@ class ValueParserTests(SynchronousTestCase):
         self.assertEqual(
             didYouMean("p2x", names, lambda n: f"[{n}]"), "; did you mean [p2c]?"
         )
+
+    def test_statusSets(self):
+        """
+        C{eject_on} takes status classes, codes and ranges, or C{none}.
+        """
+        self.assertEqual(parseStatusSet("5xx"), frozenset(range(500, 600)))
+        self.assertEqual(parseStatusSet("500 502-503"), frozenset({500, 502, 503}))
+        self.assertEqual(parseStatusSet("4XX 503"), frozenset(range(400, 500)) | {503})
+        self.assertEqual(parseStatusSet("none"), frozenset())
+        for bad in ("", "6xx", "x5xx", "99", "5xx 600", "none 500"):
+            self.assertRaises(ValueError, parseStatusSet, bad)
+
+    def test_percentages(self):
+        """
+        C{max_ejection} and C{retry_budget} are percentages; C{retry_budget}
+        may be C{off}.
+        """
+        self.assertEqual(parsePercent("50%"), 0.5)
+        self.assertEqual(parsePercent(" 12.5% "), 0.125)
+        self.assertEqual(parsePercent("0%"), 0.0)
+        self.assertEqual(parseOptionalPercent("off"), None)
+        self.assertEqual(parseOptionalPercent("20%"), 0.2)
+        for bad in ("50", "101%", "-1%", "%", "x%", "50%%"):
+            self.assertRaises(ValueError, parsePercent, bad)
+        with self.assertRaises(ValueError) as caught:
+            parseOptionalPercent("lots")
+        self.assertIn("or off", str(caught.exception))
 
     def test_statusRanges(self):
         self.assertEqual(parseStatusRanges("200-399 404"), ((200, 399), (404, 404)))
@@ -630,6 +663,11 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
             ("http://10.0.0.1:2379", "http://[fd00::2]:2379"),
         ),
         "etcd_prefix": (" /lb/app/ ", "/lb/app/"),
+        "queue": ("0", 0),
+        "queue_timeout": ("30s", 30.0),
+        "eject_on": ("5xx 429", frozenset(range(500, 600)) | {429}),
+        "max_ejection": ("100%", 1.0),
+        "retry_budget": ("20%", 0.2),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),

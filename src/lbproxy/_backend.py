@@ -6,7 +6,7 @@ Backends, their states, and the outcomes of the requests sent to them.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from zope.interface import implementer
 
@@ -115,6 +115,13 @@ class Backend:
     @ivar stateReason: why the backend is in its current state, a L{str}.
     @ivar stateSince: the reactor time of the latest state change, or
         L{None} when the state has not changed since the start.
+    @ivar maxConns: the most requests that may be in flight to this
+        backend at once (C{max_conns}), or L{None} for no limit.
+    @ivar ejections: how many times passive accounting took the backend
+        out, in total.
+    @ivar ejectedInARow: how many times it was taken out without staying
+        healthy in between (see L{lbproxy.Pool}); the next time out lasts
+        longer for each.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class Backend:
         down: bool = False,
         maxFails: Optional[int] = None,
         failTimeout: Optional[float] = None,
+        maxConns: Optional[int] = None,
     ) -> None:
         """
         @param host: host name or IP address.
@@ -139,9 +147,12 @@ class Backend:
             upstream's.
         @param failTimeout: this server's C{fail_timeout} in seconds, or
             L{None} for the upstream's.
+        @param maxConns: see L{maxConns}.
         """
         if weight < 1:
             raise ValueError(f"weight must be a positive integer, not {weight!r}")
+        if maxConns is not None and maxConns < 1:
+            raise ValueError(f"max_conns must be a positive integer, not {maxConns!r}")
         self.host = host
         self.port = port
         self.scheme = scheme
@@ -169,7 +180,15 @@ class Backend:
         self.lastLatency: Optional[float] = None
         self.responseClasses = statusClasses()
         self.responseTimes = Histogram()
-        self._failureTimes: list[float] = []
+        self.maxConns = maxConns
+        self.ejections = 0
+        self.ejectedInARow = 0
+        #: The failures within the current window: when, and what (a
+        #: response status that C{eject_on} names, or an L{Outcome}).
+        self._recentFailures: list[tuple[float, Union[int, Outcome]]] = []
+        #: When passive accounting last let the backend back, and for how
+        #: long it had been out.
+        self._recovered: Optional[tuple[float, float]] = None
 
     @property
     def name(self) -> str:
@@ -204,4 +223,5 @@ def backendFor(server: ServerConfig) -> Backend:
         down=server.down,
         maxFails=server.maxFails,
         failTimeout=server.failTimeout,
+        maxConns=server.maxConns,
     )

@@ -55,8 +55,10 @@ from lbproxy._values import (
     parseMediaType,
     parseNonNegativeInt,
     parseOptionalHostName,
+    parseOptionalPercent,
     parseOptionalText,
     parsePath,
+    parsePercent,
     parsePositiveDuration,
     parsePositiveInt,
     parsePositiveSize,
@@ -70,6 +72,7 @@ from lbproxy._values import (
     parseServersFrom,
     parseSize,
     parseStatusRanges,
+    parseStatusSet,
     parseText,
     parseTLSVersion,
     parseTrustedProxy,
@@ -181,6 +184,8 @@ class ServerConfig:
     @ivar maxFails: this server's C{max_fails}, or L{None} to use the
         upstream's.
     @ivar failTimeout: this server's C{fail_timeout} in seconds, or L{None}.
+    @ivar maxConns: the most requests in flight to this server at once
+        (C{max_conns}), or L{None} for no limit.
     """
 
     host: str
@@ -191,6 +196,7 @@ class ServerConfig:
     down: bool = False
     maxFails: Optional[int] = None
     failTimeout: Optional[float] = None
+    maxConns: Optional[int] = None
 
 
 #: The options of a server line that take a value: name to the attribute
@@ -199,6 +205,7 @@ _SERVER_OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "weight": ("weight", parsePositiveInt),
     "max_fails": ("maxFails", parseNonNegativeInt),
     "fail_timeout": ("failTimeout", parsePositiveDuration),
+    "max_conns": ("maxConns", parsePositiveInt),
 }
 
 
@@ -206,11 +213,11 @@ def parseServer(text: str) -> ServerConfig:
     """
     Parse a C{servers} line: C{[http://|https://]HOST[:PORT]} followed by
     any of C{weight=N}, C{backup}, C{down}, C{max_fails=N},
-    C{fail_timeout=T}.
+    C{fail_timeout=T}, C{max_conns=N}.
     """
     expected = (
         "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-        "down, max_fails=N, fail_timeout=T"
+        "down, max_fails=N, fail_timeout=T, max_conns=N"
     )
     words = text.split()
     if not words:
@@ -368,6 +375,22 @@ class UpstreamConfig:
     )
     etcdPrefix: Optional[str] = _setting(
         "etcd_prefix", None, parseEtcdPrefix, "the etcd key prefix whose keys are server lines (default: /lbproxy/upstreams/NAME/)"
+    )
+
+    queue: int = _setting(
+        "queue", 100, parseNonNegativeInt, "requests that may wait while every backend is at its max_conns (0: none)"
+    )
+    queueTimeout: float = _setting(
+        "queue_timeout", 5.0, parsePositiveDuration, "how long a request may wait in the queue; then 503"
+    )
+    ejectOn: frozenset[int] = _setting(
+        "eject_on", frozenset(), parseStatusSet, "response statuses that count as backend failures, such as 5xx or 500 502 503 (none: no status)"
+    )
+    maxEjection: float = _setting(
+        "max_ejection", 0.5, parsePercent, "with eject_on: the largest share of the backends out at once"
+    )
+    retryBudget: Optional[float] = _setting(
+        "retry_budget", None, parseOptionalPercent, "retries on another backend as a share of the requests of the last 10 s (off: no limit)"
     )
 
     @property

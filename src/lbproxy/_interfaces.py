@@ -73,8 +73,9 @@ class IBalancer(Interface):
             balancer that needs a request falls back to another rule then.
         @type request: L{twisted.web.server.Request} or L{None}
 
-        @param exclude: backends already tried for this request, which
-            must not be chosen again.
+        @param exclude: backends that must not be chosen: those already
+            tried for this request, and those at their C{max_conns} (the
+            pool adds them only while some backend is at its cap).
         @type exclude: a L{frozenset} of L{IBackend}
 
         @return: an eligible L{IBackend} not in C{exclude}, or L{None} when

@@ -11,17 +11,20 @@ L{BackendConnections} per backend and hands out what it gives.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Collection, Iterable, NamedTuple, Optional
+from collections import Counter
+from typing import Any, Callable, Collection, Iterable, NamedTuple, Optional, Union
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from lbproxy._backend import DOWN_IN_CONFIGURATION, Backend, BackendState, Outcome
+from lbproxy._budget import RetryBudget
 from lbproxy._client import UpstreamConnection
 from lbproxy._connections import BackendConnections, backendEndpoint
 from lbproxy._interfaces import IBalancer, IMembershipObserver
 from lbproxy._proxyprotocol import WRITERS
+from lbproxy._queue import QueuedRequest, RequestQueue
 
 
 def _backendId(poolName: str, backend: Backend) -> str:
@@ -84,6 +87,52 @@ def slowStartStep(duration: float) -> float:
     return min(1.0, max(0.1, duration / 20.0))
 
 
+#: The longest an ejection (C{eject_on}) lasts, however often the backend
+#: was ejected in a row, unless C{fail_timeout} itself is longer (as
+#: Envoy's C{max_ejection_time} default).
+MAX_EJECTION_TIME = 300.0
+
+
+def ejectionTime(failTimeout: float, inARow: int) -> float:
+    """
+    How long a backend ejected by outlier detection (C{eject_on}) stays
+    out: C{fail_timeout} the first time, twice as long for each ejection
+    in a row before, never longer than L{MAX_EJECTION_TIME} (or
+    C{fail_timeout} when that is longer).
+
+    @param failTimeout: the backend's C{fail_timeout}, in seconds.
+    @param inARow: how many times it was ejected in a row before this one.
+    """
+    cap = max(failTimeout, MAX_EJECTION_TIME)
+    return min(failTimeout * 2.0 ** min(inARow, 32), cap)
+
+
+def maxEjected(share: float, backends: int) -> int:
+    """
+    How many of an upstream's C{backends} outlier detection may keep out
+    at once under C{max_ejection = share}: the share rounded down, but at
+    least one unless the share is 0.
+    """
+    if share <= 0:
+        return 0
+    return max(1, int(share * backends + 1e-9))
+
+
+def describeFailures(failures: Iterable[tuple[float, Union[int, Outcome]]]) -> str:
+    """
+    Say what a backend's failures were, most frequent first: C{"5
+    responses 500"}, C{"3 responses 502, 1 connect_failed"}.
+    """
+    counts = Counter(what for _, what in failures)
+    parts = []
+    for what, count in counts.most_common():
+        if isinstance(what, Outcome):
+            parts.append(f"{count} {what.value}")
+        else:
+            parts.append(f"{count} response{'s' if count > 1 else ''} {what}")
+    return ", ".join(parts)
+
+
 StateObserver = Callable[[Backend, BackendState, BackendState, str], None]
 
 
@@ -137,6 +186,34 @@ class Pool:
     would only turn slow errors into fast ones.  Slow start is off too, as
     there is no other server to share the load with.
 
+    With C{eject_on} (L{ejectOn}) passive accounting becomes outlier
+    detection, as Envoy's: the responses it names count as failures too
+    (the response still goes to the client), a backend taken out again
+    stays out twice as long each time (L{ejectionTime}; once it has stayed
+    in for as long as it was last out, it starts again from
+    C{fail_timeout}), and no more than L{maxEjection} of the backends are
+    out at once (L{maxEjected}).  Without it, nginx's rules hold: out for
+    C{fail_timeout}, every time, with no cap.
+
+    Caps and the queue: a backend with C{max_conns} takes no more requests
+    than that at once.  L{pick} leaves the backends at their cap out of
+    the balancer's choice (it hands them to the balancer's C{pick} with
+    the excluded ones, so every balancer, a plugin's too, skips them);
+    while no backend is at its cap, nothing is added.  A request that
+    finds every backend at its cap waits in L{queue} (see
+    L{lbproxy._proxy}), and goes, oldest first, to the first backend that
+    has room again.
+
+    @ivar queue: the L{RequestQueue} of the requests waiting for a backend
+        with room.
+    @ivar full: the backends at their C{max_conns}, a L{set} to read, not
+        to change.
+    @ivar ejectOn: the response statuses that count as failures of the
+        backend that sent them, a L{frozenset} of L{int} (empty: none).
+    @ivar maxEjection: the largest share of the backends outlier detection
+        keeps out at once, 0.0 to 1.0.
+    @ivar budget: the L{RetryBudget}, or L{None} when retries are not
+        limited by one.
     @ivar name: the upstream's name.
     @ivar backends: every backend, in configuration order (those leaving
         the pool, still finishing their requests, last).
@@ -180,6 +257,11 @@ class Pool:
         tunnelTimeout: Optional[float] = 3600.0,
         requestBuffering: bool = True,
         sendProxyProtocol: int = 0,
+        queue: int = 100,
+        queueTimeout: float = 5.0,
+        ejectOn: Iterable[int] = (),
+        maxEjection: float = 0.5,
+        retryBudget: Optional[float] = None,
     ) -> None:
         """
         @param name: the upstream's name, for logs.
@@ -206,6 +288,14 @@ class Pool:
         @param sendProxyProtocol: C{send_proxy_protocol}: 0 (no), or the
             PROXY protocol version (1 or 2) of the header that starts
             every connection to a backend.
+        @param queue: how many requests may wait while every backend is at
+            its C{max_conns}.
+        @param queueTimeout: seconds a request may wait; then it gets 503.
+        @param ejectOn: see L{ejectOn}.
+        @param maxEjection: see L{maxEjection}.
+        @param retryBudget: the share of the requests of the last 10 s
+            that may be retried on another backend (see L{RetryBudget}), or
+            L{None} for no budget.
         """
         if reactor is None:
             from twisted.internet import reactor as _globalReactor
@@ -233,6 +323,13 @@ class Pool:
         self.requestBuffering = requestBuffering
         self.sendProxyProtocol = sendProxyProtocol
         self.eligible: tuple[Backend, ...] = ()
+        self.queue = RequestQueue(reactor, queue, queueTimeout)
+        self.full: set[Backend] = set()
+        self._dispatching: Optional[IDelayedCall] = None
+        self.ejectOn = frozenset(ejectOn)
+        self.maxEjection = maxEjection
+        self._spared: set[Backend] = set()
+        self.budget = None if retryBudget is None else RetryBudget(retryBudget)
         self.retries = 0
         self._recoveries: dict[Backend, IDelayedCall] = {}
         self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}
@@ -411,6 +508,7 @@ class Pool:
         member.backup = line.backup
         member.maxFails = line.maxFails
         member.failTimeout = line.failTimeout
+        self._setMaxConns(member, line.maxConns)
         if member.weight != line.weight:
             self._applyWeight(member, line.weight)
         configured = member._reasons.get(BackendState.DISABLED)
@@ -422,6 +520,19 @@ class Pool:
             and configured == DOWN_IN_CONFIGURATION
         ):
             self.enable(member, f"no longer down in the configuration ({reason})")
+
+    def _setMaxConns(self, backend: Backend, maxConns: Optional[int]) -> None:
+        """
+        Give C{backend} a new C{max_conns}: it is at its cap, or has room,
+        by the new one.
+        """
+        backend.maxConns = maxConns
+        if maxConns is not None and backend.active >= maxConns:
+            self.full.add(backend)
+        elif backend in self.full:
+            self.full.discard(backend)
+            if self.queue.waiting:
+                self._dispatchSoon()
 
     def _leave(self, backend: Backend, reason: str) -> None:
         """
@@ -505,6 +616,8 @@ class Pool:
             hadSome = bool(self.eligible)
             self.eligible = eligible
             self.balancer.backendsChanged(eligible)
+            if self.queue.waiting:
+                self._dispatchSoon()
             if not eligible and (hadSome or initial):
                 self._log.error(
                     "upstream {upstream} has no backend that can take requests: {why}",
@@ -717,9 +830,54 @@ class Pool:
         self, request: Any, exclude: Collection[Backend] = ()
     ) -> Optional[Backend]:
         """
-        Ask the balancer for an eligible backend not in C{exclude}.
+        Ask the balancer for an eligible backend not in C{exclude} and not
+        at its C{max_conns}.
         """
+        full = self.full
+        if full:
+            exclude = frozenset(full).union(exclude)
         return self.balancer.pick(request, exclude)
+
+    def atCapacity(self, exclude: Collection[Backend] = ()) -> bool:
+        """
+        Whether a request that found no backend (not in C{exclude}) found
+        none because those eligible are at their C{max_conns}, so that it
+        may wait for one in the L{queue}.
+        """
+        full = self.full
+        return any(b in full for b in self.eligible if b not in exclude)
+
+    def enqueue(
+        self, resume: Callable[[], object], expire: Callable[[], object]
+    ) -> Optional[QueuedRequest]:
+        """
+        Make a request wait for a backend with room (see L{RequestQueue.add}).
+        """
+        return self.queue.add(resume, expire)
+
+    def _dispatchSoon(self) -> None:
+        """
+        A backend has room again: hand it to the oldest waiting requests,
+        once the current event is done (so that the connection of the
+        request that just finished is back among the idle ones first, and
+        a request arriving meanwhile queues behind those waiting).
+        """
+        if self._dispatching is None:
+            self._dispatching = self._reactor.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatching = None
+        queue = self.queue
+        # Bounded: a request that still finds no room goes back to the
+        # end of the queue, and is not looked at again in this round.
+        for _ in range(len(queue.waiting)):
+            full = self.full
+            if all(b in full for b in self.eligible):
+                return
+            place = queue.pop()
+            if place is None:
+                return
+            place.resume()
 
     def requestStarted(self, backend: Backend, request: Any) -> None:
         """
@@ -727,21 +885,42 @@ class Pool:
         """
         backend.active += 1
         backend.requests += 1
+        maxConns = backend.maxConns
+        if maxConns is not None and backend.active >= maxConns:
+            self.full.add(backend)
         self.balancer.requestStarted(backend, request)
 
     def requestFinished(
-        self, backend: Backend, request: Any, outcome: Outcome, latency: float
+        self,
+        backend: Backend,
+        request: Any,
+        outcome: Outcome,
+        latency: float,
+        status: Optional[int] = None,
     ) -> None:
         """
         The exchange of C{request} with C{backend} ended with C{outcome}.
+
+        @param status: the status of the backend's response, if it sent
+            one: a status C{eject_on} names counts as a failure.
         """
         backend.active -= 1
         if outcome is Outcome.SUCCESS:
             backend.responses += 1
             backend.lastLatency = latency
+            ejectOn = self.ejectOn
+            if ejectOn and status in ejectOn:
+                assert status is not None
+                backend.failures += 1
+                self._recordFailure(backend, status)
         elif outcome.isFailure:
             backend.failures += 1
             self._recordFailure(backend, outcome)
+        full = self.full
+        if full and backend in full:
+            full.discard(backend)
+            if self.queue.waiting:
+                self._dispatchSoon()
         self.balancer.requestFinished(backend, request, outcome, latency)
         if backend.active == 0 and backend.adminState is not None:
             for waiter in self._drainWaiters.pop(backend, []):
@@ -749,7 +928,7 @@ class Pool:
             if backend in self._leaving:
                 self._drop(backend)
 
-    def _recordFailure(self, backend: Backend, outcome: Outcome) -> None:
+    def _recordFailure(self, backend: Backend, what: Union[int, Outcome]) -> None:
         maxFails = self.maxFails if backend.maxFails is None else backend.maxFails
         failTimeout = (
             self.failTimeout if backend.failTimeout is None else backend.failTimeout
@@ -759,27 +938,86 @@ class Pool:
         if backend.failedUntil is not None:
             return
         now = self._reactor.seconds()
-        recent = [t for t in backend._failureTimes if now - t < failTimeout]
-        recent.append(now)
-        backend._failureTimes = recent
-        if len(recent) >= maxFails:
-            backend._failureTimes = []
-            backend.failedUntil = now + failTimeout
-            self._recoveries[backend] = self._reactor.callLater(
-                failTimeout, self._recover, backend
-            )
-            reason = (
-                f"passive health: {len(recent)} failure(s) within "
-                f"{failTimeout:g}s, latest: {outcome.value}; out for "
-                f"{failTimeout:g}s"
-            )
-            backend._reasons[BackendState.FAILED] = reason
-            self._update(backend, reason)
+        recent = [f for f in backend._recentFailures if now - f[0] < failTimeout]
+        recent.append((now, what))
+        backend._recentFailures = recent
+        if len(recent) < maxFails:
+            return
+        backend._recentFailures = []
+        if self.ejectOn:
+            self._eject(backend, recent, failTimeout, now)
+            return
+        outcome = what.value if isinstance(what, Outcome) else f"response {what}"
+        reason = (
+            f"passive health: {len(recent)} failure(s) within "
+            f"{failTimeout:g}s, latest: {outcome}; out for "
+            f"{failTimeout:g}s"
+        )
+        self._takeOut(backend, failTimeout, now, reason)
 
-    def _recover(self, backend: Backend) -> None:
+    def _eject(
+        self,
+        backend: Backend,
+        failures: list[tuple[float, Union[int, Outcome]]],
+        failTimeout: float,
+        now: float,
+    ) -> None:
+        """
+        Outlier detection: take C{backend} out after C{failures}, for
+        longer each time in a row, unless L{maxEjection} of the backends
+        are out already.
+        """
+        what = describeFailures(failures)
+        out = sum(1 for b in self.backends if b.failedUntil is not None)
+        limit = maxEjected(self.maxEjection, len(self.backends))
+        if out >= limit:
+            if backend not in self._spared:
+                self._spared.add(backend)
+                self._log.warn(
+                    "backend {backend} of upstream {upstream} not ejected "
+                    "after {what} within {window:g}s: max_ejection "
+                    "({share:g}%) allows {limit} of {count} backend(s) out "
+                    "at once, and {out} are",
+                    backend=backend.name,
+                    upstream=self.name,
+                    what=what,
+                    window=failTimeout,
+                    share=self.maxEjection * 100,
+                    limit=limit,
+                    count=len(self.backends),
+                    out=out,
+                )
+            return
+        self._spared.discard(backend)
+        recovered = backend._recovered
+        if recovered is not None and now - recovered[0] >= recovered[1]:
+            # It stayed in for as long as it was last out: start again.
+            backend.ejectedInARow = 0
+        duration = ejectionTime(failTimeout, backend.ejectedInARow)
+        backend.ejectedInARow += 1
+        backend.ejections += 1
+        reason = f"ejected: {what} within {failTimeout:g}s; out for {duration:g}s"
+        if backend.ejectedInARow > 1:
+            reason += f" (ejection {backend.ejectedInARow} in a row)"
+        self._takeOut(backend, duration, now, reason)
+
+    def _takeOut(
+        self, backend: Backend, duration: float, now: float, reason: str
+    ) -> None:
+        backend.failedUntil = now + duration
+        self._recoveries[backend] = self._reactor.callLater(
+            duration, self._recover, backend, duration
+        )
+        backend._reasons[BackendState.FAILED] = reason
+        self._update(backend, reason)
+
+    def _recover(self, backend: Backend, duration: float) -> None:
         del self._recoveries[backend]
         backend.failedUntil = None
-        self._update(backend, "passive health: fail_timeout expired")
+        backend._recovered = (self._reactor.seconds(), duration)
+        self._spared.clear()
+        expired = "ejection" if self.ejectOn else "fail_timeout"
+        self._update(backend, f"passive health: {expired} expired")
 
     # Connections.
 
@@ -844,6 +1082,10 @@ class Pool:
         Cancel timers and close idle connections (those of backends that
         are leaving too; those of backends already dropped were closed
         then, and are waited for).
+
+        Requests waiting in the L{queue} keep waiting: those in flight on
+        this pool (it is closed on reload while they finish) still give
+        them their backends, and their C{queue_timeout} still holds.
         """
         for call in self._recoveries.values():
             call.cancel()

@@ -42,6 +42,7 @@ from lbproxy._http import NO_BODY_CODES, TARGET, TOKEN_RE
 from lbproxy._interfaces import IProxyRequest, ITunnelChannel, implementsProxyRequest
 from lbproxy._pages import writeError
 from lbproxy._pool import Pool
+from lbproxy._queue import QueuedRequest
 from lbproxy._streaming import StreamingBody
 from lbproxy._timer import Deadline
 from lbproxy._tunnel import Tunnel
@@ -212,6 +213,9 @@ class _Exchange(ResponseHandler):
     #: The C{Upgrade} value forwarded (see L{upgradeOffer}), or L{None}.
     _upgrade: Optional[bytes] = None
     _tunnel: Optional[Tunnel] = None
+    #: The request's place in the pool's queue while it waits for a
+    #: backend with room (C{max_conns}), or L{None}.
+    _place: Optional[QueuedRequest] = None
     #: The request's body when it streams (C{request_buffering = no}).
     _stream: Optional[StreamingBody] = None
     #: The status of the current backend's response head, once received.
@@ -294,31 +298,57 @@ class _Exchange(ResponseHandler):
 
     # Choosing a backend
 
-    def _attempt(self) -> None:
+    def _attempt(self, dequeued: bool = False) -> None:
+        """
+        Send the request to a backend the pool picks, or make it wait for
+        one with room, or answer 502 when there is none.
+
+        @param dequeued: whether the request just left the pool's queue
+            (else, while others wait, it waits behind them).
+        """
         if self._stage == _ABANDONED:
             return
         pool = self._pool
+        tried = self._tried
+        if not tried and pool.queue.waiting and not dequeued:
+            self._wait()
+            return
         backend = None
-        if len(self._tried) < pool.tries:
-            backend = pool.pick(self._request, frozenset(self._tried))
+        if len(tried) < pool.tries:
+            backend = pool.pick(self._request, frozenset(tried))
         if backend is None:
-            if not self._tried:
-                self._log.warn(
+            if not tried:
+                if pool.full and pool.atCapacity():
+                    self._wait()
+                    return
+                self._warnRequest(
                     "upstream {upstream} has no backend available for "
                     "{method} {uri}: {why}",
-                    upstream=pool.name,
-                    method=self._method.decode("ascii", "replace"),
-                    uri=self._request.uri.decode("ascii", "replace"),
                     why=pool.unavailableReason(),
                 )
             self._fail(502)
             return
-        tried = self._tried
+        now = self._reactor.seconds()
+        budget = pool.budget
         if tried:
+            if budget is not None and not budget.allows(now):
+                self._warnRequest(
+                    "upstream {upstream}: not retrying {method} {uri} on "
+                    "another backend: retry budget exhausted ({retries} "
+                    "retries for {requests} requests in the last 10 s, "
+                    "retry_budget = {share:g}%)",
+                    retries=budget.retries,
+                    requests=budget.requests,
+                    share=budget.share * 100,
+                )
+                self._fail(502)
+                return
             pool.retries += 1
+        elif budget is not None:
+            budget.request(now)
         tried.add(backend)
         self._backend = backend
-        self._started = self._reactor.seconds()
+        self._started = now
         pool.requestStarted(backend, self._request)
         if self._upgrade is not None:
             # A tunnel gets a connection of its own, never a pooled one.
@@ -336,6 +366,49 @@ class _Exchange(ResponseHandler):
         else:
             assert connecting is not None
             self._connect(connecting)
+
+    def _wait(self) -> None:
+        """
+        Wait in the pool's queue for a backend with room, or answer 503
+        when the queue is full.
+        """
+        pool = self._pool
+        place = pool.enqueue(self._dequeued, self._queueTimedOut)
+        if place is None:
+            self._warnRequest(
+                "upstream {upstream}: every backend is at its max_conns and "
+                "the queue is full ({size} waiting): 503 for {method} {uri}",
+                size=pool.queue.size,
+            )
+            self._fail(503)
+            return
+        self._place = place
+
+    def _dequeued(self) -> None:
+        self._place = None
+        self._attempt(True)
+
+    def _queueTimedOut(self) -> None:
+        self._place = None
+        self._warnRequest(
+            "upstream {upstream}: {method} {uri} waited queue_timeout "
+            "({timeout:g}s) for a backend below its max_conns: 503",
+            timeout=self._pool.queue.timeout,
+        )
+        self._fail(503)
+
+    def _warnRequest(self, format: str, **fields: object) -> None:
+        """
+        Log a warning about this request: C{format} may use C{{upstream}},
+        C{{method}} and C{{uri}} besides its own C{fields}.
+        """
+        self._log.warn(
+            format,
+            upstream=self._pool.name,
+            method=self._method.decode("ascii", "replace"),
+            uri=self._request.uri.decode("ascii", "replace"),
+            **fields,
+        )
 
     def _connect(self, connecting: Deferred[Any]) -> None:
         self._connecting = connecting
@@ -637,7 +710,7 @@ class _Exchange(ResponseHandler):
                 backend.responseTimes.observe(took)
         tried = self._triedLog = self._triedLog + ((backend.name, code, took),)
         self._request.upstreamTried = tried
-        self._pool.requestFinished(backend, self._request, outcome, latency)
+        self._pool.requestFinished(backend, self._request, outcome, latency, code)
 
     def _fail(self, code: int) -> None:
         if self._stage >= _ANSWERED:
@@ -655,6 +728,10 @@ class _Exchange(ResponseHandler):
     def _clientLost(self, reason: Failure) -> None:
         self._stage = _ABANDONED
         self._stopTimer()
+        if self._place is not None:
+            place, self._place = self._place, None
+            place.leave()
+            return
         if self._tunnel is not None:
             self._tunnel.clientClosed()
             return

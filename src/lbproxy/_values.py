@@ -628,6 +628,66 @@ def parseStatusRanges(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def parseStatusSet(text: str) -> frozenset[int]:
+    """
+    Parse status codes, ranges and classes such as C{5xx}, C{500 502 503}
+    or C{500-504 429}, or C{none} for no status.
+
+    @return: every status named.
+    """
+    if text.strip().lower() == "none":
+        return frozenset()
+    codes: set[int] = set()
+    ranges = []
+    for item in splitWords(text):
+        if len(item) == 3 and item[0] in "12345" and item[1:].lower() == "xx":
+            first = int(item[0]) * 100
+            codes.update(range(first, first + 100))
+        else:
+            ranges.append(item)
+    try:
+        if ranges or not codes:
+            for low, high in parseStatusRanges(" ".join(ranges)):
+                codes.update(range(low, high + 1))
+    except ValueError:
+        raise ValueError(
+            "status codes, ranges or classes between 100 and 599, such as "
+            "5xx or 500 502 503, or none"
+        ) from None
+    return frozenset(codes)
+
+
+def parsePercent(text: str) -> float:
+    """
+    Parse a share written as a percentage, C{0%} to C{100%}.
+
+    @return: the share, between 0.0 and 1.0.
+    """
+    expected = "a percentage between 0% and 100%, such as 20%"
+    number, percent, rest = text.strip().partition("%")
+    if not percent or rest:
+        raise ValueError(expected)
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(expected)
+    return value / 100.0
+
+
+def parseOptionalPercent(text: str) -> Optional[float]:
+    """
+    Parse a percentage (see L{parsePercent}), or C{off} for none.
+    """
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return parsePercent(text)
+    except ValueError as e:
+        raise ValueError(f"{e}, or off") from None
+
+
 def parseServerName(text: str) -> str:
     """
     Check one server name: an exact name or C{*.domain}, lower-cased.

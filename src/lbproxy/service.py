@@ -94,6 +94,11 @@ def buildPool(
         tunnelTimeout=config.tunnelTimeout,
         requestBuffering=config.requestBuffering,
         sendProxyProtocol=config.sendProxyProtocol,
+        queue=config.queue,
+        queueTimeout=config.queueTimeout,
+        ejectOn=config.ejectOn,
+        maxEjection=config.maxEjection,
+        retryBudget=config.retryBudget,
     )
 
 

@@ -223,6 +223,21 @@ class CapsTests(SynchronousTestCase):
         pool.disable(backends[1])
         self.assertFalse(pool.atCapacity())
 
+    def test_membershipChangesTheCap(self) -> None:
+        """
+        A backend that stays through L{Pool.setBackends} takes the
+        C{max_conns} of its new line: a lower cap makes it full, a cap
+        lifted gives the queue its room.
+        """
+        backends = _backends(1)
+        pool = Pool("app", backends, None, Clock())
+        backend = backends[0]
+        pool.requestStarted(backend, object())
+        pool.setBackends(_backends(1, maxConns=1), "test")
+        self.assertEqual((backend.maxConns, pool.full), (1, {backend}))
+        pool.setBackends(_backends(1), "test")
+        self.assertEqual((backend.maxConns, pool.full), (None, set()))
+
     def test_badMaxConns(self) -> None:
         """
         C{max_conns} is at least 1.

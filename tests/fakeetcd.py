@@ -87,6 +87,13 @@ class FakeEtcd(Resource):
     def send(self, request: Any, result: dict[str, Any]) -> None:
         request.write(json.dumps({"result": result}).encode() + b"\n")
 
+    def garble(self) -> None:
+        """
+        Send every watch a line that is not JSON.
+        """
+        for request, _, _ in self.watches:
+            request.write(b"<html>oops</html>\n")
+
     def dropWatches(self) -> None:
         """
         End every watch stream, as a member that goes away does.

@@ -222,6 +222,29 @@ class ClientTests(SynchronousTestCase):
         failure = self.failureResultOf(d, EtcdError)
         self.assertEqual(str(failure.value), f"{A} ended the watch stream")
 
+    def test_watchGarbage(self):
+        """
+        A line that is not a watch response ends the watch with an
+        L{EtcdError}, and the stream is closed.
+        """
+        d = self.client.watch(b"/lb/", 2, lambda r: None)
+        self.http.flush()
+        self.etcd.garble()
+        self.http.flush()
+        failure = self.failureResultOf(d, EtcdError)
+        self.assertIn("a watch message is not JSON", str(failure.value))
+        self.assertEqual(self.etcd.watches, [])
+
+    def test_watchRefused(self):
+        """
+        A watch answered with an HTTP error fails with an L{EtcdError}
+        naming the status and the endpoint.
+        """
+        self.etcd.refuse.add("a.example")
+        d = self.client.watch(b"/lb/", 2, lambda r: None)
+        self.http.flush()
+        self.assertEqual(str(self.failureResultOf(d, EtcdError).value), f"HTTP 503 from {A}")
+
     def test_watchCompacted(self):
         """
         A watch from a compacted revision fails with L{Compacted}.
@@ -404,6 +427,29 @@ class MirrorTests(SynchronousTestCase):
         self.clock.advance(1)
         self.http.flush()
         self.assertEqual(self.watchStarts(), [("a.example", 2), ("b.example", 7)])
+
+    def test_stopWhileReading(self):
+        """
+        L{PrefixMirror.stop} while the first read is in flight cancels it:
+        no copy is told, and no retry follows.
+        """
+        client = EtcdClient([A], self.clock, _Silent(self.http, "a.example"))
+        mirror = PrefixMirror(client, b"/lb/", lambda v, why: self.changes.append(v), self.clock)
+        mirror.start()
+        mirror.stop()
+        self.clock.advance(100)
+        self.assertEqual((self.changes, self.clock.getDelayedCalls()), ([], []))
+
+    def test_stopWhileWaiting(self):
+        """
+        L{PrefixMirror.stop} during the backoff cancels the retry.
+        """
+        self.etcd.refuse.update({"a.example", "b.example"})
+        self.mirror.start()
+        self.http.flush()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.mirror.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop(self):
         """

@@ -270,9 +270,9 @@ class StopTests(SynchronousTestCase):
             text = f.read()
         with open(path, "w") as f:
             f.write(text.replace("shutdown_timeout = 7s", "shutdown_timeout = 90s"))
-        parent.reloadShutdownTimeout()
+        parent.reloadParentSettings()
         self.assertEqual(parent.shutdownTimeout, 90.0)
         with open(path, "w") as f:
             f.write(text.replace("shutdown_timeout = 7s", "shutdown_timeout = soon"))
-        parent.reloadShutdownTimeout()
+        parent.reloadParentSettings()
         self.assertEqual(parent.shutdownTimeout, 90.0)

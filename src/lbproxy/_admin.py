@@ -158,19 +158,7 @@ class AdminResource(Resource):
             raise _Refusal(405, f"method {method.decode('ascii', 'replace')} not allowed here")
 
     def _authorize(self, request: Any) -> None:
-        """
-        Refuse a change without the token (401) or with another (403),
-        comparing in constant time.
-        """
-        token = self.token
-        if token is None:
-            return
-        header = request.getHeader(b"authorization")
-        scheme, _, given = (header or b"").partition(b" ")
-        if header is None or scheme.lower() != b"bearer":
-            raise _Refusal(401, 'changes need "Authorization: Bearer TOKEN"')
-        if not hmac.compare_digest(given.strip(), token.encode("utf-8")):
-            raise _Refusal(403, "wrong token")
+        authorize(request, self.token)
 
     def _change(self, request: Any, pool: Pool, backend: Backend) -> None:
         """
@@ -211,3 +199,21 @@ class AdminResource(Resource):
             pool.drain(backend, f"drained through {who}")
         elif state == UP:
             pool.enable(backend, f"enabled through {who}")
+
+
+def authorize(request: Any, token: Optional[str]) -> None:
+    """
+    Refuse a change without the token (401) or with another (403),
+    comparing in constant time; any request passes when C{token} is
+    L{None}.
+
+    @raise _Refusal: when refused.
+    """
+    if token is None:
+        return
+    header = request.getHeader(b"authorization")
+    scheme, _, given = (header or b"").partition(b" ")
+    if header is None or scheme.lower() != b"bearer":
+        raise _Refusal(401, 'changes need "Authorization: Bearer TOKEN"')
+    if not hmac.compare_digest(given.strip(), token.encode("utf-8")):
+        raise _Refusal(403, "wrong token")

@@ -825,21 +825,11 @@ def _readProxy(reader: _Reader) -> ProxyConfig:
     return proxy
 
 
-def _readAdmin(reader: _Reader, proxy: ProxyConfig) -> Optional[AdminConfig]:
+def _readAdmin(reader: _Reader) -> Optional[AdminConfig]:
     if not reader.parser.has_section("admin"):
         return None
     s = _Section(reader, "admin", "admin")
-    admin = AdminConfig(**s.read(AdminConfig))
-    if proxy.workers > 1 and not reader.reported("lbproxy", "workers"):
-        reader.fail(
-            "lbproxy",
-            "workers",
-            str(proxy.workers),
-            "bad value; expected 1 with an [admin] section: the admin API "
-            "changes the backends of one process, so it is not offered "
-            "with several workers yet",
-        )
-    return admin
+    return AdminConfig(**s.read(AdminConfig))
 
 
 def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
@@ -1126,7 +1116,7 @@ def parseConfigText(text: str, filename: str = "<string>") -> SiteConfig:
 
     reader = _Reader(parser, filename)
     proxy = _readProxy(reader)
-    admin = _readAdmin(reader, proxy)
+    admin = _readAdmin(reader)
     upstreams: dict[str, UpstreamConfig] = {}
     vhosts: list[VHostConfig] = []
     demos = []

@@ -10,6 +10,10 @@ to one of the workers.  The parent restarts a worker that dies, passes
 SIGHUP and SIGTERM on to the workers, and on its own stop waits for them
 to finish their requests.  The C{[demo:NAME]} backends run in the parent.
 
+The C{[admin]} listener is the parent's too: each worker serves its own
+admin API on a private UNIX socket, and the parent's asks them all and
+merges their answers (L{lbproxy._workeradmin}).
+
 Everything else is per worker: each worker has its own pools, so its own
 balancer state (round-robin position, least-connections counts, EWMA),
 its own passive failure accounting, its own active health checks (N
@@ -20,9 +24,12 @@ connections to the backends (up to C{keepalive} each).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 from twisted.application.service import MultiService
@@ -32,10 +39,17 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
-from lbproxy._config import ConfigError, SiteConfig, parseConfig
+from lbproxy._config import AdminConfig, ConfigError, SiteConfig, parseConfig
 from lbproxy._listeners import EndpointListener, ListenerService, parseTCPDescription
 from lbproxy._proxyprotocol import listenerParts, withoutPrefix
+from lbproxy._workeradmin import (
+    WORKER_ADMIN,
+    WorkerAdminClient,
+    WorkersAdminResource,
+    unixDescription,
+)
 
 #: The environment variable that tells a worker which inherited file
 #: descriptors are its listening sockets, in C{listen} order, as
@@ -47,6 +61,12 @@ WORKER_FDS = "LBPROXY_WORKER_FDS"
 #: L{MAX_RESTART_DELAY}.
 STABLE_AFTER = 10.0
 MAX_RESTART_DELAY = 30.0
+
+#: The signals a worker gets from its parent to act on (reload, reopen
+#: the access log).  A worker starts with them blocked (they wait, pending)
+#: and unblocks them once its handlers are in place: until then, their
+#: default action would end it.
+WORKER_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
 
 #: Seconds the parent waits for its workers after SIGTERM beyond their own
 #: C{shutdown_timeout} (by when they have aborted what was left) before it
@@ -123,6 +143,11 @@ class WorkerParentService(MultiService):
 
     @ivar workers: the running workers' process transports, by number.
     @ivar sockets: the listening sockets, in C{listen} order.
+    @ivar admin: the resource of the C{[admin]} listener, or L{None}
+        without one.
+    @ivar adminDirectory: the private directory (mode 0700) of the
+        workers' admin sockets while the service runs with an
+        C{[admin]} section, else L{None}.
     """
 
     _log = Logger()
@@ -176,6 +201,36 @@ class WorkerParentService(MultiService):
         self._previousUsr1: Any = None
         for demo in config.demos:
             self._addDemo(demo)
+        self.adminDirectory: Optional[str] = None
+        self.admin: Optional[WorkersAdminResource] = None
+        if config.admin is not None:
+            self.admin = WorkersAdminResource(
+                self.workerPIDs,
+                WorkerAdminClient(reactor, self.adminSocket).request,
+                reactor,
+                config.admin.token,
+            )
+            EndpointListener(
+                config.admin.listen, Site(self.admin), reactor
+            ).setServiceParent(self)
+
+    def workerPIDs(self) -> dict[int, Optional[int]]:
+        """
+        Each worker's number, with its process id while it runs, else
+        L{None}.
+        """
+        return {
+            number: getattr(self.workers.get(number), "pid", None)
+            for number in range(self.count)
+        }
+
+    def adminSocket(self, number: int) -> str:
+        """
+        The path of the UNIX socket on which worker C{number} serves its
+        admin API.
+        """
+        assert self.adminDirectory is not None
+        return os.path.join(self.adminDirectory, f"worker-{number}.sock")
 
     def _addDemo(self, demo: Any) -> None:
         from lbproxy._demo import DemoSite
@@ -189,6 +244,9 @@ class WorkerParentService(MultiService):
         proxy = self.config.proxy
         for description in proxy.listen + proxy.listenTLS:
             self.sockets.append(listeningSocket(description))
+        if self.admin is not None:
+            # Only this user may enter it (mkdtemp makes it 0700).
+            self.adminDirectory = tempfile.mkdtemp(prefix="lbproxy-admin-")
         MultiService.startService(self)
         for number in range(self.count):
             self._spawn(number)
@@ -202,21 +260,24 @@ class WorkerParentService(MultiService):
             self._previousUsr1(signum, frame)
 
     def _onHup(self, signum: int, frame: Any) -> None:
-        self._reactor.callFromThread(self.reloadShutdownTimeout)
+        self._reactor.callFromThread(self.reloadParentSettings)
         self._reactor.callFromThread(self.signalWorkers, signal.SIGHUP)
 
-    def reloadShutdownTimeout(self) -> None:
+    def reloadParentSettings(self) -> None:
         """
-        Read C{shutdown_timeout} from the configuration file again (the
-        workers reload it on SIGHUP, and the parent must wait for them as
-        long as they wait); a file with errors leaves it as it was (the
-        workers refuse it too).
+        Read what the parent itself uses of the configuration file again,
+        as the workers reload on SIGHUP: C{shutdown_timeout} (the parent
+        must wait for the workers as long as they wait) and the C{[admin]}
+        token (the parent checks it).  A file with errors leaves them as
+        they were (the workers refuse it too).
         """
         try:
             config = parseConfig(self._configPath)
         except (ConfigError, OSError):
             return
         self.shutdownTimeout = config.proxy.shutdownTimeout
+        if self.admin is not None and config.admin is not None:
+            self.admin.token = config.admin.token
 
     def signalWorkers(self, signum: int) -> None:
         """
@@ -245,11 +306,21 @@ class WorkerParentService(MultiService):
             f"{sock.fileno()}:{int(sock.family)}" for sock in self.sockets
         )
         env["LBPROXY_WORKER"] = str(number)
+        if self.adminDirectory is not None:
+            # That of a worker that died is in the way of the new one's.
+            path = env[WORKER_ADMIN] = self.adminSocket(number)
+            if os.path.lexists(path):
+                os.remove(path)
         protocol = _Worker(self, number)
         protocol.started = self._reactor.seconds()
-        process = self._reactor.spawnProcess(
-            protocol, self._argv[0], self._argv, env=env, childFDs=childFDs
-        )
+        # The new process inherits the signal mask (see WORKER_SIGNALS).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+        try:
+            process = self._reactor.spawnProcess(
+                protocol, self._argv[0], self._argv, env=env, childFDs=childFDs
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.workers[number] = process
         self._protocols[number] = protocol
         self._log.info(
@@ -300,6 +371,9 @@ class WorkerParentService(MultiService):
             for sock in self.sockets:
                 sock.close()
             self.sockets = []
+            if self.adminDirectory is not None:
+                shutil.rmtree(self.adminDirectory, ignore_errors=True)
+                self.adminDirectory = None
             return MultiService.stopService(self)
 
         waiting = DeferredList(ended) if ended else succeed(None)
@@ -335,21 +409,42 @@ class AdoptedPortService(ListenerService):
 
 
 def workerService(
-    config: SiteConfig, fds: Sequence[tuple[int, int]], reactor: Any = None
+    config: SiteConfig,
+    fds: Sequence[tuple[int, int]],
+    reactor: Any = None,
+    adminSocket: Optional[str] = None,
 ) -> Any:
     """
     The service of one worker: a L{lbproxy.LoadBalancerService} whose
     C{listen} then C{listen_tls} listeners adopt the sockets C{fds} (in
-    that order) and
-    which runs no demo backend (the parent runs those).
+    that order), which runs no demo backend (the parent runs those), and
+    whose admin API, with an C{[admin]} section, listens on the UNIX socket
+    C{adminSocket} without a token (the parent checks it), or not at all
+    when C{adminSocket} is L{None}.
     """
     from lbproxy._tlsserver import TLSServerFactory
     from lbproxy.service import LoadBalancerService
 
+    def private(config: SiteConfig) -> SiteConfig:
+        if config.admin is None:
+            return config
+        if adminSocket is None:
+            return replace(config, admin=None)
+        return replace(config, admin=AdminConfig(unixDescription(adminSocket), None))
+
     class WorkerService(LoadBalancerService):
         def __init__(self) -> None:
             self._fds = list(fds)
-            LoadBalancerService.__init__(self, config, reactor)
+            LoadBalancerService.__init__(self, private(config), reactor)
+
+        def reload(self, config: SiteConfig) -> Deferred[Any]:
+            return LoadBalancerService.reload(self, private(config))
+
+        def startService(self) -> None:
+            LoadBalancerService.startService(self)
+            # Its handlers are in place: the SIGHUP or SIGUSR1 that came
+            # while it started, if any, is handled now.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
 
         def _listen(self, description: str, factory: Any) -> Any:
             site = getattr(self, "site", None)

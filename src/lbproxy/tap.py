@@ -135,6 +135,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     adviseOnPyPy(platform.python_implementation(), os.environ)
     twistd = getattr(options, "parent", None)
+    from lbproxy._workeradmin import workerAdminSocket
     from lbproxy._workers import WorkerParentService, workerFDs, workerService
     from lbproxy.service import LoadBalancerService, StopSignals
 
@@ -156,7 +157,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stderr = sys.__stderr__ or sys.stderr
         reportStartupFailures(stderr, logToo=not twistd.get("nodaemon"))
     if fds is not None:
-        worker = workerService(config, fds, reactor)
+        worker = workerService(config, fds, reactor, workerAdminSocket())
         worker.reloadOnHangup(options["config"])
         if twistd is not None:
             # A worker gets a stop signal from its parent, and often the

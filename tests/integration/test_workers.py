@@ -12,6 +12,7 @@ import socket
 import sys
 from typing import Any
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -22,6 +23,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 
+from lbproxy._workeradmin import ANSWER_TIMEOUT
 from lbproxy.testing import startServer
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -33,6 +35,17 @@ class _Hello(Resource):
 
     def render_GET(self, request):
         return b"hello"
+
+
+class _Named(Resource):
+    isLeaf = True
+
+    def __init__(self, name):
+        Resource.__init__(self)
+        self.name = name
+
+    def render_GET(self, request):
+        return self.name
 
 
 class _Parent(ProcessProtocol):
@@ -73,15 +86,24 @@ def startWorkers(testCase, listen, backendPort, workers=2):
 
     @return: the parent's L{_Parent} and its process transport.
     """
-    path = FilePath(testCase.mktemp())
-    path.setContent(
-        (
-            f"[lbproxy]\nlisten = {listen}\n"
-            f"access_log = off\nworkers = {workers}\n"
-            f"[upstream:app]\nservers = 127.0.0.1:{backendPort}\n"
-            "[vhost:app]\ndefault = yes\nupstream = app\n"
-        ).encode()
+    return startParent(
+        testCase,
+        f"[lbproxy]\nlisten = {listen}\n"
+        f"access_log = off\nworkers = {workers}\n"
+        f"[upstream:app]\nservers = 127.0.0.1:{backendPort}\n"
+        "[vhost:app]\ndefault = yes\nupstream = app\n",
     )
+
+
+def startParent(testCase, text):
+    """
+    Run C{twistd -n lbproxy} on the configuration C{text} until
+    C{testCase} ends, as L{startWorkers} does.
+
+    @return: the parent's L{_Parent} and its process transport.
+    """
+    path = FilePath(testCase.mktemp())
+    path.setContent(text.encode())
     parent = _Parent()
     process = reactor.spawnProcess(
         parent,
@@ -128,6 +150,17 @@ class WorkersTests(TestCase):
         self.fail(f"timed out waiting for {what}")
 
     @inlineCallbacks
+    def whenListening(self, parent):
+        """
+        Wait until both workers of C{parent} have started and listen.
+        """
+        yield self.waitFor(lambda: len(parent.workers()) == 2, "two workers")
+        yield self.waitFor(
+            lambda: parent.output.count(b"Starting factory <lbproxy._site.ProxySite") >= 2,
+            "two workers listening",
+        )
+
+    @inlineCallbacks
     def test_workers(self):
         """
         Two workers serve the parent's socket; one that is killed is
@@ -137,11 +170,7 @@ class WorkersTests(TestCase):
         self.addCleanup(backend.stop)
         port = _freePort()
         parent, process = startWorkers(self, f"tcp:{port}:interface=127.0.0.1", backend.port)
-        yield self.waitFor(lambda: len(parent.workers()) == 2, "two workers")
-        yield self.waitFor(
-            lambda: parent.output.count(b"Starting factory <lbproxy._site.ProxySite") >= 2,
-            "two workers listening",
-        )
+        yield self.whenListening(parent)
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         for _ in range(4):
             response = yield agent.request(b"GET", b"http://127.0.0.1:%d/" % port)
@@ -163,3 +192,150 @@ class WorkersTests(TestCase):
         yield parent.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
         for pid in parent.workers().values():
             yield self.waitFor(lambda pid=pid: not _alive(pid), f"worker {pid} to end", 10)
+
+    @inlineCallbacks
+    def test_signalWhileStarting(self):
+        """
+        A SIGHUP and a SIGUSR1 passed on to workers that are still
+        starting (before their handlers are in place) wait until the
+        workers can handle them: no worker is ended by them, and each
+        reloads once.
+        """
+        backend = yield startServer(_Hello(), reactor)
+        self.addCleanup(backend.stop)
+        parent, process = startWorkers(self, "tcp:0:interface=127.0.0.1", backend.port)
+        # At once: the workers are still importing Python modules.
+        yield self.waitFor(lambda: len(parent.workers()) == 2, "two workers", seconds=10)
+        self.assertNotIn(b"ProxySite", parent.output)
+        process.signalProcess(signal.SIGUSR1)
+        process.signalProcess(signal.SIGHUP)
+        yield self.waitFor(
+            lambda: parent.output.count(b"WorkerService#info] reloaded ") >= 2,
+            "both workers to reload",
+        )
+        self.assertNotIn(b"ended", parent.output)
+        self.assertEqual(parent.output.count(b"WorkerService#info] reloaded "), 2)
+        self.assertEqual(len(parent.workers()), 2)
+
+    @inlineCallbacks
+    def test_admin(self):
+        """
+        The parent serves C{[admin]}: a C{GET} adds up both workers'
+        figures, with a breakdown by worker; a C{PATCH} drains a backend in
+        both, so that no worker sends it new requests; a worker that does
+        not answer (stopped by SIGSTOP) is reported within the timeout.
+        Each worker's own admin socket is private.
+        """
+        backends = {}
+        for name in (b"a", b"b"):
+            server = yield startServer(_Named(name), reactor)
+            self.addCleanup(server.stop)
+            backends[name] = server.port
+        port, adminPort = _freePort(), _freePort()
+        parent, process = startParent(
+            self,
+            f"[lbproxy]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+            "access_log = off\nworkers = 2\n"
+            "[upstream:app]\nservers =\n"
+            f"    127.0.0.1:{backends[b'a']}\n    127.0.0.1:{backends[b'b']}\n"
+            "[vhost:app]\ndefault = yes\nupstream = app\n"
+            f"[admin]\nlisten = tcp:{adminPort}:interface=127.0.0.1\ntoken = t0k\n",
+        )
+        yield self.whenListening(parent)
+        client = treq.client.HTTPClient(
+            Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        )
+        admin = f"http://127.0.0.1:{adminPort}"
+        answers = {}
+
+        @inlineCallbacks
+        def get(path):
+            response = yield client.get(admin + path)
+            answers[path] = (response.code, (yield response.json()))
+
+        def bothAnswered():
+            code, body = answers.get("/api/upstreams", (None, {}))
+            return code == 200 and [w["answered"] for w in body["workers"]] == [True, True]
+
+        for _ in range(100):
+            yield get("/api/upstreams")
+            if bothAnswered():
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(bothAnswered(), answers)
+
+        sent = 20
+        for _ in range(sent):
+            response = yield client.get(f"http://127.0.0.1:{port}/")
+            self.assertEqual(response.code, 200)
+            yield response.content()
+        yield get("/api/upstreams")
+        code, body = answers["/api/upstreams"]
+        (upstream,) = body["upstreams"]
+        self.assertEqual(sum(b["requests"] for b in upstream["backends"]), sent)
+        self.assertEqual(
+            sum(
+                b["requests"]
+                for w in body["workers"]
+                for b in w["answer"]["upstreams"][0]["backends"]
+            ),
+            sent,
+        )
+        self.assertEqual(
+            sorted(w["pid"] for w in body["workers"]), sorted(parent.workers().values())
+        )
+
+        # Private: the directory 0700, each socket 0600.
+        directory = None
+        for pid in parent.workers().values():
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(
+                    item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item
+                )
+            socketPath = env[b"LBPROXY_WORKER_ADMIN"].decode()
+            self.assertEqual(os.stat(socketPath).st_mode & 0o777, 0o600)
+            directory = os.path.dirname(socketPath)
+            self.assertEqual(os.stat(directory).st_mode & 0o777, 0o700)
+
+        path = f"/api/upstreams/app/servers/127.0.0.1:{backends[b'a']}"
+        response = yield client.patch(admin + path, json={"state": "drain"})
+        self.assertEqual(response.code, 401)
+        yield response.content()
+        response = yield client.patch(
+            admin + path, json={"state": "drain"}, headers={b"Authorization": [b"Bearer t0k"]}
+        )
+        body = yield response.json()
+        self.assertEqual((response.code, body["state"]), (200, "draining"))
+        self.assertEqual([w["answer"]["state"] for w in body["workers"]], ["draining"] * 2)
+        for _ in range(10):
+            response = yield client.get(f"http://127.0.0.1:{port}/")
+            self.assertEqual((yield response.content()), b"b")
+        yield get("/api/upstreams/app")
+        code, upstream = answers["/api/upstreams/app"]
+        self.assertEqual(
+            [(b["name"], b["state"]) for b in upstream["backends"]],
+            [
+                (f"127.0.0.1:{backends[b'a']}", "draining"),
+                (f"127.0.0.1:{backends[b'b']}", "up"),
+            ],
+        )
+
+        stopped = parent.workers()[1]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            started = reactor.seconds()
+            yield get("/api/upstreams")
+            took = reactor.seconds() - started
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        code, body = answers["/api/upstreams"]
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            [(w["worker"], w["answered"], w.get("error")) for w in body["workers"]],
+            [(0, True, None), (1, False, f"no answer within {ANSWER_TIMEOUT:g} s")],
+        )
+        self.assertLess(took, ANSWER_TIMEOUT + 3)
+
+        process.signalProcess("TERM")
+        yield parent.ended.addErrback(lambda f: f.trap(ProcessDone, ProcessTerminated))
+        self.assertFalse(os.path.exists(directory))

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbproxy._admin import AdminResource
+from lbproxy._admin import AdminResource, upstreamStatus
 from lbproxy._backend import Backend, BackendState
 from lbproxy._pool import Pool
 from lbproxy._workeradmin import (
@@ -30,6 +30,8 @@ from lbproxy._workeradmin import (
     unixDescription,
 )
 from lbproxy.balancers._roundrobin import RoundRobin
+from lbproxy.config import parseConfigText
+from lbproxy.service import LoadBalancerService
 
 
 def _backend(name: str, **values: Any) -> dict[str, Any]:
@@ -220,7 +222,12 @@ class _Worker:
         self.a = Backend("127.0.0.1", 9001)
         self.b = Backend("127.0.0.1", 9002)
         self.pool = Pool("app", [self.a, self.b], RoundRobin(), clock)
-        self.stub = StubTreq(AdminResource(lambda: {"app": self.pool}))
+        self.stub = StubTreq(
+            AdminResource(
+                lambda: {"app": self.pool},
+                snapshot=lambda: {"version": 1, "upstreams": [upstreamStatus(self.pool)]},
+            )
+        )
         self.asked: list[tuple[bytes, bytes, Optional[bytes]]] = []
         self.silent = False
 
@@ -257,9 +264,16 @@ class ResourceTests(SynchronousTestCase):
             lambda n, method, path, body: self.workers[n].fetch(method, path, body),
             self.clock,
             "s3cret",
-            pages={b"/": lambda request, snapshot: json.dumps(snapshot).encode()},
+            pages={b"/": self.page},
         )
         self.stub = StubTreq(self.resource)
+
+    def page(self, request: Any, snapshot: dict[str, Any]) -> bytes:
+        """
+        A page rendered from C{snapshot}: the snapshot itself.
+        """
+        request.setHeader(b"Content-Type", b"text/plain")
+        return json.dumps(snapshot).encode()
 
     def request(
         self, method: str, path: str, body: Any = None, token: Optional[str] = "s3cret"
@@ -371,10 +385,61 @@ class ResourceTests(SynchronousTestCase):
         A page is rendered from the merged snapshot: the workers are asked
         for theirs (C{GET /api/status}).
         """
-        d = self.request("GET", "/")
+        self.workers[0].pool.requestStarted(self.workers[0].a, "r1")
+        self.workers[1].pool.requestStarted(self.workers[1].a, "r2")
+        d = self.request("GET", "/?part=status")
         self.stub.flush()
         response = self.successResultOf(d)
-        self.assertEqual(response.code, 404)
+        self.assertEqual(
+            (response.code, response.headers.getRawHeaders(b"content-type")),
+            (200, [b"text/plain"]),
+        )
+        snapshot = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(snapshot["upstreams"][0]["backends"][0]["requests"], 2)
+        self.assertEqual(len(snapshot["workers"]), 2)
         self.assertEqual(
             [w.asked for w in self.workers], [[(b"GET", b"/api/status", None)]] * 2
+        )
+
+
+class RealSnapshotTests(SynchronousTestCase):
+    """
+    L{mergeSnapshots} over the snapshots of two real services (what
+    C{GET /api/status} of two workers answers).
+    """
+
+    def test_twoServices(self) -> None:
+        """
+        Two services' snapshots merge into one of the same shape: every
+        key there, counts summed, what they agree on kept as it is.
+        """
+        config = parseConfigText(
+            "[lbproxy]\nlisten = tcp:0:interface=127.0.0.1\naccess_log = off\n"
+            "[upstream:app]\nservers = 127.0.0.1:9001\n    127.0.0.1:9002 weight=3\n"
+            "[vhost:app]\ndefault = yes\nupstream = app\n"
+        )
+        clock = Clock()
+        clock.advance(1000)
+        services = [LoadBalancerService(config, clock) for _ in range(2)]
+        for n, service in enumerate(services):
+            pool = service.pools["app"]
+            for i in range(n + 1):
+                pool.requestStarted(pool.backends[1], f"r{i}")
+            self.addCleanup(pool.close)
+        snapshots = [json.loads(json.dumps(s.snapshot())) for s in services]
+        merged = mergeSnapshots(
+            [WorkerAnswer(n, 100 + n, 200, s) for n, s in enumerate(snapshots)]
+        )
+        self.assertEqual(set(merged) - {"workers"}, set(snapshots[0]))
+        first, second = merged["upstreams"][0]["backends"]
+        self.assertEqual(set(first), set(snapshots[0]["upstreams"][0]["backends"][0]))
+        self.assertEqual(
+            (second["requests"], second["active"], second["weight"], second["state"]),
+            (3, 3, 3, "up"),
+        )
+        self.assertEqual(merged["active_requests"], 3)
+        self.assertEqual(merged["version"], snapshots[0]["version"])
+        self.assertEqual(
+            second["response_time_histogram"]["bounds"],
+            snapshots[0]["upstreams"][0]["backends"][1]["response_time_histogram"]["bounds"],
         )

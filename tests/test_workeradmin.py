@@ -23,10 +23,12 @@ from lbproxy._pool import Pool
 from lbproxy._workeradmin import (
     ANSWER_TIMEOUT,
     PER_WORKER,
+    STATE_ORDER,
     WorkerAnswer,
     WorkersAdminResource,
     combinedAnswer,
     mergeSnapshots,
+    singleValues,
     unixDescription,
 )
 from lbproxy.balancers._roundrobin import RoundRobin
@@ -200,6 +202,51 @@ class MergeTests(SynchronousTestCase):
         code, body = combinedAnswer(b"GET", [silent])
         self.assertEqual(
             (code, body["error"]), (502, "no worker answered; worker 1: no answer within 2 s")
+        )
+
+    def test_singleValues(self) -> None:
+        """
+        For C{/metrics}, one value stands for the workers' where they
+        differ: the worst state, a yes-or-no true in every worker, the
+        highest number, else the first worker's; the rest is unchanged.
+        """
+        merged = mergeSnapshots(
+            [
+                WorkerAnswer(
+                    0,
+                    10,
+                    200,
+                    _snapshot(
+                        1.0,
+                        _backend("a", state="draining", last_latency=0.2, reason="x"),
+                        _backend("b", health={"last_passed": True, "passed": 1}),
+                        last_reload_ok=True,
+                    ),
+                ),
+                WorkerAnswer(
+                    1,
+                    11,
+                    200,
+                    _snapshot(
+                        1.0,
+                        _backend("a", state="down", last_latency=0.5, reason="y", requests=2),
+                        _backend("b", health={"last_passed": False, "passed": 2}),
+                        last_reload_ok=False,
+                    ),
+                ),
+            ]
+        )
+        single = singleValues(merged)
+        a, b = single["upstreams"][0]["backends"]
+        self.assertEqual(
+            (a["state"], a["last_latency"], a["reason"], a["requests"]), ("down", 0.5, "x", 2)
+        )
+        self.assertEqual(b["health"], {"last_passed": False, "passed": 3})
+        self.assertIs(single["last_reload_ok"], False)
+        self.assertEqual(singleValues({PER_WORKER: {"0": None, "1": None}}), None)
+        self.assertEqual(
+            [singleValues({"state": {PER_WORKER: {"0": s, "1": "up"}}})["state"] for s in STATE_ORDER],
+            list(STATE_ORDER),
         )
 
     def test_unixDescription(self) -> None:

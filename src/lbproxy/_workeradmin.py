@@ -227,6 +227,45 @@ def mergeSnapshots(answers: Sequence[WorkerAnswer]) -> dict[str, Any]:
     return merged
 
 
+#: A backend's states, the worst first: when one state must stand for a
+#: backend whose state differs between workers (L{singleValues}), the
+#: worst of theirs.
+STATE_ORDER = ("down", "failed", "disabled", "draining", "up")
+
+
+def _oneOf(key: Optional[str], values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if key == "state":
+        rank = {state: n for n, state in enumerate(STATE_ORDER)}
+        return min(present, key=lambda state: rank.get(state, len(rank)))
+    if all(isinstance(v, bool) for v in present):
+        return all(present)
+    if all(_isNumber(v) for v in present):
+        return max(present)
+    return singleValues(present[0], key)
+
+
+def singleValues(snapshot: Any, key: Optional[str] = None) -> Any:
+    """
+    A merged snapshot (L{mergeSnapshots}) with one value wherever the
+    workers' differ, for a renderer that shows one value per backend
+    (C{/metrics}): a backend's C{state} is the worst of the workers' (in
+    L{STATE_ORDER}: one that any worker finds down is down), a yes-or-no
+    holds when it holds in every worker (the latest health check passed,
+    the latest reload was taken), a number is the highest (a weight, a
+    latency), and anything else is the first worker's.
+    """
+    if isinstance(snapshot, dict):
+        if set(snapshot) == {PER_WORKER}:
+            return _oneOf(key, list(snapshot[PER_WORKER].values()))
+        return {k: singleValues(v, k) for k, v in snapshot.items()}
+    if isinstance(snapshot, list):
+        return [singleValues(v, key) for v in snapshot]
+    return snapshot
+
+
 def combinedAnswer(
     method: bytes, answers: Sequence[WorkerAnswer]
 ) -> tuple[int, Any]:

@@ -43,11 +43,13 @@ from twisted.web.server import Site
 
 from lbproxy._config import AdminConfig, ConfigError, SiteConfig, parseConfig
 from lbproxy._listeners import EndpointListener, ListenerService, parseTCPDescription
+from lbproxy._metrics import renderMetrics
 from lbproxy._proxyprotocol import listenerParts, withoutPrefix
 from lbproxy._workeradmin import (
     WORKER_ADMIN,
     WorkerAdminClient,
     WorkersAdminResource,
+    singleValues,
     unixDescription,
 )
 
@@ -209,6 +211,11 @@ class WorkerParentService(MultiService):
                 WorkerAdminClient(reactor, self.adminSocket).request,
                 reactor,
                 config.admin.token,
+                pages={
+                    b"/metrics": lambda request, merged: renderMetrics(
+                        request, singleValues(merged)
+                    )
+                },
             )
             EndpointListener(
                 config.admin.listen, Site(self.admin), reactor

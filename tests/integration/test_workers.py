@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -218,10 +219,27 @@ class WorkersTests(TestCase):
         self.assertEqual(len(parent.workers()), 2)
 
     @inlineCallbacks
+    def metrics(self, client, admin):
+        """
+        GET C{/metrics} from the admin listener C{admin}, parsed by
+        C{prometheus_client}.
+
+        @return: the value of each sample, by name and labels.
+        """
+        response = yield client.get(admin + "/metrics")
+        self.assertEqual(response.code, 200)
+        text = (yield response.content()).decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    @inlineCallbacks
     def test_admin(self):
         """
         The parent serves C{[admin]}: a C{GET} adds up both workers'
-        figures, with a breakdown by worker; a C{PATCH} drains a backend in
+        figures, with a breakdown by worker, and so does C{/metrics}; a C{PATCH} drains a backend in
         both, so that no worker sends it new requests; a worker that does
         not answer (stopped by SIGSTOP) is reported within the timeout.
         Each worker's own admin socket is private.
@@ -284,6 +302,11 @@ class WorkersTests(TestCase):
         self.assertEqual(
             sorted(w["pid"] for w in body["workers"]), sorted(parent.workers().values())
         )
+        metrics = yield self.metrics(client, admin)
+        self.assertEqual(
+            sum(v for (name, _), v in metrics.items() if name == "lbproxy_upstream_requests_total"),
+            sent,
+        )
 
         # Private: the directory 0700, each socket 0600.
         directory = None
@@ -310,6 +333,16 @@ class WorkersTests(TestCase):
         for _ in range(10):
             response = yield client.get(f"http://127.0.0.1:{port}/")
             self.assertEqual((yield response.content()), b"b")
+        metrics = yield self.metrics(client, admin)
+        drained = ("backend", f"127.0.0.1:{backends[b'a']}"), ("state", "draining")
+        self.assertEqual(
+            [
+                v
+                for (name, labels), v in metrics.items()
+                if name == "lbproxy_backend_state" and set(drained) <= set(labels)
+            ],
+            [1.0],
+        )
         yield get("/api/upstreams/app")
         code, upstream = answers["/api/upstreams/app"]
         self.assertEqual(

@@ -121,7 +121,7 @@ class AdminAPITests(SynchronousTestCase):
             "/api/upstreams/nope",
             "/api/upstreams/app/servers/127.0.0.1:9999",
             "/api/backends",
-            "/",
+            "/api",
         ]:
             code, body = self.request("GET", path)
             self.assertEqual(code, 404, path)

@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-The JSON API of the C{[admin]} listener: read the upstreams and their
-backends, and drain, enable or re-weight a backend at run time; and the
-admin snapshot.
+The C{[admin]} listener: its JSON API, to read the upstreams and their
+backends and to drain, enable or re-weight a backend at run time; the
+admin snapshot; and its HTML status page.
 
+    - C{GET /}: the status page (L{lbproxy._statuspage}), drawn from the
+      snapshot;
     - C{GET /api/status}: the admin snapshot, everything an operator looks
       at (see L{lbproxy._snapshot});
     - C{GET /metrics}: the same figures as Prometheus metrics (see
@@ -40,6 +42,7 @@ from lbproxy._backend import Backend, BackendState
 from lbproxy._metrics import renderMetrics
 from lbproxy._pool import Pool
 from lbproxy._snapshot import backendStatus, upstreamStatus
+from lbproxy._statuspage import StatusPage
 
 __all__ = ["AdminResource", "backendStatus", "upstreamStatus"]
 
@@ -78,17 +81,26 @@ class AdminResource(Resource):
         pools: Callable[[], Mapping[str, Pool]],
         token: Optional[str] = None,
         snapshot: Optional[Callable[[], dict[str, Any]]] = None,
+        *,
+        reactor: Any = None,
     ) -> None:
         """
         @param pools: gives the running pools by upstream name (called for
             each request, so that a reload's new pools are the ones shown).
         @param token: see L{token}.
         @param snapshot: see L{snapshot}.
+        @param reactor: the L{IReactorTime} the status page reads the time
+            on; the global reactor when L{None}.
         """
         Resource.__init__(self)
         self.pools = pools
         self.token = token
         self.snapshot = snapshot
+        if reactor is None:
+            from twisted.internet import reactor as _globalReactor
+
+            reactor = _globalReactor
+        self.statusPage = StatusPage(reactor)
 
     def render(self, request: Any) -> bytes:
         if (
@@ -106,6 +118,8 @@ class AdminResource(Resource):
             if e.code == 401:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="lbproxy"')
         request.setResponseCode(code)
+        if isinstance(body, bytes):
+            return body
         return json.dumps(body, indent=2).encode("utf-8") + b"\n"
 
     def _answer(self, request: Any) -> tuple[int, Any]:
@@ -118,6 +132,13 @@ class AdminResource(Resource):
         if segments == ["metrics"] and self.snapshot is not None:
             # (GET and HEAD are answered by render.)
             self._onlyRead(request, b"GET, HEAD")
+        if not segments:
+            self._onlyRead(request, b"GET, HEAD")
+            if self.snapshot is not None:
+                snapshot = self.snapshot()
+            else:
+                snapshot = {"upstreams": [upstreamStatus(p) for p in self.pools().values()]}
+            return 200, self.statusPage.render(request, snapshot)
         if segments[:2] != ["api", "upstreams"] or len(segments) not in (2, 3, 5) or (
             len(segments) == 5 and segments[3] != "servers"
         ):

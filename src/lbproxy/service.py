@@ -435,7 +435,7 @@ class LoadBalancerService(MultiService):
         self.admin: Optional[AdminResource] = None
         if config.admin is not None:
             self.admin = AdminResource(
-                lambda: self.pools, config.admin.token, self.snapshot
+                lambda: self.pools, config.admin.token, self.snapshot, reactor=reactor
             )
             self._listeners.append(self._listen(config.admin.listen, Site(self.admin)))
 

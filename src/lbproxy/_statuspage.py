@@ -1,0 +1,514 @@
+# -*- test-case-name: tests.test_statuspage -*-
+"""
+The HTML status page at C{/} of the C{[admin]} listener.
+
+It is drawn from a status snapshot (the JSON-able dict that
+C{GET /api/status} serves, or the merge of the workers' snapshots), never
+from the running objects, so that one renderer serves a single process and
+the parent of C{workers}.  Every value of the snapshot goes through
+L{html.escape}: upstream and backend names come from the configuration,
+reasons and health-check results from the backends' answers.
+
+The page needs nothing from elsewhere: its CSS and its script are inline,
+allowed by the C{Content-Security-Policy} through their hashes and nothing
+else.  The script fetches C{?part=status} (the same page's C{<main>}, drawn
+by the same code) every L{REFRESH_SECONDS} and puts it in place of the
+old one, so the page refreshes without a reload; without JavaScript a
+C{<noscript>} refresh reloads the whole page every
+L{NOSCRIPT_REFRESH_SECONDS}, and a link does it by hand.  Fetching the
+server's HTML rather than the JSON keeps one renderer (and one place that
+escapes) instead of a second one in JavaScript.
+
+Per-second figures are kept by L{RateMeter}: the difference of a counter
+between two renderings of the page, over the time between them, read on
+an injected clock; nothing runs between requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+from html import escape
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+#: How often the page's script fetches fresh figures.
+REFRESH_SECONDS = 2
+
+#: How often the page reloads itself when JavaScript is off.
+NOSCRIPT_REFRESH_SECONDS = 10
+
+#: The counters of a backend that the page shows per second too.
+RATE_COUNTERS = ("requests", "failures")
+
+#: A certificate that expires within this many days is shown as a warning.
+CERTIFICATE_WARNING_DAYS = 14
+
+_CSS = """
+:root{color-scheme:light dark;--bg:#f6f7f9;--fg:#1d2330;--muted:#667085;
+--card:#fff;--line:#e3e6eb;--head:#f0f2f5;--up:#12803c;--down:#c4320a;
+--failed:#b54708;--draining:#175cd3;--disabled:#667085}
+@media (prefers-color-scheme:dark){:root{--bg:#12151b;--fg:#e6e9ef;
+--muted:#98a2b3;--card:#1b2029;--line:#2c3340;--head:#222835;--up:#47cd89;
+--down:#f97066;--failed:#fdb022;--draining:#84adff;--disabled:#98a2b3}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);
+font:15px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+header{display:flex;flex-wrap:wrap;align-items:baseline;gap:.25rem 1rem;
+padding:.9rem 1.25rem;background:var(--card);border-bottom:1px solid var(--line)}
+h1{font-size:1.15rem;margin:0}
+header p{margin:0;color:var(--muted);font-size:.85rem}
+header a{color:inherit}
+body.stale header p::after{content:" \\2014  not updating";color:var(--down)}
+main{padding:1rem 1.25rem;max-width:88rem}
+section{margin:0 0 1.5rem}
+h2{font-size:1rem;margin:0 0 .5rem;display:flex;flex-wrap:wrap;gap:.5rem;
+align-items:baseline}
+h2 small{font-weight:normal;color:var(--muted)}
+table{width:100%;border-collapse:collapse;background:var(--card);
+border:1px solid var(--line);border-radius:6px;overflow:hidden}
+th,td{padding:.45rem .6rem;text-align:left;vertical-align:top;
+border-top:1px solid var(--line)}
+th{background:var(--head);font-size:.75rem;text-transform:uppercase;
+letter-spacing:.03em;color:var(--muted);white-space:nowrap;border-top:0}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.sub{display:block;font-size:.8rem;color:var(--muted)}
+.addr{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+font-size:.9rem;word-break:break-all}
+.tag{font-size:.7rem;border:1px solid var(--line);border-radius:4px;
+padding:0 .3rem;margin-left:.3rem;color:var(--muted)}
+.state{display:inline-block;font-weight:600;font-size:.8rem;
+padding:.05rem .5rem;border-radius:999px;color:#fff;background:var(--disabled)}
+.s-up{background:var(--up)}.s-down{background:var(--down)}
+.s-failed{background:var(--failed)}.s-draining{background:var(--draining)}
+tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:inset 3px 0 var(--down)}
+.bad{color:var(--down)}.warn{color:var(--failed)}.ok{color:var(--up)}
+.reason{max-width:22rem}
+.empty{color:var(--muted);font-style:italic}
+@media (max-width:760px){
+main,header{padding:.75rem}
+table,tbody{display:block;width:100%}
+thead{display:none}
+table{border:0;background:none}
+tr{display:grid;grid-template-columns:1fr 1fr;gap:.35rem .75rem;
+background:var(--card);border:1px solid var(--line);border-radius:6px;
+margin:0 0 .6rem;padding:.5rem .7rem}
+td{display:block;border:0;padding:0;min-width:0}
+td.n{text-align:left;white-space:normal}
+td.w{grid-column:1/-1}
+td::before{content:attr(data-label);display:block;font-size:.7rem;
+text-transform:uppercase;letter-spacing:.03em;color:var(--muted)}
+tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:none}
+tr.r-down,tr.r-failed{border-left:4px solid var(--down)}
+.reason{max-width:none}
+}
+"""
+
+_SCRIPT = """
+(function(){var busy=false;
+function refresh(){if(busy)return;busy=true;
+fetch("?part=status",{cache:"no-store"}).then(function(r){
+if(!r.ok)throw new Error(r.status);return r.text();}).then(function(t){
+var m=document.getElementById("status");var d=document.createElement("div");
+d.innerHTML=t;m.replaceWith(d.firstElementChild);
+document.body.classList.remove("stale");}).catch(function(){
+document.body.classList.add("stale");}).then(function(){busy=false;});}
+setInterval(refresh,%d);})();
+""" % (REFRESH_SECONDS * 1000)
+
+
+def _hash(source: str) -> str:
+    digest = hashlib.sha256(source.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+#: Allows the page's own inline style and script, and its fetches of
+#: itself; nothing else (no other script, even if a value escaped).
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'none'; style-src {_hash(_CSS)}; script-src {_hash(_SCRIPT)}; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class RateMeter:
+    """
+    Counters per second, from the difference between two readings.
+
+    A reading less than L{minimum} seconds after the one kept gives the
+    rate found before rather than one over too short a time (two browsers
+    refreshing at once); a counter that went down (the pools were rebuilt
+    by a reload) starts again without a rate.  Counters not read in a
+    rendering are forgotten, so backends that left take no memory.
+
+    Why not a timer sampling the counters: the page is rarely open, and a
+    reading per rendering costs nothing while nobody looks.
+    """
+
+    def __init__(self, clock: IReactorTime, minimum: float = 1.0) -> None:
+        """
+        @param clock: gives the time of each reading.
+        @param minimum: the shortest time a rate is taken over, in seconds.
+        """
+        self._clock = clock
+        self.minimum = minimum
+        self._kept: dict[Any, tuple[float, float, Optional[float]]] = {}
+
+    def rates(self, readings: Mapping[Any, float]) -> dict[Any, Optional[float]]:
+        """
+        Read counters now.
+
+        @param readings: each counter's current value by a key of the
+            caller's choice.
+        @return: each key's rate per second, or L{None} when there is no
+            earlier reading to compare with yet.
+        """
+        now = self._clock.seconds()
+        kept = self._kept
+        result: dict[Any, Optional[float]] = {}
+        fresh: dict[Any, tuple[float, float, Optional[float]]] = {}
+        for key, value in readings.items():
+            before = kept.get(key)
+            if before is None or value < before[1]:
+                fresh[key] = (now, value, None)
+            elif now - before[0] < self.minimum:
+                fresh[key] = before
+            else:
+                fresh[key] = (now, value, (value - before[1]) / (now - before[0]))
+            result[key] = fresh[key][2]
+        self._kept = fresh
+        return result
+
+
+_DOT = " \u00b7 "
+_NUMERIC = ' class="n"'
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _count(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:,.0f}"
+    return "\u2013"
+
+
+def _rate(value: Optional[float]) -> str:
+    if value is None:
+        return "\u2013/s"
+    if value and value < 10:
+        return f"{value:.1f}/s"
+    return f"{value:,.0f}/s"
+
+
+def _milliseconds(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "\u2013"
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
+
+
+def _duration(seconds: float) -> str:
+    """
+    A short human duration: C{42s}, C{3m 05s}, C{2h 07m}, C{3d 04h}.
+    """
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def _utc(when: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(when: Any, now: float) -> str:
+    """
+    C{<time>} markup for a moment of the snapshot: how long ago, with the
+    date and time in its C{title}.
+    """
+    if not isinstance(when, (int, float)):
+        return ""
+    return f'<time title="{_e(_utc(when))}">{_e(_duration(now - when))} ago</time>'
+
+
+def _cell(
+    label: str, content: str, numeric: bool = False, extra: str = "", wide: bool = False
+) -> str:
+    """
+    A table cell; C{label} names it where a narrow screen shows each row
+    as a card, on which a C{wide} cell takes the card's whole width.
+    """
+    classes = " ".join(
+        c for c in ("n" if numeric else "", "w" if wide else "", extra) if c
+    )
+    attribute = f' class="{classes}"' if classes else ""
+    return f'<td data-label="{_e(label)}"{attribute}>{content}</td>'
+
+
+_COLUMNS: Sequence[tuple[str, bool]] = (
+    ("Backend", False),
+    ("State", False),
+    ("Weight", True),
+    ("Active", True),
+    ("Requests", True),
+    ("Failures", True),
+    ("Latency", True),
+    ("Health check", False),
+)
+
+
+def _health(check: Any, now: float) -> str:
+    """
+    The latest active health check of a backend: its C{health} in the
+    snapshot (L{None} without active checks).
+    """
+    if not isinstance(check, Mapping):
+        return '<span class="empty">no active checks</span>'
+    if not check.get("last_result"):
+        return '<span class="empty">not checked yet</span>'
+    verdict, _, detail = str(check["last_result"]).partition(": ")
+    passed = check.get("last_passed")
+    css = "ok" if passed is True else ("bad" if passed is False else "")
+    details = [
+        part
+        for part in (
+            _milliseconds(check["last_latency"])
+            if check.get("last_latency") is not None
+            else "",
+            _ago(check.get("last_time"), now),
+        )
+        if part
+    ]
+    return (
+        f'<span class="{css}">{_e(verdict)}</span>'
+        + (f" {_e(detail)}" if detail else "")
+        + (f'<span class="sub">{_DOT.join(details)}</span>' if details else "")
+    )
+
+
+def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]], now: float) -> str:
+    state = str(backend.get("state", "unknown"))
+    since = backend.get("since")
+    sinceText = (
+        f"since {_ago(since, now)}" if isinstance(since, (int, float)) else "since start"
+    )
+    tags = "".join(
+        f'<span class="tag">{_e(t)}</span>'
+        for t in (
+            "backup" if backend.get("backup") else "",
+            "https" if str(backend.get("url", "")).startswith("https:") else "",
+        )
+        if t
+    )
+    weight = backend.get("weight")
+    effective = backend.get("effective_weight")
+    failureRate = rates.get("failures")
+    failures = backend.get("failures")
+    failureClass = "bad" if failureRate else ""
+    cells = [
+        _cell(
+            "Backend",
+            f'<span class="addr">{_e(backend.get("name", "?"))}</span>{tags}',
+            wide=True,
+        ),
+        _cell(
+            "State",
+            f'<span class="state s-{_e(state)}">{_e(state)}</span>'
+            f'<span class="sub reason">{_e(backend.get("reason", ""))}</span>'
+            f'<span class="sub">{sinceText}</span>',
+            wide=True,
+        ),
+        _cell(
+            "Weight",
+            f"{_e(weight)}<span class=\"sub\">effective "
+            f"{_e(f'{effective:g}' if isinstance(effective, (int, float)) else effective)}</span>",
+            numeric=True,
+        ),
+        _cell("Active", _count(backend.get("active")), numeric=True),
+        _cell(
+            "Requests",
+            f'{_count(backend.get("requests"))}<span class="sub">{_rate(rates.get("requests"))}</span>',
+            numeric=True,
+        ),
+        _cell(
+            "Failures",
+            f'{_count(failures)}<span class="sub">{_rate(failureRate)}</span>',
+            numeric=True,
+            extra=failureClass,
+        ),
+        _cell("Latency", _milliseconds(backend.get("last_latency")), numeric=True),
+        _cell(
+            "Health check",
+            _health(backend["health"], now) if "health" in backend else "\u2013",
+            wide=True,
+        ),
+    ]
+    return f'<tr class="r-{_e(state)}">{"".join(cells)}</tr>'
+
+
+def _upstream(
+    upstream: Mapping[str, Any],
+    rates: Mapping[tuple[str, str, str], Optional[float]],
+    now: float,
+) -> str:
+    name = str(upstream.get("name", "?"))
+    backends = list(upstream.get("backends", ()))
+    up = sum(1 for b in backends if b.get("state") == "up")
+    head = "".join(
+        f'<th{_NUMERIC if numeric else ""} scope="col">{_e(title)}</th>'
+        for title, numeric in _COLUMNS
+    )
+    rows = "".join(
+        _backendRow(
+            b,
+            {c: rates.get((name, str(b.get("name")), c)) for c in RATE_COUNTERS},
+            now,
+        )
+        for b in backends
+    )
+    if not rows:
+        rows = f'<tr><td colspan="{len(_COLUMNS)}" class="empty w">no backends</td></tr>'
+    summaryClass = "ok" if up == len(backends) else ("bad" if up == 0 else "warn")
+    return (
+        f'<section data-upstream="{_e(name)}"><h2>{_e(name)} '
+        f'<small class="{summaryClass}">{up} of {len(backends)} up</small></h2>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _certificates(certificates: Iterable[Mapping[str, Any]], now: float) -> str:
+    rows = []
+    for certificate in certificates:
+        notAfter = certificate.get("not_after_timestamp")
+        if isinstance(notAfter, (int, float)):
+            left = notAfter - now
+            css = "bad" if left <= 0 else (
+                "warn" if left < CERTIFICATE_WARNING_DAYS * 86400 else "ok"
+            )
+            expiry = (
+                f'<span class="{css}">{_e(_utc(notAfter))}</span>'
+                f'<span class="sub">{"expired" if left <= 0 else "in " + _e(_duration(left))}</span>'
+            )
+        else:
+            expiry = '<span class="empty">unknown</span>'
+        names = certificate.get("names") or ()
+        rows.append(
+            "<tr>"
+            + _cell("Names", _e(", ".join(str(n) for n in names)) or '<span class="empty">none</span>')
+            + _cell("File", f'<span class="addr">{_e(certificate.get("file", ""))}</span>')
+            + _cell("Expires", expiry)
+            + "</tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        '<section data-certificates=""><h2>TLS certificates</h2><table><thead><tr>'
+        '<th scope="col">Names</th><th scope="col">File</th><th scope="col">Expires</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def backendReadings(snapshot: Mapping[str, Any]) -> dict[tuple[str, str, str], float]:
+    """
+    The counters of a snapshot that the page shows per second, by
+    C{(upstream, backend, counter)}, for L{RateMeter.rates}.
+    """
+    readings = {}
+    for upstream in snapshot.get("upstreams", ()):
+        for backend in upstream.get("backends", ()):
+            for counter in RATE_COUNTERS:
+                value = backend.get(counter)
+                if isinstance(value, (int, float)):
+                    readings[(str(upstream.get("name")), str(backend.get("name")), counter)] = value
+    return readings
+
+
+def renderStatus(
+    snapshot: Mapping[str, Any],
+    rates: Mapping[tuple[str, str, str], Optional[float]],
+    now: float,
+) -> str:
+    """
+    The C{<main>} of the page: a table per upstream, then the
+    certificates.
+
+    @param snapshot: the status snapshot.
+    @param rates: per-second figures, as L{RateMeter.rates} gives them for
+        L{backendReadings}.
+    @param now: the time (seconds since the epoch) that ages are counted
+        to.
+    """
+    upstreams = "".join(_upstream(u, rates, now) for u in snapshot.get("upstreams", ()))
+    if not upstreams:
+        upstreams = '<p class="empty">No upstreams are configured.</p>'
+    return (
+        f'<main id="status" data-time="{_e(now)}">{upstreams}'
+        f"{_certificates(snapshot.get('certificates', ()), now)}"
+        f'<p class="sub">Figures of {_e(_utc(now))}.</p></main>'
+    )
+
+
+def renderPage(
+    snapshot: Mapping[str, Any],
+    rates: Mapping[tuple[str, str, str], Optional[float]],
+    now: float,
+) -> str:
+    """
+    The whole page: L{renderStatus} with its head, style and script.
+    """
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        "<title>lbproxy status</title>"
+        f'<noscript><meta http-equiv="refresh" content="{NOSCRIPT_REFRESH_SECONDS}"></noscript>'
+        f"<style>{_CSS}</style></head><body>"
+        '<header><h1>lbproxy status</h1>'
+        f"<p>Updates every {REFRESH_SECONDS}s \u00b7 "
+        '<a href="./" id="reload">reload</a> \u00b7 '
+        '<a href="api/upstreams">JSON</a></p></header>'
+        f"{renderStatus(snapshot, rates, now)}"
+        f"<script>{_SCRIPT}</script></body></html>\n"
+    )
+
+
+class StatusPage:
+    """
+    Answers C{GET /} of the admin listener with the page, and
+    C{GET /?part=status} with its C{<main>} for the page's own refresh.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        """
+        @param clock: tells the time the page shows and its rates are
+            taken over.
+        """
+        self._clock = clock
+        self.rateMeter = RateMeter(clock)
+
+    def render(self, request: Any, snapshot: Mapping[str, Any]) -> bytes:
+        """
+        Set the headers of C{request} and return the body.
+
+        @param snapshot: the status snapshot to show.
+        """
+        rates = self.rateMeter.rates(backendReadings(snapshot))
+        now = self._clock.seconds()
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Security-Policy", CONTENT_SECURITY_POLICY.encode("ascii"))
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        if request.args.get(b"part") == [b"status"]:
+            text = renderStatus(snapshot, rates, now)
+        else:
+            text = renderPage(snapshot, rates, now)
+        return text.encode("utf-8")

@@ -1,0 +1,496 @@
+# -*- test-case-name: tests.test_statuspage -*-
+"""
+Tests for L{lbproxy._statuspage}: the HTML status page of the C{[admin]}
+listener, read through L{AdminResource} with L{treq.testing.StubTreq} (a
+real L{twisted.web.server.Site} in memory) and drawn from snapshots.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from html.parser import HTMLParser
+from typing import Any, Optional
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy._admin import AdminResource
+from lbproxy._backend import Backend, Outcome
+from lbproxy._pool import Pool
+from lbproxy._statuspage import (
+    CONTENT_SECURITY_POLICY,
+    NOSCRIPT_REFRESH_SECONDS,
+    RateMeter,
+    backendReadings,
+    renderPage,
+    renderStatus,
+)
+from lbproxy.balancers._roundrobin import RoundRobin
+
+_BASE = "http://127.0.0.1:9000"
+
+
+class _Rows(HTMLParser):
+    """
+    The text of each cell of each table row of a page, and the classes of
+    each row, as a browser would read them (entities decoded).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.rowClasses: list[str] = []
+        self.tags: list[tuple[str, dict[str, Optional[str]]]] = []
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.text = ""
+        self._inCell = False
+        self._inScript: Optional[list[str]] = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append([])
+            self.rowClasses.append(dict(attrs).get("class") or "")
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+            self._inCell = True
+        elif tag == "span" and self._inCell:
+            self.rows[-1][-1] += " "
+        elif tag == "script":
+            self._inScript = self.scripts
+        elif tag == "style":
+            self._inScript = self.styles
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self._inCell = False
+        elif tag in ("script", "style"):
+            self._inScript = None
+
+    def handle_data(self, data: str) -> None:
+        if self._inScript is not None:
+            self._inScript.append(data)
+            return
+        self.text += data + " "
+        if self._inCell:
+            self.rows[-1][-1] += data
+
+
+def parse(page: str) -> _Rows:
+    """
+    Read C{page} with L{_Rows}.
+    """
+    parser = _Rows()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+class StatusPageTests(SynchronousTestCase):
+    """
+    C{GET /} of L{AdminResource} is the status page of the running pools.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.a = Backend("127.0.0.1", 9001, weight=3)
+        self.b = Backend("127.0.0.1", 9002)
+        self.c = Backend("::1", 9003, backup=True)
+        self.app = Pool("app", [self.a, self.b, self.c], RoundRobin(), self.clock)
+        self.api = Pool("api", [Backend("10.1.2.3", 80, down=True)], RoundRobin(), self.clock)
+        for pool in (self.app, self.api):
+            self.addCleanup(pool.close)
+        self.pools = {"app": self.app, "api": self.api}
+        self.resource = AdminResource(lambda: self.pools, "s3cret", reactor=self.clock)
+        self.treq = StubTreq(self.resource)
+
+    def get(self, path: str = "/", method: str = "GET") -> tuple[int, Any, str]:
+        """
+        Request C{path}; return the status, headers and body.
+        """
+        d = self.treq.request(method, _BASE + path)
+        self.treq.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(response.content()).decode("utf-8")
+        return response.code, response.headers, body
+
+    def test_everyBackendListed(self) -> None:
+        """
+        The page is HTML with a section per upstream and a row per backend:
+        its address, state, weights and counters.
+        """
+        code, headers, body = self.get()
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"]
+        )
+        self.assertEqual(headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        page = parse(body)
+        sections = [a.get("data-upstream") for t, a in page.tags if t == "section"]
+        self.assertEqual(sections, ["app", "api"])
+        backendRows = [
+            _words(r[0]) for r, c in zip(page.rows, page.rowClasses) if c.startswith("r-")
+        ]
+        self.assertEqual(
+            backendRows,
+            ["127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003 backup", "10.1.2.3:80"],
+        )
+        first = [_words(cell) for cell in page.rows[1]]
+        self.assertEqual(first[1], "up started since start")
+        self.assertEqual(first[2:6], ["3 effective 3", "0", "0 \u2013/s", "0 \u2013/s"])
+        self.assertIn("app 3 of 3 up", _words(page.text))
+        self.assertIn("api 0 of 1 up", _words(page.text))
+
+    def test_states(self) -> None:
+        """
+        Each backend's state is shown with its reason and how long ago it
+        began, and the row is marked with it.
+        """
+        self.app.markDown(self.b, "3 consecutive failed health checks")
+        self.clock.advance(42)
+        self.app.drain(self.a, "drained by the operator")
+        self.clock.advance(3)
+        page = parse(self.get()[2])
+        states = {
+            _words(row[0]): (cls, _words(row[1]))
+            for row, cls in zip(page.rows, page.rowClasses)
+            if cls
+        }
+        self.assertEqual(
+            states,
+            {
+                "127.0.0.1:9001": ("r-draining", "draining drained by the operator since 3s ago"),
+                "127.0.0.1:9002": ("r-down", "down 3 consecutive failed health checks since 45s ago"),
+                "[::1]:9003 backup": ("r-up", "up started since start"),
+                "10.1.2.3:80": ("r-disabled", "disabled down in the configuration since start"),
+            },
+        )
+        titles = [a.get("title") for t, a in page.tags if t == "time"]
+        self.assertEqual(titles, ["2027-01-15 08:00:42 UTC", "2027-01-15 08:00:00 UTC"])
+        self.assertIn("app 1 of 3 up", _words(page.text))
+
+    def test_perSecond(self) -> None:
+        """
+        Requests and failures are shown in total and per second, over the
+        time between two renderings of the page on the injected clock.
+        """
+        self.get()
+        for i in range(10):
+            self.app.requestStarted(self.a, i)
+            self.app.requestFinished(
+                self.a, i, Outcome.SUCCESS if i < 8 else Outcome.RESET, 0.004
+            )
+        self.app.requestStarted(self.a, "open")
+        self.clock.advance(4)
+        page = parse(self.get()[2])
+        row = [_words(cell) for cell in page.rows[1]]
+        self.assertEqual(row[3:7], ["1", "11 2.8/s", "2 0.5/s", "4.0 ms"])
+
+    def test_escaping(self) -> None:
+        """
+        Every value of the snapshot is escaped: names and reasons come from
+        the configuration and from the backends' answers.
+        """
+        hostile = "<script>alert('x')</script>&\""
+        snapshot = {
+            "upstreams": [
+                {
+                    "name": hostile,
+                    "backends": [
+                        {
+                            "name": hostile,
+                            "url": hostile,
+                            "state": hostile,
+                            "reason": hostile,
+                            "since": 10.0,
+                            "weight": hostile,
+                            "effective_weight": hostile,
+                            "active": hostile,
+                            "requests": 1,
+                            "failures": 0,
+                            "last_latency": hostile,
+                            "health": {
+                                "last_result": hostile,
+                                "last_passed": hostile,
+                                "last_latency": 0.1,
+                                "last_time": 5.0,
+                            },
+                        }
+                    ],
+                }
+            ],
+            "certificates": [
+                {"names": [hostile], "file": hostile, "not_after_timestamp": hostile}
+            ],
+        }
+        page = renderPage(snapshot, {}, 20.0)
+        self.assertNotIn("<script>alert", page)
+        self.assertNotIn("'x'", page)
+        self.assertEqual(page.count("<script>"), 1)
+        parsed = parse(page)
+        self.assertEqual(len(parsed.scripts), 1)
+        texts = [cell for row in parsed.rows for cell in row]
+        self.assertIn(hostile, [t.strip() for t in texts])
+        self.assertEqual(
+            [a.get("data-upstream") for t, a in parsed.tags if t == "section"][0], hostile
+        )
+        self.assertIn(f'class="state s-{_escaped(hostile)}"', page)
+
+    def test_noScriptRefresh(self) -> None:
+        """
+        Without JavaScript the page reloads itself (a C{<noscript>} refresh)
+        and has a link to reload it by hand.
+        """
+        body = self.get()[2]
+        self.assertIn(
+            f'<noscript><meta http-equiv="refresh" content="{NOSCRIPT_REFRESH_SECONDS}">'
+            "</noscript>",
+            body,
+        )
+        links = [a for t, a in parse(body).tags if t == "a"]
+        self.assertIn({"href": "./", "id": "reload"}, links)
+
+    def test_scriptRefresh(self) -> None:
+        """
+        The page's script fetches C{?part=status}, which is the page's
+        C{<main id="status">} alone, drawn from the same snapshot.
+        """
+        full = self.get()[2]
+        (script,) = parse(full).scripts
+        self.assertIn('fetch("?part=status"', script)
+        self.assertIn('getElementById("status")', script)
+        code, headers, part = self.get("/?part=status")
+        self.assertEqual(code, 200)
+        self.assertTrue(part.startswith('<main id="status"'), part[:40])
+        self.assertTrue(part.endswith("</main>"), part[-40:])
+        self.assertIn(part, full)
+
+    def test_contentSecurityPolicy(self) -> None:
+        """
+        The policy lets the page run its own inline style and script, by
+        their hashes, and nothing else.
+        """
+        code, headers, body = self.get()
+        self.assertEqual(
+            headers.getRawHeaders(b"content-security-policy"),
+            [CONTENT_SECURITY_POLICY.encode("ascii")],
+        )
+        page = parse(body)
+        for kind, (source,) in (("script", page.scripts), ("style", page.styles)):
+            digest = base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()
+            self.assertIn(f"{kind}-src 'sha256-{digest}';", CONTENT_SECURITY_POLICY)
+        self.assertNotIn("unsafe", CONTENT_SECURITY_POLICY)
+        self.assertEqual(headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"])
+
+    def test_noExternalResources(self) -> None:
+        """
+        The page loads nothing: no external script, style sheet, image or
+        font.
+        """
+        body = self.get()[2]
+        for tag, attrs in parse(body).tags:
+            self.assertNotIn("src", attrs, tag)
+            if tag == "link":
+                self.fail(f"a <link> {attrs}")
+        self.assertNotIn("http://", body)
+        self.assertNotIn("https://", body)
+        self.assertNotIn("url(", body)
+
+    def test_headAndOtherMethods(self) -> None:
+        """
+        C{HEAD /} has the page's headers and no body; other methods get 405
+        with a JSON error.
+        """
+        code, headers, body = self.get(method="HEAD")
+        self.assertEqual((code, body), (200, ""))
+        code, headers, body = self.get(method="POST")
+        self.assertEqual(code, 405)
+        self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
+        self.assertIn('"error"', body)
+
+    def test_followsReloadedPools(self) -> None:
+        """
+        The page shows the pools the callable gives at each request.
+        """
+        self.pools = {"new": Pool("new", [Backend("127.0.0.1", 9100)], RoundRobin(), self.clock)}
+        self.addCleanup(self.pools["new"].close)
+        page = parse(self.get()[2])
+        self.assertEqual(
+            [a.get("data-upstream") for t, a in page.tags if t == "section"], ["new"]
+        )
+
+
+def _escaped(text: str) -> str:
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("'", "&#x27;")
+    )
+
+
+class RenderTests(SynchronousTestCase):
+    """
+    L{renderStatus} draws a snapshot, whatever built it.
+    """
+
+    def test_healthCheck(self) -> None:
+        """
+        A backend's latest health check is shown with its verdict, detail,
+        latency and age; one not checked yet, or without active checks,
+        says so.
+        """
+        snapshot = {
+            "upstreams": [
+                {
+                    "name": "app",
+                    "backends": [
+                        {
+                            "name": "a:1",
+                            "state": "down",
+                            "health": {
+                                "last_result": "failed: connection refused",
+                                "last_passed": False,
+                                "last_latency": 0.0021,
+                                "last_time": 95.0,
+                            },
+                        },
+                        {"name": "b:1", "state": "up", "health": {"last_result": None}},
+                        {"name": "c:1", "state": "up", "health": None},
+                    ],
+                }
+            ]
+        }
+        rows = parse(renderStatus(snapshot, {}, 100.0)).rows
+        self.assertEqual(
+            [_words(r[-1]) for r in rows[1:]],
+            [
+                "failed connection refused 2.1 ms \u00b7 5s ago",
+                "not checked yet",
+                "no active checks",
+            ],
+        )
+
+    def test_certificates(self) -> None:
+        """
+        Certificates are listed with their names, file and expiry, which is
+        marked when near or past.
+        """
+        day = 86400.0
+        snapshot = {
+            "upstreams": [],
+            "certificates": [
+                {"names": ["a.example", "b.example"], "file": "/etc/a.pem", "not_after_timestamp": 90 * day},
+                {"names": ["c.example"], "file": "/etc/c.pem", "not_after_timestamp": 3 * day},
+                {"names": ["d.example"], "file": "/etc/d.pem", "not_after_timestamp": 0.5 * day},
+            ],
+        }
+        main = renderStatus(snapshot, {}, day)
+        rows = parse(main).rows
+        self.assertEqual(
+            [[_words(c) for c in r] for r in rows[1:]],
+            [
+                ["a.example, b.example", "/etc/a.pem", "1970-04-01 00:00:00 UTC in 89d 00h"],
+                ["c.example", "/etc/c.pem", "1970-01-04 00:00:00 UTC in 2d 00h"],
+                ["d.example", "/etc/d.pem", "1970-01-01 12:00:00 UTC expired"],
+            ],
+        )
+        self.assertEqual(
+            re.findall(r'<span class="(ok|warn|bad)">1970', main), ["ok", "warn", "bad"]
+        )
+
+    def test_noUpstreams(self) -> None:
+        """
+        An empty snapshot says there is nothing to show.
+        """
+        self.assertIn("No upstreams are configured.", renderStatus({}, {}, 0.0))
+
+    def test_backendReadings(self) -> None:
+        """
+        The readings are the requests and failures of each backend, by
+        upstream and backend name.
+        """
+        snapshot = {
+            "upstreams": [
+                {"name": "app", "backends": [{"name": "a:1", "requests": 5, "failures": 1}]},
+                {"name": "api", "backends": [{"name": "a:1", "requests": 7}]},
+            ]
+        }
+        self.assertEqual(
+            backendReadings(snapshot),
+            {
+                ("app", "a:1", "requests"): 5,
+                ("app", "a:1", "failures"): 1,
+                ("api", "a:1", "requests"): 7,
+            },
+        )
+
+
+class RateMeterTests(SynchronousTestCase):
+    """
+    L{RateMeter} turns successive readings of counters into rates.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.meter = RateMeter(self.clock)
+
+    def test_firstReading(self) -> None:
+        """
+        The first reading of a counter has no rate.
+        """
+        self.assertEqual(self.meter.rates({"a": 5}), {"a": None})
+
+    def test_rate(self) -> None:
+        """
+        The rate is the difference over the time between the readings.
+        """
+        self.meter.rates({"a": 5})
+        self.clock.advance(2)
+        self.assertEqual(self.meter.rates({"a": 15}), {"a": 5.0})
+        self.clock.advance(10)
+        self.assertEqual(self.meter.rates({"a": 15}), {"a": 0.0})
+
+    def test_tooSoon(self) -> None:
+        """
+        A reading less than C{minimum} after the kept one repeats the rate
+        found before, and the next is taken over the longer time.
+        """
+        self.meter.rates({"a": 0})
+        self.clock.advance(2)
+        self.assertEqual(self.meter.rates({"a": 4}), {"a": 2.0})
+        self.clock.advance(0.5)
+        self.assertEqual(self.meter.rates({"a": 100}), {"a": 2.0})
+        self.clock.advance(0.5)
+        self.assertEqual(self.meter.rates({"a": 104}), {"a": 100.0})
+
+    def test_reset(self) -> None:
+        """
+        A counter that went down (new pools after a reload) starts again.
+        """
+        self.meter.rates({"a": 50})
+        self.clock.advance(2)
+        self.assertEqual(self.meter.rates({"a": 3}), {"a": None})
+        self.clock.advance(1)
+        self.assertEqual(self.meter.rates({"a": 6}), {"a": 3.0})
+
+    def test_forgets(self) -> None:
+        """
+        A counter missing from a reading is forgotten: it starts again if
+        it comes back.
+        """
+        self.meter.rates({"a": 1, "b": 1})
+        self.clock.advance(2)
+        self.assertEqual(self.meter.rates({"b": 3}), {"b": 1.0})
+        self.clock.advance(2)
+        self.assertEqual(self.meter.rates({"a": 9, "b": 3}), {"a": None, "b": 0.0})

@@ -68,7 +68,11 @@ h2{font-size:1rem;margin:0 0 .5rem;display:flex;flex-wrap:wrap;gap:.5rem;
 align-items:baseline}
 h2 small{font-weight:normal;color:var(--muted)}
 table{width:100%;border-collapse:collapse;background:var(--card);
-border:1px solid var(--line);border-radius:6px;overflow:hidden}
+border:1px solid var(--line);border-radius:6px;overflow:hidden;
+table-layout:fixed}
+col.c-backend{width:13rem}col.c-weight{width:6.5rem}col.c-active{width:4.5rem}
+col.c-requests,col.c-failures{width:7rem}col.c-latency{width:5.5rem}
+td{overflow-wrap:anywhere}
 th,td{padding:.45rem .6rem;text-align:left;vertical-align:top;
 border-top:1px solid var(--line)}
 th{background:var(--head);font-size:.75rem;text-transform:uppercase;
@@ -90,16 +94,19 @@ tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:inset 3px 0 var(-
 @media (max-width:760px){
 main,header{padding:.75rem}
 table,tbody{display:block;width:100%}
-thead{display:none}
+thead,colgroup{display:none}
 table{border:0;background:none}
-tr{display:grid;grid-template-columns:1fr 1fr;gap:.35rem .75rem;
+tr{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:.4rem .6rem;
 background:var(--card);border:1px solid var(--line);border-radius:6px;
-margin:0 0 .6rem;padding:.5rem .7rem}
-td{display:block;border:0;padding:0;min-width:0}
+margin:0 0 .6rem;padding:.55rem .7rem}
+td{display:block;border:0;padding:0}
 td.n{text-align:left;white-space:normal}
 td.w{grid-column:1/-1}
-td::before{content:attr(data-label);display:block;font-size:.7rem;
+td.h{grid-column:span 3}
+td::before{content:attr(data-label);display:block;font-size:.68rem;
 text-transform:uppercase;letter-spacing:.03em;color:var(--muted)}
+td.t::before{display:none}
+td.t .addr{font-weight:600}
 tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:none}
 tr.r-down,tr.r-failed{border-left:4px solid var(--down)}
 .reason{max-width:none}
@@ -239,29 +246,28 @@ def _ago(when: Any, now: float) -> str:
     return f'<time title="{_e(_utc(when))}">{_e(_duration(now - when))} ago</time>'
 
 
-def _cell(
-    label: str, content: str, numeric: bool = False, extra: str = "", wide: bool = False
-) -> str:
+def _cell(label: str, content: str, numeric: bool = False, extra: str = "") -> str:
     """
     A table cell; C{label} names it where a narrow screen shows each row
-    as a card, on which a C{wide} cell takes the card's whole width.
+    as a card (where the classes of C{extra} place it: C{w} the card's
+    whole width, C{t} without its label, C{h} three quarters).
     """
-    classes = " ".join(
-        c for c in ("n" if numeric else "", "w" if wide else "", extra) if c
-    )
+    classes = " ".join(c for c in ("n" if numeric else "", extra) if c)
     attribute = f' class="{classes}"' if classes else ""
     return f'<td data-label="{_e(label)}"{attribute}>{content}</td>'
 
 
-_COLUMNS: Sequence[tuple[str, bool]] = (
-    ("Backend", False),
-    ("State", False),
-    ("Weight", True),
-    ("Active", True),
-    ("Requests", True),
-    ("Failures", True),
-    ("Latency", True),
-    ("Health check", False),
+#: The columns of an upstream's table: title, whether numeric, the class
+#: of its C{<col>} (which sets its width, the same in every table).
+_COLUMNS: Sequence[tuple[str, bool, str]] = (
+    ("Backend", False, "c-backend"),
+    ("State", False, "c-state"),
+    ("Weight", True, "c-weight"),
+    ("Active", True, "c-active"),
+    ("Requests", True, "c-requests"),
+    ("Failures", True, "c-failures"),
+    ("Latency", True, "c-latency"),
+    ("Health check", False, "c-health"),
 )
 
 
@@ -317,14 +323,14 @@ def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]]
         _cell(
             "Backend",
             f'<span class="addr">{_e(backend.get("name", "?"))}</span>{tags}',
-            wide=True,
+            extra="w t",
         ),
         _cell(
             "State",
             f'<span class="state s-{_e(state)}">{_e(state)}</span>'
             f'<span class="sub reason">{_e(backend.get("reason", ""))}</span>'
             f'<span class="sub">{sinceText}</span>',
-            wide=True,
+            extra="w t",
         ),
         _cell(
             "Weight",
@@ -348,7 +354,7 @@ def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]]
         _cell(
             "Health check",
             _health(backend["health"], now) if "health" in backend else "\u2013",
-            wide=True,
+            extra="h",
         ),
     ]
     return f'<tr class="r-{_e(state)}">{"".join(cells)}</tr>'
@@ -362,9 +368,10 @@ def _upstream(
     name = str(upstream.get("name", "?"))
     backends = list(upstream.get("backends", ()))
     up = sum(1 for b in backends if b.get("state") == "up")
+    columns = "".join(f'<col class="{c}">' for _, _, c in _COLUMNS)
     head = "".join(
         f'<th{_NUMERIC if numeric else ""} scope="col">{_e(title)}</th>'
-        for title, numeric in _COLUMNS
+        for title, numeric, _ in _COLUMNS
     )
     rows = "".join(
         _backendRow(
@@ -375,12 +382,16 @@ def _upstream(
         for b in backends
     )
     if not rows:
-        rows = f'<tr><td colspan="{len(_COLUMNS)}" class="empty w">no backends</td></tr>'
-    summaryClass = "ok" if up == len(backends) else ("bad" if up == 0 else "warn")
+        rows = f'<tr><td colspan="{len(_COLUMNS)}" class="empty w t">no backends</td></tr>'
+    if not backends:
+        summaryClass = ""
+    else:
+        summaryClass = "ok" if up == len(backends) else ("bad" if up == 0 else "warn")
     return (
         f'<section data-upstream="{_e(name)}"><h2>{_e(name)} '
         f'<small class="{summaryClass}">{up} of {len(backends)} up</small></h2>'
-        f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>"
+        f"<table><colgroup>{columns}</colgroup><thead><tr>{head}</tr></thead>"
+        f"<tbody>{rows}</tbody></table></section>"
     )
 
 
@@ -402,9 +413,15 @@ def _certificates(certificates: Iterable[Mapping[str, Any]], now: float) -> str:
         names = certificate.get("names") or ()
         rows.append(
             "<tr>"
-            + _cell("Names", _e(", ".join(str(n) for n in names)) or '<span class="empty">none</span>')
-            + _cell("File", f'<span class="addr">{_e(certificate.get("file", ""))}</span>')
-            + _cell("Expires", expiry)
+            + _cell(
+                "Names",
+                _e(", ".join(str(n) for n in names)) or '<span class="empty">none</span>',
+                extra="w",
+            )
+            + _cell(
+                "File", f'<span class="addr">{_e(certificate.get("file", ""))}</span>', extra="w"
+            )
+            + _cell("Expires", expiry, extra="w")
             + "</tr>"
         )
     if not rows:

@@ -9,6 +9,8 @@
 #   etcd-server     etcd, the registry the etcd source and fleet tests watch
 #   etcd-client     etcdctl, used by the fleet page's recorded session
 #   haproxy         the PROXY protocol peer (in front of and behind lbproxy)
+#   chromium        the headless browser the status page's end-to-end test
+#   chromium-driver drives (chromedriver, through selenium)
 #
 #   sh .ci/tools.sh              # all of them
 #   sh .ci/tools.sh pypy3        # just these packages
@@ -17,7 +19,7 @@
 # script fails, so that no test is skipped in silence.
 set -eu
 if [ $# -eq 0 ]; then
-    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client haproxy
+    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client haproxy chromium chromium-driver
 fi
 missing=""
 for package in "$@"; do
@@ -27,6 +29,7 @@ for package in "$@"; do
         etcd-server) program=etcd ;;
         etcd-client) program=etcdctl ;;
         haproxy) program=/usr/sbin/haproxy ;;
+        chromium-driver) program=chromedriver ;;
         *) program=$package ;;
     esac
     command -v "$program" >/dev/null 2>&1 || missing="$missing $package"

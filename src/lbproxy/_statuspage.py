@@ -491,7 +491,7 @@ def renderPage(
         '<header><h1>lbproxy status</h1>'
         f"<p>Updates every {REFRESH_SECONDS}s \u00b7 "
         '<a href="./" id="reload">reload</a> \u00b7 '
-        '<a href="api/upstreams">JSON</a></p></header>'
+        '<a href="api/status">JSON</a></p></header>'
         f"{renderStatus(snapshot, rates, now)}"
         f"<script>{_SCRIPT}</script></body></html>\n"
     )

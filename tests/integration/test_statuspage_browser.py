@@ -27,10 +27,10 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy.testing import startServer
+from tests.integration.test_admin_live import NamedBackend
 
 try:
     from selenium import webdriver
@@ -65,21 +65,6 @@ def _missing() -> Optional[str]:
     if _seleniumMissing is not None:
         return f"selenium is not installed ({_seleniumMissing}): pip install -e '.[test]'"
     return None
-
-
-class Answering(Resource):
-    """
-    A backend: answers every request, health checks included, with its name.
-    """
-
-    isLeaf = True
-
-    def __init__(self, name: bytes) -> None:
-        Resource.__init__(self)
-        self.name = name
-
-    def render_GET(self, request: Any) -> bytes:
-        return self.name + b"\n"
 
 
 _CONFIG = """
@@ -223,7 +208,7 @@ class StatusPageBrowserTests(TestCase):
         self.client = treq.client.HTTPClient(Agent(reactor, pool=pool))
         self.servers = {}
         for name in "abcd":
-            server = yield startServer(Answering(name.encode()), reactor)
+            server = yield startServer(NamedBackend(name.encode()), reactor)
             self.addCleanup(server.stop)
             self.servers[name] = server
         config = parseConfigText(

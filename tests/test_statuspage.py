@@ -24,7 +24,7 @@ from lbproxy._statuspage import (
     CONTENT_SECURITY_POLICY,
     NOSCRIPT_REFRESH_SECONDS,
     RateMeter,
-    backendReadings,
+    readings,
     renderPage,
     renderStatus,
 )
@@ -415,25 +415,69 @@ class RenderTests(SynchronousTestCase):
         """
         self.assertIn("No upstreams are configured.", renderStatus({}, {}, 0.0))
 
-    def test_backendReadings(self) -> None:
+    def test_readings(self) -> None:
         """
         The readings are the requests and failures of each backend, by
-        upstream and backend name.
+        upstream and backend name, and, when the snapshot has vhosts, the
+        client requests and 5xx answers of every vhost and of none.
         """
-        snapshot = {
+        snapshot: dict[str, Any] = {
             "upstreams": [
                 {"name": "app", "backends": [{"name": "a:1", "requests": 5, "failures": 1}]},
                 {"name": "api", "backends": [{"name": "a:1", "requests": 7}]},
             ]
         }
         self.assertEqual(
-            backendReadings(snapshot),
+            readings(snapshot),
             {
                 ("app", "a:1", "requests"): 5,
                 ("app", "a:1", "failures"): 1,
                 ("api", "a:1", "requests"): 7,
             },
         )
+        snapshot = {
+            "upstreams": [],
+            "vhosts": [
+                {"requests": 10, "responses_by_class": {"2xx": 8, "5xx": 2}},
+                {"requests": 4, "responses_by_class": {"5xx": 1}},
+            ],
+            "unrouted": {"requests": 3, "responses_by_class": {"4xx": 3}},
+        }
+        self.assertEqual(
+            readings(snapshot), {("", "", "requests"): 17, ("", "", "5xx"): 3}
+        )
+
+    def test_overview(self) -> None:
+        """
+        Over the tables, the snapshot's connections, requests in flight,
+        client requests and 5xx answers (with their rates) and reloads.
+        """
+        snapshot = {
+            "connections": 12,
+            "connections_refused": 2,
+            "active_requests": 3,
+            "vhosts": [{"requests": 1500, "responses_by_class": {"5xx": 4}}],
+            "unrouted": {"requests": 0},
+            "reloads": 5,
+            "reload_failures": 1,
+            "last_reload_ok": False,
+            "config_loaded": 70.0,
+            "upstreams": [],
+        }
+        rates = {("", "", "requests"): 25.0, ("", "", "5xx"): 0.5}
+        main = renderStatus(snapshot, rates, 100.0)
+        tiles = re.findall(r'<div class="(tile(?: [a-z]+)?)">(.*?)</div>', main)
+        self.assertEqual(
+            [(css, _words(re.sub("<[^>]+>", " ", body))) for css, body in tiles],
+            [
+                ("tile", "Connections 12 2 refused"),
+                ("tile", "In flight 3"),
+                ("tile", "Requests 1,500 25/s"),
+                ("tile bad", "5xx answers 4 0.5/s"),
+                ("tile warn", "Reloads 5 1 refused \u00b7 loaded 30s ago"),
+            ],
+        )
+        self.assertNotIn('class="tiles"', renderStatus({"upstreams": []}, {}, 0.0))
 
 
 class RateMeterTests(SynchronousTestCase):

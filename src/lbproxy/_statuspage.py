@@ -64,6 +64,14 @@ header a{color:inherit}
 body.stale header p::after{content:" \\2014  not updating";color:var(--down)}
 main{padding:1rem 1.25rem;max-width:88rem}
 section{margin:0 0 1.5rem}
+.tiles{display:flex;flex-wrap:wrap;gap:.6rem;margin:0 0 1.25rem}
+.tile{background:var(--card);border:1px solid var(--line);border-radius:6px;
+padding:.45rem .8rem;min-width:9rem}
+.tile small{display:block;font-size:.8rem;color:var(--muted)}
+.tile.bad b,.tile.bad small{color:var(--down)}.tile.warn b{color:var(--failed)}
+.tile b{display:block;font-size:1.25rem;font-variant-numeric:tabular-nums}
+.tile span{font-size:.7rem;text-transform:uppercase;letter-spacing:.03em;
+color:var(--muted)}
 h2{font-size:1rem;margin:0 0 .5rem;display:flex;flex-wrap:wrap;gap:.5rem;
 align-items:baseline}
 h2 small{font-weight:normal;color:var(--muted)}
@@ -110,6 +118,7 @@ td.t .addr{font-weight:600}
 tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:none}
 tr.r-down,tr.r-failed{border-left:4px solid var(--down)}
 .reason{max-width:none}
+.tile{flex:1 1 40%;min-width:0}
 }
 """
 
@@ -433,12 +442,34 @@ def _certificates(certificates: Iterable[Mapping[str, Any]], now: float) -> str:
     )
 
 
-def backendReadings(snapshot: Mapping[str, Any]) -> dict[tuple[str, str, str], float]:
+#: The key in L{readings} of the requests of every vhost (and of none).
+TOTAL_REQUESTS = ("", "", "requests")
+
+#: The key in L{readings} of the 5xx answers of every vhost (and of none).
+TOTAL_5XX = ("", "", "5xx")
+
+
+def _clientCounts(snapshot: Mapping[str, Any]) -> tuple[float, float]:
     """
-    The counters of a snapshot that the page shows per second, by
-    C{(upstream, backend, counter)}, for L{RateMeter.rates}.
+    The client requests of a snapshot, and those answered with a 5xx: of
+    every vhost and of none.
+    """
+    groups = [*snapshot.get("vhosts", ()), snapshot.get("unrouted") or {}]
+    requests = sum(g.get("requests", 0) for g in groups)
+    errors = sum((g.get("responses_by_class") or {}).get("5xx", 0) for g in groups)
+    return requests, errors
+
+
+def readings(snapshot: Mapping[str, Any]) -> dict[tuple[str, str, str], float]:
+    """
+    The counters of a snapshot that the page shows per second, for
+    L{RateMeter.rates}: each backend's by C{(upstream, backend, counter)},
+    and the client requests and 5xx answers in total (L{TOTAL_REQUESTS},
+    L{TOTAL_5XX}) when the snapshot has vhosts.
     """
     readings = {}
+    if "vhosts" in snapshot:
+        readings[TOTAL_REQUESTS], readings[TOTAL_5XX] = _clientCounts(snapshot)
     for upstream in snapshot.get("upstreams", ()):
         for backend in upstream.get("backends", ()):
             for counter in RATE_COUNTERS:
@@ -446,6 +477,65 @@ def backendReadings(snapshot: Mapping[str, Any]) -> dict[tuple[str, str, str], f
                 if isinstance(value, (int, float)):
                     readings[(str(upstream.get("name")), str(backend.get("name")), counter)] = value
     return readings
+
+
+def _tile(label: str, value: str, sub: str = "", css: str = "") -> str:
+    cls = f"tile {css}" if css else "tile"
+    return f'<div class="{cls}"><span>{_e(label)}</span><b>{value}</b>{sub}</div>'
+
+
+def _overview(
+    snapshot: Mapping[str, Any],
+    rates: Mapping[tuple[str, str, str], Optional[float]],
+    now: float,
+) -> str:
+    """
+    The figures of the whole process over the tables: connections,
+    requests in flight, client requests and 5xx answers, reloads.
+    """
+    tiles = []
+    if "connections" in snapshot:
+        refused = snapshot.get("connections_refused") or 0
+        tiles.append(
+            _tile(
+                "Connections",
+                _count(snapshot["connections"]),
+                f'<small class="bad">{_count(refused)} refused</small>' if refused else "",
+            )
+        )
+    if "active_requests" in snapshot:
+        tiles.append(_tile("In flight", _count(snapshot["active_requests"])))
+    if "vhosts" in snapshot:
+        requests, errors = _clientCounts(snapshot)
+        tiles.append(
+            _tile("Requests", _count(requests), f"<small>{_rate(rates.get(TOTAL_REQUESTS))}</small>")
+        )
+        errorRate = rates.get(TOTAL_5XX)
+        tiles.append(
+            _tile(
+                "5xx answers",
+                _count(errors),
+                f"<small>{_rate(errorRate)}</small>",
+                "bad" if errorRate else "",
+            )
+        )
+    if "reloads" in snapshot:
+        failures = snapshot.get("reload_failures") or 0
+        loaded = snapshot.get("config_loaded")
+        notes = []
+        if failures:
+            notes.append(f"{_count(failures)} refused")
+        if isinstance(loaded, (int, float)):
+            notes.append(f"loaded {_ago(loaded, now)}")
+        tiles.append(
+            _tile(
+                "Reloads",
+                _count(snapshot["reloads"]),
+                f"<small>{_DOT.join(notes)}</small>" if notes else "",
+                "" if snapshot.get("last_reload_ok", True) else "warn",
+            )
+        )
+    return f'<div class="tiles">{"".join(tiles)}</div>' if tiles else ""
 
 
 def renderStatus(
@@ -459,7 +549,7 @@ def renderStatus(
 
     @param snapshot: the status snapshot.
     @param rates: per-second figures, as L{RateMeter.rates} gives them for
-        L{backendReadings}.
+        L{readings}.
     @param now: the time (seconds since the epoch) that ages are counted
         to.
     """
@@ -467,7 +557,8 @@ def renderStatus(
     if not upstreams:
         upstreams = '<p class="empty">No upstreams are configured.</p>'
     return (
-        f'<main id="status" data-time="{_e(now)}">{upstreams}'
+        f'<main id="status" data-time="{_e(now)}">{_overview(snapshot, rates, now)}'
+        f"{upstreams}"
         f"{_certificates(snapshot.get('certificates', ()), now)}"
         f'<p class="sub">Figures of {_e(_utc(now))}.</p></main>'
     )
@@ -517,7 +608,7 @@ class StatusPage:
 
         @param snapshot: the status snapshot to show.
         """
-        rates = self.rateMeter.rates(backendReadings(snapshot))
+        rates = self.rateMeter.rates(readings(snapshot))
         now = self._clock.seconds()
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")

@@ -409,6 +409,76 @@ class RenderTests(SynchronousTestCase):
             re.findall(r'<span class="(ok|warn|bad)">1970', main), ["ok", "warn", "bad"]
         )
 
+    def test_perWorker(self) -> None:
+        """
+        The merged snapshot of C{workers} mode gives what differs between
+        workers by worker number: each worker's value is shown under its
+        number, the row takes the worst of the states, and the per-worker
+        breakdown is a table of its own.
+        """
+        snapshot = {
+            "upstreams": [
+                {
+                    "name": "app",
+                    "backends": [
+                        {
+                            "name": "a:1",
+                            "state": {"per_worker": {"0": "up", "1": "down"}},
+                            "reason": {"per_worker": {"0": "started", "1": "refused <x>"}},
+                            "since": {"per_worker": {"0": None, "1": 90.0}},
+                            "weight": 2,
+                            "effective_weight": 2.0,
+                            "requests": 7,
+                            "last_latency": {"per_worker": {"0": 0.001, "1": 0.002}},
+                            "health": {
+                                "last_result": {
+                                    "per_worker": {"0": "passed: status 200", "1": "failed: refused"}
+                                },
+                                "last_passed": {"per_worker": {"0": True, "1": False}},
+                                "last_latency": 0.004,
+                                "last_time": 99.0,
+                            },
+                        }
+                    ],
+                }
+            ],
+            "workers": [
+                {
+                    "worker": 0,
+                    "pid": 41,
+                    "answered": True,
+                    "answer": {"connections": 3, "active_requests": 1, "vhosts": [{"requests": 5}]},
+                },
+                {"worker": 1, "pid": None, "answered": False, "error": "not running"},
+            ],
+        }
+        page = parse(renderStatus(snapshot, {}, 100.0))
+        rows = [[_words(c) for c in r] for r, c in zip(page.rows, page.rowClasses) if c]
+        self.assertEqual(
+            rows[0][:3],
+            [
+                "a:1",
+                "w0 up started since start w1 down refused <x> since 10s ago",
+                "2 effective 2",
+            ],
+        )
+        self.assertEqual(
+            rows[0][6:],
+            [
+                "w0 1.0 ms w1 2.0 ms",
+                "w0 passed status 200 4.0 ms \u00b7 1s ago w1 failed refused 4.0 ms \u00b7 1s ago",
+            ],
+        )
+        self.assertEqual(page.rowClasses[1], "r-down")
+        self.assertIn("app 0 of 1 up", _words(page.text))
+        self.assertEqual(
+            rows[1:],
+            [
+                ["0", "41", "answering", "3", "1", "5"],
+                ["1", "\u2013", "not answering not running", "\u2013", "\u2013", "\u2013"],
+            ],
+        )
+
     def test_noUpstreams(self) -> None:
         """
         An empty snapshot says there is nothing to show.

@@ -98,6 +98,9 @@ padding:.05rem .5rem;border-radius:999px;color:#fff;background:var(--disabled)}
 tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:inset 3px 0 var(--down)}
 .bad{color:var(--down)}.warn{color:var(--failed)}.ok{color:var(--up)}
 .reason{max-width:22rem}
+.pw{display:block}.pw+.pw{margin-top:.3rem}
+.wn{display:inline-block;min-width:1.6rem;font-size:.7rem;color:var(--muted);
+font-variant-numeric:tabular-nums}
 .empty{color:var(--muted);font-style:italic}
 @media (max-width:760px){
 main,header{padding:.75rem}
@@ -205,6 +208,60 @@ def _e(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
+#: The key under which the merged snapshot of C{workers} mode
+#: (L{lbproxy._workeradmin}) gives a value that differs between workers:
+#: C{{"per_worker": {"0": VALUE, "1": VALUE}}}.
+PER_WORKER = "per_worker"
+
+
+def _byWorker(value: Any) -> Optional[dict[str, Any]]:
+    """
+    The values by worker number of a value that differs between workers,
+    or L{None} for a value that does not.
+    """
+    if isinstance(value, Mapping) and isinstance(value.get(PER_WORKER), Mapping):
+        return dict(value[PER_WORKER])
+    return None
+
+
+def _workersOf(
+    record: Mapping[str, Any], keys: Sequence[str]
+) -> Optional[list[tuple[str, dict[str, Any]]]]:
+    """
+    When some of C{keys} of C{record} differ between workers: each
+    worker's number with its own C{keys}; else L{None}.
+    """
+    split = {k: _byWorker(record.get(k)) for k in keys}
+    numbers: dict[str, None] = {}
+    for values in split.values():
+        if values is not None:
+            numbers.update(dict.fromkeys(values))
+    if not numbers:
+        return None
+    workers = []
+    for n in numbers:
+        own = {}
+        for k, values in split.items():
+            own[k] = record.get(k) if values is None else values.get(n)
+        workers.append((n, own))
+    return workers
+
+
+def _each(value: Any, draw: Any) -> str:
+    """
+    C{draw(value)}, or for a value that differs between workers, each
+    worker's drawn, under its number.
+    """
+    split = _byWorker(value)
+    if split is None:
+        result: str = draw(value)
+        return result
+    return "".join(
+        f'<span class="pw"><span class="wn">w{_e(n)}</span> {draw(v)}</span>'
+        for n, v in split.items()
+    )
+
+
 def _count(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"{value:,.0f}"
@@ -280,6 +337,13 @@ _COLUMNS: Sequence[tuple[str, bool, str]] = (
 )
 
 
+#: The keys of a backend's C{health} that the page shows.
+_HEALTH_KEYS = ("last_result", "last_passed", "last_latency", "last_time")
+
+#: States in the order a row takes the first of (when workers differ).
+_STATE_ORDER = ("down", "failed", "draining", "disabled", "up")
+
+
 def _health(check: Any, now: float) -> str:
     """
     The latest active health check of a backend: its C{health} in the
@@ -287,6 +351,12 @@ def _health(check: Any, now: float) -> str:
     """
     if not isinstance(check, Mapping):
         return '<span class="empty">no active checks</span>'
+    workers = _workersOf(check, _HEALTH_KEYS)
+    if workers is not None:
+        return "".join(
+            f'<span class="pw"><span class="wn">w{_e(n)}</span> {_health(own, now)}</span>'
+            for n, own in workers
+        )
     if not check.get("last_result"):
         return '<span class="empty">not checked yet</span>'
     verdict, _, detail = str(check["last_result"]).partition(": ")
@@ -309,12 +379,38 @@ def _health(check: Any, now: float) -> str:
     )
 
 
-def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]], now: float) -> str:
-    state = str(backend.get("state", "unknown"))
+def _state(backend: Mapping[str, Any], now: float) -> str:
+    """
+    A backend's state, with its reason and since when.
+    """
     since = backend.get("since")
     sinceText = (
         f"since {_ago(since, now)}" if isinstance(since, (int, float)) else "since start"
     )
+    state = str(backend.get("state", "unknown"))
+    return (
+        f'<span class="state s-{_e(state)}">{_e(state)}</span>'
+        f'<span class="sub reason">{_e(backend.get("reason", ""))}</span>'
+        f'<span class="sub">{sinceText}</span>'
+    )
+
+
+def _effective(weight: Any) -> str:
+    return _e(f"{weight:g}" if isinstance(weight, (int, float)) else weight)
+
+
+def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]], now: float) -> str:
+    workers = _workersOf(backend, ("state", "reason", "since"))
+    if workers is None:
+        states = [str(backend.get("state", "unknown"))]
+        stateCell = _state(backend, now)
+    else:
+        states = [str(own["state"]) for _, own in workers]
+        stateCell = "".join(
+            f'<span class="pw"><span class="wn">w{_e(n)}</span> {_state(own, now)}</span>'
+            for n, own in workers
+        )
+    rowState = next((s for s in _STATE_ORDER if s in states), states[0])
     tags = "".join(
         f'<span class="tag">{_e(t)}</span>'
         for t in (
@@ -323,28 +419,18 @@ def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]]
         )
         if t
     )
-    weight = backend.get("weight")
-    effective = backend.get("effective_weight")
     failureRate = rates.get("failures")
-    failures = backend.get("failures")
-    failureClass = "bad" if failureRate else ""
     cells = [
         _cell(
             "Backend",
             f'<span class="addr">{_e(backend.get("name", "?"))}</span>{tags}',
             extra="w t",
         ),
-        _cell(
-            "State",
-            f'<span class="state s-{_e(state)}">{_e(state)}</span>'
-            f'<span class="sub reason">{_e(backend.get("reason", ""))}</span>'
-            f'<span class="sub">{sinceText}</span>',
-            extra="w t",
-        ),
+        _cell("State", stateCell, extra="w t"),
         _cell(
             "Weight",
-            f"{_e(weight)}<span class=\"sub\">effective "
-            f"{_e(f'{effective:g}' if isinstance(effective, (int, float)) else effective)}</span>",
+            f'{_each(backend.get("weight"), _e)}<span class="sub">effective '
+            f'{_each(backend.get("effective_weight"), _effective)}</span>',
             numeric=True,
         ),
         _cell("Active", _count(backend.get("active")), numeric=True),
@@ -355,18 +441,20 @@ def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]]
         ),
         _cell(
             "Failures",
-            f'{_count(failures)}<span class="sub">{_rate(failureRate)}</span>',
+            f'{_count(backend.get("failures"))}<span class="sub">{_rate(failureRate)}</span>',
             numeric=True,
-            extra=failureClass,
+            extra="bad" if failureRate else "",
         ),
-        _cell("Latency", _milliseconds(backend.get("last_latency")), numeric=True),
+        _cell(
+            "Latency", _each(backend.get("last_latency"), _milliseconds), numeric=True
+        ),
         _cell(
             "Health check",
             _health(backend["health"], now) if "health" in backend else "\u2013",
             extra="h",
         ),
     ]
-    return f'<tr class="r-{_e(state)}">{"".join(cells)}</tr>'
+    return f'<tr class="r-{_e(rowState)}">{"".join(cells)}</tr>'
 
 
 def _upstream(
@@ -458,6 +546,57 @@ def _clientCounts(snapshot: Mapping[str, Any]) -> tuple[float, float]:
     requests = sum(g.get("requests", 0) for g in groups)
     errors = sum((g.get("responses_by_class") or {}).get("5xx", 0) for g in groups)
     return requests, errors
+
+
+def _workers(workers: Any) -> str:
+    """
+    The per-worker breakdown of a merged snapshot (C{workers} mode): each
+    worker's process id and whether it answered, with its own figures.
+    """
+    if not isinstance(workers, list) or not workers:
+        return ""
+    rows = []
+    for worker in workers:
+        if not isinstance(worker, Mapping):
+            continue
+        answer = worker.get("answer")
+        if worker.get("answered") and isinstance(answer, Mapping):
+            status = '<span class="state s-up">answering</span>'
+            requests: Any = _clientCounts(answer)[0] if "vhosts" in answer else None
+            figures = [answer.get("connections"), answer.get("active_requests"), requests]
+        else:
+            status = (
+                '<span class="state s-down">not answering</span>'
+                f'<span class="sub reason">{_e(worker.get("error") or "")}</span>'
+            )
+            figures = [None, None, None]
+        pid = worker.get("pid")
+        rows.append(
+            f'<tr class="r-{"up" if worker.get("answered") else "down"}">'
+            + _cell("Worker", f'<span class="addr">{_e(worker.get("worker", "?"))}</span>', extra="t")
+            + _cell("PID", _e(pid) if pid is not None else "\u2013", numeric=True)
+            + _cell("Status", status, extra="w")
+            + "".join(
+                _cell(label, _count(value), numeric=True)
+                for label, value in zip(("Connections", "In flight", "Requests"), figures)
+            )
+            + "</tr>"
+        )
+    head = "".join(
+        f'<th{_NUMERIC if numeric else ""} scope="col">{title}</th>'
+        for title, numeric in (
+            ("Worker", False),
+            ("PID", True),
+            ("Status", False),
+            ("Connections", True),
+            ("In flight", True),
+            ("Requests", True),
+        )
+    )
+    return (
+        '<section data-workers=""><h2>Workers</h2><table>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
 
 
 def readings(snapshot: Mapping[str, Any]) -> dict[tuple[str, str, str], float]:
@@ -560,6 +699,7 @@ def renderStatus(
         f'<main id="status" data-time="{_e(now)}">{_overview(snapshot, rates, now)}'
         f"{upstreams}"
         f"{_certificates(snapshot.get('certificates', ()), now)}"
+        f"{_workers(snapshot.get('workers'))}"
         f'<p class="sub">Figures of {_e(_utc(now))}.</p></main>'
     )
 

@@ -209,7 +209,7 @@ def _e(value: Any) -> str:
 
 
 #: The key under which the merged snapshot of C{workers} mode
-#: (L{lbproxy._workeradmin}) gives a value that differs between workers:
+#: (C{lbproxy._workeradmin}) gives a value that differs between workers:
 #: C{{"per_worker": {"0": VALUE, "1": VALUE}}}.
 PER_WORKER = "per_worker"
 

@@ -42,7 +42,7 @@ exclude_patterns = ["_build"]
 highlight_language = "none"
 pygments_style = "sphinx"
 html_theme = "alabaster"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
 
 # No inventory is fetched: the build runs offline.
 intersphinx_mapping: dict[str, Any] = {}

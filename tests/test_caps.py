@@ -488,7 +488,7 @@ class EjectionTests(SynchronousTestCase):
             self.clock.advance(outs[-1])
             self.assertIs(backend.state, BackendState.UP)
         self.assertEqual(outs, [10.0, 20.0, 40.0])
-        self.assertIn("(ejection 3 in a row)", backend._reasons[BackendState.FAILED])
+        self.assertIn("out for 40s, ejection 3 in a row", backend._reasons[BackendState.FAILED])
         self.clock.advance(40.0)
         self.answer(pool, backend, 500, 3)
         self.assertEqual(backend.failedUntil, self.clock.seconds() + 10.0)

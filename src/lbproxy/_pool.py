@@ -998,7 +998,7 @@ class Pool:
         backend.ejections += 1
         reason = f"ejected: {what} within {failTimeout:g}s; out for {duration:g}s"
         if backend.ejectedInARow > 1:
-            reason += f" (ejection {backend.ejectedInARow} in a row)"
+            reason += f", ejection {backend.ejectedInARow} in a row"
         self._takeOut(backend, duration, now, reason)
 
     def _takeOut(

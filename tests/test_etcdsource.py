@@ -94,6 +94,23 @@ class EtcdSourceTests(SynchronousTestCase):
         self.pool.requestFinished(b, None, _success(), 0.01)
         self.assertEqual(self.members(), [("127.0.0.1:8001", 5, "up")])
 
+    def test_operatorChanges(self):
+        """
+        A weight set at run time (the admin API's PATCH) lasts until the
+        next change under the prefix, which applies every server line
+        again; a drain by the operator stays.
+        """
+        self.source.startService()
+        self.http.flush()
+        self.put("a", "127.0.0.1:8001")
+        self.put("b", "127.0.0.1:8002")
+        a, b = self.pool.backends
+        self.pool.setWeight(a, 9)
+        self.pool.drain(b)
+        self.put("c", "127.0.0.1:8003")
+        self.assertEqual(a.weight, 1)
+        self.assertEqual(b.state, BackendState.DRAINING)
+
     def test_badValueSkipped(self):
         """
         A value that is not a server line is logged once and not applied: a
@@ -202,6 +219,22 @@ class ServiceTests(SynchronousTestCase):
             source.mirror.client.endpoints, ["http://127.0.0.1:1", "http://127.0.0.1:2"]
         )
         self.assertEqual(service.pools["app"].backends, ())
+
+    def test_healthChecksFollow(self):
+        """
+        With C{health_check}, the backends the source adds are probed and
+        those it removes are no longer.
+        """
+        config = parseConfigText(_CONFIG.replace("[upstream:static]", "health_check = /hz\n[upstream:static]"))
+        service = LoadBalancerService(config, MemoryReactorClock())
+        checker = service.healthCheckers["app"]
+        changed = service.sources["app"].mirror.changed
+        changed({b"/k/a": b"127.0.0.1:8001", b"/k/b": b"127.0.0.1:8002"}, "test")
+        self.assertEqual(
+            sorted(b.name for b in checker.checks), ["127.0.0.1:8001", "127.0.0.1:8002"]
+        )
+        changed({b"/k/b": b"127.0.0.1:8002"}, "test")
+        self.assertEqual([b.name for b in checker.checks], ["127.0.0.1:8002"])
 
     def test_reloadKeepsBackends(self):
         """

@@ -45,6 +45,7 @@ from lbproxy._config import AdminConfig, ConfigError, SiteConfig, parseConfig
 from lbproxy._listeners import EndpointListener, ListenerService, parseTCPDescription
 from lbproxy._metrics import renderMetrics
 from lbproxy._proxyprotocol import listenerParts, withoutPrefix
+from lbproxy._statuspage import StatusPage
 from lbproxy._workeradmin import (
     WORKER_ADMIN,
     WorkerAdminClient,
@@ -214,7 +215,9 @@ class WorkerParentService(MultiService):
                 pages={
                     b"/metrics": lambda request, merged: renderMetrics(
                         request, singleValues(merged)
-                    )
+                    ),
+                    # Shows what differs between workers per worker.
+                    b"/": StatusPage(reactor).render,
                 },
             )
             EndpointListener(

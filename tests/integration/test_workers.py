@@ -307,6 +307,15 @@ class WorkersTests(TestCase):
             sum(v for (name, _), v in metrics.items() if name == "lbproxy_upstream_requests_total"),
             sent,
         )
+        # The status page is drawn from the merged snapshot: both backends,
+        # and a row per worker, answering.
+        response = yield client.get(admin + "/")
+        page = (yield response.content()).decode()
+        self.assertEqual(response.code, 200)
+        for backendPort in backends.values():
+            self.assertIn(f'<span class="addr">127.0.0.1:{backendPort}</span>', page)
+        self.assertEqual(page.count("answering</span>"), 2)
+        self.assertNotIn("not answering", page)
 
         # Private: the directory 0700, each socket 0600.
         directory = None

@@ -11,6 +11,7 @@ real etcd.
 from __future__ import annotations
 
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -32,6 +33,18 @@ class _Keyed:
 
     def __init__(self, key: bytes) -> None:
         self.requestHeaders = Headers({b"X-Key": [key]})
+
+
+class _Client:
+    """
+    As much of a request as C{ip_hash} reads.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.address = IPv4Address("TCP", host, 40000)
+
+    def getClientAddress(self) -> IPv4Address:
+        return self.address
 
 
 class FleetTests(SynchronousTestCase):
@@ -111,6 +124,22 @@ class FleetTests(SynchronousTestCase):
             sorted(seen),
             sorted(b.url for b in pools[0].backends if not b.backup),
         )
+
+    def test_ipHashDependsOnHistory(self):
+        """
+        C{ip_hash}, by contrast, lays backends out in the order it first
+        met them and remembers departed ones: instances with different
+        histories of the same keys send many clients to different backends
+        (which is why docs/fleet.rst recommends C{consistent_hash} with
+        C{remote_addr} for a fleet).
+        """
+        pools = self.history(lambda: self.instance("ip_hash", {}))
+        differ = 0
+        for n in range(10000):
+            client = _Client(f"10.{n // 256 % 256}.{n % 256}.1")
+            if len({pool.pick(client).url for pool in pools}) > 1:
+                differ += 1
+        self.assertGreater(differ, 1000)
 
     def test_stickyCookie(self):
         """

@@ -49,10 +49,11 @@ CERTIFICATE_WARNING_DAYS = 14
 _CSS = """
 :root{color-scheme:light dark;--bg:#f6f7f9;--fg:#1d2330;--muted:#667085;
 --card:#fff;--line:#e3e6eb;--head:#f0f2f5;--up:#12803c;--down:#c4320a;
---failed:#b54708;--draining:#175cd3;--disabled:#667085}
+--failed:#b54708;--draining:#175cd3;--disabled:#667085;--on-state:#fff}
 @media (prefers-color-scheme:dark){:root{--bg:#12151b;--fg:#e6e9ef;
 --muted:#98a2b3;--card:#1b2029;--line:#2c3340;--head:#222835;--up:#47cd89;
---down:#f97066;--failed:#fdb022;--draining:#84adff;--disabled:#98a2b3}}
+--down:#f97066;--failed:#fdb022;--draining:#84adff;--disabled:#98a2b3;
+--on-state:#12151b}}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);
 font:15px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
@@ -92,7 +93,8 @@ font-size:.9rem;word-break:break-all}
 .tag{font-size:.7rem;border:1px solid var(--line);border-radius:4px;
 padding:0 .3rem;margin-left:.3rem;color:var(--muted)}
 .state{display:inline-block;font-weight:600;font-size:.8rem;
-padding:.05rem .5rem;border-radius:999px;color:#fff;background:var(--disabled)}
+padding:.05rem .5rem;border-radius:999px;color:var(--on-state);
+background:var(--disabled)}
 .s-up{background:var(--up)}.s-down{background:var(--down)}
 .s-failed{background:var(--failed)}.s-draining{background:var(--draining)}
 tr.r-down td:first-child,tr.r-failed td:first-child{box-shadow:inset 3px 0 var(--down)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from html.parser import HTMLParser
 from typing import Any, Optional
@@ -19,7 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy._admin import AdminResource
 from lbproxy._backend import Backend, Outcome
+from lbproxy._certificates import loadChain
 from lbproxy._pool import Pool
+from lbproxy._snapshot import certificateStatus
 from lbproxy._statuspage import (
     CONTENT_SECURITY_POLICY,
     NOSCRIPT_REFRESH_SECONDS,
@@ -29,6 +32,8 @@ from lbproxy._statuspage import (
     renderStatus,
 )
 from lbproxy.balancers._roundrobin import RoundRobin
+from tests.certificates import Authority
+from tests.test_snapshot import runningService
 
 _BASE = "http://127.0.0.1:9000"
 
@@ -548,6 +553,57 @@ class RenderTests(SynchronousTestCase):
             ],
         )
         self.assertNotIn('class="tiles"', renderStatus({"upstreams": []}, {}, 0.0))
+
+
+class FromServiceTests(SynchronousTestCase):
+    """
+    The page of a running L{LoadBalancerService}'s C{[admin]} listener is
+    drawn from the service's own snapshot.
+    """
+
+    def test_servicePage(self) -> None:
+        """
+        C{GET /} shows the service's figures over its upstream's backends;
+        a second look, 2 s later, has their rates.
+        """
+        reactor, service = runningService(self)
+        assert service.admin is not None
+        treq = StubTreq(service.admin)
+
+        def look() -> _Rows:
+            d = treq.get("http://127.0.0.1:9000/")
+            treq.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 200)
+            return parse(self.successResultOf(response.content()).decode())
+
+        look()
+        reactor.advance(2)
+        page = look()
+        text = _words(page.text)
+        self.assertIn("Connections 0 In flight 0 Requests 0 0/s", text)
+        self.assertIn("Reloads 0 loaded 2s ago", text)
+        self.assertEqual(
+            [_words(r[0]) for r, c in zip(page.rows, page.rowClasses) if c],
+            ["127.0.0.1:9001", "127.0.0.1:9002"],
+        )
+        self.assertEqual(_words(page.rows[1][4]), "0 0/s")
+
+    def test_certificate(self) -> None:
+        """
+        A certificate's row, from the snapshot of a real chain: its names,
+        file and expiry in UTC.
+        """
+        directory = os.path.abspath(self.mktemp())
+        chainPath, keyPath = Authority().write(directory, ["a.test", "b.test"], days=30)
+        chain = loadChain(chainPath, keyPath)
+        snapshot = {"upstreams": [], "certificates": [certificateStatus(chain)]}
+        now = chain.notAfter.timestamp() - 30 * 86400
+        main = renderStatus(snapshot, {}, now)
+        (row,) = [[_words(c) for c in r] for r in parse(main).rows[1:]]
+        expiry = chain.notAfter.strftime("%Y-%m-%d %H:%M:%S UTC")
+        self.assertEqual(row, ["a.test, b.test", chainPath, f"{expiry} in 30d 00h"])
+        self.assertIn(f'<span class="ok">{expiry}</span>', main)
 
 
 class RateMeterTests(SynchronousTestCase):

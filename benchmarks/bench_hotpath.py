@@ -11,6 +11,7 @@ benchmarks/run.py, whose req/s include all of those.
     PYTHONPATH=/other/checkout/src python benchmarks/bench_hotpath.py
     python benchmarks/bench_hotpath.py --access-log  # each log format
     python benchmarks/bench_hotpath.py --caps        # max_conns, eject_on, retry_budget
+    python benchmarks/bench_hotpath.py --limits      # limit_rate, limit_conn
 
 Prints the median µs per request over the runs (keep-alive client, pooled
 backend connection, a 6-byte response with Content-Length).  With
@@ -28,6 +29,14 @@ C{max_conns} the backend never reaches (the queue empty), C{max_conns=1}
 one client), and C{max_conns=1} with C{eject_on = 5xx} and
 C{retry_budget = 20%} as well; each one's median, and what it adds to the
 run without.
+
+With C{--limits}, the runs go round no limits, C{limit_rate} (never
+reached), C{limit_conn} (never reached) and both, per client address,
+timed in CPU time (C{time.process_time}: other processes on a busy
+machine do not add to it), and it prints each one's median, what it adds
+to the run without limits, then what checking each alone costs per
+request (the least of 5 timings, which load on the machine cannot
+lower).
 """
 
 from __future__ import annotations
@@ -46,11 +55,15 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 import lbproxy
 from lbproxy import (
     Backend,
+    ConcurrencyLimiter,
     Pool,
     ProxySite,
+    RateLimiter,
+    RequestLimits,
     UpstreamResource,
     VirtualHost,
     VirtualHostResource,
+    limitKeyFunction,
 )
 
 _REQUEST = (
@@ -83,6 +96,8 @@ def run(
     logFormat: Optional[str] = None,
     maxConns: Optional[int] = None,
     poolOptions: Optional[dict[str, Any]] = None,
+    limits: str = "",
+    timer: Callable[[], float] = time.perf_counter,
 ) -> float:
     """
     Proxy C{count} requests; return the seconds per request.
@@ -91,10 +106,20 @@ def run(
         log.
     @param maxConns: the backend's C{max_conns}.
     @param poolOptions: keyword arguments of the L{Pool}.
+    @param limits: the vhost's limits (see L{buildLimits}): C{""} for
+        none, C{"rate"}, C{"conn"} or C{"rate+conn"}.
+    @param timer: the clock timed by: the wall clock, or
+        C{time.process_time} (the process's CPU time, which other
+        processes on a busy machine do not add to).
     """
     reactor = MemoryReactorClock()
     pool = _pool(reactor, maxConns, poolOptions)
-    vhost = VirtualHost("app", ["app.example"], {b"/": UpstreamResource(pool)})
+    vhost = VirtualHost(
+        "app",
+        ["app.example"],
+        {b"/": UpstreamResource(pool)},
+        limits=buildLimits(limits, reactor),
+    )
     site = ProxySite(
         VirtualHostResource([vhost], vhost),
         reactor=reactor,
@@ -113,13 +138,13 @@ def run(
     backend.makeConnection(backendTransport)
     backend.dataReceived(_RESPONSE)
 
-    started = time.perf_counter()
+    started = timer()
     for _ in range(count):
         clientTransport.clear()
         backendTransport.clear()
         client.dataReceived(_REQUEST)
         backend.dataReceived(_RESPONSE)
-    elapsed = time.perf_counter() - started
+    elapsed = timer() - started
     if not clientTransport.value().endswith(b"hello\n"):
         raise SystemExit("the proxy did not answer: " + repr(clientTransport.value()[:200]))
     if len(reactor.tcpClients) != 1:
@@ -175,7 +200,53 @@ def poolCost(
     return leastTime(oneRequest, pool, count)
 
 
-def leastTime(call: Callable[[Any], object], argument: Any, count: int) -> float:
+def buildLimits(which: str, reactor: Any) -> Optional[RequestLimits]:
+    """
+    The limits of the benchmark's vhost, per client address, never
+    reached (the figure is what checking them costs, not refusals): C{""}
+    for none, C{"rate"} (C{limit_rate = 1000000/s}, C{limit_burst =
+    1000000}: the fake clock stands still, so the burst must hold every
+    request of a run), C{"conn"} (C{limit_conn = 1000}) or both,
+    C{"rate+conn"}.
+    """
+    if not which:
+        return None
+    kinds = set(which.split("+"))
+    return RequestLimits(
+        limitKeyFunction("remote_addr"),
+        reactor,
+        rate=RateLimiter(1e6, 1e6, reactor) if "rate" in kinds else None,
+        conn=ConcurrencyLimiter(1000) if "conn" in kinds else None,
+    )
+
+
+def admitCost(which: str, count: int) -> float:
+    """
+    The CPU seconds that checking the limits C{which} (see L{buildLimits})
+    takes for one request, and giving back its place in flight when it is
+    over: the least of 5 timings of C{count} checks of a request from one
+    client, as C{timeit} reports.
+    """
+    from lbproxy.testing import makeRequest
+
+    limits = buildLimits(which, MemoryReactorClock())
+    assert limits is not None
+    request = makeRequest()
+
+    def check(request: Any) -> None:
+        limits.admit(request, None)
+        # What the request's finish does.
+        request._callDone()
+
+    return leastTime(check, request, count, time.process_time)
+
+
+def leastTime(
+    call: Callable[[Any], object],
+    argument: Any,
+    count: int,
+    timer: Callable[[], float] = time.perf_counter,
+) -> float:
     """
     The seconds one C{call(argument)} takes: the least of 5 timings of
     C{count} calls, as C{timeit} reports (the call looked up once, outside
@@ -183,10 +254,10 @@ def leastTime(call: Callable[[Any], object], argument: Any, count: int) -> float
     """
     best = float("inf")
     for _ in range(5):
-        started = time.perf_counter()
+        started = timer()
         for _ in range(count):
             call(argument)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, timer() - started)
     return best / count
 
 
@@ -262,7 +333,35 @@ def main() -> None:
         action="store_true",
         help="measure max_conns, eject_on and retry_budget off and on, interleaved",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="measure no limits, limit_rate, limit_conn and both, interleaved",
+    )
     options = parser.parse_args()
+    if options.limits:
+        kinds = ["", "rate", "conn", "rate+conn"]
+        byKind: dict[str, list[float]] = {k: [] for k in kinds}
+        for _ in range(options.runs):
+            for k in kinds:
+                byKind[k].append(
+                    run(options.requests, limits=k, timer=time.process_time) * 1e6
+                )
+        base = statistics.median(byKind[""])
+        print(
+            f"{sys.implementation.name} {sys.version.split()[0]}, CPU time, "
+            f"median of {options.runs} runs:"
+        )
+        for k in kinds:
+            median = statistics.median(byKind[k])
+            print(
+                f"  {k or 'no limits':9} {median:6.2f} µs per request "
+                f"(+{median - base:.2f} µs over no limits)"
+            )
+        for k in kinds[1:]:
+            cost = admitCost(k, options.requests) * 1e6
+            print(f"  checking {k:9} alone (CPU time, best of 5): {cost:.3f} µs")
+        return
     if options.caps:
         byCaps: dict[str, list[float]] = {name: [] for name, _, _ in _CAPS}
         for _ in range(options.runs):

@@ -19,6 +19,9 @@ connections:
     lbproxy-pypy    lbproxy on PyPy (a venv it creates with pypy3)
     lbproxy-pypy-gc the same with PYPY_GC_NURSERY=64MB (see docs/performance.rst)
     lbproxy-w2      lbproxy on CPython with workers = 2
+    lbproxy-limits  lbproxy on CPython with limit_rate and limit_conn on
+                    its vhost, never reached (LIMITS): what checking them
+                    costs, not refusals (a 429 would count as an error)
 
 Two more "sizes" measure HTTPS, on the rows that terminate TLS (nginx,
 lbproxy on CPython and PyPy, lbproxy-w2; the same ECDSA P-256
@@ -93,7 +96,14 @@ ROWS = [
     "lbproxy-pypy",
     "lbproxy-pypy-gc",
     "lbproxy-w2",
+    "lbproxy-limits",
 ]
+
+#: The vhost lines of the lbproxy-limits row: a rate and requests in
+#: flight per client far above what wrk sends from its one address (at
+#: most a few tens of thousands of requests a second, --connections in
+#: flight).
+LIMITS = "limit_rate = 1000000/s\nlimit_burst = 1000\nlimit_conn = 1000\n"
 
 #: The PyPy nursery of the lbproxy-pypy-gc row: PyPy's default (4 MB, or
 #: half the L2 cache) makes a minor collection every few hundred requests.
@@ -687,9 +697,17 @@ def main() -> None:
             elif row == "twisted-stock":
                 argv = [sys.executable, str(HERE / "stock_proxy.py"), str(port), str(backend)]
                 cpus = PROXY_CPU
-            elif row in ("lbproxy", "lbproxy-w2"):
+            elif row in ("lbproxy", "lbproxy-w2", "lbproxy-limits"):
                 workers = 2 if row == "lbproxy-w2" else 1
-                config = lbproxyConfig(workdir, row, port, backend, workers, tls=tlsFor(row))
+                config = lbproxyConfig(
+                    workdir,
+                    row,
+                    port,
+                    backend,
+                    workers,
+                    vhost=LIMITS if row == "lbproxy-limits" else "",
+                    tls=tlsFor(row),
+                )
                 check = subprocess.run(
                     twistdArgv(sys.executable, row, config, workdir)[:-2]
                     + ["--check", "--config", str(config)],

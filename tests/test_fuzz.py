@@ -82,6 +82,8 @@ _KEYS = [
     "health_interval", "health_timeout", "health_rise", "health_fall",
     "health_status", "slow_start", "tls_verify", "server_names", "default",
     "upstream", "routes", "preserve_host", "balancer.key", "token", "bogus",
+    "limit_rate", "limit_burst", "limit_key", "limit_delay", "limit_conn",
+    "limit_per_worker", "limit_keys",
 ]
 _VALUES = [
     "", "0", "1", "-1", "10", "1.5", "99999999999999999999", "1s", "500ms", "2m",
@@ -91,6 +93,7 @@ _VALUES = [
     "https://h:1 max_fails=x", "h:99999", "round_robin", "nope", "least_conn",
     "header:X-A", "/healthz", "200-399", "399-200", "app", "ghost", "*.a.b",
     "/api/ app", "/x", "%(x)s", "\u00e9", "a\tb", "off", "-",
+    "20/s", "30r/m", "0/s", "cookie:sid", "remote_addr", "divide", "each",
 ]
 _SECTIONS = ["lbproxy", "upstream:app", "upstream:", "vhost:app", "vhost:x y",
              "demo:blue", "admin", "server", "upstream:a:b"]

@@ -7,7 +7,6 @@ and the limits of a vhost as a client sees them (in memory).
 from __future__ import annotations
 
 import platform
-import tracemalloc
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -211,6 +210,8 @@ class RateLimiterTests(SynchronousTestCase):
         """
         if platform.python_implementation() != "CPython":
             raise SkipTest("tracemalloc measures CPython's allocations")
+        import tracemalloc
+
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
         before = tracemalloc.get_traced_memory()[0]
@@ -230,15 +231,16 @@ class ConcurrencyLimiterTests(SynchronousTestCase):
 
     def test_counts(self):
         """
-        A key is full at its limit and not once a request is released; a
-        key with nothing in flight is not held.
+        A key is counted up to its limit and not beyond, and again once a
+        request is released; a key with nothing in flight is not held.
         """
         limiter = ConcurrencyLimiter(2)
-        limiter.acquire("a")
-        self.assertFalse(limiter.full("a"))
-        limiter.acquire("a")
-        self.assertTrue(limiter.full("a"))
-        self.assertFalse(limiter.full("b"))
+        self.assertTrue(limiter.acquire("a"))
+        self.assertTrue(limiter.acquire("a"))
+        self.assertFalse(limiter.acquire("a"))
+        self.assertEqual(limiter.inFlight("a"), 2)
+        self.assertTrue(limiter.acquire("b"))
+        limiter.release("b")
         limiter.release("a")
         self.assertEqual(limiter.inFlight("a"), 1)
         limiter.release("a")
@@ -503,6 +505,24 @@ class ServiceLimitsTests(SynchronousTestCase):
         self.assertIsNone(limitSettings(vhost))
         service = LoadBalancerService(self.config(""), Clock())
         self.assertIsNone(service.resource.vhosts[0].limits)
+
+    def test_snapshot(self):
+        """
+        The admin snapshot gives, for each vhost, L{None} without limits,
+        else what its limits refused, held back and hold.
+        """
+        clock = Clock()
+        service = LoadBalancerService(self.config("limit_rate = 1/s\nlimit_conn = 2\n"), clock)
+        limits = service.resource.vhosts[0].limits
+        limits.rate.acquire("192.0.2.1")
+        limits.refusedRate = 3
+        (vhost,) = service.snapshot()["vhosts"]
+        self.assertEqual(
+            vhost["limits"],
+            {"refused_rate": 3, "refused_conn": 0, "delayed": 0, "clients": 1, "in_flight": 0},
+        )
+        service = LoadBalancerService(self.config(""), clock)
+        self.assertIsNone(service.snapshot()["vhosts"][0]["limits"])
 
     def test_reloadKeepsLimits(self):
         """

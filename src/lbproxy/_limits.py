@@ -29,6 +29,7 @@ clients then start afresh (allowed more, never less).
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from hashlib import blake2b
 from math import ceil
 from typing import Any, Callable, Hashable, Optional
@@ -37,7 +38,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
-from lbproxy._interfaces import IProxyRequest
+from lbproxy._interfaces import IProxyRequest, implementsProxyRequest
 from lbproxy._pages import renderError
 from lbproxy._values import DEFAULT_LIMIT_KEYS
 
@@ -167,18 +168,19 @@ class ConcurrencyLimiter:
         """
         return self._counts.get(key, 0)
 
-    def full(self, key: Hashable) -> bool:
+    def acquire(self, key: Hashable) -> bool:
         """
-        Whether C{key} has L{limit} requests in flight already.
-        """
-        return self._counts.get(key, 0) >= self.limit
+        Count one more request of C{key} in flight, unless it has L{limit}
+        already.
 
-    def acquire(self, key: Hashable) -> None:
-        """
-        Count one more request of C{key} in flight.
+        @return: whether it was counted.
         """
         counts = self._counts
-        counts[key] = counts.get(key, 0) + 1
+        count = counts.get(key, 0)
+        if count >= self.limit:
+            return False
+        counts[key] = count + 1
+        return True
 
     def release(self, key: Hashable) -> None:
         """
@@ -244,9 +246,11 @@ def limitKeyFunction(kind: str, name: str = "") -> Callable[[Any], Optional[Hash
 
 class _Admitted:
     """
-    A request let through by L{RequestLimits} that must be told when it
-    is over: it holds a place of L{ConcurrencyLimiter}, or it is held back
-    to keep to the rate (C{limit_delay = yes}).
+    A request let through by L{RequestLimits} but held back to keep to the
+    rate (C{limit_delay = yes}), and perhaps holding a place of
+    L{ConcurrencyLimiter} meanwhile.  (A request that only holds a place
+    is told to give it back by a C{partial} of
+    L{ConcurrencyLimiter.release}: cheaper to make.)
     """
 
     __slots__ = ("limits", "key", "delayed")
@@ -323,6 +327,22 @@ class RequestLimits:
         self.delay = delay
         self.resumed: set[Any] = set()
 
+    def asDict(self) -> dict[str, int]:
+        """
+        What the limits did, for the admin snapshot: C{refused_rate},
+        C{refused_conn} and C{delayed} (requests so far), C{clients} (the
+        keys the rate's table holds now) and C{in_flight} (the keys with
+        requests in flight now).  Each adds up across workers.
+        """
+        rate, conn = self.rate, self.conn
+        return {
+            "refused_rate": self.refusedRate,
+            "refused_conn": self.refusedConn,
+            "delayed": self.delayed,
+            "clients": 0 if rate is None else len(rate),
+            "in_flight": 0 if conn is None else len(conn),
+        }
+
     def admit(self, request: Any, resource: Any) -> Any:
         """
         Check C{request} against the limits.
@@ -342,12 +362,14 @@ class RequestLimits:
         if key is None:
             return None
         conn = self.conn
-        if conn is not None and conn.full(key):
-            self.refusedConn += 1
-            return renderError(request, 429)
-        wait = 0.0
         rate = self.rate
+        wait = 0.0
         if rate is not None:
+            if conn is not None and conn.inFlight(key) >= conn.limit:
+                # Checked first, so that a request refused here does not
+                # count against the rate.
+                self.refusedConn += 1
+                return renderError(request, 429)
             allowed = rate.acquire(key)
             if allowed is None:
                 self.refusedRate += 1
@@ -356,15 +378,22 @@ class RequestLimits:
                 request.responseHeaders.setRawHeaders(b"retry-after", [b"%d" % seconds])
                 return body
             wait = allowed
+        if conn is not None and not conn.acquire(key):
+            self.refusedConn += 1
+            return renderError(request, 429)
         held = wait > 0 and self.delay
-        if conn is None and not held:
+        whenDone: Callable[[], object]
+        if held:
+            admitted = _Admitted(self, key)
+            self.delayed += 1
+            admitted.delayed = self.clock.callLater(wait, admitted.resume, request, resource)
+            whenDone = admitted.done
+        elif conn is not None:
+            whenDone = partial(conn.release, key)
+        else:
             return None
-        admitted = _Admitted(self, key)
-        if conn is not None:
-            conn.acquire(key)
-        IProxyRequest(request).callWhenDone(admitted.done)
-        if not held:
-            return None
-        self.delayed += 1
-        admitted.delayed = self.clock.callLater(wait, admitted.resume, request, resource)
-        return NOT_DONE_YET
+        if implementsProxyRequest(request):
+            request.callWhenDone(whenDone)
+        else:
+            IProxyRequest(request).callWhenDone(whenDone)
+        return NOT_DONE_YET if held else None

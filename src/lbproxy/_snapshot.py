@@ -29,7 +29,10 @@ Its keys (a dict per upstream, backend, vhost and certificate)::
       health            None without active checks, else {passed, failed,
                          last_passed, last_result, last_latency, last_time}
     vhosts              [{name, server_names, requests, responses_by_class,
-                          duration_histogram}]
+                          duration_histogram, limits}]
+      limits            None without limit_rate or limit_conn, else
+                        {refused_rate, refused_conn, delayed, clients,
+                         in_flight} (see RequestLimits.asDict)
     unrouted            {requests, responses_by_class, duration_histogram}
                         of the requests no vhost took
     certificates        [{file, names, not_after, not_after_timestamp}]
@@ -189,6 +192,7 @@ def buildSnapshot(
                 "name": vhost.name,
                 "server_names": list(vhost.serverNames),
                 **vhost.requestCounts.asDict(),
+                "limits": None if vhost.limits is None else vhost.limits.asDict(),
             }
             for vhost in vhosts
         ],

@@ -1,15 +1,17 @@
 #!/bin/bash
 # Records the sessions of docs/operations.rst: the admin API and /metrics
 # of a running lbproxy (one process, then workers = 2) read and changed
-# with curl, and a reload, in a fresh temporary directory holding
-# site.ini of this directory.
+# with curl, a reload, and Prometheus scraping it, in a fresh temporary
+# directory holding site.ini and prometheus.yml of this directory; and
+# takes a screenshot of the status page of workers = 2 with headless
+# chromium, written to docs/_static/status-page-workers.png.
 #
 #   PATH=$PWD/.venv/bin:$PATH bash docs/operations/record.sh > transcript.txt
 #
-# Needs twistd (with lbproxy installed), curl, jq and Debian's prometheus
-# (prometheus, promtool) on PATH, and 127.0.0.1 ports 8080, 9000, 9001,
-# 9002 and 9090 free.  Every process it starts
-# is stopped by its PID; every wait is bounded.
+# Needs twistd (with lbproxy installed), curl, jq, chromium and Debian's
+# prometheus (prometheus, promtool) on PATH, and 127.0.0.1 ports 8080,
+# 9000, 9001, 9002 and 9090 free.  Every process it starts is stopped by
+# its PID; every wait is bounded.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
@@ -67,6 +69,21 @@ run "for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:8080/; done"
 run "curl -s $api/app/servers/127.0.0.1:9001 | jq '{name, state, weight, requests, last_latency, workers: [.workers[] | {worker, pid, answered, requests: .answer.requests}]}'"
 run "curl -s -X PATCH $auth -d '{\"state\": \"drain\"}' $api/app/servers/127.0.0.1:9001 | jq -c '{state, requests, workers: [.workers[] | {worker, state: .answer.state}]}'"
 run "curl -s http://127.0.0.1:9000/metrics | grep -E '^lbproxy_(upstream_requests_total|backend_state.*draining)'"
+echo "##### one worker differs"
+worker1=$(grep -o 'worker 1 started, pid [0-9]*' twistd.log | grep -o '[0-9]*$')
+sock=$(tr '\0' '\n' < /proc/$worker1/environ | sed -n 's/^LBPROXY_WORKER_ADMIN=//p')
+run "ls -l $(dirname $sock)"
+run "curl -s --unix-socket $sock -X PATCH -d '{\"weight\": 2}' http://worker/api/upstreams/app/servers/127.0.0.1:9002 | jq -c '{name, weight}'"
+run "curl -s $api/app/servers/127.0.0.1:9002 | jq -c '{name, weight}'"
+for i in $(seq 20); do curl -s -o /dev/null http://127.0.0.1:8080/; done
+curl -s -o /dev/null http://127.0.0.1:9000/    # a first reading for the rates
+sleep 2
+for i in $(seq 20); do curl -s -o /dev/null http://127.0.0.1:8080/; done
+timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+    --window-size=1200,660 --screenshot="$work/status-workers.png" \
+    http://127.0.0.1:9000/ > /dev/null 2>&1
+cp "$work/status-workers.png" "$here/../_static/status-page-workers.png"
+
 echo "##### prometheus"
 cp "$here/prometheus.yml" .
 run "promtool check config prometheus.yml"

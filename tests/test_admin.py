@@ -87,10 +87,12 @@ class AdminAPITests(SynchronousTestCase):
                 "effective_weight": 1.0,
                 "backup": False,
                 "active": 1,
+                "max_conns": None,
                 "requests": 1,
                 "responses": 0,
                 "responses_by_class": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
                 "failures": 0,
+                "ejections": 0,
                 "last_latency": None,
                 "response_time_histogram": {
                     "bounds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],

@@ -583,3 +583,77 @@ class RetryBudgetThroughTheProxyTests(SynchronousTestCase):
                 self.assertIn("retry budget exhausted (2 retries for 3 requests", text)
         self.assertEqual(pool.retries, 2)
         self.assertEqual(pool.budget.refused, 1)
+
+
+class ProtectionMetricsTests(SynchronousTestCase):
+    """
+    The queue, the budget and ejections reach the admin snapshot and the
+    Prometheus exposition rendered from it.
+    """
+
+    def test_snapshotAndMetrics(self) -> None:
+        """
+        A request refused by a full queue, one given up after
+        C{queue_timeout}, one that waits, a retry refused by the budget and
+        an ejection are counted, and exposed.
+        """
+        from lbproxy._snapshot import upstreamStatus
+        from tests.test_metrics import SnapshotPartsTests, key, metricsText, samples
+
+        reactor = MemoryReactorClock()
+        backends = [
+            Backend("127.0.0.1", 9001, maxConns=1),
+            Backend("127.0.0.1", 9002, maxConns=1),
+        ]
+        pool = Pool(
+            "app", backends, None, reactor, queue=1, queueTimeout=1.0,
+            ejectOn=[500], retryBudget=0.0,
+        )
+        assert pool.budget is not None
+        h = ProxyHarness(pool)
+        self.addCleanup(h.close)
+        clients = [h.connect() for _ in range(4)]
+        for client in clients[:3]:
+            client.send(_GET)
+        h.advance(1.0)  # the third gives up waiting
+        clients[3].send(_GET)  # waits
+        h.connect().send(_GET)  # the queue is full
+        for _ in range(MIN_RETRIES):
+            pool.budget.allows(reactor.seconds())
+        pool.budget.allows(reactor.seconds())
+        pool.requestStarted(backends[0], object())
+        pool.requestFinished(backends[0], object(), Outcome.SUCCESS, 0.1, 500)
+        status = upstreamStatus(pool)
+        self.assertEqual(
+            {k: status[k] for k in (
+                "queued", "queue_rejected", "queue_timed_out", "queue_left",
+                "retries_refused",
+            )},
+            {"queued": 1, "queue_rejected": 1, "queue_timed_out": 1,
+             "queue_left": 0, "retries_refused": 1},
+        )
+        self.assertEqual(
+            [(b["max_conns"], b["ejections"]) for b in status["backends"]],
+            [(1, 1), (1, 0)],
+        )
+        # The rest of a snapshot, as test_metrics fills it in.
+        snapshot = SnapshotPartsTests("test_health").snapshot([status], [])
+        found = samples(metricsText(snapshot)[0])
+        self.assertEqual(found[key("lbproxy_queued_requests", upstream="app")], 1)
+        self.assertEqual(
+            found[key("lbproxy_queue_refused_total", upstream="app", reason="full")], 1
+        )
+        self.assertEqual(
+            found[key("lbproxy_queue_refused_total", upstream="app", reason="timeout")], 1
+        )
+        self.assertEqual(found[key("lbproxy_retries_refused_total", upstream="app")], 1)
+        self.assertEqual(
+            found[
+                key(
+                    "lbproxy_backend_ejections_total",
+                    upstream="app",
+                    backend="127.0.0.1:9001",
+                )
+            ],
+            1,
+        )

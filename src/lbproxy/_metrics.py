@@ -28,6 +28,10 @@ The metrics (counters end in C{_total}; times are seconds)::
     lbproxy_health_check_last_latency_seconds{upstream,backend} gauge
     lbproxy_health_check_last_timestamp_seconds{upstream,backend} gauge
     lbproxy_retries_total{upstream}                             counter
+    lbproxy_retries_refused_total{upstream}                     counter
+    lbproxy_queued_requests{upstream}                           gauge
+    lbproxy_queue_refused_total{upstream,reason}                counter
+    lbproxy_backend_ejections_total{upstream,backend}           counter
     lbproxy_connections                                         gauge
     lbproxy_connections_refused_total                           counter
     lbproxy_reloads_total                                       counter
@@ -109,6 +113,13 @@ _BACKEND_VALUES: list[tuple[Any, str, str, str]] = [
         "Exchanges with a backend that failed: connection refused or "
         "broken, timed out, or an invalid response.",
         "failures",
+    ),
+    (
+        CounterMetricFamily,
+        "lbproxy_backend_ejections",
+        "Times passive health took a backend out (max_fails within "
+        "fail_timeout; with eject_on, the statuses it names count).",
+        "ejections",
     ),
     (
         GaugeMetricFamily,
@@ -224,9 +235,30 @@ class SnapshotCollector:
             "Requests sent on to another backend after one failed them.",
             labels=["upstream"],
         )
+        refusedRetries = CounterMetricFamily(
+            "lbproxy_retries_refused",
+            "Retries the upstream's retry_budget refused (the request got 502).",
+            labels=["upstream"],
+        )
+        queued = GaugeMetricFamily(
+            "lbproxy_queued_requests",
+            "Requests waiting for a backend below its max_conns.",
+            labels=["upstream"],
+        )
+        queueRefused = CounterMetricFamily(
+            "lbproxy_queue_refused",
+            "Requests answered 503 because every backend was at its max_conns "
+            "and the queue was full (reason full) or they waited "
+            "queue_timeout (reason timeout).",
+            labels=["upstream", "reason"],
+        )
         for upstream in snapshot["upstreams"]:
             name = upstream["name"]
             retries.add_metric([name], upstream["retries"])
+            refusedRetries.add_metric([name], upstream["retries_refused"])
+            queued.add_metric([name], upstream["queued"])
+            queueRefused.add_metric([name, "full"], upstream["queue_rejected"])
+            queueRefused.add_metric([name, "timeout"], upstream["queue_timed_out"])
             for backend in upstream["backends"]:
                 which = [name, backend["name"]]
                 for family, field in plain:
@@ -245,7 +277,8 @@ class SnapshotCollector:
                         family.add_metric(which, float(probes[field]))
         return [
             *(family for family, _ in plain), responses, times, state, checks,
-            *(family for family, _ in health), retries,
+            *(family for family, _ in health), retries, refusedRetries,
+            queued, queueRefused,
         ]
 
     def _process(self, snapshot: dict[str, Any]) -> Iterable[Metric]:

@@ -21,11 +21,14 @@ Its keys (a dict per upstream, backend, vhost and certificate)::
     connections         client connections open
     connections_refused client connections closed at max_connections
     active_requests     requests in flight to backends
-    upstreams           [{name, retries, backends: [backend...]}]
+    upstreams           [{name, retries, retries_refused, queued,
+                          queue_rejected, queue_timed_out, queue_left,
+                          backends: [backend...]}]
       backend           {name, url, id, state, reason, since, weight,
-                         effective_weight, backup, active, requests,
-                         responses, responses_by_class, failures,
-                         last_latency, response_time_histogram, health}
+                         effective_weight, backup, active, max_conns,
+                         requests, responses, responses_by_class,
+                         failures, ejections, last_latency,
+                         response_time_histogram, health}
       health            None without active checks, else {passed, failed,
                          last_passed, last_result, last_latency, last_time}
     vhosts              [{name, server_names, requests, responses_by_class,
@@ -112,10 +115,12 @@ def backendStatus(
         "effective_weight": backend.effectiveWeight,
         "backup": backend.backup,
         "active": backend.active,
+        "max_conns": backend.maxConns,
         "requests": backend.requests,
         "responses": backend.responses,
         "responses_by_class": classCounts(backend.responseClasses),
         "failures": backend.failures,
+        "ejections": backend.ejections,
         "last_latency": backend.lastLatency,
         "response_time_histogram": backend.responseTimes.asDict(),
         "health": None if check is None else healthStatus(check),
@@ -126,13 +131,22 @@ def upstreamStatus(
     pool: Pool, checker: Optional[HealthChecker] = None
 ) -> dict[str, Any]:
     """
-    What the API shows of one upstream: its name, its retries and its
-    backends (with their health checks, from C{checker}).
+    What the API shows of one upstream: its name, its retries (and those
+    its C{retry_budget} refused), its queue (requests waiting now, and
+    those refused because it was full, given up after C{queue_timeout}, or
+    whose client left while they waited) and its backends (with their
+    health checks, from C{checker}).
     """
     checks = {} if checker is None else checker.checks
+    queue = pool.queue
     return {
         "name": pool.name,
         "retries": pool.retries,
+        "retries_refused": 0 if pool.budget is None else pool.budget.refused,
+        "queued": len(queue),
+        "queue_rejected": queue.rejected,
+        "queue_timed_out": queue.timedOut,
+        "queue_left": queue.left,
         "backends": [backendStatus(b, checks.get(b)) for b in pool.backends],
     }
 

@@ -7,19 +7,23 @@ or repeating a change, and reads everything again after a compaction.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.protocols.portforward import ProxyFactory
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy.testing import startServer
-from tests.integration.etcdprocess import Etcd, freePort, waitUntil
+from tests.integration.etcdprocess import Etcd, freePort, lbproxy, waitUntil
 
 PREFIX = "/lbproxy/upstreams/app/"
 
@@ -37,6 +41,13 @@ etcd_prefix = {prefix}
 default = yes
 upstream = app
 """
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class _Forward(ProxyFactory):
@@ -233,3 +244,37 @@ class EtcdLiveTests(TestCase):
         self.assertEqual(self.applied[-1], f"etcd read at revision {revision}")
         yield self.etcd.put(PREFIX + "c", self.address(2))
         yield self.converge([self.address(1), self.address(2)], "b and c")
+
+    @inlineCallbacks
+    def test_workers(self) -> Any:
+        """
+        With C{workers = 2} each worker follows etcd: both apply a new key,
+        and requests through the shared socket reach its backend.
+        """
+        port = freePort()
+        path = FilePath(self.mktemp())
+        path.setContent(
+            _CONFIG.format(endpoints=self.etcd.url, prefix=PREFIX)
+            .replace("tcp:0:", f"tcp:{port}:")
+            .replace("access_log = off", "access_log = off\nworkers = 2")
+            .encode()
+        )
+        process = lbproxy("lbproxy workers", path.path)
+
+        def stop() -> Any:
+            # SIGTERM: the parent stops its workers, then itself; a worker
+            # still there is killed by its own PID.
+            for pid in re.findall(rb"worker \d+ started, pid (\d+)", process.output):
+                self.addCleanup(_kill, int(pid))
+            return process.stop("TERM")
+
+        self.addCleanup(stop)
+        read = b"etcd /lbproxy/upstreams/app/: read 0 key"
+        yield waitUntil(lambda: process.output.count(read) == 2, "two workers reading", 30)
+        yield self.etcd.put(PREFIX + "a", self.address(0))
+        added = b"backend %s of upstream app added" % self.address(0).encode()
+        yield waitUntil(lambda: process.output.count(added) == 2, "two workers adding a", 5)
+        self.url = f"http://127.0.0.1:{port}/"
+        for _ in range(4):
+            code, body = yield self.get()
+            self.assertEqual((code, body), (200, b"a"))

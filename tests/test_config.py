@@ -168,7 +168,7 @@ class ValueParserTests(SynchronousTestCase):
         """
         expected = (
             "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-            "down, max_fails=N, fail_timeout=T, max_conns=N"
+            "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, service=NAME"
         )
         for line, message in [
             ("h:80 weight=0", "a whole number of at least 1, got 'weight=0'"),
@@ -641,6 +641,7 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "tls_key": ("certs/default.key", "certs/default.key"),
         "tls_min_version": ("1.3", "1.3"),
         "http2": ("no", False),
+        "resolver": ("127.0.0.1:5353 [::1]", (("127.0.0.1", 5353), ("::1", 53))),
     },
     "upstream": {
         "servers": (
@@ -674,6 +675,8 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
         "eject_on": ("5xx 429", frozenset(range(500, 600)) | {429}),
         "max_ejection": ("100%", 1.0),
         "retry_budget": ("20%", 0.2),
+        "resolve_min": ("5s", 5.0),
+        "resolve_max": ("1m", 60.0),
         "health_check": ("/healthz", "/healthz"),
         "health_interval": ("1s", 1.0),
         "health_timeout": ("500ms", 0.5),

@@ -74,10 +74,13 @@ class ExportTests(SynchronousTestCase):
                 "BackendConnection",
                 "CLIENT_ADDRESS",
                 "ClientConnection",
+                "DNSZone",
+                "LoopbackDNSServer",
                 "LoopbackServer",
                 "PendingConnection",
                 "ProxyHarness",
                 "makeRequest",
+                "startDNSServer",
                 "startServer",
             ],
         )

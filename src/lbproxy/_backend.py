@@ -122,7 +122,17 @@ class Backend:
     @ivar ejectedInARow: how many times it was taken out without staying
         healthy in between (see L{lbproxy.Pool}); the next time out lasts
         longer for each.
+    @ivar origin: for a backend that a C{resolve} server line found in DNS
+        (its C{host} is an address), the host name on that line: what the
+        backend is sent as C{Host} (see L{authority}) and, for C{https},
+        in SNI and checked against; else L{None}.
+    @ivar placeholder: whether this stands for a C{resolve} line whose name
+        has no address yet (see L{placeholderFor}): down, never probed,
+        never picked.
     """
+
+    origin: Optional[str] = None
+    placeholder = False
 
     def __init__(
         self,
@@ -199,6 +209,17 @@ class Backend:
         return f"{host}:{self.port}"
 
     @property
+    def authority(self) -> str:
+        """
+        C{host:port} as the backend is told it in C{Host} when the client's
+        is not kept (and in health probes): L{origin} and the port for a
+        backend found in DNS, else L{name}.
+        """
+        if self.origin is None:
+            return self.name
+        return f"{self.origin}:{self.port}"
+
+    @property
     def url(self) -> str:
         """
         C{scheme://host:port}.
@@ -225,3 +246,21 @@ def backendFor(server: ServerConfig) -> Backend:
         failTimeout=server.failTimeout,
         maxConns=server.maxConns,
     )
+
+
+def placeholderFor(host: str, port: int, scheme: str, reason: str) -> Backend:
+    """
+    The backend that stands for a C{resolve} server line whose name has no
+    address yet: down (as if its checks had failed), with C{reason}, so
+    that the line shows (in the admin API, in the log line of a 502) with
+    why it takes no request.  It is replaced as soon as the name resolves.
+
+    @param host: the name, or the SRV name of a C{service=} line.
+    """
+    backend = Backend(host, port, scheme=scheme)
+    backend.placeholder = True
+    backend.checkedDown = True
+    backend.state = BackendState.DOWN
+    backend.stateReason = reason
+    backend._reasons[BackendState.DOWN] = reason
+    return backend

@@ -39,6 +39,7 @@ from lbproxy._values import (
     didYouMean,
     got,
     isHostName,
+    isIPLiteral,
     isName,
     listOf,
     parseAccessLog,
@@ -66,10 +67,12 @@ from lbproxy._values import (
     parseProxyProtocol,
     parseRate,
     parseRequestHeaderRules,
+    parseResolverAddress,
     parseResponseHeaderRules,
     parseRoutes,
     parseServerName,
     parseServersFrom,
+    parseServiceName,
     parseSize,
     parseStatusRanges,
     parseStatusSet,
@@ -186,6 +189,12 @@ class ServerConfig:
     @ivar failTimeout: this server's C{fail_timeout} in seconds, or L{None}.
     @ivar maxConns: the most requests in flight to this server at once
         (C{max_conns}), or L{None} for no limit.
+    @ivar resolve: the line names a host whose DNS answer gives the
+        backends, one per address, followed as it changes (see
+        L{lbproxy._dns}).
+    @ivar service: with C{resolve}, the C{NAME} of C{service=NAME}: the
+        backends come from the SRV records of C{_NAME._tcp.HOST}, and
+        C{port} is 0.
     """
 
     host: str
@@ -197,6 +206,8 @@ class ServerConfig:
     maxFails: Optional[int] = None
     failTimeout: Optional[float] = None
     maxConns: Optional[int] = None
+    resolve: bool = False
+    service: Optional[str] = None
 
 
 #: The options of a server line that take a value: name to the attribute
@@ -206,18 +217,22 @@ _SERVER_OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "max_fails": ("maxFails", parseNonNegativeInt),
     "fail_timeout": ("failTimeout", parsePositiveDuration),
     "max_conns": ("maxConns", parsePositiveInt),
+    "service": ("service", parseServiceName),
 }
+
+#: The options of a server line that take no value.
+_SERVER_FLAGS = ("backup", "down", "resolve")
 
 
 def parseServer(text: str) -> ServerConfig:
     """
     Parse a C{servers} line: C{[http://|https://]HOST[:PORT]} followed by
     any of C{weight=N}, C{backup}, C{down}, C{max_fails=N},
-    C{fail_timeout=T}, C{max_conns=N}.
+    C{fail_timeout=T}, C{max_conns=N}, C{resolve} and C{service=NAME}.
     """
     expected = (
         "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-        "down, max_fails=N, fail_timeout=T, max_conns=N"
+        "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, service=NAME"
     )
     words = text.split()
     if not words:
@@ -242,12 +257,12 @@ def parseServer(text: str) -> ServerConfig:
     options: dict[str, Any] = {}
     for param in params:
         name, sep, value = param.partition("=")
-        if name in ("backup", "down") and not sep:
+        if name in _SERVER_FLAGS and not sep:
             options[name] = True
             continue
         option = _SERVER_OPTIONS.get(name) if sep else None
         if option is None:
-            meant = closestName(name, [*_SERVER_OPTIONS, "backup", "down"])
+            meant = closestName(name, [*_SERVER_OPTIONS, *_SERVER_FLAGS])
             if meant is not None and meant in _SERVER_OPTIONS:
                 meant += sep + value
             suggestion = f"; did you mean {meant!r}?" if meant else ""
@@ -259,6 +274,16 @@ def parseServer(text: str) -> ServerConfig:
             raise ValueError(got(str(e), param)) from None
     if options.get("backup") and options.get("down"):
         raise ValueError("a server that is either backup or down, not both")
+    if options.get("resolve") and isIPLiteral(host):
+        raise ValueError(f"a host name with resolve, not the IP address {host}")
+    if "service" in options:
+        if not options.get("resolve"):
+            raise ValueError("service=NAME together with resolve (app.internal service=http resolve)")
+        if match.group(2):
+            raise ValueError("no port with service=NAME: the SRV records give the ports")
+        if "weight" in options:
+            raise ValueError("no weight= with service=NAME: the SRV records give the weights")
+        port = 0
     return ServerConfig(host=host.lower(), port=port, scheme=scheme, **options)
 
 
@@ -400,6 +425,12 @@ class UpstreamConfig:
         C{/lbproxy/upstreams/NAME/}.
         """
         return self.etcdPrefix or f"/lbproxy/upstreams/{self.name}/"
+    resolveMin: float = _setting(
+        "resolve_min", 1.0, parsePositiveDuration, "the shortest time a DNS answer of a resolve line is used (a shorter TTL is raised to it)"
+    )
+    resolveMax: float = _setting(
+        "resolve_max", 300.0, parsePositiveDuration, "the longest time a DNS answer of a resolve line is used (a longer TTL is cut to it)"
+    )
 
 
 @dataclass(frozen=True)
@@ -599,6 +630,9 @@ class ProxyConfig:
     )
     http2: bool = _setting(
         "http2", True, parseBool, "offer HTTP/2 (h2) through ALPN on TLS listeners"
+    )
+    resolver: tuple[tuple[str, int], ...] = _setting(
+        "resolver", (), listOf(parseResolverAddress), "the DNS servers of resolve server lines, IP[:PORT] ... (default: those of /etc/resolv.conf)"
     )
 
 
@@ -872,6 +906,12 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
         if where in seen:
             s.error("servers", f"{server.host}:{server.port}", "each server listed once")
         seen.add(where)
+    if upstream.resolveMin > upstream.resolveMax and not reader.reported(section, "resolve_max"):
+        s.error(
+            "resolve_max",
+            s.raw("resolve_max") or f"{upstream.resolveMax:g}s",
+            f"a duration no shorter than resolve_min ({upstream.resolveMin:g}s)",
+        )
     if not reader.reported(section, "balancer"):
         try:
             buildBalancer(upstream.balancer, upstream.balancerOptions)

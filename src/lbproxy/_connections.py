@@ -49,7 +49,8 @@ def backendEndpoint(
 
     An IP address gets a plain TCP endpoint (no resolver round trip); a name
     gets a L{HostnameEndpoint}.  An C{https} backend is wrapped in TLS,
-    with C{tlsServerName} (else its host) sent in SNI, and verified
+    with C{tlsServerName} (else the name it was resolved from, else its
+    host: see L{Backend.origin}) sent in SNI, and verified
     against C{tlsCA} (or the platform's trust store) with
     C{service_identity} for that name unless C{tlsVerify} is false.
 
@@ -74,7 +75,9 @@ def backendEndpoint(
     if backend.scheme == "https":
         from lbproxy._tls import clientCreator
 
-        creator = clientCreator(backend.host, tlsVerify, tlsCA, tlsServerName)
+        creator = clientCreator(
+            backend.origin or backend.host, tlsVerify, tlsCA, tlsServerName
+        )
     if proxyProtocol:
         return ProxyHeaderEndpoint(endpoint, creator, proxyProtocol)
     if creator is not None:

@@ -261,7 +261,7 @@ class HTTPProbe:
                 b"GET ",
                 path,
                 b" HTTP/1.1\r\nHost: ",
-                backend.name.encode("idna"),
+                backend.authority.encode("idna"),
                 b"\r\nUser-Agent: ",
                 USER_AGENT,
                 b"\r\nConnection: close\r\n\r\n",
@@ -370,7 +370,8 @@ class HealthChecker(Service):
     The checker follows the pool's membership (it is the pool's
     L{IMembershipObserver}): a backend that joins is probed from then on
     (down until its first pass with C{health_mandatory}), and one that is
-    dropped stops being probed.
+    dropped stops being probed.  A placeholder (a C{resolve} line with no
+    address yet) is not probed.
 
     @ivar pool: the L{Pool} whose backends are probed.
     @ivar config: the L{HealthCheckConfig}.
@@ -413,7 +414,10 @@ class HealthChecker(Service):
             self._follow(backend)
         pool.addMembershipObserver(self)
 
-    def _follow(self, backend: Backend) -> BackendCheck:
+    def _follow(self, backend: Backend) -> Optional[BackendCheck]:
+        if backend.placeholder:
+            # A name with no address yet: nothing to probe.
+            return None
         check = self.checks[backend] = BackendCheck()
         if self.config.mandatory:
             check.awaitingFirst = True
@@ -427,7 +431,7 @@ class HealthChecker(Service):
         C{backend} joined the pool: probe it from now on.
         """
         check = self._follow(backend)
-        if self.running:
+        if check is not None and self.running:
             self._startLoop(backend, check)
 
     def backendRemoved(self, backend: Backend) -> None:

@@ -499,6 +499,10 @@ class Pool:
         C{member} stays in the pool: take the settings of C{line}, the
         backend that names it in the new membership.
         """
+        if line.placeholder and member.stateReason != line.stateReason:
+            # The same name, still with no address: the newest reason.
+            member.stateReason = line.stateReason
+            member._reasons[BackendState.DOWN] = line.stateReason
         leaving = self._leaving.pop(member, None)
         if leaving is not None:
             member.adminState = leaving.adminState

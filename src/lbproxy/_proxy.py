@@ -456,7 +456,7 @@ class _Exchange(ResponseHandler):
         if self._resource.preserveHost and self._clientHost:
             host = self._clientHost
         else:
-            host = backend.name.encode("ascii")
+            host = backend.authority.encode("ascii")
         self._conn = proto
         stream = self._stream
         if stream is not None:

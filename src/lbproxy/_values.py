@@ -523,6 +523,50 @@ def isHostName(text: str) -> bool:
     return _HOSTNAME.match(text) is not None
 
 
+def parseServiceName(text: str) -> str:
+    """
+    Parse the C{NAME} of C{service=NAME}: an RFC 6335 service name (1 to 15
+    letters, digits and inner hyphens, at least one letter), lower-cased.
+    """
+    name = text.lower()
+    if len(name) > 15 or not re.match(r"^(?=.*[a-z])[a-z0-9](?:-?[a-z0-9])*$", name):
+        raise ValueError("a service name such as http (letters, digits, hyphens)")
+    return name
+
+
+def isIPLiteral(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address rather than a name.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parseResolverAddress(text: str) -> tuple[str, int]:
+    """
+    Parse one C{resolver} address: an IPv4 address, an IPv6 address (in
+    brackets when a port follows), and an optional port (53 when left out).
+
+    @return: C{(address, port)}.
+    """
+    expected = "an IP address with an optional port, such as 127.0.0.1:53 or [::1]:53"
+    match = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+))(?::(\d+))?$", text)
+    host, port = text, "53"
+    if match is not None:
+        host = match.group(1) or match.group(2)
+        port = match.group(3) or "53"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not 0 < int(port) < 65536:
+        raise ValueError(expected)
+    return str(address), int(port)
+
+
 #: An entry of C{trusted_proxies}: an IPv4 or IPv6 network, or
 #: L{UNIX_PEERS}.
 TrustedNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network, str]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import signal
 from dataclasses import replace
 from random import Random
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
@@ -23,7 +23,6 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from lbproxy._admin import AdminResource
-from lbproxy._backend import backendFor
 from lbproxy._config import (
     ConfigError,
     DemoConfig,
@@ -34,6 +33,7 @@ from lbproxy._config import (
     parseConfig,
 )
 from lbproxy._demo import DemoResource, DemoSite
+from lbproxy._dns import DNSBackends, hasResolveLines, initialBackends, makeResolver
 from lbproxy._etcdsource import EtcdSource
 from lbproxy._gzip import GzipPolicy
 from lbproxy._headers import HeaderRules
@@ -77,7 +77,7 @@ def buildPool(
     """
     return Pool(
         config.name,
-        [backendFor(server) for server in config.servers],
+        initialBackends(config.servers),
         buildBalancer(config.balancer, config.balancerOptions, random),
         reactor,
         maxFails=config.maxFails,
@@ -339,6 +339,13 @@ class LoadBalancerService(MultiService):
 
     @ivar config: the L{SiteConfig} it was built from.
     @ivar pools: upstream name to L{Pool}.
+    @ivar healthCheckers: upstream name to its L{HealthChecker}, for the
+        upstreams with C{health_check}.
+    @ivar sources: upstream name to the service that changes its pool's
+        members while it runs (L{lbproxy._etcdsource.EtcdSource} for
+        C{servers_from = etcd}, L{lbproxy._dns.DNSBackends} for
+        C{resolve} server lines), a child of this service replaced on
+        reload, as the health checkers are.
     @ivar resource: the root L{VirtualHostResource}.
     @ivar site: the L{ProxySite} every listener serves.
     @ivar limits: vhost name to its L{limitSettings} and L{RequestLimits},
@@ -488,22 +495,25 @@ class LoadBalancerService(MultiService):
         return list(IProtocolNegotiationFactory(self.site).acceptableProtocols())
 
     def _build(
-        self, config: SiteConfig, previous: Optional[dict[str, EtcdSource]] = None
+        self, config: SiteConfig, previous: Optional[Mapping[str, Service]] = None
     ) -> tuple[
-        dict[str, Pool], dict[str, HealthChecker], dict[str, EtcdSource], VirtualHostResource
+        dict[str, Pool], dict[str, HealthChecker], dict[str, Service], VirtualHostResource
     ]:
         """
-        Build the pools, health checkers, etcd sources and virtual hosts of
-        C{config}.
+        Build the pools, health checkers, sources of dynamic membership
+        (etcd, DNS) and virtual hosts of C{config}.
 
-        @param previous: the etcd sources of the configuration being
-            replaced: an upstream that follows the same etcd prefix starts
-            with the backends its source found, rather than with none until
-            the new source has read etcd.
+        @param previous: the sources of the configuration being replaced:
+            an upstream that follows the same etcd prefix, or has the same
+            C{resolve} lines, starts with the backends its source found,
+            rather than with none until the new source has its first
+            answer.
         """
         reactor = self._reactor
+        previous = previous or {}
+        etcd = {n: s for n, s in previous.items() if isinstance(s, EtcdSource)}
         upstreams = {
-            name: _withTLSPaths(config, _seeded(upstream, (previous or {}).get(name)))
+            name: _withTLSPaths(config, _seeded(upstream, etcd.get(name)))
             for name, upstream in config.upstreams.items()
         }
         pools = {
@@ -514,11 +524,23 @@ class LoadBalancerService(MultiService):
             for name, upstream in config.upstreams.items()
             if upstream.healthCheck is not None
         }
-        sources = {
-            name: EtcdSource.forUpstream(pools[name], upstream, reactor)
-            for name, upstream in config.upstreams.items()
-            if upstream.serversFrom == "etcd"
-        }
+        sources: dict[str, Service] = {}
+        for name, upstream in config.upstreams.items():
+            if upstream.serversFrom == "etcd":
+                sources[name] = EtcdSource.forUpstream(pools[name], upstream, reactor)
+            elif hasResolveLines(upstream.servers):
+                dns = DNSBackends(
+                    pools[name],
+                    upstream.servers,
+                    makeResolver(config.proxy.resolver, reactor),
+                    reactor,
+                    upstream.resolveMin,
+                    upstream.resolveMax,
+                )
+                before = previous.get(name)
+                if isinstance(before, DNSBackends):
+                    dns.carryOver(before)
+                sources[name] = dns
         resources = {
             name: UpstreamResource(pool, True, reactor) for name, pool in pools.items()
         }

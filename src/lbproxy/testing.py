@@ -21,7 +21,10 @@ tests drive the proxy:
 
 On real sockets, for integration tests: L{startServer} serves a resource
 on a loopback port, and the L{LoopbackServer} it returns can be stopped
-like a crashed process (every connection cut).
+like a crashed process (every connection cut).  L{startDNSServer} serves a
+L{DNSZone}, whose records the test changes as it goes, on a loopback port
+(UDP and TCP), for C{resolve} server lines pointed at it with
+C{resolver}.
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ from typing import Any, Iterable, Mapping, Optional, Union
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import (
+    CannotListenError,
+    ConnectionDone,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import IAddress, ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.names import dns
+from twisted.names.authority import FileAuthority
+from twisted.names.server import DNSServerFactory
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
@@ -48,10 +58,13 @@ __all__ = [
     "CLIENT_ADDRESS",
     "BackendConnection",
     "ClientConnection",
+    "DNSZone",
+    "LoopbackDNSServer",
     "LoopbackServer",
     "PendingConnection",
     "ProxyHarness",
     "makeRequest",
+    "startDNSServer",
     "startServer",
 ]
 
@@ -538,10 +551,16 @@ class LoopbackServer:
 
 
 @inlineCallbacks
-def startServer(resource: IResource, reactor: Any = None, port: int = 0) -> Any:
+def startServer(
+    resource: IResource, reactor: Any = None, port: int = 0, interface: str = "127.0.0.1"
+) -> Any:
     """
     Serve C{resource} on 127.0.0.1 (port 0: any free port).
 
+    @param interface: another loopback address to listen on instead
+        (C{127.0.0.2}: on Linux, all of 127.0.0.0/8 is loopback), so that
+        several servers can share a port, as the addresses of one DNS name
+        do.
     @return: a L{Deferred} firing with a L{LoopbackServer}.
     """
     if reactor is None:
@@ -549,6 +568,182 @@ def startServer(resource: IResource, reactor: Any = None, port: int = 0) -> Any:
 
         reactor = _reactor
     factory = _TrackingFactory(_QuietSite(resource))
-    endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+    endpoint = TCP4ServerEndpoint(reactor, port, interface=interface)
     listening = yield endpoint.listen(factory)
     return LoopbackServer(factory, listening)
+
+
+# DNS
+
+
+class DNSZone(FileAuthority):
+    """
+    A DNS zone in memory, whose records a test sets and changes while a
+    L{LoopbackDNSServer} serves it (or while it answers lookups itself: it
+    provides L{twisted.internet.interfaces.IResolver}, so a unit test on a
+    fake clock can hand it to what takes a resolver).
+
+    It is Twisted's own authority (L{twisted.names.authority.FileAuthority},
+    loaded from the records given rather than from a file), so its answers
+    are a real server's: NXDOMAIN for a name of the zone that has no
+    record, an empty answer for a name without records of the type asked,
+    each record's TTL.
+
+    @ivar origin: the zone's name, such as C{"test"}.
+    """
+
+    soa: Any
+    records: Any
+
+    def __init__(self, origin: str = "test", ttl: int = 60) -> None:
+        """
+        @param origin: the zone's name: every name set must be in it.
+        @param ttl: the TTL of records set without one, and of negative
+            answers.
+        """
+        self.origin = origin
+        self.defaultTTL = ttl
+        FileAuthority.__init__(self, origin)  # type: ignore[no-untyped-call]
+
+    def loadFile(self, filename: Any) -> None:
+        """
+        Start with no record but the zone's SOA (C{filename} is the
+        origin).
+        """
+        origin = filename.encode("ascii")
+        self.soa = (
+            origin,
+            dns.Record_SOA(
+                mname=b"ns." + origin,
+                rname=b"hostmaster." + origin,
+                serial=1,
+                refresh=self.defaultTTL,
+                retry=self.defaultTTL,
+                expire=self.defaultTTL,
+                minimum=self.defaultTTL,
+                ttl=self.defaultTTL,
+            ),
+        )
+        self.records = {origin: [self.soa[1]]}
+
+    def setAddresses(self, name: str, addresses: Iterable[str], ttl: Optional[int] = None) -> None:
+        """
+        Make the A and AAAA records of C{name} C{addresses} (none: the
+        name no longer exists), each with C{ttl}.
+        """
+        self.setRecords(
+            name,
+            [
+                (dns.Record_AAAA if ":" in a else dns.Record_A)(a, ttl=ttl)
+                for a in addresses
+            ],
+        )
+
+    def setService(
+        self,
+        name: str,
+        targets: Iterable[tuple[int, int, int, str]],
+        ttl: Optional[int] = None,
+    ) -> None:
+        """
+        Make the SRV records of C{name} (C{_http._tcp.app.test}) one per
+        C{(priority, weight, port, target)}.
+        """
+        self.setRecords(
+            name,
+            [
+                dns.Record_SRV(priority, weight, port, target.encode("ascii"), ttl=ttl)
+                for priority, weight, port, target in targets
+            ],
+        )
+
+    def setRecords(self, name: str, records: Iterable[Any]) -> None:
+        """
+        Make C{records} (instances of the C{twisted.names.dns.Record_*}
+        classes) all the records of C{name}; none removes the name.
+        """
+        key = name.lower().encode("ascii")
+        if not key.endswith(self.soa[0]):
+            raise ValueError(f"{name} is not in the zone {self.origin}")
+        records = list(records)
+        if records:
+            self.records[key] = records
+        else:
+            self.records.pop(key, None)
+
+
+class LoopbackDNSServer:
+    """
+    A DNS server on 127.0.0.1, UDP and TCP on the same port, started by
+    L{startDNSServer}.
+
+    @ivar port: the port.
+    @ivar zone: the L{DNSZone} it serves.
+    @ivar queries: the queries received, as C{(name, type)}, in order.
+    """
+
+    def __init__(self, zone: DNSZone, port: int, listening: list[Any], queries: list[Any]) -> None:
+        self.zone = zone
+        self.port = port
+        self.queries = queries
+        self._listening = listening
+
+    @property
+    def address(self) -> str:
+        """
+        The server as C{resolver} takes it: C{127.0.0.1:PORT}.
+        """
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> Deferred[Any]:
+        """
+        Stop listening (UDP and TCP).  Idempotent.
+        """
+        listening, self._listening = self._listening, []
+        return DeferredList([port.stopListening() for port in listening])
+
+
+class _RecordingDNSServerFactory(DNSServerFactory):
+    """
+    A DNS server factory that notes every query it answers.
+    """
+
+    def __init__(self, zone: DNSZone, queries: list[Any]) -> None:
+        DNSServerFactory.__init__(self, authorities=[zone])
+        self.noisy = False
+        self.lbproxyQueries = queries
+
+    def handleQuery(self, message: Any, protocol: Any, address: Any) -> Any:
+        for query in message.queries:
+            self.lbproxyQueries.append((query.name.name.decode("ascii"), query.type))
+        return DNSServerFactory.handleQuery(self, message, protocol, address)
+
+
+def startDNSServer(zone: DNSZone, reactor: Any = None) -> LoopbackDNSServer:
+    """
+    Serve C{zone} on 127.0.0.1, over UDP and TCP on one port the system
+    picks, with Twisted's own DNS server
+    (L{twisted.names.server.DNSServerFactory}).  An answer too long for a
+    UDP datagram is truncated there, and the client asks again over TCP,
+    as with any server.
+
+    @return: the L{LoopbackDNSServer}, listening.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    queries: list[Any] = []
+    factory = _RecordingDNSServerFactory(zone, queries)
+    # The same port for both: take a TCP port, then the UDP port of the
+    # same number (a few tries, should another program hold that one).
+    for _ in range(20):
+        tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = tcp.getHost().port
+        try:
+            udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        except CannotListenError:
+            tcp.stopListening()
+            continue
+        return LoopbackDNSServer(zone, port, [tcp, udp], queries)
+    raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")

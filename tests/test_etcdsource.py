@@ -131,12 +131,13 @@ class EtcdSourceTests(SynchronousTestCase):
                 "upstream app: etcd key /lbproxy/upstreams/app/b = 'not a server line' "
                 "is not a server line, skipped (no backend for it): expected "
                 "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-                "down, max_fails=N, fail_timeout=T, max_conns=N, got 'a'",
+                "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, "
+                "service=NAME, got 'a'",
                 "upstream app: etcd key /lbproxy/upstreams/app/a = '127.0.0.1:99999' "
                 "is not a server line, skipped (its last good value stays): expected "
                 "a port between 1 and 65535 in [http://|https://]HOST:PORT followed "
                 "by any of weight=N, backup, down, max_fails=N, fail_timeout=T, "
-                "max_conns=N",
+                "max_conns=N, resolve, service=NAME",
             ],
         )
         self.put("b", "127.0.0.1:8002 backup")

@@ -12,6 +12,9 @@ benchmarks/run.py, whose req/s include all of those.
     python benchmarks/bench_hotpath.py --access-log  # each log format
     python benchmarks/bench_hotpath.py --caps        # max_conns, eject_on, retry_budget
     python benchmarks/bench_hotpath.py --limits      # limit_rate, limit_conn
+    python benchmarks/bench_hotpath.py --compare /other/checkout/src
+    python benchmarks/bench_hotpath.py --metrics     # the counters alone
+    python benchmarks/bench_hotpath.py --scrape      # one /metrics answer
 
 Prints the median µs per request over the runs (keep-alive client, pooled
 backend connection, a 6-byte response with Content-Length).  With
@@ -37,6 +40,17 @@ machine do not add to it), and it prints each one's median, what it adds
 to the run without limits, then what checking each alone costs per
 request (the least of 5 timings, which load on the machine cannot
 lower).
+
+With C{--compare SRC}, the runs alternate, each in a process of its own,
+between this checkout's lbproxy and the one in C{SRC} (a checkout of
+another commit, say the one before a change: C{git worktree add
+/tmp/before COMMIT}), and it prints each one's least and median CPU time
+(C{time.process_time}, which other processes on the machine do not add to)
+per request and the differences.  With C{--metrics}, it times what the
+metrics counters do per request (L{metricsWork}), alone, the best of 5
+timings.  With C{--scrape}, it times one C{/metrics} answer (the
+snapshot and its exposition) of a configuration of 4 vhosts and 4
+upstreams of 10 backends each, the best of 60, in CPU time.
 """
 
 from __future__ import annotations
@@ -44,6 +58,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,15 +70,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 import lbproxy
 from lbproxy import (
     Backend,
-    ConcurrencyLimiter,
     Pool,
     ProxySite,
-    RateLimiter,
-    RequestLimits,
     UpstreamResource,
     VirtualHost,
     VirtualHostResource,
-    limitKeyFunction,
 )
 
 _REQUEST = (
@@ -114,11 +125,14 @@ def run(
     """
     reactor = MemoryReactorClock()
     pool = _pool(reactor, maxConns, poolOptions)
+    requestLimits = buildLimits(limits, reactor)
     vhost = VirtualHost(
         "app",
         ["app.example"],
         {b"/": UpstreamResource(pool)},
-        limits=buildLimits(limits, reactor),
+        # Left out when there are none, so that the default run measures a
+        # checkout that has no limits too (--compare).
+        **({} if requestLimits is None else {"limits": requestLimits}),
     )
     site = ProxySite(
         VirtualHostResource([vhost], vhost),
@@ -200,7 +214,7 @@ def poolCost(
     return leastTime(oneRequest, pool, count)
 
 
-def buildLimits(which: str, reactor: Any) -> Optional[RequestLimits]:
+def buildLimits(which: str, reactor: Any) -> Any:
     """
     The limits of the benchmark's vhost, per client address, never
     reached (the figure is what checking them costs, not refusals): C{""}
@@ -211,6 +225,15 @@ def buildLimits(which: str, reactor: Any) -> Optional[RequestLimits]:
     """
     if not which:
         return None
+    # Imported here, so that the other runs measure a checkout without
+    # limits too (--compare).
+    from lbproxy import (
+        ConcurrencyLimiter,
+        RateLimiter,
+        RequestLimits,
+        limitKeyFunction,
+    )
+
     kinds = set(which.split("+"))
     return RequestLimits(
         limitKeyFunction("remote_addr"),
@@ -319,6 +342,129 @@ def writeCost(path: str, batched: bool, count: int) -> float:
     return cost
 
 
+def metricsWork(count: int) -> float:
+    """
+    The seconds that what the metrics counters do for one proxied request
+    takes, alone (the best of 5 timings of C{count} requests, in CPU
+    time, less that of a call doing what lbproxy did there before): the clock
+    read when the request is made (L{lbproxy._site.TimedProxyRequest}),
+    the vhost's counts handed to the request, the retry test of the
+    exchange, the backend's status class and response time, the clock
+    read, status class and duration of the request when it ends
+    (L{ProxySite.log}).  The same statements as lbproxy's, on the same
+    kinds of objects, for a request answered 200 by the first backend.
+    """
+    from lbproxy._counters import RequestCounts
+
+    reactor = MemoryReactorClock()
+    backend = Backend("127.0.0.1", 9000)
+    pool = Pool("app", [backend], reactor=reactor)
+    vhostCounts = RequestCounts()
+    unrouted = RequestCounts()
+
+    class Request:
+        code = 200
+        received: Optional[float] = None
+        requestCounts: Any = None
+
+    def oneRequest(request: Any) -> None:
+        request.received = reactor.seconds()
+        request.requestCounts = vhostCounts
+        tried: set[Any] = set()
+        if tried:
+            pool.retries += 1
+        took = reactor.seconds() - 0.0
+        code = 200
+        backend.responseClasses[code // 100] += 1
+        if code != 101:
+            backend.responseTimes.observe(took)
+        now = reactor.seconds()
+        counts = request.requestCounts or unrouted
+        counts.classes[request.code // 100] += 1
+        received = request.received
+        if received is not None:
+            counts.durations.observe(now - received)
+
+    def nothing(request: Any) -> None:
+        tried: set[Any] = set()
+        took = reactor.seconds() - 0.0
+        del tried, took
+
+    request = Request()
+    # What the request's work is measured against: the call, and what
+    # lbproxy did before at the same places (the set of tried backends,
+    # the exchange's clock read).
+    cpu = time.process_time
+    return leastTime(oneRequest, request, count, cpu) - leastTime(nothing, request, count, cpu)
+
+
+def scrapeCost() -> tuple[float, int, int]:
+    """
+    The CPU seconds one C{/metrics} answer takes (the snapshot, then its
+    exposition), the best of 60, for 4 vhosts and 4 upstreams of 10
+    backends each; with the size of the answer and its number of samples.
+    """
+    from lbproxy import LoadBalancerService, parseConfigText
+    from lbproxy._metrics import metricsText
+
+    sections = [
+        f"[upstream:u{u}]\nservers =\n"
+        + "".join(f"    127.0.0.1:{9000 + u * 100 + b}\n" for b in range(10))
+        + f"[vhost:v{u}]\nserver_names = v{u}.test\nupstream = u{u}\n"
+        for u in range(4)
+    ]
+    config = parseConfigText(
+        "[lbproxy]\nlisten = tcp:8080\naccess_log = off\n" + "".join(sections)
+    )
+    service = LoadBalancerService(config, MemoryReactorClock())
+    best = float("inf")
+    for _ in range(60):
+        started = time.process_time()
+        body, _ = metricsText(service.snapshot())
+        best = min(best, time.process_time() - started)
+    samples = sum(1 for line in body.splitlines() if not line.startswith(b"#"))
+    return best, len(body), samples
+
+
+def compare(other: str, runs: int, requests: int) -> None:
+    """
+    Alternate C{runs} runs of C{requests} requests of this checkout's
+    lbproxy and of the one in the directory C{other}, each in a process of
+    its own (which goes first changing every time), and print the CPU time
+    per request of each (least and median) and their differences.
+    """
+    here = os.path.dirname(os.path.dirname(os.path.abspath(lbproxy.__file__)))
+    trees = {"this": here, "other": os.path.abspath(other)}
+    results: dict[str, list[float]] = {name: [] for name in trees}
+    for index in range(runs):
+        # Each goes first every other time: the one that runs second does
+        # not always get whatever the first leaves (a warmer cache).
+        order = list(trees.items())
+        for name, tree in order if index % 2 else order[::-1]:
+            output = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child",
+                 "--requests", str(requests)],
+                env={**os.environ, "PYTHONPATH": tree},
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results[name].append(float(output))
+    print(
+        f"{sys.implementation.name} {sys.version.split()[0]}, {runs} runs of "
+        f"{requests} requests each, alternating, CPU µs per request:"
+    )
+    for name, tree in trees.items():
+        figures = results[name]
+        print(
+            f"  {name:5} {tree}: least {min(figures):.2f}, median "
+            f"{statistics.median(figures):.2f}"
+        )
+    least = min(results["this"]) - min(results["other"])
+    median = statistics.median(results["this"]) - statistics.median(results["other"])
+    print(f"  this - other: least {least:+.2f} µs, median {median:+.2f} µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
@@ -338,7 +484,44 @@ def main() -> None:
         action="store_true",
         help="measure no limits, limit_rate, limit_conn and both, interleaved",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="SRC",
+        help="alternate runs with the lbproxy of another checkout's src",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="time what the metrics counters do per request, alone",
+    )
+    parser.add_argument(
+        "--scrape",
+        action="store_true",
+        help="time one /metrics answer for 40 backends",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.child:
+        print(run(options.requests, timer=time.process_time) * 1e6)
+        return
+    if options.compare:
+        compare(options.compare, options.runs, options.requests)
+        return
+    if options.scrape:
+        cost, size, samples = scrapeCost()
+        print(
+            f"{sys.implementation.name} {sys.version.split()[0]}: one /metrics "
+            f"answer of {samples} samples ({size} bytes) for 40 backends, 4 "
+            f"vhosts (best of 60): {cost * 1e3:.2f} ms of CPU"
+        )
+        return
+    if options.metrics:
+        cost = metricsWork(options.requests * 10) * 1e6
+        print(
+            f"{sys.implementation.name} {sys.version.split()[0]}: the metrics "
+            f"counters' work per request alone (best of 5): {cost:.3f} µs"
+        )
+        return
     if options.limits:
         kinds = ["", "rate", "conn", "rate+conn"]
         byKind: dict[str, list[float]] = {k: [] for k in kinds}

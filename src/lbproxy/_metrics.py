@@ -275,10 +275,13 @@ class SnapshotCollector:
                 if probes["last_passed"] is not None:
                     for family, field in health:
                         family.add_metric(which, float(probes[field]))
+        requests, failures, ejections, active, weight, effective = (
+            f for f, _ in plain
+        )
         return [
-            *(family for family, _ in plain), responses, times, state, checks,
-            *(family for family, _ in health), retries, refusedRetries,
-            queued, queueRefused,
+            requests, responses, failures, ejections, times, active, state,
+            weight, effective, checks, *(family for family, _ in health),
+            retries, refusedRetries, queued, queueRefused,
         ]
 
     def _process(self, snapshot: dict[str, Any]) -> Iterable[Metric]:

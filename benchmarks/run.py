@@ -22,6 +22,10 @@ connections:
     lbproxy-limits  lbproxy on CPython with limit_rate and limit_conn on
                     its vhost, never reached (LIMITS): what checking them
                     costs, not refusals (a 429 would count as an error)
+    lbproxy-caps    lbproxy on CPython with max_conns=1000 on its server
+                    (never reached), a queue, eject_on = 5xx and
+                    retry_budget = 20% (CAPS): what backend protection
+                    costs when nothing waits
 
 Two more "sizes" measure HTTPS, on the rows that terminate TLS (nginx,
 lbproxy on CPython and PyPy, lbproxy-w2; the same ECDSA P-256
@@ -97,6 +101,7 @@ ROWS = [
     "lbproxy-pypy-gc",
     "lbproxy-w2",
     "lbproxy-limits",
+    "lbproxy-caps",
 ]
 
 #: The vhost lines of the lbproxy-limits row: a rate and requests in
@@ -104,6 +109,10 @@ ROWS = [
 #: most a few tens of thousands of requests a second, --connections in
 #: flight).
 LIMITS = "limit_rate = 1000000/s\nlimit_burst = 1000\nlimit_conn = 1000\n"
+
+#: The server options and upstream lines of the lbproxy-caps row: a cap
+#: far above wrk's --connections, so that nothing waits.
+CAPS = ("max_conns=1000", "queue = 100\neject_on = 5xx\nretry_budget = 20%\n")
 
 #: The PyPy nursery of the lbproxy-pypy-gc row: PyPy's default (4 MB, or
 #: half the L2 cache) makes a minor collection every few hundred requests.
@@ -395,12 +404,15 @@ def lbproxyConfig(
     workers: int,
     vhost: str = "",
     tls: Optional[tuple[int, Path, Path]] = None,
+    upstream: tuple[str, str] = ("", ""),
 ) -> Path:
     """
     lbproxy as the proxy, with C{vhost} lines added to its vhost, and with
     C{tls} (a port, a certificate chain and its key) an HTTPS listener on
-    that port too.
+    that port too; C{upstream} is the options of its server line and the
+    lines added to its upstream.
     """
+    serverOptions, upstreamLines = upstream
     tlsLines = ""
     if tls is not None:
         tlsPort, chain, key = tls
@@ -417,9 +429,9 @@ listen = tcp:{port}:interface=127.0.0.1:backlog=4096
 workers = {workers}
 
 [upstream:app]
-servers = 127.0.0.1:{backend}
+servers = 127.0.0.1:{backend} {serverOptions}
 keepalive = 64
-
+{upstreamLines}
 [vhost:app]
 default = yes
 upstream = app
@@ -697,7 +709,7 @@ def main() -> None:
             elif row == "twisted-stock":
                 argv = [sys.executable, str(HERE / "stock_proxy.py"), str(port), str(backend)]
                 cpus = PROXY_CPU
-            elif row in ("lbproxy", "lbproxy-w2", "lbproxy-limits"):
+            elif row in ("lbproxy", "lbproxy-w2", "lbproxy-limits", "lbproxy-caps"):
                 workers = 2 if row == "lbproxy-w2" else 1
                 config = lbproxyConfig(
                     workdir,
@@ -707,6 +719,7 @@ def main() -> None:
                     workers,
                     vhost=LIMITS if row == "lbproxy-limits" else "",
                     tls=tlsFor(row),
+                    upstream=CAPS if row == "lbproxy-caps" else ("", ""),
                 )
                 check = subprocess.run(
                     twistdArgv(sys.executable, row, config, workdir)[:-2]

@@ -21,11 +21,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import Backend, Pool
+from lbproxy._config import ConfigError
 from lbproxy._connections import backendEndpoint
+from lbproxy._listeners import EndpointListener
 from lbproxy._proxyprotocol import (
     HEADER_TIMEOUT,
     V2_SIGNATURE,
     HeaderReader,
+    HeaderWriter,
     InvalidProxyHeader,
     ProxyHeaderEndpoint,
     ProxyProtocolFactory,
@@ -38,7 +41,10 @@ from lbproxy._proxyprotocol import (
     probeHeader,
     withoutPrefix,
 )
+from lbproxy._tlsserver import httpsPort
 from lbproxy._values import parseProxyProtocol
+from lbproxy._workers import listeningSocket
+from lbproxy.config import parseConfigText
 from lbproxy.testing import ProxyHarness
 
 #: The specification's example (section 2.1): a client 192.168.0.1:56324
@@ -367,6 +373,27 @@ class ReceiverTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.inner.built, [])
 
+    def test_stopListening(self):
+        """
+        When the listener stops, the connections still sending their
+        header are aborted; those past it are left to their protocol.
+        """
+        self.clock = Clock()
+        self.inner = _RecorderFactory()
+        factory = ProxyProtocolFactory(self.inner, self.clock)
+        factory.doStart()
+        transports = []
+        for data in (SPEC_V1[:10], SPEC_V1):
+            protocol = factory.buildProtocol(BALANCER)
+            transport = StringTransport(peerAddress=BALANCER)
+            protocol.makeConnection(transport)
+            protocol.dataReceived(data)
+            transports.append(transport)
+        factory.doStop()
+        self.assertEqual([t.disconnecting for t in transports], [True, False])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.inner.built), 1)
+
     def test_refused(self):
         """
         A factory that builds nothing (a site at C{max_connections})
@@ -495,6 +522,23 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual(headerV2(unix, LISTENER), localHeaderV2())
         self.assertEqual(headerV1(None, LISTENER), b"PROXY UNKNOWN\r\n")
         self.assertEqual(localHeaderV2(), V2_SIGNATURE + b"\x20\x00\x00\x00")
+
+    def test_writerRemembers(self):
+        """
+        L{HeaderWriter} gives what L{headerV1} or L{headerV2} write, and
+        remembers a bounded number of them.
+        """
+        from lbproxy import _proxyprotocol
+
+        self.patch(_proxyprotocol, "_CACHED_HEADERS", 2)
+        for version, write in ((1, headerV1), (2, headerV2)):
+            writer = HeaderWriter(version)
+            for port in range(1, 6):
+                client = IPv4Address("TCP", "192.0.2.1", port)
+                self.assertEqual(writer(client, LISTENER), write(client, LISTENER))
+                self.assertIs(writer(client, LISTENER), writer(client, LISTENER))
+                self.assertLessEqual(len(writer._headers), 2)
+            self.assertEqual(writer(None, LISTENER), write(None, LISTENER))
 
     def test_probe(self):
         """
@@ -674,3 +718,62 @@ class ReuseTests(SynchronousTestCase):
         self.exchange(two, backend)
         self.assertEqual(harness.pending(), [])
 
+
+
+class ConfigurationTests(SynchronousTestCase):
+    """
+    C{haproxy:} listeners in the configuration, with workers, and where
+    listeners are opened.
+    """
+
+    def test_workers(self):
+        """
+        C{workers = 2} shares C{haproxy:tcp:} and C{haproxy:tcp6:}
+        listeners (the parent opens the TCP socket), and refuses others.
+        """
+        config = parseConfigText(
+            "[lbproxy]\nlisten = haproxy:tcp:8080 haproxy:tcp6:8081\n"
+            "listen_tls = haproxy:tcp:8443\nworkers = 2\n"
+        )
+        self.assertEqual(config.proxy.workers, 2)
+        self.assertEqual(httpsPort(config.proxy), 8443)
+        with self.assertRaises(ConfigError) as caught:
+            parseConfigText("[lbproxy]\nlisten = haproxy:unix:/tmp/x.sock\nworkers = 2\n")
+        self.assertIn("haproxy: in front of either too", str(caught.exception))
+
+    def test_sslRefused(self):
+        """
+        C{haproxy:ssl:} would read the header inside the TLS: refused,
+        saying what to write instead.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            parseConfigText(
+                "[lbproxy]\nlisten = haproxy:ssl:8443:privateKey=k.pem:certKey=c.pem\n"
+            )
+        self.assertIn("haproxy:tcp:PORT in listen_tls", str(caught.exception))
+
+    def test_parentSocket(self):
+        """
+        The parent of C{workers} opens the TCP socket of a C{haproxy:}
+        description.
+        """
+        sock = listeningSocket("haproxy:tcp:0:interface=127.0.0.1")
+        self.addCleanup(sock.close)
+        self.assertEqual(sock.getsockname()[0], "127.0.0.1")
+
+    def test_endpointListener(self):
+        """
+        An L{EndpointListener} on a C{haproxy:} description listens on the
+        rest of it with the factory wrapped.
+        """
+        reactor = MemoryReactorClock()
+        inner = _RecorderFactory()
+        listener = EndpointListener("haproxy:tcp:8080:interface=127.0.0.1", inner, reactor)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        ((port, factory, _, interface),) = reactor.tcpServers
+        self.assertEqual((port, interface), (8080, "127.0.0.1"))
+        self.assertIsInstance(factory, ProxyProtocolFactory)
+        self.assertIs(factory.wrappedFactory, inner)
+        self.assertIs(factory.clock, reactor)
+        self.assertEqual(listener.description, "haproxy:tcp:8080:interface=127.0.0.1")

@@ -23,7 +23,7 @@ from lbproxy._budget import RetryBudget
 from lbproxy._client import UpstreamConnection
 from lbproxy._connections import BackendConnections, backendEndpoint
 from lbproxy._interfaces import IBalancer, IMembershipObserver
-from lbproxy._proxyprotocol import WRITERS
+from lbproxy._proxyprotocol import HeaderWriter
 from lbproxy._queue import QueuedRequest, RequestQueue
 
 
@@ -322,6 +322,7 @@ class Pool:
         self.tunnelTimeout = tunnelTimeout
         self.requestBuffering = requestBuffering
         self.sendProxyProtocol = sendProxyProtocol
+        self._proxyHeaders = HeaderWriter(sendProxyProtocol) if sendProxyProtocol else None
         self.eligible: tuple[Backend, ...] = ()
         self.queue = RequestQueue(reactor, queue, queueTimeout)
         self.full: set[Backend] = set()
@@ -1070,10 +1071,8 @@ class Pool:
         With C{send_proxy_protocol}, the PROXY header of a request from
         C{client} to the listener address C{host}; else L{None}.
         """
-        version = self.sendProxyProtocol
-        if not version:
-            return None
-        return WRITERS[version](client, host)
+        writer = self._proxyHeaders
+        return None if writer is None else writer(client, host)
 
     def connectionsOpened(self, backend: Backend) -> int:
         """

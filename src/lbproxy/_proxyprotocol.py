@@ -96,7 +96,9 @@ _V2_UNSPEC = 0x00
 #: accepts but does not read (UDP, UNIX sockets), as the specification
 #: asks, using the connection's real addresses then.
 _V2_READ = {_V2_TCP4: "!4s4sHH", _V2_TCP6: "!16s16sHH"}
-_V2_KNOWN = {_V2_UNSPEC, 0x11, 0x12, 0x21, 0x22, 0x31, 0x32}
+_V2_KNOWN = {
+    family | protocol for family in (0x00, 0x10, 0x20, 0x30) for protocol in (0, 1, 2)
+}
 
 _Address = Union[IPv4Address, IPv6Address]
 
@@ -360,6 +362,16 @@ class ProxyProtocolReceiver(ProtocolWrapper):
         if reader.buffer and self.wrappedProtocol is not None and self.connected:
             protocol.dataReceived(reader.buffer)
 
+    def abandon(self) -> None:
+        """
+        If the header is still being read, give up on the connection:
+        abort it (its listener stops listening).
+        """
+        if self.proxyReader is not None and self.connected:
+            self._cancelTimeout()
+            self.proxyReader = None
+            self.transport.abortConnection()
+
     def _cancelTimeout(self) -> None:
         call, self.proxyTimeout = self.proxyTimeout, None
         if call is not None and call.active():
@@ -419,6 +431,16 @@ class ProxyProtocolFactory(WrappingFactory):
 
     def buildProtocol(self, addr: Any) -> ProxyProtocolReceiver:
         return ProxyProtocolReceiver(self)
+
+    def doStop(self) -> None:
+        """
+        The listener stopped listening: the connections still sending
+        their header are aborted (their timeouts with them); those past
+        it are the wrapped factory's to close.
+        """
+        for protocol in list(self.protocols):
+            protocol.abandon()
+        WrappingFactory.doStop(self)  # type: ignore[arg-type]
 
 
 def listenerParts(description: str, factory: Any, clock: Any = None) -> tuple[str, Any]:
@@ -516,6 +538,45 @@ def localHeaderV2() -> bytes:
 
 #: The header writer of each C{send_proxy_protocol} version.
 WRITERS: dict[int, Callable[[IAddress, IAddress], bytes]] = {1: headerV1, 2: headerV2}
+
+#: How many (client, listener) pairs a L{HeaderWriter} remembers the
+#: header of.
+_CACHED_HEADERS = 1024
+
+
+class HeaderWriter:
+    """
+    The headers of one C{send_proxy_protocol} version, as each request
+    asks for its client's: the header of the last few hundred pairs of
+    addresses is remembered, since a client connection sends request
+    after request with the same pair, and writing a header (parsing two
+    addresses with L{ipaddress}) costs several microseconds.
+
+    @ivar version: 1 or 2.
+    """
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self._write = WRITERS[version]
+        self._headers: dict[tuple[Any, Any], bytes] = {}
+
+    def __call__(self, client: Any, host: Any) -> bytes:
+        """
+        The header of a connection from C{client} to C{host}.
+        """
+        key = (client, host)
+        try:
+            return self._headers[key]
+        except KeyError:
+            pass
+        except TypeError:
+            # An address that cannot be a key: written every time.
+            return self._write(client, host)
+        header = self._write(client, host)
+        if len(self._headers) >= _CACHED_HEADERS:
+            self._headers.clear()
+        self._headers[key] = header
+        return header
 
 
 def probeHeader(version: int, transport: Any) -> bytes:

@@ -442,12 +442,21 @@ def parseEndpoint(text: str) -> str:
     Check a Twisted server endpoint description, such as C{tcp:8080}.
 
     @return: C{text} unchanged.
-    @raise ValueError: when no endpoint parser accepts it.
+    @raise ValueError: when no endpoint parser accepts it, and for
+        C{haproxy:ssl:} (see L{lbproxy._proxyprotocol}).
     """
     # Imported here: twistd imports the balancers (and so this module)
     # while it scans for plugins, before it installs the reactor.
     from twisted.internet.endpoints import serverFromString
 
+    kind, _, rest = text.strip().partition(":")
+    if kind.lower() == "haproxy" and rest.split(":", 1)[0].lower() == "ssl":
+        # The PROXY header comes before the TLS; an ssl: endpoint would
+        # look for it inside.
+        raise ValueError(
+            "haproxy:tcp:PORT in listen_tls (haproxy:ssl: would read the "
+            "PROXY header inside the TLS, where balancers do not send it)"
+        )
     try:
         serverFromString(_NoReactor(), text)
     except Exception as e:

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -55,10 +54,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import LOAD_CPU, PROXY_CPU, freePort, parseWrk, which  # noqa: E402
+
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
 ROWS = ("static", "steady", "changing")
-PROXY_CPU = "0"
-LOAD_CPU = "1"
 
 #: The DNS server of the benchmark, run as a child process: serves
 #: app.bench (TTL 0) and, with "changing", swaps one address every
@@ -94,22 +95,6 @@ reactor.run()
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def which(name: str) -> Optional[str]:
-    found = shutil.which(name)
-    if found is None:
-        for directory in ("/usr/sbin", "/sbin"):
-            candidate = os.path.join(directory, name)
-            if os.access(candidate, os.X_OK):
-                return candidate
-    return found
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def portFreeEverywhere(port: int) -> bool:
@@ -226,27 +211,6 @@ upstream = app
 """
     )
     return conf
-
-
-def parseWrk(out: str) -> dict[str, float]:
-    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-    result: dict[str, float] = {"rps": 0.0, "p50": float("nan"), "p99": float("nan")}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m:
-        result["rps"] = float(m.group(1))
-    for pct, key in (("50", "p50"), ("99", "p99")):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M)
-        if m:
-            result[key] = float(m.group(1)) * units[m.group(2)]
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    result["errors"] = errors
-    return result
 
 
 def runWrk(url: str, seconds: float, connections: int) -> dict[str, float]:

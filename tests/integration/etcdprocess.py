@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest
+from twisted.web.resource import Resource
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -255,3 +256,19 @@ def lbproxy(name: str, configPath: str) -> Watched:
 
 
 __all__ = ["Etcd", "Watched", "freePort", "json", "lbproxy", "spawn", "waitUntil"]
+
+
+class NamedBackend(Resource):
+    """
+    A backend of the etcd and fleet tests: answers C{GET} with its name,
+    so that a response says which backend it came from.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__()
+        self.name = name
+
+    def render_GET(self, request: Any) -> bytes:
+        return self.name

@@ -19,11 +19,16 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy.testing import startServer
-from tests.integration.etcdprocess import Etcd, freePort, lbproxy, waitUntil
+from tests.integration.etcdprocess import (
+    Etcd,
+    NamedBackend,
+    freePort,
+    lbproxy,
+    waitUntil,
+)
 
 PREFIX = "/lbproxy/upstreams/app/"
 
@@ -65,17 +70,6 @@ class _Forward(ProxyFactory):
         return protocol
 
 
-class _Named(Resource):
-    isLeaf = True
-
-    def __init__(self, name: bytes) -> None:
-        super().__init__()
-        self.name = name
-
-    def render_GET(self, request: Any) -> bytes:
-        return self.name
-
-
 class EtcdLiveTests(TestCase):
     """
     One lbproxy, one etcd member, three backends.
@@ -90,7 +84,7 @@ class EtcdLiveTests(TestCase):
         self.addCleanup(self.etcd.stop, "KILL")
         self.backends = []
         for name in (b"a", b"b", b"c"):
-            server = yield startServer(_Named(name), reactor)
+            server = yield startServer(NamedBackend(name), reactor)
             self.addCleanup(server.stop)
             self.backends.append(server)
         pool = HTTPConnectionPool(reactor, persistent=False)

@@ -16,10 +16,9 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
 
 from lbproxy.testing import startServer
-from tests.integration.etcdprocess import Etcd, lbproxy, waitUntil
+from tests.integration.etcdprocess import Etcd, NamedBackend, lbproxy, waitUntil
 
 PREFIX = "/fleet/app/"
 
@@ -56,17 +55,6 @@ upstream = sticky
 """
 
 
-class _Named(Resource):
-    isLeaf = True
-
-    def __init__(self, name: bytes) -> None:
-        super().__init__()
-        self.name = name
-
-    def render_GET(self, request: Any) -> bytes:
-        return self.name
-
-
 class FleetTests(TestCase):
     """
     Three lbproxy processes, one etcd, four backends.
@@ -81,7 +69,7 @@ class FleetTests(TestCase):
         self.addCleanup(self.etcd.stop, "KILL")
         self.backends = []
         for name in (b"a", b"b", b"c", b"d"):
-            server = yield startServer(_Named(name), reactor)
+            server = yield startServer(NamedBackend(name), reactor)
             self.addCleanup(server.stop)
             self.backends.append(server)
         pool = HTTPConnectionPool(reactor, persistent=False)

@@ -119,6 +119,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(service, MultiService)
         self.assertEqual([b.weight for b in service.pools["app"].backends], [2, 1])
 
+    def test_settlesTheHeap(self):
+        """
+        C{twistd lbproxy} owns its process: the heap is settled once the
+        reactor runs (L{lbproxy._heap}).
+        """
+        import gc
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        if not hasattr(gc, "freeze"):
+            raise self.skipTest("PyPy's collector has no permanent generation")
+        self.addCleanup(gc.unfreeze)
+        options = Options()
+        options.parseOptions(["--config", self.config()])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        reactor.run()
+        self.assertGreater(gc.get_freeze_count(), 0)
+
     def busyPort(self):
         """
         A port on 127.0.0.1 that a listening socket of the test holds.

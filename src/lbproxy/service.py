@@ -9,6 +9,7 @@ application, and what C{twistd lbproxy} uses.
 
 from __future__ import annotations
 
+import gc
 import signal
 from dataclasses import replace
 from random import Random
@@ -38,6 +39,7 @@ from lbproxy._etcdsource import EtcdSource
 from lbproxy._gzip import GzipPolicy
 from lbproxy._headers import HeaderRules
 from lbproxy._health import HealthChecker
+from lbproxy._heap import settle
 from lbproxy._limits import (
     ConcurrencyLimiter,
     RateLimiter,
@@ -386,6 +388,8 @@ class LoadBalancerService(MultiService):
         self._previousHangup: Any = None
         self._previousUserSignal: Any = None
         self._stopSignals: Optional[StopSignals] = None
+        #: The garbage collector L{settleHeap} settles, or L{None}.
+        self._collector: Any = None
         self.limits: dict[str, tuple[tuple[Any, ...], RequestLimits]] = {}
         self.pools, self.healthCheckers, self.sources, self.resource = self._build(
             config
@@ -649,7 +653,28 @@ class LoadBalancerService(MultiService):
             upstreams=len(pools),
             vhosts=len(config.vhosts),
         )
-        return DeferredList(results)
+        reloaded = DeferredList(results)
+        if self._collector is not None:
+            # The old configuration is garbage once its pools are closed.
+            reloaded.addCallback(self._settle)
+        return reloaded
+
+    def settleHeap(self, collector: Any = gc) -> None:
+        """
+        Settle the heap (L{lbproxy._heap.settle}: one full collection,
+        then every object alive frozen out of the next ones) once the
+        reactor runs, and again after each L{reload}, so that the garbage
+        collector's full collections stay short (as C{twistd lbproxy}
+        does; it changes the collector of the whole process, so an
+        embedding application decides for itself).
+
+        @param collector: the L{gc} module, or one that looks like it.
+        """
+        self._collector = collector
+
+    def _settle(self, result: object) -> object:
+        settle(self._collector)
+        return result
 
     def reloadFromFile(self, path: Optional[str] = None) -> bool:
         """
@@ -808,6 +833,8 @@ class LoadBalancerService(MultiService):
     def startService(self) -> None:
         self._setAccessLog(self.config.proxy.accessLog)
         MultiService.startService(self)
+        if self._collector is not None:
+            self._clock().callWhenRunning(self._settle, None)
         if self.configLoaded is None:
             self.configLoaded = self._clock().seconds()
         signals = self._stopSignals

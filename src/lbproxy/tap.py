@@ -159,6 +159,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if fds is not None:
         worker = workerService(config, fds, reactor, workerAdminSocket())
         worker.reloadOnHangup(options["config"])
+        worker.settleHeap()
         if twistd is not None:
             # A worker gets a stop signal from its parent, and often the
             # same one from the terminal or systemd: it stops gracefully on
@@ -174,5 +175,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         return parent
     service = LoadBalancerService(config, reactor)
     service.reloadOnHangup(options["config"])
+    service.settleHeap()
     service.abortOnSecondSignal()
     return service

@@ -1,7 +1,7 @@
 """
 What a change of membership costs the requests: p99 latency of lbproxy
-under steady load while a DNS name's answer changes ten times a second,
-against the same load while it does not change.
+under load while a DNS name's answer changes ten times a second, against
+the same load while it does not change.
 
     python benchmarks/membership.py              # 3 rounds of 10 s per row
     python benchmarks/membership.py --quick      # 1 round of 3 s
@@ -16,25 +16,38 @@ Loopback only, bounded in time.  The script starts:
   - lbproxy (twistd, CPython) with C{servers = app.bench:PORT resolve},
     C{resolve_min = 100ms}, so that it looks the name up ten times a
     second, and C{resolver} pointed at that server;
-  - wrk, 50 connections, C{/tiny}.
 
-and measures, interleaved round by round, three rows:
+and measures, interleaved round by round, four rows:
 
-    static      the same lbproxy with the three addresses listed (no DNS)
+    nginx       nginx as the proxy, the three addresses listed: the
+                reference (Debian's nginx has no upstream C{resolve})
+    static      lbproxy with the three addresses listed (no DNS)
     steady      resolve, lookups every 100 ms, the answer never changes
     changing    resolve, and every 100 ms the answer swaps one address for
                 another (one backend joins, one leaves and is drained):
                 about 100 membership changes in 10 s, counted from
                 lbproxy's log ("added (DNS answer")
 
+each under two loads, one after the other on the same proxy:
+
+    paced       h2load, 50 connections, a fixed C{--rate} of requests per
+                second (default 4000, about 40% of what lbproxy serves
+                here): latency percentiles from every request's time
+                (h2load's C{--log-file}).  This is the figure for "a
+                membership change costs no request latency": the proxy
+                has room, so what a change costs shows as latency.
+    saturating  wrk, 50 connections, as fast as the proxy answers: every
+                CPU second a change takes is a second no request moves,
+                so this shows the throughput a change costs.
+
 The DNS server of the steady and changing rows is the same program; only
 whether it changes its answer differs.  Each change goes through
 L{lbproxy.Pool.setBackends} exactly as in production.
 
-CPU pinning (taskset, when found): lbproxy on CPU 0; wrk, nginx and the
-DNS server on CPU 1.  Every process is started by this script, remembered
-by PID, and stopped by that PID at the end (also on Ctrl-C).  Raw figures
-go to benchmarks/results/membership-*.json.
+CPU pinning (taskset, when found): the proxy on CPU 0; wrk, h2load, nginx
+and the DNS server on CPU 1.  Every process is started by this script,
+remembered by PID, and stopped by that PID at the end (also on Ctrl-C).
+Raw figures go to benchmarks/results/membership-*.json.
 """
 
 from __future__ import annotations
@@ -56,10 +69,19 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import LOAD_CPU, PROXY_CPU, freePort, parseWrk, which  # noqa: E402
+from run import (  # noqa: E402
+    LOAD_CPU,
+    PROXY_CPU,
+    freePort,
+    nginxCommon,
+    nginxTemp,
+    parseWrk,
+    which,
+)
 
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
-ROWS = ("static", "steady", "changing")
+ROWS = ("nginx", "static", "steady", "changing")
+LOADS = ("paced", "saturating")
 
 #: The DNS server of the benchmark, run as a child process: serves
 #: app.bench (TTL 0) and, with "changing", swaps one address every
@@ -183,6 +205,39 @@ http {{
     return conf
 
 
+def nginxProxyConfig(workdir: Path, port: int, backend: int) -> Path:
+    """
+    nginx as the proxy of the nginx row: the three addresses lbproxy's
+    static row lists, the same C{keepalive}.
+    """
+    servers = "\n".join(f"        server {a}:{backend};" for a in ADDRESSES[:3])
+    conf = workdir / "nginx-proxy.conf"
+    conf.write_text(
+        nginxCommon(workdir, "nginx-proxy")
+        + f"""
+http {{
+    access_log off;
+    {nginxTemp(workdir, "nginx-proxy")}
+    keepalive_requests 10000000;
+    upstream app {{
+{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
 def lbproxyConfig(
     workdir: Path, row: str, port: int, backend: int, dnsPort: Optional[int]
 ) -> Path:
@@ -221,6 +276,53 @@ def runWrk(url: str, seconds: float, connections: int) -> dict[str, float]:
     return parseWrk(proc.stdout)
 
 
+def percentile(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def runPaced(
+    url: str, seconds: float, connections: int, rate: float, workdir: Path
+) -> dict[str, float]:
+    """
+    h2load over HTTP/1.1, C{connections} connections sending C{rate}
+    requests per second in all, for C{seconds}; the percentiles come from
+    the time of every request (its C{--log-file}: start, status, time in
+    microseconds).
+    """
+    logfile = workdir / "h2load.log"
+    if logfile.exists():
+        logfile.unlink()
+    argv = [
+        "h2load", "--h1", "-t1", f"-c{connections}",
+        f"--rps={rate / connections:g}", f"-D{seconds:g}",
+        f"--log-file={logfile}", url,
+    ]
+    if which("taskset"):
+        argv = ["taskset", "-c", LOAD_CPU, *argv]
+    subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    times: list[float] = []
+    errors = 0
+    for line in logfile.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) < 3:
+            continue
+        times.append(int(fields[2]) / 1000.0)
+        if not fields[1].startswith("2"):
+            errors += 1
+    if not times:
+        raise SystemExit("h2load sent no request")
+    times.sort()
+    return {
+        "rps": len(times) / seconds,
+        "requests": len(times),
+        "p50": percentile(times, 0.5),
+        "p99": percentile(times, 0.99),
+        "p999": percentile(times, 0.999),
+        "max": times[-1],
+        "errors": errors,
+    }
+
+
 def changesLogged(path: Path) -> int:
     """
     How many DNS answers changed the pool: lbproxy logs one "added (DNS
@@ -238,19 +340,17 @@ def measure(
     processes: Processes,
     workdir: Path,
     backend: int,
-    seconds: float,
-    connections: int,
-    interval: float,
-) -> dict[str, float]:
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
     """
-    Start the row's DNS server (not for static) and lbproxy, warm up,
-    measure with wrk, and stop them.
+    Start the row's DNS server (steady and changing) and proxy, warm up,
+    measure under each load, and stop them.
     """
     dnsPort = None
     dns = None
-    if row != "static":
+    if row in ("steady", "changing"):
         dns = processes.start(
-            [sys.executable, "-c", DNS_SERVER, ",".join(ADDRESSES), row, str(interval)],
+            [sys.executable, "-c", DNS_SERVER, ",".join(ADDRESSES), row, str(args.interval)],
             LOAD_CPU,
             stdout=subprocess.PIPE,
             text=True,
@@ -261,31 +361,38 @@ def measure(
             raise SystemExit("the DNS server did not start")
         dnsPort = int(line)
     port = freePort()
-    config = lbproxyConfig(workdir, row, port, backend, dnsPort)
     logfile = workdir / f"lbproxy-{row}.log"
     if logfile.exists():
         logfile.unlink()
-    proxy = processes.start(
-        [
+    if row == "nginx":
+        argv = [str(which("nginx")), "-c", str(nginxProxyConfig(workdir, port, backend))]
+    else:
+        config = lbproxyConfig(workdir, row, port, backend, dnsPort)
+        argv = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={logfile}", "lbproxy", "--config", str(config),
-        ],
-        PROXY_CPU,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
+        ]
+    proxy = processes.start(
+        argv, PROXY_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     try:
-        waitForPort("127.0.0.1", port, proxy, f"lbproxy ({row})")
+        waitForPort("127.0.0.1", port, proxy, row)
         url = f"http://127.0.0.1:{port}/tiny"
         # Until the name resolves, and a short warm-up.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if runWrk(url, 1, 4)["errors"] == 0:
                 break
-        before = changesLogged(logfile)
-        result = runWrk(url, seconds, connections)
-        result["changes"] = changesLogged(logfile) - before
-        return result
+        results = {}
+        for load in args.loads:
+            before = changesLogged(logfile)
+            if load == "paced":
+                result = runPaced(url, args.seconds, args.connections, args.rate, workdir)
+            else:
+                result = runWrk(url, args.seconds, args.connections)
+            result["changes"] = changesLogged(logfile) - before
+            results[load] = result
+        return results
     finally:
         processes.stop(proxy)
         if dns is not None:
@@ -297,14 +404,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=4000.0, help="requests per second of the paced load")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between two changes")
+    parser.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated")
+    parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3.0, 1
+    args.rows = [r for r in args.rows.split(",") if r]
+    args.loads = [load for load in args.loads.split(",") if load]
+    if not set(args.rows) <= set(ROWS) or not set(args.loads) <= set(LOADS):
+        parser.error(f"rows are among {', '.join(ROWS)}; loads among {', '.join(LOADS)}")
     nginx = which("nginx")
-    if nginx is None or which("wrk") is None:
-        raise SystemExit("needs nginx and wrk (apt-get install nginx wrk)")
+    if nginx is None or which("wrk") is None or which("h2load") is None:
+        raise SystemExit("needs nginx, wrk and h2load (apt-get install nginx wrk nghttp2-client)")
     processes = Processes()
 
     def interrupted(signum: int, frame: Any) -> None:
@@ -313,7 +427,9 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
-    results: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        load: {row: [] for row in args.rows} for load in args.loads
+    }
     with tempfile.TemporaryDirectory(prefix="lbproxy-membership-") as tmp:
         workdir = Path(tmp)
         try:
@@ -330,30 +446,47 @@ def main() -> None:
             for address in ADDRESSES:
                 waitForPort(address, backend, nginxProc, "nginx")
             for round in range(args.rounds):
-                for row in ROWS:
+                for row in args.rows:
                     log(f"round {round + 1}/{args.rounds}: {row}")
-                    result = measure(
-                        row, processes, workdir, backend, args.seconds,
-                        args.connections, args.interval,
-                    )
-                    log(f"  {result}")
-                    results[row].append(result)
+                    measured = measure(row, processes, workdir, backend, args)
+                    for load, result in measured.items():
+                        log(f"  {load}: {result}")
+                        results[load][row].append(result)
         finally:
             processes.stopAll()
-    print(f"\n{args.rounds} round(s) of {args.seconds:g} s, wrk -c{args.connections}, /tiny; medians")
-    print(f"{'row':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'changes':>8} {'errors':>7}")
-    for row in ROWS:
-        runs = results[row]
+    print(
+        f"\n{args.rounds} round(s) of {args.seconds:g} s, {args.connections} connections, "
+        f"/tiny, a change every {args.interval:g} s in the changing row; medians"
+    )
+    for load in args.loads:
+        what = f"h2load at {args.rate:g} req/s" if load == "paced" else "wrk, as fast as it goes"
+        print(f"\n{load} ({what})")
         print(
-            f"{row:10} {statistics.median(r['rps'] for r in runs):9.0f} "
-            f"{statistics.median(r['p50'] for r in runs):8.2f} "
-            f"{statistics.median(r['p99'] for r in runs):8.2f} "
-            f"{statistics.median(r.get('changes', 0) for r in runs):8.0f} "
-            f"{sum(r['errors'] for r in runs):7.0f}"
+            f"{'row':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+            f"{'changes':>8} {'errors':>7}"
         )
-    steady = statistics.median(r["p99"] for r in results["steady"])
-    changing = statistics.median(r["p99"] for r in results["changing"])
-    print(f"p99 changing / steady: {changing / steady:.2f}")
+        medians: dict[str, dict[str, float]] = {}
+        for row in args.rows:
+            runs = results[load][row]
+            medians[row] = {
+                key: statistics.median(r.get(key, float("nan")) for r in runs)
+                for key in ("rps", "p50", "p99", "p999", "changes")
+            }
+            m = medians[row]
+            print(
+                f"{row:10} {m['rps']:8.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
+                f"{m['p999']:9.2f} {m['changes']:8.0f} "
+                f"{sum(r['errors'] for r in runs):7.0f}"
+            )
+        if "steady" in medians and "changing" in medians:
+            steady, changing = medians["steady"], medians["changing"]
+            print(
+                f"changing / steady: p99 {changing['p99'] / steady['p99']:.2f}, "
+                f"p99.9 {changing['p999'] / steady['p999']:.2f}, "
+                f"req/s {changing['rps'] / steady['rps']:.2f}"
+            )
+        if "nginx" in medians and "changing" in medians:
+            print(f"changing / nginx: p99 {medians['changing']['p99'] / medians['nginx']['p99']:.2f}")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

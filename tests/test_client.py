@@ -201,6 +201,24 @@ class ParseHeadTests(SynchronousTestCase):
 
 
 class ConnectionTests(SynchronousTestCase):
+    def test_handshakeWaitCancelled(self):
+        """
+        Cancelling the wait for a TLS handshake (the client left while the
+        connection to an C{https} backend was being opened) aborts the
+        connection rather than leave it open with no owner; its loss then
+        fires nothing more.
+        """
+        from twisted.internet.defer import CancelledError
+
+        proto = UpstreamConnection()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        waiting = proto.whenHandshakeDone()
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+
     def test_requestWritten(self):
         """
         The head is written as given; a body file streams after it.

@@ -583,8 +583,15 @@ class UpstreamConnection(Protocol):
             return succeed(self)
         if self.lost:
             return fail(TLSHandshakeFailed(_whyLost(self._lostReason)))
-        waiter = self._handshakeWaiter = Deferred()
+        waiter = self._handshakeWaiter = Deferred(self._cancelHandshake)
         return waiter
+
+    def _cancelHandshake(self, waiter: Deferred[UpstreamConnection]) -> None:
+        # Nobody wants the connection any more (the client left while it
+        # was being opened): close it rather than leave it open, with no
+        # owner, until the backend closes it.
+        self._handshakeWaiter = None
+        self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         """

@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 
 from lbproxy._backend import Backend, backendFor, placeholderFor
 from lbproxy._config import ServerConfig
+from lbproxy._dnsport import QuietResolverReactor
 from lbproxy._pool import Pool
 
 #: The most seconds between two tries of a lookup that keeps failing.
@@ -110,10 +111,15 @@ def makeResolver(
     asking C{servers} (or, when empty, the servers of L{RESOLV_CONF}).
 
     No cache and no hosts file: each lookup asks the servers, whose TTLs
-    decide when the next one is due.
+    decide when the next one is due.  Its queries go out through
+    L{QuietResolverReactor}, so that they do not fill the log.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     return client.Resolver(
-        servers=list(servers) or systemServers(), timeout=QUERY_TIMEOUT, reactor=reactor
+        servers=list(servers) or systemServers(),
+        timeout=QUERY_TIMEOUT,
+        reactor=QuietResolverReactor(reactor),
     )
 
 

@@ -718,6 +718,14 @@ class _RecordingDNSServerFactory(DNSServerFactory):
             self.lbproxyQueries.append((query.name.name.decode("ascii"), query.type))
         return DNSServerFactory.handleQuery(self, message, protocol, address)
 
+    def sendReply(self, protocol: Any, message: Any, address: Any) -> None:
+        if address is not None:
+            # Over UDP, to a client that did not offer more (EDNS): 512
+            # bytes, the rest cut off and the message marked truncated, as
+            # RFC 1035 has it.  Twisted's server would send it whole.
+            message.maxSize = 512
+        DNSServerFactory.sendReply(self, protocol, message, address)
+
 
 def startDNSServer(zone: DNSZone, reactor: Any = None) -> LoopbackDNSServer:
     """

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -473,18 +474,20 @@ def main() -> None:
                 for key in ("rps", "p50", "p99", "p999", "changes")
             }
             m = medians[row]
+            # wrk gives no p99.9.
+            p999 = "-" if math.isnan(m["p999"]) else f"{m['p999']:.2f}"
             print(
                 f"{row:10} {m['rps']:8.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
-                f"{m['p999']:9.2f} {m['changes']:8.0f} "
+                f"{p999:>9} {m['changes']:8.0f} "
                 f"{sum(r['errors'] for r in runs):7.0f}"
             )
         if "steady" in medians and "changing" in medians:
             steady, changing = medians["steady"], medians["changing"]
-            print(
-                f"changing / steady: p99 {changing['p99'] / steady['p99']:.2f}, "
-                f"p99.9 {changing['p999'] / steady['p999']:.2f}, "
-                f"req/s {changing['rps'] / steady['rps']:.2f}"
-            )
+            ratios = [f"p99 {changing['p99'] / steady['p99']:.2f}"]
+            if not math.isnan(steady["p999"]):
+                ratios.append(f"p99.9 {changing['p999'] / steady['p999']:.2f}")
+            ratios.append(f"req/s {changing['rps'] / steady['rps']:.2f}")
+            print("changing / steady: " + ", ".join(ratios))
         if "nginx" in medians and "changing" in medians:
             print(f"changing / nginx: p99 {medians['changing']['p99'] / medians['nginx']['p99']:.2f}")
     out = HERE / "results"

@@ -13,10 +13,10 @@ C{benchmarks/membership.py} each took 30 to 65 ms, during which no
 request moved, which was the largest part of the p99.9 latency.
 
 L{settle} collects once, then moves every object alive into the
-permanent generation (L{gc.freeze}), which full collections skip: they
+permanent generation (C{gc.freeze}), which full collections skip: they
 walk only what was made since, and took about 5 ms in the same
 benchmark.  A reload (L{lbproxy.LoadBalancerService.reload}) settles
-again, first taking the objects back (L{gc.unfreeze}) so that the old
+again, first taking the objects back (C{gc.unfreeze}) so that the old
 configuration's cycles are collected rather than kept for good.
 
 It changes the collector of the whole process, so it is for a process
@@ -36,9 +36,9 @@ def settle(collector: Any = gc) -> bool:
     """
     Collect every generation, then freeze what is left.
 
-    @param collector: the L{gc} module (or one that looks like it).
+    @param collector: the C{gc} module (or one that looks like it).
     @return: whether anything was done (L{False} on a Python with no
-        L{gc.freeze}, such as PyPy).
+        C{gc.freeze}, such as PyPy).
     """
     if not hasattr(collector, "freeze"):
         return False

@@ -668,7 +668,7 @@ class LoadBalancerService(MultiService):
         does; it changes the collector of the whole process, so an
         embedding application decides for itself).
 
-        @param collector: the L{gc} module, or one that looks like it.
+        @param collector: the C{gc} module, or one that looks like it.
         """
         self._collector = collector
 

@@ -74,8 +74,7 @@ from run import (  # noqa: E402
     LOAD_CPU,
     PROXY_CPU,
     freePort,
-    nginxCommon,
-    nginxTemp,
+    nginxProxyConfig,
     parseWrk,
     which,
 )
@@ -199,39 +198,6 @@ http {{
     server {{
 {listens}
         location = /tiny {{ return 200 "hello\\n"; }}
-    }}
-}}
-"""
-    )
-    return conf
-
-
-def nginxProxyConfig(workdir: Path, port: int, backend: int) -> Path:
-    """
-    nginx as the proxy of the nginx row: the three addresses lbproxy's
-    static row lists, the same C{keepalive}.
-    """
-    servers = "\n".join(f"        server {a}:{backend};" for a in ADDRESSES[:3])
-    conf = workdir / "nginx-proxy.conf"
-    conf.write_text(
-        nginxCommon(workdir, "nginx-proxy")
-        + f"""
-http {{
-    access_log off;
-    {nginxTemp(workdir, "nginx-proxy")}
-    keepalive_requests 10000000;
-    upstream app {{
-{servers}
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
     }}
 }}
 """
@@ -366,7 +332,10 @@ def measure(
     if logfile.exists():
         logfile.unlink()
     if row == "nginx":
-        argv = [str(which("nginx")), "-c", str(nginxProxyConfig(workdir, port, backend))]
+        # The three addresses lbproxy's static row lists, the same keepalive.
+        servers = [f"{a}:{backend}" for a in ADDRESSES[:3]]
+        conf = nginxProxyConfig(workdir, port, backend, servers=servers)
+        argv = [str(which("nginx")), "-c", str(conf)]
     else:
         config = lbproxyConfig(workdir, row, port, backend, dnsPort)
         argv = [

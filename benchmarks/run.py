@@ -319,13 +319,20 @@ def nginxProxyConfig(
     name: str = "nginx-proxy",
     extra: str = "",
     tls: Optional[tuple[int, Path, Path]] = None,
+    servers: Optional[list[str]] = None,
 ) -> Path:
     """
     nginx as the proxy, with C{extra} directives in its C{http} block, and
     with C{tls} (a port, a certificate chain and its key) the same proxy
     over HTTPS on that port (TLS 1.2 and 1.3, session cache and tickets,
     as lbproxy).
+
+    @param servers: the upstream's C{HOST:PORT}s; by default the one
+        backend on 127.0.0.1.
     """
+    upstream = "\n".join(
+        f"        server {server};" for server in servers or [f"127.0.0.1:{backend}"]
+    )
     if tls is not None:
         tlsPort, chain, key = tls
         extra += f"""
@@ -353,7 +360,7 @@ http {{
     keepalive_requests 10000000;
     {extra}
     upstream app {{
-        server 127.0.0.1:{backend};
+{upstream}
         keepalive 64;
         keepalive_requests 10000000;
     }}

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy._heap import settle
+from tests.test_stopsignals import _SITE
 
 
 class RecordingCollector:
@@ -83,20 +84,6 @@ class SettleTests(SynchronousTestCase):
         a.other, b.other = b, a
         del a, b
         self.assertGreaterEqual(gc.collect(), 2)
-
-
-_SITE = """
-[lbproxy]
-listen = tcp:8080:interface=127.0.0.1
-access_log = off
-
-[upstream:app]
-servers = 127.0.0.1:9001
-
-[vhost:app]
-default = yes
-upstream = app
-"""
 
 
 class ServiceTests(SynchronousTestCase):

@@ -209,6 +209,38 @@ class SnapshotPartsTests(SynchronousTestCase):
             "certificates": certificates,
         }
 
+    def test_limits(self) -> None:
+        """
+        What a vhost's limits did: refused by rate and by conn, held back,
+        and the keys remembered and in flight; a vhost without limits has
+        none of these.
+        """
+        snapshot = self.snapshot([], [])
+        counts = dict(snapshot["unrouted"])
+        snapshot["vhosts"] = [
+            dict(
+                counts,
+                name="app",
+                limits={
+                    "refused_rate": 7,
+                    "refused_conn": 2,
+                    "delayed": 3,
+                    "clients": 40,
+                    "in_flight": 5,
+                },
+            ),
+            dict(counts, name="other", limits=None),
+        ]
+        found = samples(metricsText(snapshot)[0])
+        self.assertEqual(found[key("lbproxy_limit_refused_total", vhost="app", limit="rate")], 7)
+        self.assertEqual(found[key("lbproxy_limit_refused_total", vhost="app", limit="conn")], 2)
+        self.assertEqual(found[key("lbproxy_limit_delayed_total", vhost="app")], 3)
+        self.assertEqual(found[key("lbproxy_limit_keys", vhost="app")], 40)
+        self.assertEqual(found[key("lbproxy_limit_keys_in_flight", vhost="app")], 5)
+        self.assertEqual(
+            [k for k in found if "limit" in k[0] and ("vhost", "other") in k[1]], []
+        )
+
     def test_health(self) -> None:
         """
         Probes passed and failed, and the latest one's result, latency and

@@ -192,12 +192,44 @@ class SnapshotCollector:
             "response (WebSocket tunnels left out).",
             labels=["vhost"],
         )
+        refused = CounterMetricFamily(
+            "lbproxy_limit_refused",
+            "Requests a vhost's limits refused (429), by the limit: rate "
+            "(limit_rate) or conn (limit_conn).",
+            labels=["vhost", "limit"],
+        )
+        delayed = CounterMetricFamily(
+            "lbproxy_limit_delayed",
+            "Requests a vhost's rate limit held back (limit_delay) rather "
+            "than refused.",
+            labels=["vhost"],
+        )
+        clients = GaugeMetricFamily(
+            "lbproxy_limit_keys",
+            "Keys (clients) a vhost's rate limit remembers now.",
+            labels=["vhost"],
+        )
+        inFlight = GaugeMetricFamily(
+            "lbproxy_limit_keys_in_flight",
+            "Keys (clients) with requests in flight under a vhost's "
+            "limit_conn now.",
+            labels=["vhost"],
+        )
         counted = [(v["name"], v) for v in snapshot["vhosts"]]
+        for name, vhost in counted:
+            limits = vhost.get("limits")
+            if limits is None:
+                continue
+            refused.add_metric([name, "rate"], limits["refused_rate"])
+            refused.add_metric([name, "conn"], limits["refused_conn"])
+            delayed.add_metric([name], limits["delayed"])
+            clients.add_metric([name], limits["clients"])
+            inFlight.add_metric([name], limits["in_flight"])
         counted.append((NO_VHOST, snapshot["unrouted"]))
         for name, counts in counted:
             _classes(requests, [name], counts["responses_by_class"])
             _histogram(durations, [name], counts["duration_histogram"])
-        return [requests, durations]
+        return [requests, durations, refused, delayed, clients, inFlight]
 
     def _upstreams(self, snapshot: dict[str, Any]) -> Iterable[Metric]:
         labels = ["upstream", "backend"]

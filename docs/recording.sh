@@ -18,5 +18,12 @@ waitgone() {
     echo "!! pid $1 still running" >&2; exit 1
 }
 
+# stopPids: stop every process whose PID is in the script's array pids,
+# and wait until each has ended (10 s at most each).
+stopPids() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do waitgone "$pid"; done
+}
+
 # run COMMAND: print "$ COMMAND", then run it and let its output follow.
 run() { echo "\$ $1"; bash -c "$1"; }

@@ -19,8 +19,7 @@ cd "$work"
 . "$here/../recording.sh"
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do waitgone "$pid"; done
+    stopPids
     rm -rf "$work"
 }
 trap cleanup EXIT

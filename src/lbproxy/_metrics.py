@@ -142,6 +142,31 @@ _BACKEND_VALUES: list[tuple[Any, str, str, str]] = [
     ),
 ]
 
+#: The metrics with one value per vhost with limits, taken as they are
+#: from a field of its snapshot's C{limits}: (family, name, help, field).
+_LIMIT_VALUES: list[tuple[Any, str, str, str]] = [
+    (
+        CounterMetricFamily,
+        "lbproxy_limit_delayed",
+        "Requests a vhost's rate limit held back (limit_delay) rather "
+        "than refused.",
+        "delayed",
+    ),
+    (
+        GaugeMetricFamily,
+        "lbproxy_limit_keys",
+        "Keys (clients) a vhost's rate limit remembers now.",
+        "clients",
+    ),
+    (
+        GaugeMetricFamily,
+        "lbproxy_limit_keys_in_flight",
+        "Keys (clients) with requests in flight under a vhost's "
+        "limit_conn now.",
+        "in_flight",
+    ),
+]
+
 #: The gauges of a backend's latest health check probe, from a field of
 #: its snapshot's C{health}: (name, help, field).
 _LAST_PROBE = [
@@ -198,23 +223,10 @@ class SnapshotCollector:
             "(limit_rate) or conn (limit_conn).",
             labels=["vhost", "limit"],
         )
-        delayed = CounterMetricFamily(
-            "lbproxy_limit_delayed",
-            "Requests a vhost's rate limit held back (limit_delay) rather "
-            "than refused.",
-            labels=["vhost"],
-        )
-        clients = GaugeMetricFamily(
-            "lbproxy_limit_keys",
-            "Keys (clients) a vhost's rate limit remembers now.",
-            labels=["vhost"],
-        )
-        inFlight = GaugeMetricFamily(
-            "lbproxy_limit_keys_in_flight",
-            "Keys (clients) with requests in flight under a vhost's "
-            "limit_conn now.",
-            labels=["vhost"],
-        )
+        limited = [
+            (kind(name, text, labels=["vhost"]), field)
+            for kind, name, text, field in _LIMIT_VALUES
+        ]
         counted = [(v["name"], v) for v in snapshot["vhosts"]]
         for name, vhost in counted:
             limits = vhost.get("limits")
@@ -222,14 +234,13 @@ class SnapshotCollector:
                 continue
             refused.add_metric([name, "rate"], limits["refused_rate"])
             refused.add_metric([name, "conn"], limits["refused_conn"])
-            delayed.add_metric([name], limits["delayed"])
-            clients.add_metric([name], limits["clients"])
-            inFlight.add_metric([name], limits["in_flight"])
+            for family, field in limited:
+                family.add_metric([name], limits[field])
         counted.append((NO_VHOST, snapshot["unrouted"]))
         for name, counts in counted:
             _classes(requests, [name], counts["responses_by_class"])
             _histogram(durations, [name], counts["duration_histogram"])
-        return [requests, durations, refused, delayed, clients, inFlight]
+        return [requests, durations, refused, *(family for family, _ in limited)]
 
     def _upstreams(self, snapshot: dict[str, Any]) -> Iterable[Metric]:
         labels = ["upstream", "backend"]

@@ -123,8 +123,6 @@ class QuietDatagramPort:
             self.protocol.doStop()
         return succeed(None)
 
-    loseConnection = stopListening
-
     def connectionLost(self, reason: Failure) -> None:
         """
         The reactor gave up on the socket (it is shutting down).

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from lbproxy import Pool, UpstreamResource, VirtualHostResource
+from lbproxy.testing import RefusingPort
 
 #: Seconds any one step may take before the test fails.
 WAIT = 10
@@ -223,9 +224,9 @@ class EmbeddingTests(TestCase):
         With one backend's port closed, every /app/ request still gets an
         answer from the other one; with no backend left, 502.
         """
-        deadPort = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
-        dead = ("127.0.0.1", deadPort.getHost().port)
-        yield deadPort.stopListening()
+        deadPort = RefusingPort()
+        self.addCleanup(deadPort.close)
+        dead = (deadPort.host, deadPort.port)
         service, base = yield self.startService([self.addresses[0], dead])
 
         bodies = []

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.error import ConnectionLost, TimeoutError
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import (
+    CannotListenError,
+    ConnectionLost,
+    ConnectionRefusedError,
+    TimeoutError,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.static import Data
@@ -20,7 +28,7 @@ from twisted.web.static import Data
 import lbproxy.testing
 from lbproxy import Backend, Pool, UpstreamResource, VirtualHost, VirtualHostResource
 from lbproxy.balancers import Sticky, buildBalancer
-from lbproxy.testing import CLIENT_ADDRESS, ProxyHarness, makeRequest
+from lbproxy.testing import CLIENT_ADDRESS, ProxyHarness, RefusingPort, makeRequest
 
 _GET = b"GET /p?q=1 HTTP/1.1\r\nHost: app.example\r\n\r\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -391,6 +399,35 @@ class DocumentedExampleTests(SynchronousTestCase):
         alice = makeRequest(client="198.51.100.7", headers={b"X-User": b"alice"})
         again = makeRequest(client="203.0.113.9", headers={b"X-User": b"alice"})
         self.assertIs(balancer.pick(alice, frozenset()), balancer.pick(again, frozenset()))
+
+
+class RefusingPortTests(TestCase):
+    """
+    L{RefusingPort} on real sockets.
+    """
+
+    def setUp(self) -> None:
+        self.refusing = RefusingPort()
+        self.addCleanup(self.refusing.close)
+
+    def test_refusesConnections(self) -> Any:
+        """
+        A connection to it fails with L{ConnectionRefusedError}.
+        """
+        endpoint = TCP4ClientEndpoint(reactor, self.refusing.host, self.refusing.port)
+        connecting = endpoint.connect(Factory.forProtocol(Protocol))
+        return self.assertFailure(connecting, ConnectionRefusedError)
+
+    def test_portStaysTaken(self) -> None:
+        """
+        No server can listen on its port until it is closed.
+        """
+        host, port = self.refusing.host, self.refusing.port
+        with self.assertRaises(CannotListenError):
+            reactor.listenTCP(port, Factory.forProtocol(Protocol), interface=host)
+        self.refusing.close()
+        listening = reactor.listenTCP(port, Factory.forProtocol(Protocol), interface=host)
+        self.addCleanup(listening.stopListening)
 
 
 class APITests(SynchronousTestCase):

@@ -21,7 +21,8 @@ tests drive the proxy:
 
 On real sockets, for integration tests: L{startServer} serves a resource
 on a loopback port, and the L{LoopbackServer} it returns can be stopped
-like a crashed process (every connection cut).  L{startDNSServer} serves a
+like a crashed process (every connection cut); a L{RefusingPort} is a
+loopback port where a backend is down (every connection refused).  L{startDNSServer} serves a
 L{DNSZone}, whose records the test changes as it goes, on a loopback port
 (UDP and TCP), for C{resolve} server lines pointed at it with
 C{resolver}.
@@ -29,6 +30,7 @@ C{resolver}.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -63,6 +65,7 @@ __all__ = [
     "LoopbackServer",
     "PendingConnection",
     "ProxyHarness",
+    "RefusingPort",
     "makeRequest",
     "startDNSServer",
     "startServer",
@@ -571,6 +574,34 @@ def startServer(
     endpoint = TCP4ServerEndpoint(reactor, port, interface=interface)
     listening = yield endpoint.listen(factory)
     return LoopbackServer(factory, listening)
+
+
+class RefusingPort:
+    """
+    A TCP port on 127.0.0.1 that refuses every connection, as the port of
+    a backend that is down does: a socket bound to it that never listens.
+
+    A port that was merely free a moment ago (listened on, then closed)
+    does not do: the next server to listen on port 0, even the proxy the
+    same test starts a line later, may be given the same number and answer
+    on it.  This one stays taken until L{close}.
+
+    @ivar host: the address it is bound to.
+    @ivar port: its port number.
+    """
+
+    def __init__(self, interface: str = "127.0.0.1") -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind((interface, 0))
+        self.host: str
+        self.port: int
+        self.host, self.port = self._socket.getsockname()
+
+    def close(self) -> None:
+        """
+        Free the port.  Idempotent.
+        """
+        self._socket.close()
 
 
 # DNS

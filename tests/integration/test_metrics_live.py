@@ -17,10 +17,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from lbproxy import LoadBalancerService, parseConfigText
-from lbproxy.testing import startServer
+from lbproxy.testing import RefusingPort, startServer
 
 #: The paths the backends answer, and with what status.
 _STATUSES = {b"/ok": 200, b"/moved": 301, b"/missing": 404, b"/broken": 500}
@@ -79,11 +78,9 @@ class MetricsLiveTests(TestCase):
             server = yield startServer(StatusBackend(name), reactor)
             self.addCleanup(server.stop)
             ports[name.decode()] = server.port
-        # A backend that refuses connections: a port that was free a
-        # moment ago.
-        closed = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
-        ports["dead"] = closed.getHost().port
-        yield closed.stopListening()
+        dead = RefusingPort()
+        self.addCleanup(dead.close)
+        ports["dead"] = dead.port
         self.ports = ports
         config = parseConfigText(_CONFIG.format(**ports), "metrics.ini")
         self.service = LoadBalancerService(config, reactor)

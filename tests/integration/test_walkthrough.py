@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy._demo import DemoResource
-from lbproxy.testing import startServer
+from lbproxy.testing import RefusingPort, startServer
 
 
 class Hang(Resource):
@@ -201,10 +201,9 @@ class WalkthroughTests(ProxyTestCase):
         With every backend dead, the client gets a 502 page, well within the
         connect timeout.
         """
-        a = yield self.startBackend(DemoResource("a"))
-        b = yield self.startBackend(DemoResource("b"))
-        yield a.stop()
-        yield b.stop()
+        a, b = RefusingPort(), RefusingPort()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
         yield self.startProxy(
             _PROXY
             + _upstream("app", a.port, b.port, extra="connect_timeout = 5s")

@@ -79,6 +79,7 @@ class ExportTests(SynchronousTestCase):
                 "LoopbackServer",
                 "PendingConnection",
                 "ProxyHarness",
+                "RefusingPort",
                 "makeRequest",
                 "startDNSServer",
                 "startServer",

@@ -9,6 +9,7 @@
 #   etcd-server     etcd, the registry the etcd source and fleet tests watch
 #   etcd-client     etcdctl, used by the fleet page's recorded session
 #   haproxy         the PROXY protocol peer (in front of and behind lbproxy)
+#   nginx           the reference the access log test compares lines with
 #   chromium        the headless browser the status page's end-to-end test
 #   chromium-driver drives (chromedriver, through selenium)
 #
@@ -19,7 +20,7 @@
 # script fails, so that no test is skipped in silence.
 set -eu
 if [ $# -eq 0 ]; then
-    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client haproxy chromium chromium-driver
+    set -- pypy3 nghttp2-client systemd logrotate etcd-server etcd-client haproxy nginx chromium chromium-driver
 fi
 missing=""
 for package in "$@"; do
@@ -29,6 +30,7 @@ for package in "$@"; do
         etcd-server) program=etcd ;;
         etcd-client) program=etcdctl ;;
         haproxy) program=/usr/sbin/haproxy ;;
+        nginx) program=/usr/sbin/nginx ;;
         chromium-driver) program=chromedriver ;;
         *) program=$package ;;
     esac

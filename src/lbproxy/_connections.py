@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory
 
 from lbproxy._backend import Backend
 from lbproxy._client import UpstreamConnection
+from lbproxy._directtcp import DirectTCPEndpoint, connectsDirectly
 from lbproxy._proxyprotocol import (
     HeaderSource,
     IProxyHeaderEndpoint,
@@ -47,8 +48,10 @@ def backendEndpoint(
     """
     Build the client endpoint that reaches C{backend}.
 
-    An IP address gets a plain TCP endpoint (no resolver round trip); a name
-    gets a L{HostnameEndpoint}.  An C{https} backend is wrapped in TLS,
+    An IP address gets a plain TCP endpoint (no resolver round trip): a
+    L{DirectTCPEndpoint}, which connects in the same turn, on a reactor
+    that L{connectsDirectly}, else a L{TCP4ClientEndpoint} or
+    L{TCP6ClientEndpoint}; a name gets a L{HostnameEndpoint}.  An C{https} backend is wrapped in TLS,
     with C{tlsServerName} (else the name it was resolved from, else its
     host: see L{Backend.origin}) sent in SNI, and verified
     against C{tlsCA} (or the platform's trust store) with
@@ -59,7 +62,12 @@ def backendEndpoint(
         header before anything else (before TLS).
     """
     endpoint: IStreamClientEndpoint
-    if isIPAddress(backend.host):
+    isIP = isIPAddress(backend.host) or isIPv6Address(backend.host)
+    if isIP and connectsDirectly(reactor):
+        endpoint = DirectTCPEndpoint(
+            reactor, backend.host, backend.port, timeout=connectTimeout
+        )
+    elif isIPAddress(backend.host):
         endpoint = TCP4ClientEndpoint(
             reactor, backend.host, backend.port, timeout=connectTimeout
         )

@@ -1,0 +1,256 @@
+# -*- test-case-name: tests.test_directtcp -*-
+"""
+L{DirectTCPEndpoint} on real sockets on 127.0.0.1 (and ::1 where the
+machine has it).
+
+A connection that cannot finish at once is made with a listener whose
+accept queue is full (C{listen(0)} with one connection not yet accepted):
+the kernel then drops the SYN, and the attempt waits until the queue has
+room (the SYN is sent again after a second) or it times out.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    TimeoutError,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from lbproxy._backend import Backend
+from lbproxy._connections import backendEndpoint
+from lbproxy._directtcp import DirectTCPEndpoint, connectsDirectly
+from lbproxy.testing import RefusingPort
+
+#: How long a test waits for an event before it fails.
+WAIT = 10.0
+
+
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.made = 0
+        self.lost: Deferred[Any] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.callback(None)
+
+
+class _Listener:
+    """
+    A plain listening socket, accepted from by hand.
+    """
+
+    def __init__(self, test: TestCase, family: int = socket.AF_INET, host: str = "127.0.0.1") -> None:
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        test.addCleanup(self.socket.close)
+        self.socket.bind((host, 0))
+        self.socket.listen(0)
+        self.host = host
+        self.port = self.socket.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        test.addCleanup(lambda: [s.close() for s in self.accepted])
+
+    def fill(self) -> None:
+        """
+        Fill the accept queue with one connection that is not accepted.
+        """
+        blocking = socket.create_connection((self.host, self.port), timeout=WAIT)
+        self.accepted.append(blocking)
+
+    def accept(self) -> socket.socket:
+        self.socket.settimeout(WAIT)
+        conn, _ = self.socket.accept()
+        self.accepted.append(conn)
+        return conn
+
+
+class DirectTCPEndpointTests(TestCase):
+    timeout = 30
+
+    def endpoint(self, listener: Any, timeout: float = WAIT) -> DirectTCPEndpoint:
+        return DirectTCPEndpoint(reactor, listener.host, listener.port, timeout=timeout)
+
+    def connect(self, endpoint: DirectTCPEndpoint) -> tuple[Deferred[Any], _Recorder]:
+        protocol = _Recorder()
+        connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))
+        return connecting, protocol
+
+    def close(self, protocol: _Recorder) -> Deferred[Any]:
+        protocol.transport.loseConnection()
+        return protocol.lost
+
+    @inlineCallbacks
+    def test_connectedInTheSameTurn(self) -> Any:
+        """
+        To a listener with room, the protocol is connected and the
+        Deferred has fired before C{connect} returns; the transport's peer
+        is the listener, and bytes written reach it.
+        """
+        received: Deferred[bytes] = Deferred()
+
+        class Server(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.callback(data)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = DirectTCPEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        connecting, protocol = self.connect(endpoint)
+        self.assertIs(self.successResultOf(connecting), protocol)
+        self.assertEqual(protocol.made, 1)
+        peer = protocol.transport.getPeer()
+        self.assertEqual(
+            (peer.type, peer.host, peer.port), ("TCP", "127.0.0.1", port.getHost().port)
+        )
+        protocol.transport.write(b"hello")
+        data = yield received.addTimeout(WAIT, reactor)
+        self.assertEqual(data, b"hello")
+        yield self.close(protocol)
+
+    @inlineCallbacks
+    def test_ipv6(self) -> Any:
+        """
+        An IPv6 address connects the same way.
+        """
+        if not socket.has_ipv6:
+            raise SkipTest("no IPv6")
+        try:
+            listener = _Listener(self, socket.AF_INET6, "::1")
+        except OSError:
+            raise SkipTest("no ::1 on this machine") from None
+        connecting, protocol = self.connect(self.endpoint(listener))
+        self.assertIs(self.successResultOf(connecting), protocol)
+        self.assertEqual(protocol.transport.getPeer().host, "::1")
+        yield self.close(protocol)
+
+    @inlineCallbacks
+    def test_refusedInALaterTurn(self) -> Any:
+        """
+        A refused connection fails with L{ConnectionRefusedError}, never
+        before C{connect} returns.
+        """
+        refusing = RefusingPort()
+        self.addCleanup(refusing.close)
+        connecting, protocol = self.connect(self.endpoint(refusing))
+        self.assertNoResult(connecting)
+        yield self.assertFailure(connecting, ConnectionRefusedError)
+        self.assertEqual(protocol.made, 0)
+
+    @inlineCallbacks
+    def test_waitsForRoom(self) -> Any:
+        """
+        To a listener whose accept queue is full, the attempt waits; once
+        the queue has room it is connected, and no longer watched by the
+        reactor.
+        """
+        listener = _Listener(self)
+        listener.fill()
+        connecting, protocol = self.connect(self.endpoint(listener))
+        self.assertNoResult(connecting)
+        listener.accept()
+        result = yield connecting.addTimeout(WAIT, reactor)
+        self.assertIs(result, protocol)
+        self.assertEqual(protocol.made, 1)
+        self.assertNotIn("DirectTCPEndpoint", _watched())
+        yield self.close(protocol)
+
+    @inlineCallbacks
+    def test_timeout(self) -> Any:
+        """
+        An attempt that does not finish within the timeout fails with
+        L{TimeoutError} and is no longer watched.
+        """
+        listener = _Listener(self)
+        listener.fill()
+        connecting, protocol = self.connect(self.endpoint(listener, timeout=0.2))
+        self.assertNoResult(connecting)
+        self.assertIn("DirectTCPEndpoint", _watched())
+        yield self.assertFailure(connecting, TimeoutError)
+        self.assertEqual(protocol.made, 0)
+        self.assertNotIn("DirectTCPEndpoint", _watched())
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling a waiting attempt fails it with
+        L{ConnectingCancelledError} naming the address, stops watching
+        it and closes its socket.
+        """
+        listener = _Listener(self)
+        listener.fill()
+        connecting, protocol = self.connect(self.endpoint(listener))
+        connecting.cancel()
+        failure = self.failureResultOf(connecting, ConnectingCancelledError)
+        self.assertEqual(failure.value.address.port, listener.port)
+        self.assertNotIn("DirectTCPEndpoint", _watched())
+        self.assertEqual(protocol.made, 0)
+
+    def test_cancelRefused(self) -> None:
+        """
+        Cancelling a refused attempt before its failure is given cancels
+        that failure: the Deferred fails once, with
+        L{ConnectingCancelledError}.
+        """
+        refusing = RefusingPort()
+        self.addCleanup(refusing.close)
+        connecting, protocol = self.connect(self.endpoint(refusing))
+        connecting.cancel()
+        self.failureResultOf(connecting, ConnectingCancelledError)
+        pending = [c for c in reactor.getDelayedCalls() if "_fail" in repr(c.func)]
+        self.assertEqual(pending, [])
+
+
+def _watched() -> list[str]:
+    """
+    The log prefixes of what the reactor watches.
+    """
+    return [
+        getattr(s, "logPrefix", lambda: "")()
+        for s in reactor.getReaders() + reactor.getWriters()
+    ]
+
+
+class BackendEndpointTests(SynchronousTestCase):
+    """
+    Which endpoint L{backendEndpoint} builds for which backend and reactor.
+    """
+
+    def test_ipOnARealReactor(self) -> None:
+        """
+        An IPv4 or IPv6 backend, on a reactor that watches real sockets,
+        gets a L{DirectTCPEndpoint}.
+        """
+        self.assertTrue(connectsDirectly(reactor))
+        for host in ("127.0.0.1", "::1"):
+            endpoint = backendEndpoint(reactor, Backend(host, 8080), 5.0)
+            self.assertIsInstance(endpoint, DirectTCPEndpoint)
+
+    def test_memoryReactor(self) -> None:
+        """
+        On a L{MemoryReactorClock}, which has no sockets, an IP backend
+        gets Twisted's endpoint, whose attempt the test finds in
+        C{tcpClients}.
+        """
+        memory = MemoryReactorClock()
+        self.assertFalse(connectsDirectly(memory))
+        endpoint = backendEndpoint(memory, Backend("127.0.0.1", 8080), 5.0)
+        self.assertIsInstance(endpoint, TCP4ClientEndpoint)
+
+    def test_name(self) -> None:
+        """
+        A backend given by name gets a L{HostnameEndpoint}, on any
+        reactor.
+        """
+        endpoint = backendEndpoint(reactor, Backend("app.internal", 8080), 5.0)
+        self.assertIsInstance(endpoint, HostnameEndpoint)

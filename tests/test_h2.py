@@ -49,6 +49,22 @@ class _H2Transport(StringTransport):
 
     negotiatedProtocol = b"h2"
 
+    #: Whether the TLS close (close_notify, then the TCP close) has begun.
+    #: As L{twisted.protocols.tls.TLSMemoryBIOProtocol} does it, not while
+    #: a producer is registered: L{loseConnection} only notes the wish
+    #: (C{disconnecting}) until the producer is unregistered.
+    closing = False
+
+    def loseConnection(self) -> None:
+        StringTransport.loseConnection(self)
+        if self.producer is None:
+            self.closing = True
+
+    def unregisterProducer(self) -> None:
+        StringTransport.unregisterProducer(self)
+        if self.disconnecting:
+            self.closing = True
+
     def getPeerCertificate(self) -> None:
         return None
 
@@ -57,6 +73,7 @@ class _H2Transport(StringTransport):
 
     def abortConnection(self) -> None:
         self.aborted = True
+        self.closing = True
         self.loseConnection()
 
 
@@ -378,7 +395,7 @@ class LimitTests(SynchronousTestCase):
         c.reactor.advance(29)
         self.assertFalse(c.transport.disconnecting)
         c.reactor.advance(2)
-        self.assertTrue(c.transport.disconnecting)
+        self.assertTrue(c.transport.closing)
         frames = parseFrames(c.transport.value())
         self.assertEqual([int(f.error_code) for f in frames if isinstance(f, GoAwayFrame)], [0])
 
@@ -390,7 +407,7 @@ class LimitTests(SynchronousTestCase):
         c = _Connection(self, clientHeaderTimeout=3.0, keepaliveTimeout=60.0)
         c.exchange()
         c.reactor.advance(3.5)
-        self.assertTrue(c.transport.disconnecting)
+        self.assertTrue(c.transport.closing)
 
     def test_maxConnections(self) -> None:
         """
@@ -429,7 +446,7 @@ class LimitTests(SynchronousTestCase):
                          [(HeadersFrame, first), (DataFrame, first)])
         self.assertEqual(b"".join(f.data for f in frames[1:]), b"hello")
         self.assertIn("END_STREAM", frames[-1].flags)
-        self.assertTrue(c.transport.disconnecting)
+        self.assertTrue(c.transport.closing)
         c.http11.connectionLost(None)
         self.successResultOf(drained)
 
@@ -587,7 +604,7 @@ class ConformanceTests(SynchronousTestCase):
         c = _Connection(self)
         frames = c.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         _expectError(self, frames, ErrorCodes.PROTOCOL_ERROR, connection=True)
-        self.assertTrue(c.transport.disconnecting)
+        self.assertTrue(c.transport.closing)
 
     def test_dataOnIdleStream(self) -> None:
         """
@@ -755,7 +772,7 @@ class ConformanceTests(SynchronousTestCase):
         data += ContinuationFrame(1, data=b"").serialize() * 100
         frames = c.raw(data)
         _expectError(self, frames, ErrorCodes.ENHANCE_YOUR_CALM, connection=True)
-        self.assertTrue(c.transport.disconnecting)
+        self.assertTrue(c.transport.closing)
 
     def test_headerListBeyondHardLimit(self) -> None:
         """
@@ -814,7 +831,7 @@ class ConformanceTests(SynchronousTestCase):
             data += RstStreamFrame(streamId, error_code=ErrorCodes.CANCEL).serialize()
         frames = c.raw(data)
         _expectError(self, frames, ErrorCodes.ENHANCE_YOUR_CALM, connection=True)
-        self.assertTrue(c.transport.disconnecting)
+        self.assertTrue(c.transport.closing)
         connectors = c.reactor.connectors
         self.assertTrue(connectors)
         self.assertTrue(all(connector.stoppedConnecting for connector in connectors))

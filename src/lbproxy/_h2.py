@@ -488,6 +488,9 @@ class H2Channel(Protocol):
         self.terminated = False
         self.connectionDeadline: Optional[Deadline] = None
         self.aborting: Any = None
+        #: Whether this channel is its transport's producer (from
+        #: C{connectionMade} until L{closeTransport}).
+        self.producerRegistered = False
         self.resets = TokenBucket(self.clock, self.resetBurst, self.resetRate)
         self.controls = TokenBucket(self.clock, self.controlBurst, self.controlRate)
 
@@ -499,6 +502,7 @@ class H2Channel(Protocol):
             transport.setTcpNoDelay(True)
         self.site.channels.add(self)
         transport.registerProducer(self, True)
+        self.producerRegistered = True
         self.connectionDeadline = Deadline(self.clock, self._idle)
         self.armIdle(self.clientHeaderTimeout)
         self.machine.initiate_connection()
@@ -581,11 +585,28 @@ class H2Channel(Protocol):
         """
         self.goAway()
         if not self.streamsById:
-            self.transport.loseConnection()
+            self.closeTransport()
 
     def closeIfDone(self) -> None:
         if self.goingAway and not self.streamsById:
-            self.transport.loseConnection()
+            self.closeTransport()
+
+    def closeTransport(self) -> None:
+        """
+        Close the connection once what is written is sent.
+
+        The channel stops being the transport's producer first: a TLS
+        transport (L{twisted.protocols.tls.TLSMemoryBIOProtocol}) does not
+        send its close_notify, nor close the connection, while a producer
+        is registered, so that the connection would stay open until the
+        client closed it or L{abortTimeout} (or the site's shutdown
+        timeout) aborted it.
+        """
+        transport = self.transport
+        if self.producerRegistered:
+            self.producerRegistered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
 
     def terminate(self, code: int, why: str) -> None:
         """
@@ -616,7 +637,7 @@ class H2Channel(Protocol):
         reason = Failure(ConnectionLost("HTTP/2 connection ended"))
         for stream in streams:
             self._loseStream(stream, reason)
-        self.transport.loseConnection()
+        self.closeTransport()
         self._abortLater()
 
     def _abortLater(self) -> None:

@@ -168,7 +168,7 @@ class HTTP2Tests(_ALPNMixin, TestCase):
             "[vhost:app]\nserver_names = 127.0.0.1\ndefault = yes\nupstream = app\n"
             % (self.certPath, self.keyPath, port.getHost().port)
         )
-        service = LoadBalancerService(parseConfigText(text, "h2.ini"), reactor)
+        service = self.service = LoadBalancerService(parseConfigText(text, "h2.ini"), reactor)
         service.startService()
         self.addCleanup(service.stopService)
         [self.port] = yield service.whenListening().addTimeout(WAIT, reactor)
@@ -265,6 +265,23 @@ class HTTP2Tests(_ALPNMixin, TestCase):
         self.assertNotIsInstance(failure, CancelledError)
         head, body, ended = yield client.request(b"/after")
         self.assertEqual(head[b":status"], b"200")
+
+    @inlineCallbacks
+    def test_gracefulClose(self) -> Any:
+        """
+        Closing the site's connections (what a graceful stop does) sends
+        GOAWAY C{NO_ERROR} on an idle HTTP/2 connection and closes it: the
+        client sees the TLS connection end, and the L{Deferred} that
+        C{closeConnections} returned fires, without waiting for the client
+        to close or for an abort.
+        """
+        client = yield self.connectH2()
+        head, body, ended = yield client.request(b"/get")
+        self.assertEqual(head[b":status"], b"200")
+        drained = self.service.site.closeConnections()
+        yield client.closed.addTimeout(WAIT, reactor)
+        yield drained.addTimeout(WAIT, reactor)
+        self.assertEqual(client.client.goaway(), 0)
 
     @inlineCallbacks
     def test_nghttp(self) -> Any:

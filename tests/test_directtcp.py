@@ -11,6 +11,7 @@ room (the SYN is sent again after a second) or it times out.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
@@ -18,14 +19,18 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.error import (
+    ConnectError,
     ConnectingCancelledError,
     ConnectionRefusedError,
     TimeoutError,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from lbproxy import _directtcp
 from lbproxy._backend import Backend
 from lbproxy._connections import backendEndpoint
 from lbproxy._directtcp import DirectTCPEndpoint, connectsDirectly
@@ -209,6 +214,126 @@ class DirectTCPEndpointTests(TestCase):
         self.failureResultOf(connecting, ConnectingCancelledError)
         pending = [c for c in reactor.getDelayedCalls() if "_fail" in repr(c.func)]
         self.assertEqual(pending, [])
+
+
+class _WatchingClock(Clock):
+    """
+    A clock that keeps what it is asked to watch, as a reactor would: the
+    test then plays the reactor's part (C{doWrite}, C{connectionLost}).
+    """
+
+    def __init__(self) -> None:
+        Clock.__init__(self)
+        self.watched: set[Any] = set()
+
+    def addReader(self, reader: Any) -> None:
+        self.watched.add(reader)
+
+    def addWriter(self, writer: Any) -> None:
+        self.watched.add(writer)
+
+    def removeReader(self, reader: Any) -> None:
+        self.watched.discard(reader)
+
+    def removeWriter(self, writer: Any) -> None:
+        self.watched.discard(writer)
+
+    def adoptStreamConnection(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        transport.protocol = protocol  # type: ignore[attr-defined]
+        protocol.makeConnection(transport)
+        return transport
+
+
+class FailureWhileWaitingTests(SynchronousTestCase):
+    """
+    An attempt that C{connect} left waiting (on a loaded machine the kernel
+    has not answered a loopback SYN by the second C{connect()}), and that
+    the reactor then finds failed, in a set order on a L{Clock}.
+    """
+
+    def waiting(self, answers: list[int]) -> tuple[_WatchingClock, Any, Deferred[Any]]:
+        """
+        Start an attempt whose C{connect()} calls answer C{answers} in
+        turn: the first two leave it waiting.
+
+        @return: the clock, the attempt the reactor watches, and the
+            L{Deferred} of C{connect}.
+        """
+        script = iter(answers)
+        self.patch(_directtcp, "_connectOnce", lambda sock, address: next(script))
+        clock = _WatchingClock()
+        endpoint = DirectTCPEndpoint(clock, "127.0.0.1", 9, timeout=5.0)
+        connecting = endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertNoResult(connecting)
+        [attempt] = clock.watched
+        return clock, attempt, connecting
+
+    def test_refusedWhileWaiting(self) -> None:
+        """
+        The reactor says the socket is writable and C{connect()} says
+        refused: the Deferred fails once, with L{ConnectionRefusedError},
+        and its timeout is cancelled (left pending, it failed the Deferred
+        again when it came: L{AlreadyCalledError} from the reactor).
+        """
+        clock, attempt, connecting = self.waiting(
+            [errno.EINPROGRESS, errno.EALREADY, errno.ECONNREFUSED]
+        )
+        attempt.doWrite()
+        self.failureResultOf(connecting, ConnectionRefusedError)
+        self.assertEqual(clock.watched, set())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(5.0)
+
+    def test_refusedReadThenWrite(self) -> None:
+        """
+        A refused connection is readable and writable at once: the reactor
+        calls C{doRead}, which fails the attempt, then C{doWrite} for the
+        same event (Twisted does not check that the descriptor is still
+        watched), and C{connectionLost} if that raised.  The Deferred fails
+        once, with L{ConnectionRefusedError}; the calls after find the
+        attempt over (C{doWrite} used to assert, and the C{connectionLost}
+        that followed failed the Deferred again: L{AlreadyCalledError}).
+        """
+        clock, attempt, connecting = self.waiting(
+            [errno.EINPROGRESS, errno.EALREADY, errno.ECONNREFUSED]
+        )
+        attempt.doRead()
+        attempt.doWrite()
+        attempt.connectionLost(Failure(ConnectError(string="hang-up")))
+        self.failureResultOf(connecting, ConnectionRefusedError)
+        self.assertEqual(clock.watched, set())
+
+    def test_madeReadThenWrite(self) -> None:
+        """
+        Made while waiting, with the read and the write of one event: the
+        read adopts the socket and fires the Deferred with the protocol;
+        the write, and a C{connectionLost} after it, change nothing.
+        """
+        clock, attempt, connecting = self.waiting(
+            [errno.EINPROGRESS, errno.EALREADY, errno.EISCONN]
+        )
+        attempt.doRead()
+        attempt.doWrite()
+        attempt.connectionLost(Failure(ConnectError(string="hang-up")))
+        protocol = self.successResultOf(connecting)
+        self.assertIsInstance(protocol, Protocol)
+        self.assertEqual(clock.watched, set())
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lostWhileWaiting(self) -> None:
+        """
+        The reactor gives up on the socket (an error or a hang-up it
+        reports through C{connectionLost}): the Deferred fails once, and
+        the timeout is cancelled.
+        """
+        clock, attempt, connecting = self.waiting([errno.EINPROGRESS, errno.EALREADY])
+        clock.watched.clear()
+        attempt.connectionLost(Failure(ConnectError(string="hang-up")))
+        self.failureResultOf(connecting, ConnectError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(5.0)
 
 
 def _watched() -> list[str]:

@@ -193,7 +193,9 @@ class _Attempt:
         self._timer = self._reactor.callLater(0, self._fail, reason)
 
     def _fail(self, reason: Any) -> None:
-        self._timer = None
+        # The timeout is cancelled here when something else failed the
+        # attempt (the reactor found it refused): left pending, it would
+        # fail the Deferred a second time.
         self._stop()
         self.deferred.errback(reason)
 
@@ -222,8 +224,14 @@ class _Attempt:
         return "DirectTCPEndpoint"
 
     def doWrite(self) -> None:
-        assert self._socket is not None
-        result = _connectOnce(self._socket, self._endpoint._address)
+        sock = self._socket
+        if sock is None:
+            # Over already (made, failed or cancelled), within the same
+            # event: the reactor calls doWrite after a doRead that ended
+            # the attempt (a refused connection is readable and writable),
+            # without asking whether it still watches the descriptor.
+            return
+        result = _connectOnce(sock, self._endpoint._address)
         if result in _DONE:
             self.adopt()
         elif result not in _PENDING:
@@ -235,9 +243,10 @@ class _Attempt:
         # The reactor saw an error or hang-up on the socket, and has
         # stopped watching it.
         self._watching = False
-        error = 0
-        if self._socket is not None:
-            error = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if self._socket is None:
+            # Over already: the Deferred has its result.
+            return
+        error = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self._fail(getConnectError((error, strerror(error))))
         else:

@@ -210,6 +210,49 @@ class _SpawningReactor(MemoryReactorClock):
         return process
 
 
+class _SignalCheckingReactor(_SpawningReactor):
+    """
+    A L{_SpawningReactor} that records, as each worker is spawned, the
+    handlers of SIGHUP and SIGUSR1 at that moment.
+    """
+
+    def __init__(self):
+        _SpawningReactor.__init__(self)
+        self.handlers = []
+
+    def spawnProcess(self, protocol, executable, args, env=None, childFDs=None, **kw):
+        self.handlers.append(
+            (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1))
+        )
+        return _SpawningReactor.spawnProcess(
+            self, protocol, executable, args, env, childFDs, **kw
+        )
+
+
+class SignalTests(SynchronousTestCase):
+    """
+    The parent passes SIGHUP and SIGUSR1 on to its workers.
+    """
+
+    def test_handlersBeforeWorkers(self):
+        """
+        The parent's SIGHUP and SIGUSR1 handlers are in place before the
+        first worker is spawned: a signal sent to the parent as soon as a
+        worker is reported started is passed on, rather than ending the
+        parent by its default action.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_SITE.format(listen="tcp:0:interface=127.0.0.1", workers=2))
+        reactor = _SignalCheckingReactor()
+        parent = WorkerParentService(parseConfig(path), path, reactor)
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        self.assertEqual(
+            reactor.handlers, [(parent._onHup, parent._onUsr1)] * 2
+        )
+
+
 class StopTests(SynchronousTestCase):
     """
     The parent's stop: SIGTERM to the workers, SIGKILL to those still

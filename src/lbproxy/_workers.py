@@ -258,10 +258,15 @@ class WorkerParentService(MultiService):
             # Only this user may enter it (mkdtemp makes it 0700).
             self.adminDirectory = tempfile.mkdtemp(prefix="lbproxy-admin-")
         MultiService.startService(self)
-        for number in range(self.count):
-            self._spawn(number)
+        # Before the first worker starts: once its "worker N started" line
+        # is out, a SIGHUP or SIGUSR1 meant for the workers may come, and
+        # without these handlers its default action would end the parent.
+        # One that comes before a worker is spawned is passed on once the
+        # reactor runs (callFromThread), to every worker by then.
         self._previousHup = signal.signal(signal.SIGHUP, self._onHup)
         self._previousUsr1 = signal.signal(signal.SIGUSR1, self._onUsr1)
+        for number in range(self.count):
+            self._spawn(number)
 
     def _onUsr1(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.signalWorkers, signal.SIGUSR1)

@@ -360,6 +360,20 @@ def _backendRows(driver: Any) -> dict[str, dict[str, str]]:
     return rows
 
 
+#: The time the figures on the page were drawn, read in the page: the
+#: refresh replaces C{<main id="status">} with a new element, so one found
+#: by a WebDriver call may be detached (stale) by the next.
+_READ_TIME = """return document.getElementById("status").getAttribute("data-time");"""
+
+
+def _statusTime(driver: Any) -> str:
+    """
+    The C{data-time} of the page's C{<main id="status">}, as it is now.
+    """
+    drawn: str = driver.execute_script(_READ_TIME)
+    return drawn
+
+
 def openPage(driver: Any, url: str) -> dict[str, str]:
     """
     Open the status page, wait for its rows, and set a marker on
@@ -377,7 +391,7 @@ def waitUntilDown(driver: Any, address: str) -> dict[str, Any]:
     """
     Poll the DOM until the row of C{address} shows it down.
     """
-    before = driver.find_element(By.ID, "status").get_attribute("data-time")
+    before = _statusTime(driver)
 
     def isDown(d: Any) -> Any:
         rows = _backendRows(d)
@@ -393,7 +407,7 @@ def waitUntilDown(driver: Any, address: str) -> dict[str, Any]:
         "rows": rows,
         "marker": driver.execute_script("return window.lbproxyMarker;"),
         "before": before,
-        "after": driver.find_element(By.ID, "status").get_attribute("data-time"),
+        "after": _statusTime(driver),
     }
 
 

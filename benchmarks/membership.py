@@ -457,6 +457,11 @@ def main() -> None:
                 ratios.append(f"p99.9 {changing['p999'] / steady['p999']:.2f}")
             ratios.append(f"req/s {changing['rps'] / steady['rps']:.2f}")
             print("changing / steady: " + ", ".join(ratios))
+            # Each round's pair ran back to back: the spread of their
+            # ratios is what the machine's drift does to one comparison.
+            pairs = zip(results[load]["steady"], results[load]["changing"])
+            perRound = [c["p99"] / s["p99"] for s, c in pairs]
+            print("  p99 by round: " + ", ".join(f"{r:.2f}" for r in perRound))
         if "nginx" in medians and "changing" in medians:
             print(f"changing / nginx: p99 {medians['changing']['p99'] / medians['nginx']['p99']:.2f}")
     out = HERE / "results"

@@ -31,8 +31,9 @@ and measures, interleaved round by round, four rows:
 each under two loads, one after the other on the same proxy:
 
     paced       h2load, 50 connections, a fixed C{--rate} of requests per
-                second (default 4000, about 40% of what lbproxy serves
-                here): latency percentiles from every request's time
+                second (default 4000; C{--rate 40%} measures first what
+                the static row serves saturated, and takes that share of
+                it): latency percentiles from every request's time
                 (h2load's C{--log-file}).  This is the figure for "a
                 membership change costs no request latency": the proxy
                 has room, so what a change costs shows as latency.
@@ -369,12 +370,37 @@ def measure(
             processes.stop(dns)
 
 
+def pacedRate(
+    args: argparse.Namespace, processes: Processes, workdir: Path, backend: int
+) -> float:
+    """
+    The paced load's requests per second: C{--rate} as given, or, for a
+    share such as C{40%}, that share of what the static row serves
+    saturated, measured now (so that runs on machines of different speed
+    load lbproxy alike).
+    """
+    text = str(args.rate).strip()
+    if not text.endswith("%"):
+        return float(text)
+    share = float(text[:-1]) / 100
+    calibrating = argparse.Namespace(**{**vars(args), "loads": ["saturating"]})
+    saturated = measure("static", processes, workdir, backend, calibrating)["saturating"]
+    rate = round(saturated["rps"] * share)
+    log(f"paced rate: {text} of {saturated['rps']:.0f} req/s (static, saturated) = {rate}")
+    return float(rate)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=4000.0, help="requests per second of the paced load")
+    parser.add_argument(
+        "--rate",
+        default="4000",
+        help="requests per second of the paced load, or a share of what lbproxy "
+        "serves saturated (static row, measured first), such as 40%%",
+    )
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between two changes")
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated")
     parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
@@ -384,6 +410,8 @@ def main() -> None:
         args.seconds, args.rounds = 3.0, 1
     args.rows = [r for r in args.rows.split(",") if r]
     args.loads = [load for load in args.loads.split(",") if load]
+    if not re.fullmatch(r"\d+(\.\d+)?%?", args.rate.strip()):
+        parser.error("--rate is requests per second (4000) or a share of saturation (40%)")
     if not set(args.rows) <= set(ROWS) or not set(args.loads) <= set(LOADS):
         parser.error(f"rows are among {', '.join(ROWS)}; loads among {', '.join(LOADS)}")
     nginx = which("nginx")
@@ -415,6 +443,7 @@ def main() -> None:
             )
             for address in ADDRESSES:
                 waitForPort(address, backend, nginxProc, "nginx")
+            args.rate = pacedRate(args, processes, workdir, backend)
             for round in range(args.rounds):
                 for row in args.rows:
                     log(f"round {round + 1}/{args.rounds}: {row}")

@@ -51,10 +51,10 @@ def backendEndpoint(
     An IP address gets a plain TCP endpoint (no resolver round trip): a
     L{DirectTCPEndpoint}, which connects in the same turn, on a reactor
     that L{connectsDirectly}, else a L{TCP4ClientEndpoint} or
-    L{TCP6ClientEndpoint}; a name gets a L{HostnameEndpoint}.  An C{https} backend is wrapped in TLS,
-    with C{tlsServerName} (else the name it was resolved from, else its
-    host: see L{Backend.origin}) sent in SNI, and verified
-    against C{tlsCA} (or the platform's trust store) with
+    L{TCP6ClientEndpoint}; a name gets a L{HostnameEndpoint}.  An C{https}
+    backend is wrapped in TLS, with C{tlsServerName} (else the name it was
+    resolved from, else its host: see L{Backend.origin}) sent in SNI, and
+    verified against C{tlsCA} (or the platform's trust store) with
     C{service_identity} for that name unless C{tlsVerify} is false.
 
     @param proxyProtocol: C{send_proxy_protocol}: 0 (no), 1 or 2, for
@@ -62,23 +62,18 @@ def backendEndpoint(
         header before anything else (before TLS).
     """
     endpoint: IStreamClientEndpoint
-    isIP = isIPAddress(backend.host) or isIPv6Address(backend.host)
-    if isIP and connectsDirectly(reactor):
-        endpoint = DirectTCPEndpoint(
-            reactor, backend.host, backend.port, timeout=connectTimeout
-        )
-    elif isIPAddress(backend.host):
-        endpoint = TCP4ClientEndpoint(
-            reactor, backend.host, backend.port, timeout=connectTimeout
-        )
-    elif isIPv6Address(backend.host):
-        endpoint = TCP6ClientEndpoint(
-            reactor, backend.host, backend.port, timeout=connectTimeout
-        )
+    host, port = backend.host, backend.port
+    tcp: Any = None
+    if isIPAddress(host):
+        tcp = TCP4ClientEndpoint
+    elif isIPv6Address(host):
+        tcp = TCP6ClientEndpoint
+    if tcp is None:
+        endpoint = HostnameEndpoint(reactor, host.encode("idna"), port, timeout=connectTimeout)
     else:
-        endpoint = HostnameEndpoint(
-            reactor, backend.host.encode("idna"), backend.port, timeout=connectTimeout
-        )
+        if connectsDirectly(reactor):
+            tcp = DirectTCPEndpoint
+        endpoint = tcp(reactor, host, port, timeout=connectTimeout)
     creator = None
     if backend.scheme == "https":
         from lbproxy._tls import clientCreator

@@ -22,10 +22,10 @@ tests drive the proxy:
 On real sockets, for integration tests: L{startServer} serves a resource
 on a loopback port, and the L{LoopbackServer} it returns can be stopped
 like a crashed process (every connection cut); a L{RefusingPort} is a
-loopback port where a backend is down (every connection refused).  L{startDNSServer} serves a
-L{DNSZone}, whose records the test changes as it goes, on a loopback port
-(UDP and TCP), for C{resolve} server lines pointed at it with
-C{resolver}.
+loopback port where a backend is down (every connection refused).
+L{startDNSServer} serves a L{DNSZone}, whose records the test changes as
+it goes, on a loopback port (UDP and TCP), for C{resolve} server lines
+pointed at it with C{resolver}.
 """
 
 from __future__ import annotations

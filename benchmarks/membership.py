@@ -370,6 +370,21 @@ def measure(
             processes.stop(dns)
 
 
+def parseRate(text: str) -> tuple[float, bool]:
+    """
+    Parse C{--rate}: requests per second (C{4000}), or a share of
+    saturation (C{40%}).
+
+    @return: the number, and whether it is a share in percent.
+    """
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(%?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            "requests per second (4000) or a share of saturation (40%)"
+        )
+    return float(match.group(1)), bool(match.group(2))
+
+
 def pacedRate(
     args: argparse.Namespace, processes: Processes, workdir: Path, backend: int
 ) -> float:
@@ -379,14 +394,14 @@ def pacedRate(
     saturated, measured now (so that runs on machines of different speed
     load lbproxy alike).
     """
-    text = str(args.rate).strip()
-    if not text.endswith("%"):
-        return float(text)
-    share = float(text[:-1]) / 100
+    value, isShare = args.rate
+    if not isShare:
+        return value
+    share = value / 100
     calibrating = argparse.Namespace(**{**vars(args), "loads": ["saturating"]})
     saturated = measure("static", processes, workdir, backend, calibrating)["saturating"]
     rate = round(saturated["rps"] * share)
-    log(f"paced rate: {text} of {saturated['rps']:.0f} req/s (static, saturated) = {rate}")
+    log(f"paced rate: {value:g}% of {saturated['rps']:.0f} req/s (static, saturated) = {rate}")
     return float(rate)
 
 
@@ -397,6 +412,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument(
         "--rate",
+        type=parseRate,
         default="4000",
         help="requests per second of the paced load, or a share of what lbproxy "
         "serves saturated (static row, measured first), such as 40%%",
@@ -410,8 +426,6 @@ def main() -> None:
         args.seconds, args.rounds = 3.0, 1
     args.rows = [r for r in args.rows.split(",") if r]
     args.loads = [load for load in args.loads.split(",") if load]
-    if not re.fullmatch(r"\d+(\.\d+)?%?", args.rate.strip()):
-        parser.error("--rate is requests per second (4000) or a share of saturation (40%)")
     if not set(args.rows) <= set(ROWS) or not set(args.loads) <= set(LOADS):
         parser.error(f"rows are among {', '.join(ROWS)}; loads among {', '.join(LOADS)}")
     nginx = which("nginx")

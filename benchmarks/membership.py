@@ -5,6 +5,8 @@ the same load while it does not change.
 
     python benchmarks/membership.py              # 3 rounds of 10 s per row
     python benchmarks/membership.py --quick      # 1 round of 3 s
+    python benchmarks/membership.py --rows alternating,control --loads paced \
+        --rate 40% --rounds 8                    # the figure for issue 14
 
 Loopback only, bounded in time.  The script starts:
 
@@ -17,7 +19,7 @@ Loopback only, bounded in time.  The script starts:
     C{resolve_min = 100ms}, so that it looks the name up ten times a
     second, and C{resolver} pointed at that server;
 
-and measures, interleaved round by round, four rows:
+and measures, interleaved round by round, these rows:
 
     nginx       nginx as the proxy, the three addresses listed: the
                 reference (Debian's nginx has no upstream C{resolve})
@@ -27,16 +29,35 @@ and measures, interleaved round by round, four rows:
                 another (one backend joins, one leaves and is drained):
                 about 100 membership changes in 10 s, counted from
                 lbproxy's log ("added (DNS answer")
+    alternating one proxy, one paced run of twice C{--seconds}: the answer
+                changes every 100 ms for a second, then stays for a
+                second, and so on; the requests are split into those
+                that started during changes (up to 200 ms after one) and
+                those between them, reported as rows "during" and
+                "between", and pooled over all rounds too.  Both halves
+                see the same process and the same minutes of the machine,
+                which the steady and changing rows, run one after the
+                other, do not.
+    control     the same, with a DNS server that sets the same answer
+                again where the alternating row's changes it ("ctl
+                during", "ctl between"): the two halves differ only by
+                chance, which shows how far apart the alternating row's
+                may be for no cause.
 
-each under two loads, one after the other on the same proxy:
+each under two loads, one after the other on the same proxy (the
+alternating and control rows under the paced one only):
 
     paced       h2load, 50 connections, a fixed C{--rate} of requests per
                 second (default 4000; C{--rate 40%} measures first what
                 the static row serves saturated, and takes that share of
-                it): latency percentiles from every request's time
-                (h2load's C{--log-file}).  This is the figure for "a
-                membership change costs no request latency": the proxy
-                has room, so what a change costs shows as latency.
+                it), spread evenly: h2load paces each connection from
+                when it opened, so the connections are opened over one
+                pacing period, not all at once (which sent all 50
+                requests in the same millisecond).  Latency percentiles
+                come from every request's time (h2load's C{--log-file}).
+                This is the figure for "a membership change costs no
+                request latency": the proxy has room, so what a change
+                costs shows as latency.
     saturating  wrk, 50 connections, as fast as the proxy answers: every
                 CPU second a change takes is a second no request moves,
                 so this shows the throughput a change costs.
@@ -54,6 +75,7 @@ Raw figures go to benchmarks/results/membership-*.json.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -81,37 +103,49 @@ from run import (  # noqa: E402
 )
 
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
-ROWS = ("nginx", "static", "steady", "changing")
+ROWS = ("nginx", "static", "steady", "changing", "alternating", "control")
+#: The two halves of the alternating row and of its control, reported as
+#: rows of their own.
+HALVES = {"alternating": ("during", "between"), "control": ("ctl during", "ctl between")}
+SPLIT = {half for halves in HALVES.values() for half in halves}
 LOADS = ("paced", "saturating")
 
 #: The DNS server of the benchmark, run as a child process: serves
-#: app.bench (TTL 0) and, with "changing", swaps one address every
-#: interval.  Prints its port, then serves until killed.
+#: app.bench (TTL 0); with "changing", swaps one address every interval;
+#: with "alternating", does so for ten intervals, then not for ten, and so
+#: on, writing the time of each change to the file named last; with
+#: "control", keeps that schedule but sets the same answer again.  Prints
+#: its port, then serves until killed.
 DNS_SERVER = r"""
-import sys
+import sys, time
 from twisted.internet import reactor, task
 from lbproxy.testing import DNSZone, startDNSServer
 
 addresses = sys.argv[1].split(",")
-changing = sys.argv[2] == "changing"
+mode = sys.argv[2]
 interval = float(sys.argv[3])
+changes = open(sys.argv[4], "w", buffering=1)
 zone = DNSZone("bench", ttl=0)
-state = {"start": 0}
+state = {"start": 0, "tick": 0}
 
 def answer():
     start = state["start"]
     chosen = [addresses[(start + i) % len(addresses)] for i in range(3)]
     zone.setAddresses("app.bench", chosen, ttl=0)
 
-def change():
-    state["start"] += 1
-    answer()
+def tick():
+    state["tick"] += 1
+    if mode == "changing" or (state["tick"] // 10) % 2 == 1:
+        if mode != "control":
+            state["start"] += 1
+        answer()
+        changes.write(f"{time.time():.6f}\n")
 
 answer()
 server = startDNSServer(zone, reactor)
 print(server.port, flush=True)
-if changing:
-    task.LoopingCall(change).start(interval, now=False)
+if mode != "steady":
+    task.LoopingCall(tick).start(interval, now=False)
 reactor.run()
 """
 
@@ -250,36 +284,55 @@ def percentile(ordered: list[float], share: float) -> float:
 
 def runPaced(
     url: str, seconds: float, connections: int, rate: float, workdir: Path
-) -> dict[str, float]:
+) -> list[tuple[float, float, bool]]:
     """
     h2load over HTTP/1.1, C{connections} connections sending C{rate}
-    requests per second in all, for C{seconds}; the percentiles come from
-    the time of every request (its C{--log-file}: start, status, time in
-    microseconds).
+    requests per second in all, for C{seconds}.
+
+    @return: every request (its C{--log-file}): when it started (seconds
+        since the epoch), how long it took (ms), and whether its status
+        was 2xx.
     """
     logfile = workdir / "h2load.log"
     if logfile.exists():
         logfile.unlink()
+    # h2load paces each connection on its own timer, started when the
+    # connection is: opened all at once, the connections would send their
+    # requests in the same millisecond, a burst of C{connections} requests
+    # every C{connections / rate} seconds.  Opening them at a steady rate
+    # (C{-r} per millisecond, which rules out C{-D}: hence C{-n}) over one
+    # such period spreads their requests evenly.
+    period = connections / rate
+    perMillisecond = max(1, math.ceil(connections / (period * 1000)))
     argv = [
         "h2load", "--h1", "-t1", f"-c{connections}",
-        f"--rps={rate / connections:g}", f"-D{seconds:g}",
+        f"-r{perMillisecond}", "--rate-period=1ms",
+        f"-n{round(rate * seconds)}", f"--rps={rate / connections:g}",
         f"--log-file={logfile}", url,
     ]
     if which("taskset"):
         argv = ["taskset", "-c", LOAD_CPU, *argv]
     subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    times: list[float] = []
-    errors = 0
+    requests = []
     for line in logfile.read_text().splitlines():
         fields = line.split("\t")
         if len(fields) < 3:
             continue
-        times.append(int(fields[2]) / 1000.0)
-        if not fields[1].startswith("2"):
-            errors += 1
-    if not times:
+        requests.append(
+            (int(fields[0]) / 1e6, int(fields[2]) / 1000.0, fields[1].startswith("2"))
+        )
+    if not requests:
         raise SystemExit("h2load sent no request")
-    times.sort()
+    return requests
+
+
+def summarize(requests: list[tuple[float, float, bool]], seconds: float) -> dict[str, float]:
+    """
+    The rate, latency percentiles and errors of the requests of
+    L{runPaced}, sent over C{seconds}.
+    """
+    times = sorted(ms for _, ms, _ in requests)
+    errors = sum(1 for _, _, ok in requests if not ok)
     return {
         "rps": len(times) / seconds,
         "requests": len(times),
@@ -289,6 +342,26 @@ def runPaced(
         "max": times[-1],
         "errors": errors,
     }
+
+
+def splitByChanges(
+    requests: list[tuple[float, float, bool]], changes: list[float], window: float
+) -> tuple[list[tuple[float, float, bool]], list[tuple[float, float, bool]]]:
+    """
+    Split the requests of the alternating row: those that started at most
+    C{window} seconds after a change (lbproxy sees a change up to one
+    lookup interval after the DNS server makes it, and the aftermath of
+    the last change of a block counts as during), and the others.
+    """
+    during, between = [], []
+    ordered = sorted(changes)
+    for request in requests:
+        latest = bisect.bisect_right(ordered, request[0]) - 1
+        if latest >= 0 and request[0] - ordered[latest] <= window:
+            during.append(request)
+        else:
+            between.append(request)
+    return during, between
 
 
 def changesLogged(path: Path) -> int:
@@ -309,16 +382,20 @@ def measure(
     workdir: Path,
     backend: int,
     args: argparse.Namespace,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Any]:
     """
     Start the row's DNS server (steady and changing) and proxy, warm up,
     measure under each load, and stop them.
     """
     dnsPort = None
     dns = None
-    if row in ("steady", "changing"):
+    changesFile = workdir / "changes.txt"
+    if row != "nginx" and row != "static":
         dns = processes.start(
-            [sys.executable, "-c", DNS_SERVER, ",".join(ADDRESSES), row, str(args.interval)],
+            [
+                sys.executable, "-c", DNS_SERVER, ",".join(ADDRESSES), row,
+                str(args.interval), str(changesFile),
+            ],
             LOAD_CPU,
             stdout=subprocess.PIPE,
             text=True,
@@ -355,10 +432,16 @@ def measure(
             if runWrk(url, 1, 4)["errors"] == 0:
                 break
         results = {}
+        if row in HALVES:
+            before = changesLogged(logfile)
+            halves = measureAlternating(row, url, args, workdir, changesFile)
+            halves[HALVES[row][0]]["changes"] = changesLogged(logfile) - before
+            return halves
         for load in args.loads:
             before = changesLogged(logfile)
             if load == "paced":
-                result = runPaced(url, args.seconds, args.connections, args.rate, workdir)
+                requests = runPaced(url, args.seconds, args.connections, args.rate, workdir)
+                result = summarize(requests, args.seconds)
             else:
                 result = runWrk(url, args.seconds, args.connections)
             result["changes"] = changesLogged(logfile) - before
@@ -368,6 +451,39 @@ def measure(
         processes.stop(proxy)
         if dns is not None:
             processes.stop(dns)
+
+
+def measureAlternating(
+    row: str,
+    url: str, args: argparse.Namespace, workdir: Path, changesFile: Path
+) -> dict[str, Any]:
+    """
+    The alternating row: one paced run of twice C{--seconds}, during
+    which the DNS answer changes every interval for ten intervals, then
+    stays for ten, and so on; the requests are split into those during
+    changes and those between them (L{splitByChanges}), so that both
+    halves see the same proxy, connections and machine at the same
+    minutes, and a drift of the machine's speed falls on both alike.
+
+    The control row does the same with a DNS server that sets the same
+    answer again where the alternating row's changes it: its two halves
+    differ only by chance, which is how far apart the alternating row's
+    may be for no cause.
+    """
+    seconds = 2 * args.seconds
+    requests = runPaced(url, seconds, args.connections, args.rate, workdir)
+    changes = [float(t) for t in changesFile.read_text().split()]
+    during, between = splitByChanges(requests, changes, 2 * args.interval)
+    share = len(during) / len(requests)
+    duringName, betweenName = HALVES[row]
+    return {
+        duringName: summarize(during, seconds * share),
+        betweenName: {**summarize(between, seconds * (1 - share)), "changes": 0},
+        "times": {
+            duringName: [ms for _, ms, _ in during],
+            betweenName: [ms for _, ms, _ in between],
+        },
+    }
 
 
 def parseRate(text: str) -> tuple[float, bool]:
@@ -405,6 +521,34 @@ def pacedRate(
     return float(rate)
 
 
+def compare(
+    runs: dict[str, list[dict[str, float]]],
+    medians: dict[str, dict[str, float]],
+    row: str,
+    reference: str,
+) -> None:
+    """
+    Print how C{row} compares with C{reference}: the ratios of their
+    medians, and each round's p99 ratio.
+    """
+    if not (runs.get(row) and runs.get(reference)):
+        return
+    changed, base = medians[row], medians[reference]
+    ratios = [f"p99 {changed['p99'] / base['p99']:.2f}"]
+    if not math.isnan(base["p999"]):
+        ratios.append(f"p99.9 {changed['p999'] / base['p999']:.2f}")
+    if reference not in SPLIT:
+        # The halves of one run share its rate.
+        ratios.append(f"req/s {changed['rps'] / base['rps']:.2f}")
+    print(f"{row} / {reference}: " + ", ".join(ratios))
+    # Each round's pair ran back to back (or, for the alternating row,
+    # together): the spread of their ratios is what the machine's drift
+    # does to one comparison.
+    pairs = zip(runs[reference], runs[row])
+    perRound = [c["p99"] / s["p99"] for s, c in pairs]
+    print("  p99 by round: " + ", ".join(f"{r:.2f}" for r in perRound))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -439,8 +583,15 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
+    if set(HALVES) & set(args.rows) and "paced" not in args.loads:
+        parser.error("the alternating and control rows are measured under the paced load")
+    # The alternating and control rows are reported as their two halves.
+    reported = [half for row in args.rows for half in HALVES.get(row, (row,))]
+    #: Every request's time in each half of the alternating row, over all
+    #: rounds.
+    pooled: dict[str, list[float]] = {half: [] for half in SPLIT}
     results: dict[str, dict[str, list[dict[str, float]]]] = {
-        load: {row: [] for row in args.rows} for load in args.loads
+        load: {row: [] for row in reported} for load in args.loads
     }
     with tempfile.TemporaryDirectory(prefix="lbproxy-membership-") as tmp:
         workdir = Path(tmp)
@@ -462,9 +613,14 @@ def main() -> None:
                 for row in args.rows:
                     log(f"round {round + 1}/{args.rounds}: {row}")
                     measured = measure(row, processes, workdir, backend, args)
+                    if row in HALVES:
+                        for half in HALVES[row]:
+                            pooled[half].extend(measured["times"][half])
+                        measured = {f"paced, {half}": measured[half] for half in HALVES[row]}
                     for load, result in measured.items():
                         log(f"  {load}: {result}")
-                        results[load][row].append(result)
+                        load, _, half = load.partition(", ")
+                        results[load][half or row].append(result)
         finally:
             processes.stopAll()
     print(
@@ -475,12 +631,13 @@ def main() -> None:
         what = f"h2load at {args.rate:g} req/s" if load == "paced" else "wrk, as fast as it goes"
         print(f"\n{load} ({what})")
         print(
-            f"{'row':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+            f"{'row':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
             f"{'changes':>8} {'errors':>7}"
         )
         medians: dict[str, dict[str, float]] = {}
-        for row in args.rows:
-            runs = results[load][row]
+        for row, runs in results[load].items():
+            if not runs:
+                continue
             medians[row] = {
                 key: statistics.median(r.get(key, float("nan")) for r in runs)
                 for key in ("rps", "p50", "p99", "p999", "changes")
@@ -489,22 +646,25 @@ def main() -> None:
             # wrk gives no p99.9.
             p999 = "-" if math.isnan(m["p999"]) else f"{m['p999']:.2f}"
             print(
-                f"{row:10} {m['rps']:8.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
+                f"{row:11} {m['rps']:8.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
                 f"{p999:>9} {m['changes']:8.0f} "
                 f"{sum(r['errors'] for r in runs):7.0f}"
             )
-        if "steady" in medians and "changing" in medians:
-            steady, changing = medians["steady"], medians["changing"]
-            ratios = [f"p99 {changing['p99'] / steady['p99']:.2f}"]
-            if not math.isnan(steady["p999"]):
-                ratios.append(f"p99.9 {changing['p999'] / steady['p999']:.2f}")
-            ratios.append(f"req/s {changing['rps'] / steady['rps']:.2f}")
-            print("changing / steady: " + ", ".join(ratios))
-            # Each round's pair ran back to back: the spread of their
-            # ratios is what the machine's drift does to one comparison.
-            pairs = zip(results[load]["steady"], results[load]["changing"])
-            perRound = [c["p99"] / s["p99"] for s, c in pairs]
-            print("  p99 by round: " + ", ".join(f"{r:.2f}" for r in perRound))
+        compare(results[load], medians, "changing", "steady")
+        for duringName, betweenName in HALVES.values():
+            compare(results[load], medians, duringName, betweenName)
+            if load == "paced" and pooled[duringName] and pooled[betweenName]:
+                # A 10 s half's p99 rests on its few slowest moments (on a
+                # shared machine, mostly when the hypervisor took the
+                # CPU); all rounds' requests together rest on more.
+                print(f"  pooled over {args.rounds} round(s):")
+                d, b = sorted(pooled[duringName]), sorted(pooled[betweenName])
+                for share, name in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p99.9")):
+                    print(
+                        f"    {name:6} {duringName} {percentile(d, share):7.2f} ms, "
+                        f"{betweenName} {percentile(b, share):7.2f} ms: "
+                        f"{percentile(d, share) / percentile(b, share):.2f}"
+                    )
         if "nginx" in medians and "changing" in medians:
             print(f"changing / nginx: p99 {medians['changing']['p99'] / medians['nginx']['p99']:.2f}")
     out = HERE / "results"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -297,13 +297,37 @@ class BackendConnections:
             if not self.idle:
                 self._sweep.cancel()
 
-    def close(self) -> Deferred[Any]:
+    def close(self) -> Deferred[None]:
         """
-        Close every idle connection; a connection still busy is closed when
-        its exchange ends instead of going back to the cache.
+        Close every idle connection, one after the other; a connection
+        still busy is closed when its exchange ends instead of going back
+        to the cache.
+
+        A backend that leaves the pool (a DNS answer, an etcd event) may
+        have tens of idle connections.  Closed at once, each one's close
+        and C{connectionLost} would run in the same two turns of the
+        reactor, and the requests arriving meanwhile would wait for all of
+        them; closed one per turn, a request waits for one at most (see
+        "Membership changes" in docs/performance.rst).  The first is
+        closed now.
+
+        @return: a L{Deferred} that fires once the last is closed.
         """
         self.closed = True
         self._sweep.cancel()
         idle, self.idle = self.idle, []
         self._idleSince.clear()
-        return DeferredList([proto.abort() for proto in idle])
+        if not idle:
+            return succeed(None)
+        closing: list[Deferred[None]] = []
+        done: Deferred[None] = Deferred()
+
+        def closeNext() -> None:
+            closing.append(idle.pop().abort())
+            if idle:
+                self._reactor.callLater(0, closeNext)
+            else:
+                DeferredList(closing).addCallback(lambda _: None).chainDeferred(done)
+
+        closeNext()
+        return done

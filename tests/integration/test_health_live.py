@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy._backend import BackendState
+from lbproxy._health import HealthChecker
 from lbproxy.testing import startServer
 
 
@@ -285,11 +286,22 @@ class HealthCheckLiveTests(TestCase):
     @inlineCallbacks
     def test_stopsCleanly(self) -> None:
         """
-        Stopping the service stops the probes: no probe arrives afterwards.
+        Stopping the service stops the probes: once it has stopped, no
+        timer of a health checker is left in the reactor to start another
+        one (its probe timer is a L{LoopingCall} of L{HealthChecker._due},
+        a probe waiting out its jitter a call of L{HealthChecker._run}).
         """
         yield self.start()
         yield self.waitFor(lambda: self.a.probes >= 2, 3)
+
+        def healthTimers() -> list[Any]:
+            found = []
+            for call in reactor.getDelayedCalls():
+                method = getattr(call.func, "f", call.func)
+                if call.active() and isinstance(getattr(method, "__self__", None), HealthChecker):
+                    found.append(call)
+            return found
+
+        self.assertNotEqual(healthTimers(), [])
         yield self.stopProxy()
-        probes = self.a.probes
-        yield deferLater(reactor, 1.2, lambda: None)
-        self.assertEqual(self.a.probes, probes)
+        self.assertEqual(healthTimers(), [])

@@ -384,13 +384,14 @@ def measure(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """
-    Start the row's DNS server (steady and changing) and proxy, warm up,
-    measure under each load, and stop them.
+    Start the row's DNS server (all rows but nginx and static) and proxy,
+    warm up, measure under each load (the alternating and control rows:
+    L{measureAlternating}), and stop them.
     """
     dnsPort = None
     dns = None
     changesFile = workdir / "changes.txt"
-    if row != "nginx" and row != "static":
+    if row not in ("nginx", "static"):
         dns = processes.start(
             [
                 sys.executable, "-c", DNS_SERVER, ",".join(ADDRESSES), row,
@@ -454,8 +455,7 @@ def measure(
 
 
 def measureAlternating(
-    row: str,
-    url: str, args: argparse.Namespace, workdir: Path, changesFile: Path
+    row: str, url: str, args: argparse.Namespace, workdir: Path, changesFile: Path
 ) -> dict[str, Any]:
     """
     The alternating row: one paced run of twice C{--seconds}, during
@@ -614,13 +614,15 @@ def main() -> None:
                     log(f"round {round + 1}/{args.rounds}: {row}")
                     measured = measure(row, processes, workdir, backend, args)
                     if row in HALVES:
+                        # Reported as its two halves, under the paced load.
                         for half in HALVES[row]:
+                            log(f"  paced, {half}: {measured[half]}")
+                            results["paced"][half].append(measured[half])
                             pooled[half].extend(measured["times"][half])
-                        measured = {f"paced, {half}": measured[half] for half in HALVES[row]}
+                        continue
                     for load, result in measured.items():
                         log(f"  {load}: {result}")
-                        load, _, half = load.partition(", ")
-                        results[load][half or row].append(result)
+                        results[load][row].append(result)
         finally:
             processes.stopAll()
     print(

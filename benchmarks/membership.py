@@ -11,8 +11,8 @@ the same load while it does not change.
 Loopback only, bounded in time.  The script starts:
 
   - one nginx backend listening on eight loopback addresses,
-    127.0.0.2 to 127.0.0.9, all on one port (as the addresses of a
-    scaled-out service are);
+    127.0.0.2 to 127.0.0.9 (and 254 more for the fresh row), all on one
+    port (as the addresses of a scaled-out service are);
   - a DNS server (Twisted's, L{lbproxy.testing.startDNSServer}, in a child
     process) answering C{app.bench} with three of those addresses, TTL 0;
   - lbproxy (twistd, CPython) with C{servers = app.bench:PORT resolve},
@@ -43,9 +43,17 @@ and measures, interleaved round by round, these rows:
                 during", "ctl between"): the two halves differ only by
                 chance, which shows how far apart the alternating row's
                 may be for no cause.
+    fresh       the alternating row's schedule, but each change brings an
+                address never in the answer before ("new during", "new
+                between"), from 254 more that nginx listens on,
+                127.0.1.1 to 127.0.1.254: the alternating row's addresses
+                come back (eight in turn), which lets lbproxy hand a
+                returning backend the idle connections it left with;
+                here every joining backend is new, as an autoscaled
+                instance is, and its connections must be opened.
 
 each under two loads, one after the other on the same proxy (the
-alternating and control rows under the paced one only):
+alternating, control and fresh rows under the paced one only):
 
     paced       h2load, 50 connections, a fixed C{--rate} of requests per
                 second (default 4000; C{--rate 40%} measures first what
@@ -61,6 +69,10 @@ alternating and control rows under the paced one only):
     saturating  wrk, 50 connections, as fast as the proxy answers: every
                 CPU second a change takes is a second no request moves,
                 so this shows the throughput a change costs.
+
+The "connects" column counts the connections the backend nginx accepted
+during the measurement (its C{stub_status}): the connections the proxy
+opened.
 
 The DNS server of the steady and changing rows is the same program; only
 whether it changes its answer differs.  Each change goes through
@@ -87,6 +99,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -103,10 +116,17 @@ from run import (  # noqa: E402
 )
 
 ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
-ROWS = ("nginx", "static", "steady", "changing", "alternating", "control")
-#: The two halves of the alternating row and of its control, reported as
-#: rows of their own.
-HALVES = {"alternating": ("during", "between"), "control": ("ctl during", "ctl between")}
+#: The addresses of the fresh row: one round's 100 changes never bring
+#: one back.
+FRESH_ADDRESSES = [f"127.0.1.{i}" for i in range(1, 255)]
+ROWS = ("nginx", "static", "steady", "changing", "alternating", "control", "fresh")
+#: The two halves of the alternating row, of its control and of the fresh
+#: row, reported as rows of their own.
+HALVES = {
+    "alternating": ("during", "between"),
+    "control": ("ctl during", "ctl between"),
+    "fresh": ("new during", "new between"),
+}
 SPLIT = {half for halves in HALVES.values() for half in halves}
 LOADS = ("paced", "saturating")
 
@@ -114,8 +134,9 @@ LOADS = ("paced", "saturating")
 #: app.bench (TTL 0); with "changing", swaps one address every interval;
 #: with "alternating", does so for ten intervals, then not for ten, and so
 #: on, writing the time of each change to the file named last; with
-#: "control", keeps that schedule but sets the same answer again.  Prints
-#: its port, then serves until killed.
+#: "control", keeps that schedule but sets the same answer again; with
+#: "fresh", keeps it too, and is given so many addresses that none comes
+#: back.  Prints its port, then serves until killed.
 DNS_SERVER = r"""
 import sys, time
 from twisted.internet import reactor, task
@@ -155,7 +176,7 @@ def log(message: str) -> None:
 
 
 def portFreeEverywhere(port: int) -> bool:
-    for address in ADDRESSES:
+    for address in ADDRESSES + FRESH_ADDRESSES:
         with socket.socket() as s:
             try:
                 s.bind((address, port))
@@ -210,7 +231,8 @@ class Processes:
 
 def nginxConfig(workdir: Path, port: int) -> Path:
     listens = "\n".join(
-        f"        listen {address}:{port} backlog=4096;" for address in ADDRESSES
+        f"        listen {address}:{port} backlog=4096;"
+        for address in ADDRESSES + FRESH_ADDRESSES
     )
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp = workdir / "nginx-tmp"
@@ -233,11 +255,24 @@ http {{
     server {{
 {listens}
         location = /tiny {{ return 200 "hello\\n"; }}
+        location = /status {{ stub_status; }}
     }}
 }}
 """
     )
     return conf
+
+
+def backendAccepts(port: int) -> int:
+    """
+    How many connections the backend nginx has accepted so far (its
+    C{stub_status}), not counting the one that asks.
+    """
+    url = f"http://{ADDRESSES[0]}:{port}/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode("ascii")
+    accepts = int(text.splitlines()[2].split()[0])
+    return accepts - 1
 
 
 def lbproxyConfig(
@@ -392,9 +427,10 @@ def measure(
     dns = None
     changesFile = workdir / "changes.txt"
     if row not in ("nginx", "static"):
+        addresses = FRESH_ADDRESSES if row == "fresh" else ADDRESSES
         dns = processes.start(
             [
-                sys.executable, "-c", DNS_SERVER, ",".join(ADDRESSES), row,
+                sys.executable, "-c", DNS_SERVER, ",".join(addresses), row,
                 str(args.interval), str(changesFile),
             ],
             LOAD_CPU,
@@ -434,18 +470,20 @@ def measure(
                 break
         results = {}
         if row in HALVES:
-            before = changesLogged(logfile)
+            before, accepted = changesLogged(logfile), backendAccepts(backend)
             halves = measureAlternating(row, url, args, workdir, changesFile)
             halves[HALVES[row][0]]["changes"] = changesLogged(logfile) - before
+            halves[HALVES[row][0]]["connects"] = backendAccepts(backend) - accepted
             return halves
         for load in args.loads:
-            before = changesLogged(logfile)
+            before, accepted = changesLogged(logfile), backendAccepts(backend)
             if load == "paced":
                 requests = runPaced(url, args.seconds, args.connections, args.rate, workdir)
                 result = summarize(requests, args.seconds)
             else:
                 result = runWrk(url, args.seconds, args.connections)
             result["changes"] = changesLogged(logfile) - before
+            result["connects"] = backendAccepts(backend) - accepted
             results[load] = result
         return results
     finally:
@@ -478,7 +516,7 @@ def measureAlternating(
     duringName, betweenName = HALVES[row]
     return {
         duringName: summarize(during, seconds * share),
-        betweenName: {**summarize(between, seconds * (1 - share)), "changes": 0},
+        betweenName: {**summarize(between, seconds * (1 - share)), "changes": 0, "connects": 0},
         "times": {
             duringName: [ms for _, ms, _ in during],
             betweenName: [ms for _, ms, _ in between],
@@ -606,7 +644,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
             )
-            for address in ADDRESSES:
+            for address in ADDRESSES + FRESH_ADDRESSES:
                 waitForPort(address, backend, nginxProc, "nginx")
             args.rate = pacedRate(args, processes, workdir, backend)
             for round in range(args.rounds):
@@ -634,7 +672,7 @@ def main() -> None:
         print(f"\n{load} ({what})")
         print(
             f"{'row':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-            f"{'changes':>8} {'errors':>7}"
+            f"{'changes':>8} {'connects':>9} {'errors':>7}"
         )
         medians: dict[str, dict[str, float]] = {}
         for row, runs in results[load].items():
@@ -642,14 +680,14 @@ def main() -> None:
                 continue
             medians[row] = {
                 key: statistics.median(r.get(key, float("nan")) for r in runs)
-                for key in ("rps", "p50", "p99", "p999", "changes")
+                for key in ("rps", "p50", "p99", "p999", "changes", "connects")
             }
             m = medians[row]
             # wrk gives no p99.9.
             p999 = "-" if math.isnan(m["p999"]) else f"{m['p999']:.2f}"
             print(
                 f"{row:11} {m['rps']:8.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
-                f"{p999:>9} {m['changes']:8.0f} "
+                f"{p999:>9} {m['changes']:8.0f} {m['connects']:9.0f} "
                 f"{sum(r['errors'] for r in runs):7.0f}"
             )
         compare(results[load], medians, "changing", "steady")

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Collection, Optional
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy._backend import Backend, BackendState, Outcome
+from lbproxy._client import UpstreamConnection
 from lbproxy._interfaces import IBalancer, IMembershipObserver
 from lbproxy._pool import (
     SLOW_START_SHARE,
@@ -687,6 +691,18 @@ def line(port: int, host: str = "127.0.0.1", **kwargs: Any) -> Backend:
     return Backend(host, port, **kwargs)
 
 
+def idleConnection(pool: Pool, backend: Backend) -> UpstreamConnection:
+    """
+    Put an idle connection to C{backend}, on a L{StringTransport}, in
+    C{pool}'s cache, as one that ended its exchange.
+    """
+    connections = pool._connections[backend]
+    proto = UpstreamConnection(connections._put, connections._lost)
+    proto.makeConnection(StringTransport())
+    connections._put(proto)
+    return proto
+
+
 class MembershipTests(SynchronousTestCase):
     """
     L{Pool.setBackends}: backends join, stay and leave.
@@ -783,18 +799,18 @@ class MembershipTests(SynchronousTestCase):
     def test_idleBackendLeavesAtOnce(self) -> None:
         """
         A backend with nothing in flight that is not named again is dropped
-        at once: out of L{Pool.backends}, its connections closed, the
-        observers told.
+        at once: out of L{Pool.backends}, its idle connections kept but no
+        longer handed out, the observers told.
         """
         pool, clock, (a, b) = makePool("9001", "9002")
         observer = MembershipRecorder()
         pool.addMembershipObserver(observer)
-        connections = pool._connections[b]
+        proto = idleConnection(pool, b)
         pool.setBackends([line(9001)], "gone from DNS")
         self.assertEqual(pool.backends, (a,))
         self.assertEqual(pool.eligible, (a,))
         self.assertNotIn(b, pool._connections)
-        self.assertTrue(connections.closed)
+        self.assertFalse(proto.transport.disconnecting)
         self.assertEqual(observer.events, [("removed", "127.0.0.1:9002")])
         self.assertFalse(pool.leaving(b))
 
@@ -823,9 +839,76 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(observer.events, [])
         pool.requestFinished(b, "r2", Outcome.SUCCESS, 0.1)
         self.assertEqual(pool.backends, (a,))
-        self.assertTrue(connections.closed)
+        self.assertNotIn(b, pool._connections)
         self.assertEqual(observer.events, [("removed", "127.0.0.1:9002")])
         self.assertEqual(b.responses, 2)
+
+    def test_backendBackLaterGetsItsConnections(self) -> None:
+        """
+        A backend that left and was dropped joins again as a new backend,
+        and its first request reuses an idle connection it left with.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        proto = idleConnection(pool, b)
+        pool.setBackends([line(9001)], "gone")
+        clock.advance(30)
+        pool.setBackends([line(9001), line(9002)], "back")
+        again = pool.backends[1]
+        self.assertIsNot(again, b)
+        self.assertEqual(pool.connection(again), (proto, None))
+
+    def test_leftConnectionsExpire(self) -> None:
+        """
+        The idle connections of a backend that left are closed once idle
+        for C{keepalive_timeout}, and one that joins after that opens new
+        ones.
+        """
+        reactor = MemoryReactorClock()
+        pool, clock, (a, b) = makePool("9001", "9002", clock=reactor, keepaliveTimeout=60.0)
+        proto = idleConnection(pool, b)
+        pool.setBackends([line(9001)], "gone")
+        reactor.advance(60)
+        self.assertTrue(proto.transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        pool.setBackends([line(9001), line(9002)], "back")
+        reused, connecting = pool.connection(pool.backends[1])
+        self.assertIsNone(reused)
+        self.assertEqual(reactor.tcpClients[-1][:2], ("127.0.0.1", 9002))
+
+    def test_leftConnectionsLimit(self) -> None:
+        """
+        No more than C{keepalive} idle connections of backends that left
+        are kept: beyond, those of the backend that left first are closed.
+        """
+        pool, clock, (a, b, c) = makePool("9001", "9002", "9003", keepalive=2)
+        fromB = [idleConnection(pool, b) for _ in range(2)]
+        fromC = [idleConnection(pool, c)]
+        pool.setBackends([line(9001), line(9003)], "b gone")
+        pool.setBackends([line(9001)], "c gone")
+        clock.advance(0)
+        self.assertEqual([p.transport.disconnecting for p in fromB], [True, True])
+        self.assertFalse(fromC[0].transport.disconnecting)
+
+    def test_leftConnectionsOfAnotherName(self) -> None:
+        """
+        The connections of an C{https} backend found under one name are not
+        handed to the same address found under another: the certificate
+        was checked against the name.
+        """
+        reactor = MemoryReactorClock()
+        pool, clock, (a,) = makePool("9001", clock=reactor)
+        first = line(443, "127.0.0.2", scheme="https")
+        first.origin = "one.example"
+        pool.setBackends([first], "one")
+        proto = idleConnection(pool, first)
+        second = line(443, "127.0.0.2", scheme="https")
+        second.origin = "two.example"
+        pool.setBackends([], "gone")
+        pool.setBackends([second], "two")
+        reused, connecting = pool.connection(second)
+        self.assertIsNone(reused)
+        self.assertEqual(reactor.tcpClients[-1][:2], ("127.0.0.2", 443))
+        self.assertFalse(proto.transport.disconnecting)
 
     def test_leavingBackendComesBack(self) -> None:
         """
@@ -929,15 +1012,20 @@ class MembershipTests(SynchronousTestCase):
     def test_closeClosesEverything(self) -> None:
         """
         L{Pool.close} closes the connections of leaving backends too, and
-        waits for those of dropped ones.
+        those kept of backends that left, and waits for them.
         """
-        pool, clock, (a, b) = makePool("9001", "9002")
+        pool, clock, (a, b, c) = makePool("9001", "9002", "9003")
         pool.requestStarted(b, "r1")
+        left = idleConnection(pool, c)
         pool.setBackends([line(9001)], "gone")
         connections = pool._connections[b]
-        self.successResultOf(pool.close())
+        closing = pool.close()
         self.assertTrue(connections.closed)
         self.assertTrue(pool._connections[a].closed)
+        self.assertTrue(left.transport.disconnected)
+        self.assertNoResult(closing)
+        left.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closing)
 
     def test_removeObserver(self) -> None:
         """

@@ -331,3 +331,80 @@ class BackendConnections:
 
         closeNext()
         return done
+
+
+class LeftConnections:
+    """
+    The idle connections of backends that left their pool, kept for a
+    while in case the same address joins again.
+
+    A DNS answer that rotates a subset of a service's addresses (as many
+    service registries and managed DNS services hand out, a few records
+    out of many), or an etcd key written twice, brings an address back
+    seconds after it left.  Closed when it left, its connections would
+    be opened again when it came back: a connect for each request in
+    flight, and a close for each, in the very turns that change the
+    membership.  Kept, they are handed back with it.  nginx behaves the
+    same way, for another reason: its keep-alive cache belongs to the
+    upstream, not to a server, so a server that leaves its C{resolve}
+    answer leaves its idle connections in the cache until they expire.
+
+    No request goes to a backend that left: the connections wait here
+    unused.  They still expire C{keepalive_timeout} after their last
+    use, as they would have in the pool (L{BackendConnections} sweeps
+    them), and a backend that went away for good closes its end, which
+    takes the connection out too.  At most C{limit} idle connections are
+    kept here in all (the upstream's C{keepalive}): beyond it, those of
+    the backend that left first are closed.
+
+    @ivar kept: the connections kept, by key, oldest first.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: the most idle connections kept, in all.
+        """
+        self._limit = limit
+        self.kept: dict[Any, BackendConnections] = {}
+
+    def keep(self, key: Any, connections: BackendConnections) -> list[Deferred[None]]:
+        """
+        Keep the idle connections of a backend that left.
+
+        @param key: what identifies the address the connections reach;
+            L{take} with an equal key hands them back.
+        @param connections: the backend's L{BackendConnections}, with no
+            request in flight.
+        @return: L{Deferred}s that fire once the connections this closed
+            are closed.
+        """
+        kept = self.kept
+        for stale in [k for k, c in kept.items() if not c.idle]:
+            del kept[stale]
+        closing = []
+        previous = kept.pop(key, None)
+        if previous is not None:
+            closing.append(previous.close())
+        kept[key] = connections
+        total = sum(len(c.idle) for c in kept.values())
+        while total > self._limit:
+            oldest = kept.pop(next(iter(kept)))
+            total -= len(oldest.idle)
+            closing.append(oldest.close())
+        return closing
+
+    def take(self, key: Any) -> Optional[BackendConnections]:
+        """
+        The connections kept for C{key}, no longer kept here, or L{None}.
+        """
+        connections = self.kept.pop(key, None)
+        if connections is not None and not connections.idle:
+            return None
+        return connections
+
+    def close(self) -> list[Deferred[None]]:
+        """
+        Close every connection kept.
+        """
+        kept, self.kept = self.kept, {}
+        return [connections.close() for connections in kept.values()]

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from lbproxy._backend import DOWN_IN_CONFIGURATION, Backend, BackendState, Outcome
 from lbproxy._budget import RetryBudget
 from lbproxy._client import UpstreamConnection
-from lbproxy._connections import BackendConnections, backendEndpoint
+from lbproxy._connections import BackendConnections, LeftConnections, backendEndpoint
 from lbproxy._interfaces import IBalancer, IMembershipObserver
 from lbproxy._proxyprotocol import HeaderWriter
 from lbproxy._queue import QueuedRequest, RequestQueue
@@ -144,6 +144,15 @@ def backendIdentity(backend: Backend) -> tuple[str, str, int]:
     return (backend.scheme, backend.host, backend.port)
 
 
+def _connectionsKey(backend: Backend) -> tuple[str, str, int, Optional[str]]:
+    """
+    What makes the connections of two backends interchangeable: their
+    L{backendIdentity} and, for TLS, the name their certificate was
+    checked against (L{Backend.origin}).
+    """
+    return (backend.scheme, backend.host, backend.port, backend.origin)
+
+
 class _Leaving(NamedTuple):
     """
     A backend that left the pool's membership while requests were in
@@ -166,7 +175,8 @@ class Pool:
 
     Membership changes go through L{setBackends} (see there): a backend
     that stays keeps its state, counters and connections, one that leaves
-    is drained, then dropped.
+    is drained, then dropped (its idle connections are kept a while in
+    case its address comes back: L{LeftConnections}).
 
     Every state change of a backend goes through L{setState}, which logs it,
     tells the state observers, and tells the balancer the new eligible set:
@@ -345,6 +355,7 @@ class Pool:
             connectTimeout, tlsVerify, tlsCA, tlsServerName, sendProxyProtocol
         )
         self._keepaliveTimeout = keepaliveTimeout
+        self._left = LeftConnections(keepalive)
         for backend in self.backends:
             self._join(backend)
         self._refresh(initial=True)
@@ -355,13 +366,16 @@ class Pool:
         """
         backend.id = _backendId(self.name, backend)
         backend.state = deriveState(backend)
-        self._connections[backend] = BackendConnections(
-            self._reactor,
-            backendEndpoint(self._reactor, backend, *self._endpointOptions),
-            self.keepalive,
-            self._keepaliveTimeout,
-            tls=backend.scheme == "https",
-        )
+        connections = self._left.take(_connectionsKey(backend))
+        if connections is None:
+            connections = BackendConnections(
+                self._reactor,
+                backendEndpoint(self._reactor, backend, *self._endpointOptions),
+                self.keepalive,
+                self._keepaliveTimeout,
+                tls=backend.scheme == "https",
+            )
+        self._connections[backend] = connections
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} {list(self.backends)!r}>"
@@ -442,10 +456,12 @@ class Pool:
               with C{slow_start}, it ramps up as a backend coming back
               does;
             - a member not in C{backends} leaves: it is drained (no new
-              requests; those in flight finish), then its connections are
-              closed and it is dropped, and the membership observers are
-              told.  If it comes back before its requests have finished,
-              it stays, as it was before it left.
+              requests; those in flight finish), then it is dropped, and
+              the membership observers are told.  If it comes back before
+              its requests have finished, it stays, as it was before it
+              left; if it comes back later, it joins as a new backend,
+              with the idle connections it left with, if they are still
+              open (L{LeftConnections}).
 
         The balancer is told the new eligible set once, at the end.
 
@@ -565,7 +581,8 @@ class Pool:
     def _drop(self, backend: Backend) -> None:
         """
         Remove C{backend}, which left and has nothing in flight: stop its
-        timers, close its connections and tell the membership observers.
+        timers, leave its connections to L{LeftConnections} and tell the
+        membership observers.
         """
         leaving = self._leaving.pop(backend)
         self.backends = tuple(b for b in self.backends if b is not backend)
@@ -575,10 +592,9 @@ class Pool:
         self._stopSlowStart(backend)
         for waiter in self._drainWaiters.pop(backend, []):
             waiter.callback(True)
-        closing = self._connections.pop(backend).close()
-        if not closing.called:
-            self._closing.append(closing)
-            closing.addBoth(self._closed, closing)
+        connections = self._connections.pop(backend)
+        for closing in self._left.keep(_connectionsKey(backend), connections):
+            self._waitFor(closing)
         self._log.info(
             "backend {backend} of upstream {upstream} removed ({reason})",
             backend=backend.name,
@@ -587,6 +603,15 @@ class Pool:
         )
         for observer in list(self._members):
             observer.backendRemoved(backend)
+
+    def _waitFor(self, closing: Deferred[Any]) -> None:
+        """
+        Have L{close} wait for C{closing}, connections being closed, until
+        it fires.
+        """
+        if not closing.called:
+            self._closing.append(closing)
+            closing.addBoth(self._closed, closing)
 
     def _closed(self, result: object, closing: Deferred[Any]) -> object:
         if closing in self._closing:
@@ -1083,8 +1108,8 @@ class Pool:
     def close(self) -> Deferred[Any]:
         """
         Cancel timers and close idle connections (those of backends that
-        are leaving too; those of backends already dropped were closed
-        then, and are waited for).
+        are leaving, and those kept of backends that left, too; those
+        being closed already are waited for).
 
         Requests waiting in the L{queue} keep waiting: those in flight on
         this pool (it is closed on reload while they finish) still give
@@ -1097,6 +1122,7 @@ class Pool:
             self._stopSlowStart(backend)
         closing, self._closing = self._closing, []
         closing.extend(c.close() for c in self._connections.values())
+        closing.extend(self._left.close())
         if not closing:
             return succeed(None)
         return DeferredList(closing)

@@ -350,9 +350,8 @@ class LeftConnections:
     answer leaves its idle connections in the cache until they expire.
 
     No request goes to a backend that left: the connections wait here
-    unused.  They still expire C{keepalive_timeout} after their last
-    use, as they would have in the pool (L{BackendConnections} sweeps
-    them), and a backend that went away for good closes its end, which
+    unused.  They still expire as long after their last use as they
+    would have in the pool (L{BackendConnections} sweeps them), and a backend that went away for good closes its end, which
     takes the connection out too.  At most C{limit} idle connections are
     kept here in all (the upstream's C{keepalive}): beyond it, those of
     the backend that left first are closed.

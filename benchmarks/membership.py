@@ -5,8 +5,8 @@ the same load while it does not change.
 
     python benchmarks/membership.py              # 3 rounds of 10 s per row
     python benchmarks/membership.py --quick      # 1 round of 3 s
-    python benchmarks/membership.py --rows alternating,control --loads paced \
-        --rate 40% --rounds 8                    # the figure for issue 14
+    python benchmarks/membership.py --rows alternating,control,fresh --loads paced \
+        --rate 40% --rounds 6                    # the figure for issue 14
 
 Loopback only, bounded in time.  The script starts:
 

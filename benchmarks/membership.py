@@ -101,7 +101,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -411,6 +411,20 @@ def changesLogged(path: Path) -> int:
     return len(re.findall(r"added \(DNS answer", text))
 
 
+def counting(logfile: Path, backend: int) -> Callable[[], dict[str, int]]:
+    """
+    Start counting the membership changes in lbproxy's log and the
+    connections the backend accepts.
+
+    @return: a callable that gives both counts since.
+    """
+    changes, accepted = changesLogged(logfile), backendAccepts(backend)
+    return lambda: {
+        "changes": changesLogged(logfile) - changes,
+        "connects": backendAccepts(backend) - accepted,
+    }
+
+
 def measure(
     row: str,
     processes: Processes,
@@ -420,7 +434,7 @@ def measure(
 ) -> dict[str, Any]:
     """
     Start the row's DNS server (all rows but nginx and static) and proxy,
-    warm up, measure under each load (the alternating and control rows:
+    warm up, measure under each load (the rows of L{HALVES}:
     L{measureAlternating}), and stop them.
     """
     dnsPort = None
@@ -470,20 +484,18 @@ def measure(
                 break
         results = {}
         if row in HALVES:
-            before, accepted = changesLogged(logfile), backendAccepts(backend)
+            counted = counting(logfile, backend)
             halves = measureAlternating(row, url, args, workdir, changesFile)
-            halves[HALVES[row][0]]["changes"] = changesLogged(logfile) - before
-            halves[HALVES[row][0]]["connects"] = backendAccepts(backend) - accepted
+            halves[HALVES[row][0]].update(counted())
             return halves
         for load in args.loads:
-            before, accepted = changesLogged(logfile), backendAccepts(backend)
+            counted = counting(logfile, backend)
             if load == "paced":
                 requests = runPaced(url, args.seconds, args.connections, args.rate, workdir)
                 result = summarize(requests, args.seconds)
             else:
                 result = runWrk(url, args.seconds, args.connections)
-            result["changes"] = changesLogged(logfile) - before
-            result["connects"] = backendAccepts(backend) - accepted
+            result.update(counted())
             results[load] = result
         return results
     finally:
@@ -506,7 +518,8 @@ def measureAlternating(
     The control row does the same with a DNS server that sets the same
     answer again where the alternating row's changes it: its two halves
     differ only by chance, which is how far apart the alternating row's
-    may be for no cause.
+    may be for no cause.  The fresh row does the same with addresses that
+    never come back.
     """
     seconds = 2 * args.seconds
     requests = runPaced(url, seconds, args.connections, args.rate, workdir)

@@ -29,13 +29,19 @@ def idleConnections(
     clock = Clock() if clock is None else clock
     endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 9001)
     connections = BackendConnections(clock, endpoint, keepalive=8, idleTimeout=60)
-    protos = []
-    for _ in range(count):
-        proto = UpstreamConnection(connections._put, connections._lost)
-        proto.makeConnection(StringTransport())
-        connections._put(proto)
-        protos.append(proto)
+    protos = [idleConnection(connections) for _ in range(count)]
     return clock, connections, protos
+
+
+def idleConnection(connections: BackendConnections) -> UpstreamConnection:
+    """
+    Put an idle connection, on a L{StringTransport}, in C{connections}, as
+    one that ended its exchange.
+    """
+    proto = UpstreamConnection(connections._put, connections._lost)
+    proto.makeConnection(StringTransport())
+    connections._put(proto)
+    return proto
 
 
 def lose(proto: UpstreamConnection) -> None:

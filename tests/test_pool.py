@@ -9,7 +9,7 @@ from typing import Any, Collection, Optional
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,6 +28,7 @@ from lbproxy._pool import (
 )
 from lbproxy.balancers._base import BalancerBase
 from lbproxy.balancers._roundrobin import RoundRobin
+from tests.test_connections import idleConnection as putIdle
 
 UP = BackendState.UP
 DOWN = BackendState.DOWN
@@ -693,14 +694,10 @@ def line(port: int, host: str = "127.0.0.1", **kwargs: Any) -> Backend:
 
 def idleConnection(pool: Pool, backend: Backend) -> UpstreamConnection:
     """
-    Put an idle connection to C{backend}, on a L{StringTransport}, in
-    C{pool}'s cache, as one that ended its exchange.
+    Put an idle connection to C{backend} in C{pool}'s cache, as one that
+    ended its exchange.
     """
-    connections = pool._connections[backend]
-    proto = UpstreamConnection(connections._put, connections._lost)
-    proto.makeConnection(StringTransport())
-    connections._put(proto)
-    return proto
+    return putIdle(pool._connections[backend])
 
 
 class MembershipTests(SynchronousTestCase):

@@ -351,8 +351,9 @@ class LeftConnections:
 
     No request goes to a backend that left: the connections wait here
     unused.  They still expire as long after their last use as they
-    would have in the pool (L{BackendConnections} sweeps them), and a backend that went away for good closes its end, which
-    takes the connection out too.  At most C{limit} idle connections are
+    would have in the pool (L{BackendConnections} sweeps them), and a
+    backend that went away for good closes its end, which takes the
+    connection out too.  At most C{limit} idle connections are
     kept here in all (the upstream's C{keepalive}): beyond it, those of
     the backend that left first are closed.
 

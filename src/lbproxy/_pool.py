@@ -150,7 +150,7 @@ def _connectionsKey(backend: Backend) -> tuple[str, str, int, Optional[str]]:
     L{backendIdentity} and, for TLS, the name their certificate was
     checked against (L{Backend.origin}).
     """
-    return (backend.scheme, backend.host, backend.port, backend.origin)
+    return (*backendIdentity(backend), backend.origin)
 
 
 class _Leaving(NamedTuple):

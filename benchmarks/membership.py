@@ -52,8 +52,18 @@ and measures, interleaved round by round, these rows:
                 here every joining backend is new, as an autoscaled
                 instance is, and its connections must be opened.
 
+    haproxy-alternating, haproxy-control, haproxy-fresh
+                the same three with HAProxy (Debian's, one thread) as the
+                proxy: three C{server-template} slots filled from the same
+                DNS server, asked every 100 ms ("hap during", "hap
+                between", and so on).  HAProxy keeps a slot's idle
+                connections when its address changes and goes on sending
+                requests on them, to the address that left: the "stale"
+                column counts them.
+
 each under two loads, one after the other on the same proxy (the
-alternating, control and fresh rows under the paced one only):
+alternating, control and fresh rows, and HAProxy's, under the paced one
+only):
 
     paced       h2load, 50 connections, a fixed C{--rate} of requests per
                 second (default 4000; C{--rate 40%} measures first what
@@ -72,7 +82,10 @@ alternating, control and fresh rows under the paced one only):
 
 The "connects" column counts the connections the backend nginx accepted
 during the measurement (its C{stub_status}): the connections the proxy
-opened.
+opened.  The "stale" column (the rows that change the answer) counts the
+requests the backend served on an address that had left the DNS answer
+more than 250 ms before (its access log gives each request's address):
+requests the proxy should have sent elsewhere.
 
 The DNS server of the steady and changing rows is the same program; only
 whether it changes its answer differs.  Each change goes through
@@ -119,13 +132,21 @@ ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
 #: The addresses of the fresh row: one round's 100 changes never bring
 #: one back.
 FRESH_ADDRESSES = [f"127.0.1.{i}" for i in range(1, 255)]
-ROWS = ("nginx", "static", "steady", "changing", "alternating", "control", "fresh")
+ROWS = (
+    "nginx", "static", "steady", "changing", "alternating", "control", "fresh",
+    "haproxy-alternating", "haproxy-control", "haproxy-fresh",
+)
+#: The prefix of the rows measured with HAProxy as the proxy.
+HAPROXY = "haproxy-"
 #: The two halves of the alternating row, of its control and of the fresh
-#: row, reported as rows of their own.
+#: row, reported as rows of their own (and the same with HAProxy).
 HALVES = {
     "alternating": ("during", "between"),
     "control": ("ctl during", "ctl between"),
     "fresh": ("new during", "new between"),
+    "haproxy-alternating": ("hap during", "hap between"),
+    "haproxy-control": ("hap ctl during", "hap ctl between"),
+    "haproxy-fresh": ("hap new during", "hap new between"),
 }
 SPLIT = {half for halves in HALVES.values() for half in halves}
 LOADS = ("paced", "saturating")
@@ -247,7 +268,8 @@ pid {workdir}/backend.pid;
 error_log {workdir}/backend.error.log warn;
 events {{ worker_connections 20000; }}
 http {{
-    access_log off;
+    log_format addr '$msec $server_addr';
+    access_log {workdir}/backend.access.log addr buffer=64k flush=100ms;
     client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
@@ -275,6 +297,60 @@ def backendAccepts(port: int) -> int:
     return accepts - 1
 
 
+def answers(mode: str, addresses: list[str], changes: int) -> list[frozenset[str]]:
+    """
+    The DNS server's answers (L{DNS_SERVER}): the first, then the one
+    after each of C{changes} changes.
+    """
+    step = 0 if mode == "control" else 1
+    return [
+        frozenset(addresses[(k * step + i) % len(addresses)] for i in range(3))
+        for k in range(changes + 1)
+    ]
+
+
+def staleRequests(
+    accessLog: Path,
+    since: float,
+    changes: list[float],
+    answers: list[frozenset[str]],
+    grace: float = 0.25,
+) -> list[float]:
+    """
+    When the backend served a request, from C{since} on, on an address that
+    had left the DNS answer more than C{grace} seconds before (or was
+    never in it): a request the proxy should have sent elsewhere.  The
+    grace covers the proxy's lookup interval and the requests in flight
+    when it drains an address.
+
+    @param accessLog: the backend nginx's log, C{$msec $server_addr} per
+        request.
+    @param changes: when the answer changed, in order.
+    @param answers: the answer before the first change, then after each.
+    """
+    stale = []
+    for line in accessLog.read_text().splitlines():
+        fields = line.split()
+        if len(fields) != 2 or float(fields[0]) < since:
+            continue
+        served, address = float(fields[0]), fields[1]
+        current = bisect.bisect_right(changes, served)
+        if address in answers[min(current, len(answers) - 1)]:
+            continue
+        # The last change that took the address out of the answer.
+        left = next(
+            (
+                changes[k - 1]
+                for k in range(min(current, len(answers) - 1), 0, -1)
+                if address in answers[k - 1] and address not in answers[k]
+            ),
+            -math.inf,
+        )
+        if served - left > grace:
+            stale.append(served)
+    return stale
+
+
 def lbproxyConfig(
     workdir: Path, row: str, port: int, backend: int, dnsPort: Optional[int]
 ) -> Path:
@@ -300,6 +376,49 @@ resolve_min = 100ms
 [vhost:app]
 default = yes
 upstream = app
+"""
+    )
+    return conf
+
+
+def haproxyConfig(workdir: Path, row: str, port: int, backend: int, dnsPort: int) -> Path:
+    """
+    HAProxy as the proxy of the C{haproxy-} rows: three C{server-template}
+    slots filled from the benchmark's DNS server, asked every 100 ms (as
+    lbproxy's C{resolve_min = 100ms}); an address that leaves the answer
+    frees its slot at once (C{hold obsolete 0s}) for the one that joins.
+    One thread, as lbproxy is one process; connections to the backends
+    are kept and reused (HAProxy's default, C{http-reuse safe}).  Its
+    warnings (a slot's new address among them) go to its output, which
+    L{measure} writes to the row's log.
+    """
+    conf = workdir / f"{row}.cfg"
+    conf.write_text(
+        f"""
+global
+    nbthread 1
+    maxconn 4000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+resolvers bench
+    nameserver dns 127.0.0.1:{dnsPort}
+    hold valid 100ms
+    hold obsolete 0s
+    timeout resolve 100ms
+    timeout retry 100ms
+
+frontend app
+    bind 127.0.0.1:{port} backlog 4096
+    default_backend app
+
+backend app
+    balance roundrobin
+    server-template app 3 app.bench:{backend} resolvers bench init-addr none resolve-prefer ipv4
 """
     )
     return conf
@@ -399,21 +518,26 @@ def splitByChanges(
     return during, between
 
 
+#: What the proxy logs once per backend that joins: lbproxy's line, and
+#: HAProxy's warning when a C{server-template} slot takes a new address.
+JOINED = re.compile(r"added \(DNS answer|changed its IP from")
+
+
 def changesLogged(path: Path) -> int:
     """
-    How many DNS answers changed the pool: lbproxy logs one "added (DNS
-    answer" line per backend that joins.
+    How many DNS answers changed the pool: the proxy logs one line per
+    backend that joins (L{JOINED}).
     """
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return 0
-    return len(re.findall(r"added \(DNS answer", text))
+    return len(JOINED.findall(text))
 
 
 def counting(logfile: Path, backend: int) -> Callable[[], dict[str, int]]:
     """
-    Start counting the membership changes in lbproxy's log and the
+    Start counting the membership changes in the proxy's log and the
     connections the backend accepts.
 
     @return: a callable that gives both counts since.
@@ -440,11 +564,13 @@ def measure(
     dnsPort = None
     dns = None
     changesFile = workdir / "changes.txt"
+    # The DNS server's mode: the haproxy- rows are the rows they name.
+    mode = row[len(HAPROXY):] if row.startswith(HAPROXY) else row
+    addresses = FRESH_ADDRESSES if mode == "fresh" else ADDRESSES
     if row not in ("nginx", "static"):
-        addresses = FRESH_ADDRESSES if row == "fresh" else ADDRESSES
         dns = processes.start(
             [
-                sys.executable, "-c", DNS_SERVER, ",".join(addresses), row,
+                sys.executable, "-c", DNS_SERVER, ",".join(addresses), mode,
                 str(args.interval), str(changesFile),
             ],
             LOAD_CPU,
@@ -465,15 +591,24 @@ def measure(
         servers = [f"{a}:{backend}" for a in ADDRESSES[:3]]
         conf = nginxProxyConfig(workdir, port, backend, servers=servers)
         argv = [str(which("nginx")), "-c", str(conf)]
+    elif row.startswith(HAPROXY):
+        assert dnsPort is not None
+        conf = haproxyConfig(workdir, row, port, backend, dnsPort)
+        argv = [str(which("haproxy")), "-db", "-f", str(conf)]
     else:
         config = lbproxyConfig(workdir, row, port, backend, dnsPort)
         argv = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={logfile}", "lbproxy", "--config", str(config),
         ]
-    proxy = processes.start(
-        argv, PROXY_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
+    with open(logfile, "ab") as output:
+        # lbproxy logs to C{logfile} itself; HAProxy, to its output.
+        proxy = processes.start(
+            argv,
+            PROXY_CPU,
+            stdout=output if row.startswith(HAPROXY) else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
     try:
         waitForPort("127.0.0.1", port, proxy, row)
         url = f"http://127.0.0.1:{port}/tiny"
@@ -485,7 +620,7 @@ def measure(
         results = {}
         if row in HALVES:
             counted = counting(logfile, backend)
-            halves = measureAlternating(row, url, args, workdir, changesFile)
+            halves = measureAlternating(row, url, args, workdir, changesFile, addresses)
             halves[HALVES[row][0]].update(counted())
             return halves
         for load in args.loads:
@@ -505,7 +640,12 @@ def measure(
 
 
 def measureAlternating(
-    row: str, url: str, args: argparse.Namespace, workdir: Path, changesFile: Path
+    row: str,
+    url: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    changesFile: Path,
+    addresses: list[str],
 ) -> dict[str, Any]:
     """
     The alternating row: one paced run of twice C{--seconds}, during
@@ -520,6 +660,9 @@ def measureAlternating(
     differ only by chance, which is how far apart the alternating row's
     may be for no cause.  The fresh row does the same with addresses that
     never come back.
+
+    Each half also counts its "stale" requests (L{staleRequests}): those
+    the backend served on an address out of the answer.
     """
     seconds = 2 * args.seconds
     requests = runPaced(url, seconds, args.connections, args.rate, workdir)
@@ -527,14 +670,46 @@ def measureAlternating(
     during, between = splitByChanges(requests, changes, 2 * args.interval)
     share = len(during) / len(requests)
     duringName, betweenName = HALVES[row]
+    mode = row[len(HAPROXY):] if row.startswith(HAPROXY) else row
+    stale = staleRequests(
+        flushedAccessLog(workdir, max(t for t, _, _ in requests)),
+        min(t for t, _, _ in requests),
+        changes,
+        answers(mode, addresses, len(changes)),
+    )
+    staleDuring, staleBetween = splitByChanges(
+        [(t, 0.0, True) for t in stale], changes, 2 * args.interval
+    )
     return {
-        duringName: summarize(during, seconds * share),
-        betweenName: {**summarize(between, seconds * (1 - share)), "changes": 0, "connects": 0},
+        duringName: {**summarize(during, seconds * share), "stale": len(staleDuring)},
+        betweenName: {
+            **summarize(between, seconds * (1 - share)),
+            "changes": 0,
+            "connects": 0,
+            "stale": len(staleBetween),
+        },
         "times": {
             duringName: [ms for _, ms, _ in during],
             betweenName: [ms for _, ms, _ in between],
         },
     }
+
+
+def flushedAccessLog(workdir: Path, last: float) -> Path:
+    """
+    The backend's access log, once nginx has written its buffer (every
+    100 ms) up to a request that started at C{last} (waiting 5 s at most).
+    """
+    path = workdir / "backend.access.log"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 200))
+            tail = f.read().split()
+        if len(tail) >= 2 and float(tail[-2]) >= last:
+            break
+        time.sleep(0.05)
+    return path
 
 
 def parseRate(text: str) -> tuple[float, bool]:
@@ -626,6 +801,8 @@ def main() -> None:
     nginx = which("nginx")
     if nginx is None or which("wrk") is None or which("h2load") is None:
         raise SystemExit("needs nginx, wrk and h2load (apt-get install nginx wrk nghttp2-client)")
+    if any(row.startswith(HAPROXY) for row in args.rows) and which("haproxy") is None:
+        raise SystemExit("the haproxy- rows need HAProxy (apt-get install haproxy)")
     processes = Processes()
 
     def interrupted(signum: int, frame: Any) -> None:
@@ -685,7 +862,7 @@ def main() -> None:
         print(f"\n{load} ({what})")
         print(
             f"{'row':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-            f"{'changes':>8} {'connects':>9} {'errors':>7}"
+            f"{'changes':>8} {'connects':>9} {'stale':>6} {'errors':>7}"
         )
         medians: dict[str, dict[str, float]] = {}
         for row, runs in results[load].items():
@@ -693,14 +870,16 @@ def main() -> None:
                 continue
             medians[row] = {
                 key: statistics.median(r.get(key, float("nan")) for r in runs)
-                for key in ("rps", "p50", "p99", "p999", "changes", "connects")
+                for key in ("rps", "p50", "p99", "p999", "changes", "connects", "stale")
             }
             m = medians[row]
             # wrk gives no p99.9.
             p999 = "-" if math.isnan(m["p999"]) else f"{m['p999']:.2f}"
+            # Counted for the halves of the rows that change the answer.
+            stale = "-" if math.isnan(m["stale"]) else f"{m['stale']:.0f}"
             print(
                 f"{row:11} {m['rps']:8.0f} {m['p50']:8.2f} {m['p99']:8.2f} "
-                f"{p999:>9} {m['changes']:8.0f} {m['connects']:9.0f} "
+                f"{p999:>9} {m['changes']:8.0f} {m['connects']:9.0f} {stale:>6} "
                 f"{sum(r['errors'] for r in runs):7.0f}"
             )
         compare(results[load], medians, "changing", "steady")

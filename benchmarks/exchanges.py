@@ -1,0 +1,143 @@
+"""
+Where a new backend's connections cost: how long lbproxy waits for the
+first byte of a response on a backend connection, by how many requests
+that connection had carried, in the membership benchmark's rows.
+
+    python benchmarks/exchanges.py                       # fresh, then alternating
+    python benchmarks/exchanges.py --rows fresh --rounds 2
+
+For each row of L{membership} named (the schedule of its "alternating"
+row: changes every 100 ms for a second, then none for a second), this
+starts the same backend nginx, DNS server and lbproxy, under the same
+paced h2load load, and has lbproxy note, for every request it sends, the
+time from L{lbproxy._client.UpstreamConnection.send} to the response's
+first bytes (its C{dataReceived}), with the connection's exchange count:
+1 for the first request on a new connection.  The note is added by a
+C{sitecustomize} module on the proxy's C{PYTHONPATH} that wraps those two
+methods once twistd starts its application; nothing in lbproxy changes.
+
+Loopback only, bounded in time; every process is started and stopped by
+L{membership.Processes}, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import membership  # noqa: E402
+
+#: Loaded by the proxy's interpreter at start-up (C{PYTHONPATH}): when
+#: twistd runs its application, wrap L{UpstreamConnection}'s C{send} and
+#: C{dataReceived} to write "exchange-number milliseconds" per response.
+SITECUSTOMIZE = r'''
+import os, time
+
+def _install():
+    from lbproxy._client import UpstreamConnection
+    out = open(os.environ["LBPROXY_EXCHANGES"] + ".%d" % os.getpid(), "w", buffering=1 << 16)
+    send, received = UpstreamConnection.send, UpstreamConnection.dataReceived
+
+    def timedSend(self, *args, **kwargs):
+        self._benchSent = time.perf_counter()
+        return send(self, *args, **kwargs)
+
+    def timedReceived(self, data):
+        sent = self.__dict__.pop("_benchSent", None)
+        if sent is not None:
+            out.write("%d %.3f\n" % (self.exchanges, (time.perf_counter() - sent) * 1000))
+        return received(self, data)
+
+    UpstreamConnection.send = timedSend
+    UpstreamConnection.dataReceived = timedReceived
+    from twisted.internet import reactor
+    reactor.addSystemEventTrigger("before", "shutdown", out.flush)
+
+if os.environ.get("LBPROXY_EXCHANGES"):
+    from twisted.application import app
+
+    _run = app.ApplicationRunner.run
+
+    def run(self):
+        _install()
+        return _run(self)
+
+    app.ApplicationRunner.run = run
+'''
+
+#: The exchange numbers reported on their own; later ones are pooled.
+SHOWN = 5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="fresh,alternating")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=2200.0, help="requests per second")
+    args = parser.parse_args()
+    rows = [row for row in args.rows.split(",") if row]
+    if not set(rows) <= set(membership.HALVES) - {
+        r for r in membership.HALVES if r.startswith(membership.HAPROXY)
+    }:
+        parser.error("rows are among alternating, control, fresh")
+    measuring = argparse.Namespace(
+        seconds=args.seconds, connections=50, rate=args.rate, interval=0.1, loads=["paced"]
+    )
+    processes = membership.Processes()
+    with tempfile.TemporaryDirectory(prefix="lbproxy-exchanges-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "site").mkdir()
+        (workdir / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(workdir / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        times: dict[str, dict[int, list[float]]] = {row: {} for row in rows}
+        try:
+            for _ in range(20):
+                backend = membership.freePort()
+                if membership.portFreeEverywhere(backend):
+                    break
+            nginx = processes.start(
+                [str(membership.which("nginx")), "-c", str(membership.nginxConfig(workdir, backend))],
+                membership.LOAD_CPU,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            for address in membership.ADDRESSES + membership.FRESH_ADDRESSES:
+                membership.waitForPort(address, backend, nginx, "nginx")
+            for round in range(args.rounds):
+                for row in rows:
+                    membership.log(f"round {round + 1}/{args.rounds}: {row}")
+                    prefix = workdir / f"exchanges-{row}-{round}"
+                    os.environ["LBPROXY_EXCHANGES"] = str(prefix)
+                    membership.measure(row, processes, workdir, backend, measuring)
+                    for path in workdir.glob(prefix.name + ".*"):
+                        for line in path.read_text().splitlines():
+                            number, ms = line.split()
+                            times[row].setdefault(min(int(number), SHOWN + 1), []).append(float(ms))
+        finally:
+            processes.stopAll()
+    print(f"\n{args.rounds} round(s), h2load at {args.rate:g} req/s; "
+          "ms from sending a request to its response's first bytes")
+    print(f"{'row':12} {'exchange':>9} {'requests':>9} {'p50':>6} {'p90':>6} {'p99':>6}")
+    for row, byNumber in times.items():
+        for number, values in sorted(byNumber.items()):
+            values.sort()
+            name = str(number) if number <= SHOWN else f"{SHOWN + 1}+"
+            print(
+                f"{row:12} {name:>9} {len(values):9d} {statistics.median(values):6.2f} "
+                f"{membership.percentile(values, 0.9):6.2f} {membership.percentile(values, 0.99):6.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

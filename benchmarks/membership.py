@@ -51,6 +51,12 @@ and measures, interleaved round by round, these rows:
                 returning backend the idle connections it left with;
                 here every joining backend is new, as an autoscaled
                 instance is, and its connections must be opened.
+    churn       the control (no change), while another process, on the
+                proxy's CPU, opens three connections to new addresses of
+                the backend at each of the control's changes, one request
+                on each, keeping the last 64 ("churn during", "churn
+                between"): the connections the fresh row makes lbproxy
+                open and close, without lbproxy opening them.
 
     haproxy-alternating, haproxy-control, haproxy-fresh
                 the same three with HAProxy (Debian's, one thread) as the
@@ -62,8 +68,8 @@ and measures, interleaved round by round, these rows:
                 column counts them.
 
 each under two loads, one after the other on the same proxy (the
-alternating, control and fresh rows, and HAProxy's, under the paced one
-only):
+alternating, control, fresh and churn rows, and HAProxy's, under the paced
+one only):
 
     paced       h2load, 50 connections, a fixed C{--rate} of requests per
                 second (default 4000; C{--rate 40%} measures first what
@@ -133,7 +139,7 @@ ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
 #: one back.
 FRESH_ADDRESSES = [f"127.0.1.{i}" for i in range(1, 255)]
 ROWS = (
-    "nginx", "static", "steady", "changing", "alternating", "control", "fresh",
+    "nginx", "static", "steady", "changing", "alternating", "control", "fresh", "churn",
     "haproxy-alternating", "haproxy-control", "haproxy-fresh",
 )
 #: The prefix of the rows measured with HAProxy as the proxy.
@@ -144,6 +150,7 @@ HALVES = {
     "alternating": ("during", "between"),
     "control": ("ctl during", "ctl between"),
     "fresh": ("new during", "new between"),
+    "churn": ("churn during", "churn between"),
     "haproxy-alternating": ("hap during", "hap between"),
     "haproxy-control": ("hap ctl during", "hap ctl between"),
     "haproxy-fresh": ("hap new during", "hap new between"),
@@ -189,6 +196,44 @@ print(server.port, flush=True)
 if mode != "steady":
     task.LoopingCall(tick).start(interval, now=False)
 reactor.run()
+"""
+
+
+#: The churn row's other client, run as a child process: at each change
+#: the control's DNS server writes down (its file named first), opens
+#: three connections to new addresses of the backend (C{FRESH_ADDRESSES}),
+#: sends one request on each, and keeps the last 64 open, closing the
+#: oldest: the connections the fresh row's changes make lbproxy open and
+#: close, made by another process, while lbproxy's own members stay.
+CHURN = r"""
+import collections, os, socket, sys, time
+changes, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+addresses = sys.argv[4].split(",")
+request = b"GET /tiny HTTP/1.1\r\nHost: churn\r\n\r\n"
+kept, opened, seen = collections.deque(), 0, None
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    try:
+        with open(changes) as f:
+            count = len(f.read().split())
+    except OSError:
+        count = 0
+    if seen is None:
+        seen = count
+    for _ in range(count - seen):
+        for _ in range(3):
+            s = socket.create_connection((addresses[opened % len(addresses)], port), timeout=5)
+            opened += 1
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(request)
+            answer = b""
+            while not answer.endswith(b"hello\n"):
+                answer += s.recv(4096)
+            kept.append(s)
+            while len(kept) > 64:
+                kept.popleft().close()
+    seen = count
+    time.sleep(0.005)
 """
 
 
@@ -268,7 +313,7 @@ pid {workdir}/backend.pid;
 error_log {workdir}/backend.error.log warn;
 events {{ worker_connections 20000; }}
 http {{
-    log_format addr '$msec $server_addr';
+    log_format addr '$msec $server_addr $host';
     access_log {workdir}/backend.access.log addr buffer=64k flush=100ms;
     client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi;
@@ -323,15 +368,16 @@ def staleRequests(
     grace covers the proxy's lookup interval and the requests in flight
     when it drains an address.
 
-    @param accessLog: the backend nginx's log, C{$msec $server_addr} per
-        request.
+    @param accessLog: the backend nginx's log, C{$msec $server_addr
+        $host} per request; the churn row's other client's requests
+        (C{Host: churn}) are not the proxy's, and are left out.
     @param changes: when the answer changed, in order.
     @param answers: the answer before the first change, then after each.
     """
     stale = []
     for line in accessLog.read_text().splitlines():
         fields = line.split()
-        if len(fields) != 2 or float(fields[0]) < since:
+        if len(fields) != 3 or fields[2] == "churn" or float(fields[0]) < since:
             continue
         served, address = float(fields[0]), fields[1]
         current = bisect.bisect_right(changes, served)
@@ -549,6 +595,16 @@ def counting(logfile: Path, backend: int) -> Callable[[], dict[str, int]]:
     }
 
 
+def dnsMode(row: str) -> str:
+    """
+    The mode of the row's DNS server (L{DNS_SERVER}): the C{haproxy-}
+    rows are the rows they name, and the churn row is the control.
+    """
+    if row == "churn":
+        return "control"
+    return row[len(HAPROXY):] if row.startswith(HAPROXY) else row
+
+
 def measure(
     row: str,
     processes: Processes,
@@ -564,8 +620,7 @@ def measure(
     dnsPort = None
     dns = None
     changesFile = workdir / "changes.txt"
-    # The DNS server's mode: the haproxy- rows are the rows they name.
-    mode = row[len(HAPROXY):] if row.startswith(HAPROXY) else row
+    mode = dnsMode(row)
     addresses = FRESH_ADDRESSES if mode == "fresh" else ADDRESSES
     if row not in ("nginx", "static"):
         dns = processes.start(
@@ -619,9 +674,22 @@ def measure(
                 break
         results = {}
         if row in HALVES:
-            counted = counting(logfile, backend)
-            halves = measureAlternating(row, url, args, workdir, changesFile, addresses)
-            halves[HALVES[row][0]].update(counted())
+            churn = None
+            if row == "churn":
+                churn = processes.start(
+                    [
+                        sys.executable, "-c", CHURN, str(changesFile), str(backend),
+                        str(4 * args.seconds + 30), ",".join(FRESH_ADDRESSES),
+                    ],
+                    PROXY_CPU,
+                )
+            try:
+                counted = counting(logfile, backend)
+                halves = measureAlternating(row, url, args, workdir, changesFile, addresses)
+                halves[HALVES[row][0]].update(counted())
+            finally:
+                if churn is not None:
+                    processes.stop(churn)
             return halves
         for load in args.loads:
             counted = counting(logfile, backend)
@@ -659,7 +727,8 @@ def measureAlternating(
     answer again where the alternating row's changes it: its two halves
     differ only by chance, which is how far apart the alternating row's
     may be for no cause.  The fresh row does the same with addresses that
-    never come back.
+    never come back; the churn row is the control while another process
+    opens connections to new addresses at each change (L{CHURN}).
 
     Each half also counts its "stale" requests (L{staleRequests}): those
     the backend served on an address out of the answer.
@@ -670,7 +739,7 @@ def measureAlternating(
     during, between = splitByChanges(requests, changes, 2 * args.interval)
     share = len(during) / len(requests)
     duringName, betweenName = HALVES[row]
-    mode = row[len(HAPROXY):] if row.startswith(HAPROXY) else row
+    mode = dnsMode(row)
     stale = staleRequests(
         flushedAccessLog(workdir, max(t for t, _, _ in requests)),
         min(t for t, _, _ in requests),
@@ -706,7 +775,7 @@ def flushedAccessLog(workdir: Path, last: float) -> Path:
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - 200))
             tail = f.read().split()
-        if len(tail) >= 2 and float(tail[-2]) >= last:
+        if len(tail) >= 3 and float(tail[-3]) >= last:
             break
         time.sleep(0.05)
     return path

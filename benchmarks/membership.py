@@ -144,8 +144,9 @@ ROWS = (
 )
 #: The prefix of the rows measured with HAProxy as the proxy.
 HAPROXY = "haproxy-"
-#: The two halves of the alternating row, of its control and of the fresh
-#: row, reported as rows of their own (and the same with HAProxy).
+#: The two halves of the alternating row, of its control, of the fresh
+#: and churn rows, and of the same with HAProxy, reported as rows of their
+#: own.
 HALVES = {
     "alternating": ("during", "between"),
     "control": ("ctl during", "ctl between"),

@@ -16,6 +16,12 @@ first bytes (its C{dataReceived}), with the connection's exchange count:
 C{sitecustomize} module on the proxy's C{PYTHONPATH} that wraps those two
 methods once twistd starts its application; nothing in lbproxy changes.
 
+Every request the proxy sends counts, those of the warm-up too (wrk, as
+fast as it goes, until the name resolves): in the rows whose members
+stay, the first exchanges are those.  A connection is opened when its
+backend has no idle one, that is, in a burst: the first exchanges are
+not a random sample of the requests.
+
 Loopback only, bounded in time; every process is started and stopped by
 L{membership.Processes}, by PID.
 """

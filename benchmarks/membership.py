@@ -331,6 +331,28 @@ http {{
     return conf
 
 
+def startBackend(processes: Processes, workdir: Path) -> int:
+    """
+    Start the backend nginx (L{nginxConfig}) on a port free on every one
+    of its addresses, and wait until it listens on all of them.
+
+    @return: its port.
+    """
+    for _ in range(20):
+        port = freePort()
+        if portFreeEverywhere(port):
+            break
+    nginx = processes.start(
+        [str(which("nginx")), "-c", str(nginxConfig(workdir, port))],
+        LOAD_CPU,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    for address in ADDRESSES + FRESH_ADDRESSES:
+        waitForPort(address, port, nginx, "nginx")
+    return port
+
+
 def backendAccepts(port: int) -> int:
     """
     How many connections the backend nginx has accepted so far (its
@@ -357,6 +379,7 @@ def answers(mode: str, addresses: list[str], changes: int) -> list[frozenset[str
 
 def staleRequests(
     accessLog: Path,
+    offset: int,
     since: float,
     changes: list[float],
     answers: list[frozenset[str]],
@@ -372,11 +395,16 @@ def staleRequests(
     @param accessLog: the backend nginx's log, C{$msec $server_addr
         $host} per request; the churn row's other client's requests
         (C{Host: churn}) are not the proxy's, and are left out.
+    @param offset: where in C{accessLog} to start reading: its size when
+        the run began (the log holds every row's requests).
     @param changes: when the answer changed, in order.
     @param answers: the answer before the first change, then after each.
     """
     stale = []
-    for line in accessLog.read_text().splitlines():
+    with open(accessLog, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode("ascii", "replace").splitlines()
+    for line in lines:
         fields = line.split()
         if len(fields) != 3 or fields[2] == "churn" or float(fields[0]) < since:
             continue
@@ -686,7 +714,9 @@ def measure(
                 )
             try:
                 counted = counting(logfile, backend)
-                halves = measureAlternating(row, url, args, workdir, changesFile, addresses)
+                halves = measureAlternating(
+                    row, url, args, workdir, changesFile, mode, addresses
+                )
                 halves[HALVES[row][0]].update(counted())
             finally:
                 if churn is not None:
@@ -714,6 +744,7 @@ def measureAlternating(
     args: argparse.Namespace,
     workdir: Path,
     changesFile: Path,
+    mode: str,
     addresses: list[str],
 ) -> dict[str, Any]:
     """
@@ -732,17 +763,20 @@ def measureAlternating(
     opens connections to new addresses at each change (L{CHURN}).
 
     Each half also counts its "stale" requests (L{staleRequests}): those
-    the backend served on an address out of the answer.
+    the backend served on an address out of the answer (C{mode}'s answers,
+    from C{addresses}: see L{answers}).
     """
     seconds = 2 * args.seconds
+    accessLog = workdir / "backend.access.log"
+    offset = accessLog.stat().st_size
     requests = runPaced(url, seconds, args.connections, args.rate, workdir)
     changes = [float(t) for t in changesFile.read_text().split()]
     during, between = splitByChanges(requests, changes, 2 * args.interval)
     share = len(during) / len(requests)
     duringName, betweenName = HALVES[row]
-    mode = dnsMode(row)
     stale = staleRequests(
-        flushedAccessLog(workdir, max(t for t, _, _ in requests)),
+        flushedAccessLog(accessLog, max(t for t, _, _ in requests)),
+        offset,
         min(t for t, _, _ in requests),
         changes,
         answers(mode, addresses, len(changes)),
@@ -765,12 +799,12 @@ def measureAlternating(
     }
 
 
-def flushedAccessLog(workdir: Path, last: float) -> Path:
+def flushedAccessLog(path: Path, last: float) -> Path:
     """
-    The backend's access log, once nginx has written its buffer (every
-    100 ms) up to a request that started at C{last} (waiting 5 s at most).
+    The backend's access log at C{path}, once nginx has written its buffer
+    (every 100 ms) up to a request that started at C{last} (waiting 5 s at
+    most).
     """
-    path = workdir / "backend.access.log"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         with open(path, "rb") as f:
@@ -894,18 +928,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lbproxy-membership-") as tmp:
         workdir = Path(tmp)
         try:
-            for _ in range(20):
-                backend = freePort()
-                if portFreeEverywhere(backend):
-                    break
-            nginxProc = processes.start(
-                [nginx, "-c", str(nginxConfig(workdir, backend))],
-                LOAD_CPU,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-            )
-            for address in ADDRESSES + FRESH_ADDRESSES:
-                waitForPort(address, backend, nginxProc, "nginx")
+            backend = startBackend(processes, workdir)
             args.rate = pacedRate(args, processes, workdir, backend)
             for round in range(args.rounds):
                 for row in args.rows:

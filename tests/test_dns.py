@@ -260,6 +260,7 @@ class AddressTests(SynchronousTestCase):
             "https://app.test:8443 resolve weight=3 max_fails=2\n127.0.0.9:80", self.zone
         )
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.assertEqual(
             names(pool), ["127.0.0.2:8443", "127.0.0.3:8443", "[::1]:8443", "127.0.0.9:80"]
         )
@@ -280,6 +281,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         members = Members()
         pool.addMembershipObserver(members)
@@ -312,6 +314,7 @@ class AddressTests(SynchronousTestCase):
                 "app.test:80 resolve", zone, resolveMin=2.0, resolveMax=100.0
             )
             source.startService()
+            clock.advance(0)  # the answers are applied in the next turn
             self.assertEqual(len(resolver.queries), 2)
             clock.advance(expected - 0.01)
             self.assertEqual(len(resolver.queries), 2, ttls)
@@ -326,6 +329,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         calls = []
         original = pool.setBackends
@@ -343,6 +347,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, _ = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         leaving = pool.backendNamed("127.0.0.3:80")
         pool.requestStarted(leaving, "r1")
@@ -363,6 +368,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         before = pool.backends
         resolver.broken = DNSServerError("SERVFAIL")
@@ -395,6 +401,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         before = pool.backends
         self.zone.setAddresses("app.test", [])
@@ -416,6 +423,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         resolver.broken = DNSServerError("SERVFAIL")
         resolver.brokenTypes = {dns.AAAA}
@@ -436,6 +444,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("new.test:80 resolve\n127.0.0.9:80", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         placeholder = pool.backends[0]
         self.assertTrue(placeholder.placeholder)
@@ -454,6 +463,47 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(names(pool), ["127.0.0.8:80", "127.0.0.9:80"])
         self.assertEqual(len(pool.eligible), 2)
 
+    def test_appliedInTheNextTurn(self) -> None:
+        """
+        An answer that changes the members is applied in the reactor's
+        next turn, not in the one that read it; the answers of several
+        lines that arrive in the same turn are applied once, with every
+        line's reason.
+        """
+        self.zone.setAddresses("other.test", ["127.0.0.7"], ttl=30)
+        source, pool, clock, _ = makeSource(
+            "app.test:80 resolve\nother.test:81 resolve", self.zone
+        )
+        calls: list[str] = []
+        setBackends = pool.setBackends
+
+        def counted(backends: Any, reason: str) -> None:
+            calls.append(reason)
+            setBackends(backends, reason)
+
+        pool.setBackends = counted  # type: ignore[method-assign]
+        source.startService()
+        self.addCleanup(source.stopService)
+        self.assertEqual(names(pool), ["app.test:80", "other.test:81"])
+        self.assertEqual(calls, [])
+        clock.advance(0)
+        self.assertEqual(
+            names(pool), ["127.0.0.2:80", "127.0.0.3:80", "[::1]:80", "127.0.0.7:81"]
+        )
+        self.assertEqual(len(calls), 1)
+        self.assertIn("DNS answer for app.test: 127.0.0.2:80", calls[0])
+        self.assertIn("; DNS answer for other.test: 127.0.0.7:81", calls[0])
+
+    def test_stopCancelsTheApplying(self) -> None:
+        """
+        An answer not yet applied when the service stops is not applied.
+        """
+        source, pool, clock, _ = makeSource("app.test:80 resolve", self.zone)
+        source.startService()
+        self.successResultOf(source.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(names(pool), ["app.test:80"])
+
     def test_stopCancelsTheNextLookup(self) -> None:
         """
         Stopping the service leaves no timer behind; an answer that
@@ -461,6 +511,7 @@ class AddressTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.successResultOf(source.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
 
@@ -469,6 +520,7 @@ class AddressTests(SynchronousTestCase):
         source, pool, clock, _ = makeSource("app.test:80 resolve", self.zone)
         source.resolver = resolver  # type: ignore[assignment]
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         stopped = source.stopService()
         self.assertNoResult(stopped)
         pending.callback(([dns.RRHeader(b"app.test", dns.A, payload=dns.Record_A("127.0.0.6"))], [], []))
@@ -493,6 +545,7 @@ class ReloadTests(SynchronousTestCase):
         zone.setAddresses("app.test", ["127.0.0.2", "127.0.0.3"])
         old, oldPool, clock, _ = makeSource("app.test:80 resolve", zone)
         old.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         old.stopService()
         new, pool, clock, resolver = makeSource(
             "app.test:80 resolve weight=4\nother.test:80 resolve", zone
@@ -534,6 +587,7 @@ class ServiceTests(SynchronousTestCase):
         """
         source, pool, clock, _ = makeSource("app.test service=http resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         got = [(b.name, b.weight, b.backup, b.origin) for b in pool.backends]
         self.assertEqual(
@@ -557,6 +611,7 @@ class ServiceTests(SynchronousTestCase):
         """
         source, pool, clock, resolver = makeSource("app.test service=http resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         count = len(resolver.queries)
         clock.advance(19.9)
@@ -572,6 +627,7 @@ class ServiceTests(SynchronousTestCase):
         """
         source, pool, clock, _ = makeSource("app.test service=http resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         kept = pool.backendNamed("127.0.0.2:8001")
         self.zone.setService(
@@ -593,6 +649,7 @@ class ServiceTests(SynchronousTestCase):
         source, pool, clock, _ = makeSource("app.test service=http resolve", self.zone)
         with capturedLogs() as events:
             source.startService()
+            clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         self.assertEqual(names(pool), ["127.0.0.2:8001", "127.0.0.5:8003"])
         [event] = [e for e in events if "problem" in e]
@@ -605,6 +662,7 @@ class ServiceTests(SynchronousTestCase):
         """
         source, pool, clock, _ = makeSource("app.test service=ldap resolve", self.zone)
         source.startService()
+        clock.advance(0)  # the answers are applied in the next turn
         self.addCleanup(source.stopService)
         [placeholder] = pool.backends
         self.assertEqual(

@@ -589,7 +589,8 @@ class DNSBackends(Service):
         carries.  In C{benchmarks/membership.py}'s fresh row (a new
         address ten times a second) this took the p99 of requests during
         the changes from 1.26 to 1.19 times that between them, pooled
-        over six alternated rounds (see C{docs/performance.rst}).
+        over six alternated rounds (see "Where a new backend's cost goes"
+        in C{docs/performance.rst}).
         """
         self._reasons.append(reason)
         if self._applying is None:

@@ -109,6 +109,15 @@ def makeSource(
     return source, pool, clock, resolver
 
 
+def start(source: DNSBackends, clock: Clock) -> None:
+    """
+    Start C{source} and let its first answers be applied: in the turn after
+    the one that read them.
+    """
+    source.startService()
+    clock.advance(0)
+
+
 def names(pool: Pool) -> list[str]:
     return [b.name for b in pool.backends]
 
@@ -259,8 +268,7 @@ class AddressTests(SynchronousTestCase):
         source, pool, clock, _ = makeSource(
             "https://app.test:8443 resolve weight=3 max_fails=2\n127.0.0.9:80", self.zone
         )
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.assertEqual(
             names(pool), ["127.0.0.2:8443", "127.0.0.3:8443", "[::1]:8443", "127.0.0.9:80"]
         )
@@ -280,8 +288,7 @@ class AddressTests(SynchronousTestCase):
         same object, a new one joins, one that left is dropped.
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         members = Members()
         pool.addMembershipObserver(members)
@@ -313,8 +320,7 @@ class AddressTests(SynchronousTestCase):
             source, pool, clock, resolver = makeSource(
                 "app.test:80 resolve", zone, resolveMin=2.0, resolveMax=100.0
             )
-            source.startService()
-            clock.advance(0)  # the answers are applied in the next turn
+            start(source, clock)
             self.assertEqual(len(resolver.queries), 2)
             clock.advance(expected - 0.01)
             self.assertEqual(len(resolver.queries), 2, ttls)
@@ -328,8 +334,7 @@ class AddressTests(SynchronousTestCase):
         pool as it is: the balancer is not told again.
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         calls = []
         original = pool.setBackends
@@ -346,8 +351,7 @@ class AddressTests(SynchronousTestCase):
         it takes no new request, and is dropped when that one finishes.
         """
         source, pool, clock, _ = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         leaving = pool.backendNamed("127.0.0.3:80")
         pool.requestStarted(leaving, "r1")
@@ -367,8 +371,7 @@ class AddressTests(SynchronousTestCase):
         applies and the TTL counts again.
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         before = pool.backends
         resolver.broken = DNSServerError("SERVFAIL")
@@ -400,8 +403,7 @@ class AddressTests(SynchronousTestCase):
         empty the line: it counts as a failed lookup.
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         before = pool.backends
         self.zone.setAddresses("app.test", [])
@@ -422,8 +424,7 @@ class AddressTests(SynchronousTestCase):
         looked up again soon.
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         resolver.broken = DNSServerError("SERVFAIL")
         resolver.brokenTypes = {dns.AAAA}
@@ -443,8 +444,7 @@ class AddressTests(SynchronousTestCase):
         backends take requests.
         """
         source, pool, clock, resolver = makeSource("new.test:80 resolve\n127.0.0.9:80", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         placeholder = pool.backends[0]
         self.assertTrue(placeholder.placeholder)
@@ -510,8 +510,7 @@ class AddressTests(SynchronousTestCase):
         arrives after the stop is ignored.
         """
         source, pool, clock, resolver = makeSource("app.test:80 resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.successResultOf(source.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
 
@@ -519,8 +518,7 @@ class AddressTests(SynchronousTestCase):
         resolver.lookupAddress = lambda name, timeout=None: pending  # type: ignore[method-assign]
         source, pool, clock, _ = makeSource("app.test:80 resolve", self.zone)
         source.resolver = resolver  # type: ignore[assignment]
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         stopped = source.stopService()
         self.assertNoResult(stopped)
         pending.callback(([dns.RRHeader(b"app.test", dns.A, payload=dns.Record_A("127.0.0.6"))], [], []))
@@ -544,8 +542,7 @@ class ReloadTests(SynchronousTestCase):
         zone = DNSZone()
         zone.setAddresses("app.test", ["127.0.0.2", "127.0.0.3"])
         old, oldPool, clock, _ = makeSource("app.test:80 resolve", zone)
-        old.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(old, clock)
         old.stopService()
         new, pool, clock, resolver = makeSource(
             "app.test:80 resolve weight=4\nother.test:80 resolve", zone
@@ -586,8 +583,7 @@ class ServiceTests(SynchronousTestCase):
         1); further priorities are not used.
         """
         source, pool, clock, _ = makeSource("app.test service=http resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         got = [(b.name, b.weight, b.backup, b.origin) for b in pool.backends]
         self.assertEqual(
@@ -610,8 +606,7 @@ class ServiceTests(SynchronousTestCase):
         a target's address) expires.
         """
         source, pool, clock, resolver = makeSource("app.test service=http resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         count = len(resolver.queries)
         clock.advance(19.9)
@@ -626,8 +621,7 @@ class ServiceTests(SynchronousTestCase):
         the backend that stays keeps its object.
         """
         source, pool, clock, _ = makeSource("app.test service=http resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         kept = pool.backendNamed("127.0.0.2:8001")
         self.zone.setService(
@@ -648,8 +642,7 @@ class ServiceTests(SynchronousTestCase):
         self.zone.setAddresses("b.test", [])
         source, pool, clock, _ = makeSource("app.test service=http resolve", self.zone)
         with capturedLogs() as events:
-            source.startService()
-            clock.advance(0)  # the answers are applied in the next turn
+            start(source, clock)
         self.addCleanup(source.stopService)
         self.assertEqual(names(pool), ["127.0.0.2:8001", "127.0.0.5:8003"])
         [event] = [e for e in events if "problem" in e]
@@ -661,8 +654,7 @@ class ServiceTests(SynchronousTestCase):
         reason; a target of C{.} (the service is not offered) likewise.
         """
         source, pool, clock, _ = makeSource("app.test service=ldap resolve", self.zone)
-        source.startService()
-        clock.advance(0)  # the answers are applied in the next turn
+        start(source, clock)
         self.addCleanup(source.stopService)
         [placeholder] = pool.backends
         self.assertEqual(

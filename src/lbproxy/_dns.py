@@ -316,7 +316,8 @@ class DNSBackends(Service):
             ended.
         """
         Service.stopService(self)
-        if self._applying is not None and self._applying.active():
+        if self._applying is not None:
+            # Only ever set while the call is still to come (L{_applyNow}).
             self._applying.cancel()
         self._applying = None
         self._reasons = []

@@ -7,6 +7,8 @@ the same load while it does not change.
     python benchmarks/membership.py --quick      # 1 round of 3 s
     python benchmarks/membership.py --rows alternating,control,fresh --loads paced \
         --rate 40% --rounds 6                    # the figure for issue 14
+    python benchmarks/membership.py --python .tox/pypy/bin/python --warmup 20 \
+        --rows alternating,control,fresh --loads paced --rate 3400   # lbproxy on PyPy
 
 Loopback only, bounded in time.  The script starts:
 
@@ -15,7 +17,7 @@ Loopback only, bounded in time.  The script starts:
     port (as the addresses of a scaled-out service are);
   - a DNS server (Twisted's, L{lbproxy.testing.startDNSServer}, in a child
     process) answering C{app.bench} with three of those addresses, TTL 0;
-  - lbproxy (twistd, CPython) with C{servers = app.bench:PORT resolve},
+  - lbproxy (twistd, on CPython or the C{--python} given) with C{servers = app.bench:PORT resolve},
     C{resolve_min = 100ms}, so that it looks the name up ten times a
     second, and C{resolver} pointed at that server;
 
@@ -682,7 +684,7 @@ def measure(
     else:
         config = lbproxyConfig(workdir, row, port, backend, dnsPort)
         argv = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            args.python, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={logfile}", "lbproxy", "--config", str(config),
         ]
     with open(logfile, "ab") as output:
@@ -701,6 +703,11 @@ def measure(
         while time.monotonic() < deadline:
             if runWrk(url, 1, 4)["errors"] == 0:
                 break
+        if args.warmup:
+            # PyPy's JIT compiles the paths a request and a change take
+            # in the first seconds (the DNS server changes its answer from
+            # the start).
+            runWrk(url, args.warmup, args.connections)
         results = {}
         if row in HALVES:
             churn = None
@@ -895,6 +902,14 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated")
     parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s")
+    parser.add_argument(
+        "--python", default=sys.executable, help="the Python that runs lbproxy (PyPy: see --warmup)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.0,
+        help="seconds of saturating load on each proxy before it is measured "
+        "(20 for PyPy, whose JIT compiles meanwhile)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3.0, 1

@@ -46,11 +46,16 @@ class AdminAPITests(SynchronousTestCase):
         body: Any = None,
         token: Optional[str] = "s3cret",
         raw: Optional[bytes] = None,
+        forwarded: Optional[bytes] = None,
     ) -> tuple[int, Any]:
         """
         Send a request and return its status and parsed JSON body.
+
+        @param forwarded: an C{X-Forwarded-For} header to send.
         """
         headers = {}
+        if forwarded is not None:
+            headers[b"X-Forwarded-For"] = [forwarded]
         if token is not None:
             headers[b"Authorization"] = [b"Bearer " + token.encode()]
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -148,6 +153,34 @@ class AdminAPITests(SynchronousTestCase):
         code, body = self.request("PATCH", path, {"state": "up"})
         self.assertEqual((code, body["state"]), (200, "up"))
         self.assertEqual(self.pool.eligible, (self.a, self.b))
+
+    def test_whoAsked(self) -> None:
+        """
+        The reason of a change names the address the request came from;
+        an C{X-Forwarded-For} header is not believed, since any client can
+        send one.
+        """
+        path = "/api/upstreams/app/servers/127.0.0.1:9001"
+        code, body = self.request("PATCH", path, {"state": "drain"}, forwarded=b"203.0.113.7")
+        self.assertEqual(code, 200)
+        self.assertEqual(body["reason"], "drained through the admin API (127.0.0.1)")
+
+    def test_whoAskedTheParent(self) -> None:
+        """
+        On a worker (C{behindParent}), whose private socket only its
+        parent reaches, the reason names the client the parent was asked
+        by, in C{X-Forwarded-For}; without the header, the peer.
+        """
+        self.resource.behindParent = True
+        path = "/api/upstreams/app/servers/127.0.0.1:9001"
+        code, body = self.request("PATCH", path, {"state": "drain"}, forwarded=b"203.0.113.7")
+        self.assertEqual(
+            body["reason"],
+            "drained through the admin API (203.0.113.7, through the workers' parent)",
+        )
+        self.request("PATCH", path, {"state": "up"})
+        code, body = self.request("PATCH", path, {"state": "drain"})
+        self.assertEqual(body["reason"], "drained through the admin API (127.0.0.1)")
 
     def test_weight(self) -> None:
         """

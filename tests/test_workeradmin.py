@@ -273,18 +273,24 @@ class _Worker:
             AdminResource(
                 lambda: {"app": self.pool},
                 snapshot=lambda: {"version": 1, "upstreams": [upstreamStatus(self.pool)]},
+                behindParent=True,
             )
         )
         self.asked: list[tuple[bytes, bytes, Optional[bytes]]] = []
         self.silent = False
 
     def fetch(
-        self, method: bytes, path: bytes, body: Optional[bytes]
+        self, method: bytes, path: bytes, body: Optional[bytes], client: str
     ) -> Deferred[tuple[int, bytes]]:
         self.asked.append((method, path, body))
         if self.silent:
             return Deferred()
-        d = self.stub.request(method.decode(), "http://worker" + path.decode(), data=body)
+        d = self.stub.request(
+            method.decode(),
+            "http://worker" + path.decode(),
+            data=body,
+            headers={b"X-Forwarded-For": [client.encode()]},
+        )
         self.stub.flush()
 
         def read(response: Any) -> Any:
@@ -308,7 +314,9 @@ class ResourceTests(SynchronousTestCase):
             self.addCleanup(worker.pool.close)
         self.resource = WorkersAdminResource(
             lambda: self.pids,
-            lambda n, method, path, body: self.workers[n].fetch(method, path, body),
+            lambda n, method, path, body, client: self.workers[n].fetch(
+                method, path, body, client
+            ),
             self.clock,
             "s3cret",
             pages={b"/": self.page},
@@ -367,6 +375,19 @@ class ResourceTests(SynchronousTestCase):
         for worker in self.workers:
             self.assertIs(worker.a.state, BackendState.DRAINING)
             self.assertIs(worker.b.state, BackendState.UP)
+
+    def test_patchNamesTheClient(self) -> None:
+        """
+        Each worker's reason for a change names the client the parent was
+        asked by, not the parent.
+        """
+        path = "/api/upstreams/app/servers/127.0.0.1:9001"
+        self.answer(self.request("PATCH", path, {"state": "drain"}))
+        for worker in self.workers:
+            self.assertEqual(
+                worker.a.stateReason,
+                "drained through the admin API (127.0.0.1, through the workers' parent)",
+            )
 
     def test_patchError(self) -> None:
         """

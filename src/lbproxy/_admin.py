@@ -47,6 +47,10 @@ from lbproxy._statuspage import StatusPage
 __all__ = ["AdminResource", "backendStatus", "upstreamStatus"]
 
 #: The values of C{"state"} in a C{PATCH} body.
+#: The header in which the parent of C{workers} names the client it asks a
+#: worker for: its own address is all the worker sees.
+FORWARDED_CLIENT = b"X-Forwarded-For"
+
 DRAIN = "drain"
 UP = "up"
 
@@ -83,6 +87,7 @@ class AdminResource(Resource):
         snapshot: Optional[Callable[[], dict[str, Any]]] = None,
         *,
         reactor: Any = None,
+        behindParent: bool = False,
     ) -> None:
         """
         @param pools: gives the running pools by upstream name (called for
@@ -91,11 +96,15 @@ class AdminResource(Resource):
         @param snapshot: see L{snapshot}.
         @param reactor: the L{IReactorTime} the status page reads the time
             on; the global reactor when L{None}.
+        @param behindParent: whether this is a worker's API, on the private
+            socket its parent asks it on: the client its log lines name is
+            then the one the parent names (L{FORWARDED_CLIENT}).
         """
         Resource.__init__(self)
         self.pools = pools
         self.token = token
         self.snapshot = snapshot
+        self.behindParent = behindParent
         if reactor is None:
             from twisted.internet import reactor as _globalReactor
 
@@ -204,8 +213,7 @@ class AdminResource(Resource):
             not isinstance(weight, int) or isinstance(weight, bool) or weight < 1
         ):
             raise _Refusal(400, f"bad weight {weight!r}; expected {expected}")
-        peer = request.getClientAddress()
-        who = f"the admin API ({getattr(peer, 'host', 'local')})"
+        who = f"the admin API ({self._client(request)})"
         if weight is not None:
             self._log.info(
                 "backend {backend} of upstream {upstream}: weight {old} -> {new} by {who}",
@@ -220,6 +228,25 @@ class AdminResource(Resource):
             pool.drain(backend, f"drained through {who}")
         elif state == UP:
             pool.enable(backend, f"enabled through {who}")
+
+    def _client(self, request: Any) -> str:
+        """
+        Who asked for a change, for its log lines: the peer's address, or
+        on a worker, the client its parent was asked by.
+        """
+        if self.behindParent:
+            named = request.getHeader(FORWARDED_CLIENT)
+            if named:
+                return named.decode("ascii", "replace") + ", through the workers' parent"
+        return clientHost(request)
+
+
+def clientHost(request: Any) -> str:
+    """
+    The address of the peer that sent C{request}; C{local} for a UNIX
+    socket's.
+    """
+    return getattr(request.getClientAddress(), "host", "local")
 
 
 def authorize(request: Any, token: Optional[str]) -> None:

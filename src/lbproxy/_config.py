@@ -656,6 +656,10 @@ class AdminConfig:
     token: Optional[str] = _setting(
         "token", None, parseOptionalText, 'the token that changes need as "Authorization: Bearer TOKEN" (empty: none)'
     )
+    #: Not a key: whether C{listen} is a worker's private socket, which
+    #: only its parent reaches (L{lbproxy._workers.workerService}); the
+    #: parent names the client it asks for (L{FORWARDED_CLIENT}).
+    behindParent: bool = False
 
 
 @dataclass(frozen=True)

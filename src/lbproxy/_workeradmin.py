@@ -42,7 +42,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from lbproxy._admin import _Refusal, authorize
+from lbproxy._admin import FORWARDED_CLIENT, _Refusal, authorize, clientHost
 
 #: The environment variable that tells a worker the path of the UNIX
 #: socket its own admin API listens on.
@@ -332,20 +332,27 @@ class WorkerAdminClient:
         )
 
     def request(
-        self, number: int, method: bytes, path: bytes, body: Optional[bytes]
+        self,
+        number: int,
+        method: bytes,
+        path: bytes,
+        body: Optional[bytes],
+        client: Optional[str] = None,
     ) -> Deferred[tuple[int, bytes]]:
         """
-        Send C{method path} with C{body} to worker C{number}.
+        Send C{method path} with C{body} to worker C{number}, on behalf of
+        C{client} (the address the parent was asked from, given to the
+        worker in L{FORWARDED_CLIENT}).
 
         @return: a L{Deferred} that fires with the status code and body of
             its answer (cancelling it gives up).
         """
         producer = None if body is None else FileBodyProducer(BytesIO(body))
+        headers = Headers({b"Content-Type": [b"application/json"]})
+        if client is not None:
+            headers.setRawHeaders(FORWARDED_CLIENT, [client.encode("ascii", "replace")])
         d = self._agent.request(
-            method,
-            b"http://worker-%d%s" % (number, path),
-            Headers({b"Content-Type": [b"application/json"]}),
-            producer,
+            method, b"http://worker-%d%s" % (number, path), headers, producer
         )
 
         def read(response: Any) -> Deferred[tuple[int, bytes]]:
@@ -356,7 +363,7 @@ class WorkerAdminClient:
 
 #: Gives the status code and body of a worker's answer: the signature of
 #: L{WorkerAdminClient.request}.
-Fetch = Callable[[int, bytes, bytes, Optional[bytes]], "Deferred[tuple[int, bytes]]"]
+Fetch = Callable[[int, bytes, bytes, Optional[bytes], str], "Deferred[tuple[int, bytes]]"]
 
 #: Renders a page (the status page, C{/metrics}) of the admin listener
 #: for a request from a snapshot: gives its body, having set its headers.
@@ -421,7 +428,9 @@ class WorkersAdminResource(Resource):
         body = request.content.read() if method == b"PATCH" else None
         asked = b"GET" if method == b"HEAD" else method
         page = self.pages.get(request.path) if asked == b"GET" else None
-        gathered = self.ask(asked, SNAPSHOT_PATH if page else request.uri, body)
+        gathered = self.ask(
+            asked, SNAPSHOT_PATH if page else request.uri, body, clientHost(request)
+        )
         finished: list[bool] = []
         request.notifyFinish().addBoth(finished.append)
 
@@ -445,17 +454,18 @@ class WorkersAdminResource(Resource):
         return NOT_DONE_YET
 
     def ask(
-        self, method: bytes, path: bytes, body: Optional[bytes]
+        self, method: bytes, path: bytes, body: Optional[bytes], client: str
     ) -> Deferred[list[WorkerAnswer]]:
         """
-        Send C{method path} (with C{body}) to every worker at once.
+        Send C{method path} (with C{body}) to every worker at once, on
+        behalf of C{client}.
 
         @return: a L{Deferred} that fires, within L{timeout} seconds, with
             one L{WorkerAnswer} per worker, in order of number.
         """
         asked = []
         for number, pid in sorted(self.workers().items()):
-            asked.append(self._askOne(number, pid, method, path, body))
+            asked.append(self._askOne(number, pid, method, path, body, client))
         d: Deferred[Any] = DeferredList(asked)
         return d.addCallback(lambda results: [answer for _, answer in results])
 
@@ -466,10 +476,11 @@ class WorkersAdminResource(Resource):
         method: bytes,
         path: bytes,
         body: Optional[bytes],
+        client: str,
     ) -> Deferred[WorkerAnswer]:
         if pid is None:
             return succeed(WorkerAnswer(number, None, error="not running"))
-        d = self.fetch(number, method, path, body)
+        d = self.fetch(number, method, path, body, client)
         d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timedOut)
 
         def answered(result: tuple[int, bytes]) -> WorkerAnswer:

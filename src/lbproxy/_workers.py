@@ -445,7 +445,9 @@ def workerService(
             return config
         if adminSocket is None:
             return replace(config, admin=None)
-        return replace(config, admin=AdminConfig(unixDescription(adminSocket), None))
+        return replace(
+            config, admin=AdminConfig(unixDescription(adminSocket), None, behindParent=True)
+        )
 
     class WorkerService(LoadBalancerService):
         def __init__(self) -> None:

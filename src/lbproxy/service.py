@@ -446,7 +446,11 @@ class LoadBalancerService(MultiService):
         self.admin: Optional[AdminResource] = None
         if config.admin is not None:
             self.admin = AdminResource(
-                lambda: self.pools, config.admin.token, self.snapshot, reactor=reactor
+                lambda: self.pools,
+                config.admin.token,
+                self.snapshot,
+                reactor=reactor,
+                behindParent=config.admin.behindParent,
             )
             self._listeners.append(self._listen(config.admin.listen, Site(self.admin)))
 

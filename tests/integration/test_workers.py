@@ -341,6 +341,11 @@ class WorkersTests(TestCase):
         body = yield response.json()
         self.assertEqual((response.code, body["state"]), (200, "draining"))
         self.assertEqual([w["answer"]["state"] for w in body["workers"]], ["draining"] * 2)
+        # Each worker names the client, not its parent.
+        self.assertEqual(
+            [w["answer"]["reason"] for w in body["workers"]],
+            ["drained through the admin API (127.0.0.1, through the workers' parent)"] * 2,
+        )
         for _ in range(10):
             response = yield client.get(f"http://127.0.0.1:{port}/")
             self.assertEqual((yield response.content()), b"b")

@@ -46,11 +46,11 @@ from lbproxy._statuspage import StatusPage
 
 __all__ = ["AdminResource", "backendStatus", "upstreamStatus"]
 
-#: The values of C{"state"} in a C{PATCH} body.
 #: The header in which the parent of C{workers} names the client it asks a
 #: worker for: its own address is all the worker sees.
 FORWARDED_CLIENT = b"X-Forwarded-For"
 
+#: The values of C{"state"} in a C{PATCH} body.
 DRAIN = "drain"
 UP = "up"
 

@@ -658,7 +658,7 @@ class AdminConfig:
     )
     #: Not a key: whether C{listen} is a worker's private socket, which
     #: only its parent reaches (L{lbproxy._workers.workerService}); the
-    #: parent names the client it asks for (L{FORWARDED_CLIENT}).
+    #: parent names the client it asks for in C{X-Forwarded-For}.
     behindParent: bool = False
 
 

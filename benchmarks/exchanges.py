@@ -93,17 +93,11 @@ def main() -> None:
     lbproxyRows = [r for r in membership.HALVES if not r.startswith(membership.HAPROXY)]
     if not set(rows) <= set(lbproxyRows):
         parser.error(f"rows are among {', '.join(lbproxyRows)}")
-    measuring = argparse.Namespace(
-        seconds=args.seconds, connections=50, rate=args.rate, interval=0.1, loads=["paced"]
-    )
+    measuring = membership.pacedRow(args.seconds, args.rate)
     processes = membership.Processes()
     with tempfile.TemporaryDirectory(prefix="lbproxy-exchanges-") as tmp:
         workdir = Path(tmp)
-        (workdir / "site").mkdir()
-        (workdir / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(workdir / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
+        membership.addSitecustomize(workdir, SITECUSTOMIZE)
         times: dict[str, dict[int, list[float]]] = {row: {} for row in rows}
         try:
             backend = membership.startBackend(processes, workdir)

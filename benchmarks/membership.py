@@ -823,6 +823,30 @@ def flushedAccessLog(path: Path, last: float) -> Path:
     return path
 
 
+def pacedRow(seconds: float, rate: float) -> argparse.Namespace:
+    """
+    The arguments L{measure} takes to run one row of L{HALVES} under the
+    paced load on CPython, for the scripts that trace a run from inside
+    the proxy (C{exchanges.py}, C{turns.py}).
+    """
+    return argparse.Namespace(
+        seconds=seconds, connections=50, rate=rate, interval=0.1, loads=["paced"],
+        python=sys.executable, warmup=0.0,
+    )
+
+
+def addSitecustomize(workdir: Path, source: str) -> None:
+    """
+    Have every Python process started from now on (the proxy among them)
+    load C{source} as its C{sitecustomize} module, from C{workdir/site}.
+    """
+    (workdir / "site").mkdir()
+    (workdir / "site" / "sitecustomize.py").write_text(source)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(workdir / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+
+
 def parseRate(text: str) -> tuple[float, bool]:
     """
     Parse C{--rate}: requests per second (C{4000}), or a share of

@@ -304,23 +304,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2800.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    measuring = argparse.Namespace(
-        seconds=args.seconds,
-        connections=50,
-        rate=args.rate,
-        interval=0.1,
-        loads=["paced"],
-        python=sys.executable,
-        warmup=0.0,
-    )
+    measuring = membership.pacedRow(args.seconds, args.rate)
     processes = membership.Processes()
     with tempfile.TemporaryDirectory(prefix="lbproxy-turns-") as tmp:
         workdir = Path(tmp)
-        (workdir / "site").mkdir()
-        (workdir / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(workdir / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
+        membership.addSitecustomize(workdir, SITECUSTOMIZE)
         prefix = workdir / "turns"
         os.environ["LBPROXY_TURNS"] = str(prefix)
         try:

@@ -17,9 +17,10 @@ Loopback only, bounded in time.  The script starts:
     port (as the addresses of a scaled-out service are);
   - a DNS server (Twisted's, L{lbproxy.testing.startDNSServer}, in a child
     process) answering C{app.bench} with three of those addresses, TTL 0;
-  - lbproxy (twistd, on CPython or the C{--python} given) with C{servers = app.bench:PORT resolve},
-    C{resolve_min = 100ms}, so that it looks the name up ten times a
-    second, and C{resolver} pointed at that server;
+  - lbproxy (twistd, on CPython or the C{--python} given) with
+    C{servers = app.bench:PORT resolve}, C{resolve_min = 100ms}, so that
+    it looks the name up ten times a second, and C{resolver} pointed at
+    that server;
 
 and measures, interleaved round by round, these rows:
 

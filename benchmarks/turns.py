@@ -53,7 +53,6 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -318,7 +317,7 @@ def main() -> None:
         finally:
             processes.stopAll()
         changes = sorted(float(t) for t in (workdir / "changes.txt").read_text().split())
-        traces: list[Any] = [Trace(path, args.seconds) for path in workdir.glob("turns.*")]
+        traces = [Trace(path, args.seconds) for path in workdir.glob("turns.*")]
     if len(traces) != 1:
         raise SystemExit(f"expected one proxy's trace, found {len(traces)}")
     print(f"\n{args.row} row, h2load at {args.rate:g} req/s, {2 * args.seconds:g} s")

@@ -337,7 +337,7 @@ class WorkerAdminClient:
         method: bytes,
         path: bytes,
         body: Optional[bytes],
-        client: Optional[str] = None,
+        client: str,
     ) -> Deferred[tuple[int, bytes]]:
         """
         Send C{method path} with C{body} to worker C{number}, on behalf of
@@ -348,9 +348,12 @@ class WorkerAdminClient:
             its answer (cancelling it gives up).
         """
         producer = None if body is None else FileBodyProducer(BytesIO(body))
-        headers = Headers({b"Content-Type": [b"application/json"]})
-        if client is not None:
-            headers.setRawHeaders(FORWARDED_CLIENT, [client.encode("ascii", "replace")])
+        headers = Headers(
+            {
+                b"Content-Type": [b"application/json"],
+                FORWARDED_CLIENT: [client.encode("ascii", "replace")],
+            }
+        )
         d = self._agent.request(
             method, b"http://worker-%d%s" % (number, path), headers, producer
         )

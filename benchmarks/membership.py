@@ -17,7 +17,9 @@ Loopback only, bounded in time.  The script starts:
     port (as the addresses of a scaled-out service are);
   - a DNS server (Twisted's, L{lbproxy.testing.startDNSServer}, in a child
     process) answering C{app.bench} with three of those addresses, TTL 0;
-  - lbproxy (twistd, on CPython or the C{--python} given) with
+  - lbproxy (twistd, on CPython or the C{--python} given, with
+    C{PYPY_GC_NURSERY=64MB} unless set, as docs/performance.rst advises
+    for PyPy) with
     C{servers = app.bench:PORT resolve}, C{resolve_min = 100ms}, so that
     it looks the name up ten times a second, and C{resolver} pointed at
     that server;
@@ -131,6 +133,7 @@ sys.path.insert(0, str(HERE))
 from run import (  # noqa: E402
     LOAD_CPU,
     PROXY_CPU,
+    PYPY_NURSERY,
     freePort,
     nginxProxyConfig,
     parseWrk,
@@ -688,6 +691,9 @@ def measure(
             args.python, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={logfile}", "lbproxy", "--config", str(config),
         ]
+    # lbproxy runs on PyPy with the nursery docs/performance.rst advises
+    # (CPython ignores it), unless the environment sets one.
+    env = {"PYPY_GC_NURSERY": PYPY_NURSERY, **os.environ}
     with open(logfile, "ab") as output:
         # lbproxy logs to C{logfile} itself; HAProxy, to its output.
         proxy = processes.start(
@@ -695,6 +701,7 @@ def measure(
             PROXY_CPU,
             stdout=output if row.startswith(HAPROXY) else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         waitForPort("127.0.0.1", port, proxy, row)
@@ -824,15 +831,20 @@ def flushedAccessLog(path: Path, last: float) -> Path:
     return path
 
 
-def pacedRow(seconds: float, rate: float) -> argparse.Namespace:
+def pacedRow(
+    seconds: float, rate: float, python: str = sys.executable, warmup: float = 0.0
+) -> argparse.Namespace:
     """
     The arguments L{measure} takes to run one row of L{HALVES} under the
-    paced load on CPython, for the scripts that trace a run from inside
-    the proxy (C{exchanges.py}, C{turns.py}).
+    paced load, for the scripts that trace a run from inside the proxy
+    (C{exchanges.py}, C{turns.py}).
+
+    @param python: the interpreter that runs lbproxy (C{--python}).
+    @param warmup: seconds of load before the measurement (C{--warmup}).
     """
     return argparse.Namespace(
         seconds=seconds, connections=50, rate=rate, interval=0.1, loads=["paced"],
-        python=sys.executable, warmup=0.0,
+        python=python, warmup=warmup,
     )
 
 

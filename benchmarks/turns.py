@@ -4,6 +4,7 @@ reactor turns, and the calls in them, during a row of L{membership}.
 
     python benchmarks/turns.py                           # the fresh row
     python benchmarks/turns.py --row alternating --rate 2800
+    python benchmarks/turns.py --python .tox/pypy/bin/python --warmup 20   # on PyPy
 
 This starts the same backend nginx, DNS server and lbproxy as
 C{benchmarks/membership.py}, under the same paced h2load load and the
@@ -17,6 +18,8 @@ then none for a second), and has lbproxy write down:
     (applying a change), C{DNSDatagramProtocol.datagramReceived} (an
     answer's datagram), lbproxy's sending of a lookup, and
     C{UpstreamConnection.connectionLost};
+  - on CPython, each run of the garbage collector, by generation
+    (C{gc0} to C{gc2}, from C{gc.callbacks});
   - each request sent to a backend (C{UpstreamConnection.send}, with the
     connection's descriptor and exchange number) and its response's
     first bytes (C{dataReceived}).
@@ -62,7 +65,7 @@ import membership  # noqa: E402
 #: Loaded by the proxy's interpreter at start-up (C{PYTHONPATH}).  Times
 #: are C{time.time()}, as the DNS server's record of its changes.
 SITECUSTOMIZE = r'''
-import os, select, time
+import gc, os, select, time
 
 _path = os.environ.get("LBPROXY_TURNS")
 if _path:
@@ -127,6 +130,16 @@ if _path:
         _timed(DNSDatagramProtocol, "datagramReceived", "answer")
         _timed(DNSBackends, "_lookup", "lookup")
         _timed(UpstreamConnection, "connectionLost", "closed")
+        began = []
+
+        def collected(phase, info):
+            # CPython's collector, by generation (PyPy calls no callbacks).
+            if phase == "start":
+                began.append(_now())
+            elif began:
+                _write("gc%d %.6f %.6f\n" % (info["generation"], began.pop(), _now()))
+
+        gc.callbacks.append(collected)
         reactor.addSystemEventTrigger("before", "shutdown", out.flush)
 
     from twisted.application import app
@@ -141,7 +154,7 @@ if _path:
 '''
 
 #: The calls timed, in the order reported.
-CALLS = ("connect", "setBackends", "answer", "lookup", "closed")
+CALLS = ("connect", "setBackends", "answer", "lookup", "closed", "gc0", "gc1", "gc2")
 
 #: Seconds after a change during which a turn counts as "during" it.
 WINDOW = 0.2
@@ -302,8 +315,14 @@ def main() -> None:
     parser.add_argument("--row", default="fresh", choices=rows)
     parser.add_argument("--rate", type=float, default=2800.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--python", default=sys.executable, help="the interpreter that runs lbproxy"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.0, help="seconds of load before the measurement"
+    )
     args = parser.parse_args()
-    measuring = membership.pacedRow(args.seconds, args.rate)
+    measuring = membership.pacedRow(args.seconds, args.rate, args.python, args.warmup)
     processes = membership.Processes()
     with tempfile.TemporaryDirectory(prefix="lbproxy-turns-") as tmp:
         workdir = Path(tmp)

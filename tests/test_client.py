@@ -6,9 +6,11 @@ requests, over a L{StringTransport}.
 from __future__ import annotations
 
 import io
+import weakref
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +22,7 @@ from lbproxy._client import (
     UpstreamConnection,
     parseHead,
 )
+from tests.refcounting import withoutCollector
 
 
 class _Recorder(ResponseHandler):
@@ -476,6 +479,24 @@ class ConnectionTests(SynchronousTestCase):
         c.lose()
         self.successResultOf(d)
         self.successResultOf(c.proto.whenLost())
+
+    def test_lostFreedWithoutCollector(self):
+        """
+        A connection lost in the middle of an exchange, its read timeout
+        armed, is freed by reference counting: its deadline, which calls
+        back into it, does not keep it in a cycle.
+        """
+        proto = UpstreamConnection()
+        proto.makeConnection(StringTransport())
+        h = _Recorder()
+        proto.send(h, b"GET", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        proto.armReadTimeout(Clock(), 5.0)
+        withoutCollector(self)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.events, [("failed", False, False)])
+        lost = weakref.ref(proto)
+        del proto
+        self.assertIsNone(lost())
 
 
 class WriteNowTests(SynchronousTestCase):

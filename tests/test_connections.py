@@ -6,6 +6,7 @@ those of backends that left their pool.
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -17,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy._client import UpstreamConnection
 from lbproxy._connections import BackendConnections, LeftConnections
+from tests.refcounting import withoutCollector
 
 
 def idleConnections(
@@ -124,6 +126,24 @@ class CloseTests(SynchronousTestCase):
         connections._put(proto)
         self.assertEqual(connections.idle, [])
         self.assertTrue(proto.transport.disconnecting)
+
+    def test_freedWithoutCollector(self) -> None:
+        """
+        A closed cache and its connections, once lost, are freed by
+        reference counting: neither the timer that expires idle
+        connections nor the one-per-turn closing keeps them in a cycle.
+        """
+        clock, connections, protos = idleConnections(3)
+        withoutCollector(self)
+        closing = connections.close()
+        turn(clock)
+        turn(clock)
+        for proto in protos:
+            lose(proto)
+        self.successResultOf(closing)
+        refs = [weakref.ref(connections), *map(weakref.ref, protos)]
+        del connections, protos, proto, closing
+        self.assertEqual([ref() for ref in refs], [None] * 4)
 
 
 class LeftConnectionsTests(SynchronousTestCase):

@@ -15,10 +15,8 @@ not the only ones to cover the adapter.
 from __future__ import annotations
 
 import gc
-import platform
 import weakref
 from typing import TYPE_CHECKING, Any
-from unittest import SkipTest
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import (
@@ -37,6 +35,7 @@ from lbproxy._interfaces import IProxyRequest
 from lbproxy._proxy import _PlainRequest, _proxyRequest
 from lbproxy._site import ProxyRequest
 from lbproxy.testing import _Holding
+from tests.refcounting import withoutCollector
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 
@@ -134,12 +133,8 @@ class ProvidedTests(SynchronousTestCase):
         self.assertIsNot(_proxyRequest(request), _proxyRequest(request))
 
     def _assertNoCycle(self, siteClass: Any) -> None:
-        if platform.python_implementation() != "CPython":
-            raise SkipTest("needs reference counting")
         channel, request = _held(self, siteClass)
-        gc.collect()
-        gc.disable()
-        self.addCleanup(gc.enable)
+        withoutCollector(self)
         proxied = _proxyRequest(request)
         proxied.onConnectionLost = lambda reason: None
         requestRef = weakref.ref(request)

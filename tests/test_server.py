@@ -10,6 +10,7 @@ L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -26,6 +27,7 @@ from zope.interface import directlyProvides, implementer
 from lbproxy import ProxySite
 from lbproxy._client import UpstreamConnection
 from lbproxy._server import ProxyChannel, RequestChannel
+from tests.refcounting import withoutCollector
 
 _PEER = IPv4Address("TCP", "192.0.2.1", 4321)
 _HOST = IPv4Address("TCP", "198.51.100.7", 8080)
@@ -669,6 +671,22 @@ class ConnectionLostTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.successResultOf(finished))
         self.assertEqual(seen, [])
+
+    def test_freedWithoutCollector(self) -> None:
+        """
+        A client connection that ends after an exchange is freed by
+        reference counting: its timer, which calls back into it, does not
+        keep it in a cycle.
+        """
+        h = _Harness(self)
+        channel, transport, request = h.request()
+        _answer(request)
+        withoutCollector(self)
+        channel.connectionLost(Failure(ConnectionDone()))
+        lost = weakref.ref(channel)
+        del channel, transport, request
+        h.resource.requests.clear()
+        self.assertIsNone(lost())
 
 
 class RefusalTests(SynchronousTestCase):

@@ -6,19 +6,23 @@ L{StringTransport}s, backends reached through a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import weakref
 from io import StringIO
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbproxy import Backend, Pool, UpstreamResource
 from lbproxy._proxy import upgradeOffer
+from lbproxy._tunnel import Tunnel
 from lbproxy.interfaces import ITunnelChannel
 from lbproxy.testing import ProxyHarness
+from tests.refcounting import withoutCollector
 
 _UPGRADE = (
     b"GET /chat HTTP/1.1\r\n"
@@ -188,6 +192,22 @@ class UpgradeTests(SynchronousTestCase):
         self.assertTrue(h.client.closing)
         self.assertTrue(backend.closing)
         self.assertEqual(h.backend.active, 0)
+
+    def test_closedFreedWithoutCollector(self) -> None:
+        """
+        A tunnel, once closed, is freed by reference counting: its idle
+        timer, which calls back into it, does not keep it in a cycle.
+        """
+        closed: list[bool] = []
+        tunnel = Tunnel(
+            Clock(), StringTransport(), 60.0, lambda t: closed.append(t.closed)
+        )
+        withoutCollector(self)
+        tunnel.close()
+        self.assertEqual(closed, [True])
+        freed = weakref.ref(tunnel)
+        del tunnel
+        self.assertIsNone(freed())
 
     def test_noClientTimeoutInTunnel(self) -> None:
         """

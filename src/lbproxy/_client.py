@@ -936,8 +936,11 @@ class UpstreamConnection(Protocol):
         handshake, self._handshakeWaiter = self._handshakeWaiter, None
         if handshake is not None:
             handshake.errback(TLSHandshakeFailed(_whyLost(reason)))
-        if self.readDeadline is not None:
-            self.readDeadline.cancel()
+        # Let go of the deadline too: it calls back into this connection,
+        # which would otherwise stay in a cycle with it, for the collector.
+        deadline, self.readDeadline = self.readDeadline, None
+        if deadline is not None:
+            deadline.cancel()
         state = self._phase
         if state == _HEAD:
             self._fail(

@@ -162,7 +162,8 @@ class BackendConnections:
         self._tls = tls
         self.idle: list[UpstreamConnection] = []
         self._idleSince: dict[UpstreamConnection, float] = {}
-        self._sweep = Deadline(reactor, self._expire)
+        #: Closes the connections idle for too long; L{None} once closed.
+        self._sweep: Optional[Deadline] = Deadline(reactor, self._expire)
         self.opened = 0
         self.closed = False
         #: The PROXY header each connection started with, when the
@@ -275,10 +276,14 @@ class BackendConnections:
             return
         self.idle.append(proto)
         self._idleSince[proto] = self._reactor.seconds()
-        if self._sweep.deadline is None:
-            self._sweep.set(self._idleTimeout)
+        sweep = self._sweep
+        if sweep is not None and sweep.deadline is None:
+            sweep.set(self._idleTimeout)
 
     def _expire(self) -> None:
+        sweep = self._sweep
+        if sweep is None:
+            return
         now = self._reactor.seconds()
         idle, since = self.idle, self._idleSince
         while idle and now - since[idle[0]] >= self._idleTimeout:
@@ -286,15 +291,15 @@ class BackendConnections:
             del since[proto]
             proto.transport.loseConnection()
         if idle:
-            self._sweep.set(since[idle[0]] + self._idleTimeout - now)
+            sweep.set(since[idle[0]] + self._idleTimeout - now)
         else:
-            self._sweep.cancel()
+            sweep.cancel()
 
     def _lost(self, proto: UpstreamConnection) -> None:
         self._proxyHeaders.pop(proto, None)
         if self._idleSince.pop(proto, None) is not None:
             self.idle.remove(proto)
-            if not self.idle:
+            if not self.idle and self._sweep is not None:
                 self._sweep.cancel()
 
     def close(self) -> Deferred[None]:
@@ -314,23 +319,37 @@ class BackendConnections:
         @return: a L{Deferred} that fires once the last is closed.
         """
         self.closed = True
-        self._sweep.cancel()
+        # The sweep calls back into this object: let go of it, so that
+        # the two are not left in a cycle for the collector.
+        sweep, self._sweep = self._sweep, None
+        if sweep is not None:
+            sweep.cancel()
         idle, self.idle = self.idle, []
         self._idleSince.clear()
         if not idle:
             return succeed(None)
-        closing: list[Deferred[None]] = []
         done: Deferred[None] = Deferred()
-
-        def closeNext() -> None:
-            closing.append(idle.pop().abort())
-            if idle:
-                self._reactor.callLater(0, closeNext)
-            else:
-                DeferredList(closing).addCallback(lambda _: None).chainDeferred(done)
-
-        closeNext()
+        _closeOneByOne(self._reactor, idle, [], done)
         return done
+
+
+def _closeOneByOne(
+    reactor: Any,
+    idle: list[UpstreamConnection],
+    closing: list[Deferred[None]],
+    done: Deferred[None],
+) -> None:
+    """
+    Abort the last of C{idle} now and the others one per turn (see
+    L{BackendConnections.close}), then fire C{done}.  A function of the
+    module rather than a closure that schedules itself, which would be a
+    cycle (the closure, its cell, the closure) for the collector.
+    """
+    closing.append(idle.pop().abort())
+    if idle:
+        reactor.callLater(0, _closeOneByOne, reactor, idle, closing, done)
+    else:
+        DeferredList(closing).addCallback(lambda _: None).chainDeferred(done)
 
 
 class LeftConnections:

@@ -448,7 +448,9 @@ class ProxyChannel(Protocol):
             self._successor.connectionLost(reason)
             return
         self._phase = _CLOSING
-        timer = self._timer
+        # Let go of the timer too: it calls back into this channel, which
+        # would otherwise stay in a cycle with it, for the collector.
+        timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
         self._unread = b""

@@ -132,8 +132,9 @@ class Tunnel(TunnelHandler):
         if self.closed:
             return
         self.closed = True
-        if self._idle is not None:
-            self._idle.cancel()
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.cancel()
         for transport in (self._client, self._backend):
             if transport is not None:
                 if abort:

@@ -1,0 +1,31 @@
+"""
+Whether objects are freed by reference counting alone.
+
+An object left in a reference cycle when its connection ends is freed only
+by CPython's cyclic garbage collector, whose collections grow more
+frequent with every such object and stop the process while they run (see
+"Garbage collector" in docs/performance.rst).  A test takes a weak
+reference to the object, lets it go, and checks that it is gone while the
+collector is off.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+from unittest import SkipTest
+
+from twisted.trial.unittest import SynchronousTestCase
+
+
+def withoutCollector(testCase: SynchronousTestCase) -> None:
+    """
+    Collect what is garbage now, then turn CPython's cyclic collector off
+    until C{testCase} ends; skip C{testCase} on other Pythons, which free
+    nothing by reference counting.
+    """
+    if platform.python_implementation() != "CPython":
+        raise SkipTest("needs reference counting")
+    gc.collect()
+    gc.disable()
+    testCase.addCleanup(gc.enable)

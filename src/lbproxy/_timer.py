@@ -64,7 +64,10 @@ class Deadline:
         """
         Disarm the deadline and cancel the pending delayed call: use it when
         the owner goes away (a connection is lost), so that nothing stays
-        scheduled for it.
+        scheduled for it.  The owner then lets go of the deadline too: a
+        callback that is one of its methods holds it, and the two would
+        be left in a cycle for CPython's garbage collector (see
+        C{tests/refcounting.py}).
         """
         self.deadline = None
         call, self._call = self._call, None

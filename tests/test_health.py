@@ -4,6 +4,7 @@ Tests for L{lbproxy._health}: active health checks.
 
 from __future__ import annotations
 
+import weakref
 from random import Random
 from typing import Any, Callable, Optional
 
@@ -37,6 +38,7 @@ from lbproxy._health import (
 )
 from lbproxy._interfaces import IMembershipObserver
 from lbproxy._pool import Pool
+from tests.refcounting import withoutCollector
 
 UP = BackendState.UP
 DOWN = BackendState.DOWN
@@ -646,6 +648,46 @@ class SchedulingTests(SynchronousTestCase):
         self.assertEqual(
             makeChecker(pool, clock, ControlledProbe(clock)).name, "health-check:app"
         )
+
+
+class ProbeFailureTests(SynchronousTestCase):
+    """
+    What a failed probe leaves behind.
+    """
+
+    def test_failureFreedWithoutCollector(self) -> None:
+        """
+        A probe that fails with an error thrown into its coroutine (as
+        L{HTTPProbe}'s connect fails, from a delayed call, when the
+        backend refuses) leaves nothing in a cycle: once the checker has
+        said why, it drops the failure's traceback, whose frames would
+        otherwise hold the delayed call, and through it the error.
+        """
+        clock = Clock()
+        pool, _ = makePool(1, reactor=clock)
+        errors: list[Any] = []
+
+        def probe(backend: Backend) -> Deferred[str]:
+            error = ConnectionRefusedError()
+            errors.append(weakref.ref(error))
+            refused: Deferred[str] = Deferred()
+            clock.callLater(0, refused.errback, error)
+
+            async def probing() -> str:
+                return await refused
+
+            return Deferred.fromCoroutine(probing())
+
+        checker = makeChecker(pool, clock, probe, NoJitter())
+        withoutCollector(self)
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        clock.advance(0)
+        clock.advance(0)
+        self.assertEqual(
+            checker.checks[pool.backends[0]].lastResult, "failed: connection refused"
+        )
+        self.assertEqual([error() for error in errors], [None])
 
 
 class ReactorTransport(StringTransport):

@@ -550,10 +550,11 @@ class HealthChecker(Service):
                     detail = f"no answer within {timeout:g}s"
                 else:
                     detail = describeFailure(result)
-                # Said: drop the traceback.  An error thrown into a probe's
-                # coroutine keeps, through its frames, whatever called
-                # back with it (the delayed call of a refused connect, and
-                # the error itself): a cycle for the collector.
+                # The reason given, drop the traceback: an error thrown
+                # into a probe's coroutine keeps, through its frames,
+                # whatever called back with it (the delayed call of a
+                # refused connect, and so the error itself), a cycle for
+                # the collector.
                 result.cleanFailure()
                 self._failed(backend, check, detail)
             else:

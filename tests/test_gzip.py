@@ -6,12 +6,9 @@ L{lbproxy.testing.ProxyHarness}; the C{gzip*} keys of site.ini.
 
 from __future__ import annotations
 
-import gc
 import gzip
-import platform
 import weakref
 import zlib
-from unittest import SkipTest
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -36,6 +33,7 @@ from lbproxy._interfaces import IProxyRequest
 from lbproxy._values import parseResponseHeaderRules
 from lbproxy.service import LoadBalancerService
 from lbproxy.testing import ProxyHarness
+from tests.refcounting import withoutCollector
 
 #: A text body well above the default gzip_min_length, and compressible.
 _TEXT = b"".join(b"line %d of a text body that compresses well\n" % i for i in range(200))
@@ -326,14 +324,10 @@ class ResponseTests(SynchronousTestCase):
         soon as the response is done, without the cyclic garbage
         collector.
         """
-        if platform.python_implementation() != "CPython":
-            raise SkipTest("needs reference counting")
         p = _Proxy(self)
         p.request()
         p.respond(_ok())
-        gc.collect()
-        gc.disable()
-        self.addCleanup(gc.enable)
+        withoutCollector(self)
         p.client.clear()
         p.request()
         request = weakref.ref(p.client.requests[0])

@@ -5,10 +5,7 @@ L{StringTransport}, backends reached through a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
-import gc
-import platform
 import weakref
-from unittest import SkipTest
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -18,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import Backend, BackendState, Pool, UpstreamResource
 from lbproxy.testing import ProxyHarness
+from tests.refcounting import withoutCollector
 
 
 class _Harness:
@@ -315,15 +313,11 @@ class ForwardingTests(SynchronousTestCase):
         response is done, without the cyclic garbage collector (so a busy
         proxy does not make it run every few requests).
         """
-        if platform.python_implementation() != "CPython":
-            raise SkipTest("needs reference counting")
         h = _Harness(self, count=1)
         h.send(_GET)
         _, protocol, _ = h.accept()
         protocol.dataReceived(_OK)
-        gc.collect()
-        gc.disable()
-        self.addCleanup(gc.enable)
+        withoutCollector(self)
         h.send(_GET)
         request = weakref.ref(h.client.requests[0])
         exchange = weakref.ref(protocol._wrappedProtocol._handler)

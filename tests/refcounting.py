@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import gc
 import platform
+from typing import TypeVar
 from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
+
+T = TypeVar("T")
 
 
 def withoutCollector(testCase: SynchronousTestCase) -> None:
@@ -29,3 +32,18 @@ def withoutCollector(testCase: SynchronousTestCase) -> None:
     gc.collect()
     gc.disable()
     testCase.addCleanup(gc.enable)
+
+
+def liveOne(cls: type[T]) -> T:
+    """
+    The one object of class C{cls} (or a subclass) alive now: for a test
+    that wants a weak reference to an object it cannot reach through any
+    public attribute (such as a request's exchange, held only by the
+    backend connection that Twisted's endpoint wraps).
+
+    @raise AssertionError: when there is not exactly one.
+    """
+    found = [o for o in gc.get_objects() if isinstance(o, cls)]
+    if len(found) != 1:
+        raise AssertionError(f"{len(found)} live {cls.__name__} objects, not one")
+    return found[0]

@@ -30,10 +30,11 @@ from lbproxy._gzip import (
 )
 from lbproxy._headers import HeaderRules
 from lbproxy._interfaces import IProxyRequest
+from lbproxy._proxy import _GzipExchange
 from lbproxy._values import parseResponseHeaderRules
 from lbproxy.service import LoadBalancerService
 from lbproxy.testing import ProxyHarness
-from tests.refcounting import withoutCollector
+from tests.refcounting import liveOne, withoutCollector
 
 #: A text body well above the default gzip_min_length, and compressible.
 _TEXT = b"".join(b"line %d of a text body that compresses well\n" % i for i in range(200))
@@ -331,7 +332,7 @@ class ResponseTests(SynchronousTestCase):
         p.client.clear()
         p.request()
         request = weakref.ref(p.client.requests[0])
-        exchange = weakref.ref(p.backend.protocol._wrappedProtocol._handler)
+        exchange = weakref.ref(liveOne(_GzipExchange))
         gzipped = weakref.ref(exchange()._proxied)
         self.assertIsInstance(gzipped(), GzipResponse)
         p.respond(_ok())

@@ -10,7 +10,6 @@ from typing import Any, Callable, Optional
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import _WrappingFactory
 from twisted.internet.error import (
     ConnectionDone,
     ConnectionLost,
@@ -19,7 +18,6 @@ from twisted.internet.error import (
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -704,6 +702,12 @@ class ReactorTransport(StringTransport):
         self.protocol = protocol
         self.closed = False
 
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        Accept what a protocol under TLS asks of its TCP transport: TLS
+        says it provides C{ITCPTransport} and passes this on.
+        """
+
     def loseConnection(self) -> None:
         if not self.disconnecting:
             self.disconnecting = True
@@ -789,14 +793,19 @@ class HTTPProbeTests(SynchronousTestCase):
 
     def test_httpsBackendsAreProbedOverTLS(self) -> None:
         """
-        An C{https://} backend is probed through TLS.
+        An C{https://} backend is probed through TLS: the first bytes on
+        its connection are a TLS handshake record (a ClientHello), not the
+        probe's request.
         """
         pool, (a, b) = makePool(reactor=self.reactor, scheme="https", tlsVerify=False)
         HTTPProbe(pool, HealthCheckConfig(path="/"))(a)
-        host, port, factory = self.reactor.tcpClients[0][:3]
-        assert isinstance(factory, _WrappingFactory)
+        host, port = self.reactor.tcpClients[0][:2]
         self.assertEqual((host, port), ("127.0.0.1", 9001))
-        self.assertIsInstance(factory._wrappedFactory, TLSMemoryBIOFactory)
+        protocol, transport = connect(self.reactor)
+        hello = transport.value()
+        self.assertEqual(hello[:2], b"\x16\x03")
+        self.assertEqual(hello[5:6], b"\x01")
+        self.assertNotIn(b"GET", hello)
 
     def test_badStatus(self) -> None:
         """

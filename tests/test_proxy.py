@@ -14,8 +14,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy import Backend, BackendState, Pool, UpstreamResource
+from lbproxy._proxy import _Exchange
 from lbproxy.testing import ProxyHarness
-from tests.refcounting import withoutCollector
+from tests.refcounting import liveOne, withoutCollector
 
 
 class _Harness:
@@ -320,7 +321,7 @@ class ForwardingTests(SynchronousTestCase):
         withoutCollector(self)
         h.send(_GET)
         request = weakref.ref(h.client.requests[0])
-        exchange = weakref.ref(protocol._wrappedProtocol._handler)
+        exchange = weakref.ref(liveOne(_Exchange))
         protocol.dataReceived(_OK)
         self.assertTrue(h.response().endswith(b"hello"))
         self.assertIsNone(request())

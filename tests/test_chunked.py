@@ -1,6 +1,7 @@
 """
 Tests for L{lbproxy._chunked}: the incremental decoder of chunked bodies,
-by vectors and against Twisted's own decoder.
+by vectors and against Twisted's own decoder, reached through Twisted's
+public HTTP server (an L{HTTPChannel} sent chunked requests).
 """
 
 from __future__ import annotations
@@ -9,12 +10,9 @@ from typing import Optional
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http import (
-    _ChunkedTransferDecoder,
-    _MalformedChunkedDataError,
-    maxChunkSizeLineLength,
-)
+from twisted.web.http import HTTPChannel, Request, maxChunkSizeLineLength
 
 from lbproxy._chunked import (
     _EXTENSION,
@@ -150,10 +148,9 @@ class VectorTests(SynchronousTestCase):
         while they are fed, never finished.
         """
         for body in _INVALID:
-            for reads in _splits(body) if len(body) < 100 else [[body], list(body)]:
+            cuts = _splits(body) if len(body) < 100 else [[body], [bytes([c]) for c in body]]
+            for reads in cuts:
                 b = _Body()
-                if isinstance(reads[0], int):
-                    reads = [bytes([c]) for c in reads]
                 self.assertRaises(MalformedChunks, b.feed, *reads)
                 self.assertEqual(b.rests, [])
                 self.assertFalse(b.decoder.finished)
@@ -196,7 +193,7 @@ class VectorTests(SynchronousTestCase):
         """
         C{finished} is true when C{finishCallback} is called.
         """
-        seen = []
+        seen: list[object] = []
         decoder = ChunkedDecoder(seen.append, lambda rest: seen.append(decoder.finished))
         self.assertFalse(decoder.finished)
         decoder.dataReceived(b"0\r\n\r\n")
@@ -263,36 +260,146 @@ class VectorTests(SynchronousTestCase):
         b.feed(b"\r\n0\r\n\r\n")
         self.assertEqual((len(b.data), b.rests), (10 * 1024 * 1024, [b""]))
 
-    def test_twistedConstants(self):
+    def test_sizeLineBound(self):
         """
-        The chunk-size line bound and the extension characters are
-        Twisted's.
+        The chunk-size line bound is Twisted's.
         """
-        from twisted.web.http import _chunkExtChars
-
         self.assertEqual(MAX_SIZE_LINE, maxChunkSizeLineLength)
-        self.assertEqual(sorted(_EXTENSION), sorted(_chunkExtChars))
+
+    def test_extensionCharacters(self):
+        """
+        The characters allowed in chunk extensions are those of RFC 9112's
+        grammar for them, but the backslash of a quoted-pair, which
+        Twisted refuses in an extension (it checks which bytes an extension
+        holds, not its syntax, and so does L{ChunkedDecoder}).
+        """
+        self.assertEqual(sorted(set(_EXTENSION)), sorted(_CHUNK_EXT))
+        self.assertEqual(len(_EXTENSION), len(_CHUNK_EXT))
+        quotedPair = set(b"\t " + _VCHAR + _OBS_TEXT)
+        self.assertEqual(quotedPair - _CHUNK_EXT, {ord("\\")})
+
+
+#: RFC 9110 and 9112's core rules and the rules of chunk extensions, as the
+#: bytes each allows:
+#:
+#:     chunk-ext      = *( BWS ";" BWS chunk-ext-name
+#:                         [ BWS "=" BWS chunk-ext-val ] )
+#:     chunk-ext-name = token
+#:     chunk-ext-val  = token / quoted-string
+#:     BWS            = OWS = *( SP / HTAB )
+#:     token          = 1*tchar
+#:     tchar          = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-"
+#:                      / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+#:     quoted-string  = DQUOTE *( qdtext / quoted-pair ) DQUOTE
+#:     qdtext         = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+#:     quoted-pair    = "\" ( HTAB / SP / VCHAR / obs-text )
+#:     obs-text       = %x80-FF
+_DIGIT = b"0123456789"
+_ALPHA = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VCHAR = bytes(range(0x21, 0x7F))
+_OBS_TEXT = bytes(range(0x80, 0x100))
+_TCHAR = b"!#$%&'*+-.^_`|~" + _DIGIT + _ALPHA
+_BWS = b" \t"
+_QDTEXT = b"\t \x21" + bytes(range(0x23, 0x5C)) + bytes(range(0x5D, 0x7F)) + _OBS_TEXT
+
+#: The bytes that the chunk extensions of a chunk-size line (after its
+#: first C{;}) may hold, by the grammar above without quoted-pair: BWS,
+#: C{;}, C{=}, tchar, and the DQUOTE and qdtext of a quoted-string.
+_CHUNK_EXT = frozenset(_BWS + b";=" + _TCHAR + b'"' + _QDTEXT)
+
+
+#: The head of the request that carries a chunked body to Twisted.
+_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class _BodyRequest(Request):
+    """
+    A request that gives its channel its body, as Twisted decoded it, when
+    the whole request has been received, and is left unanswered.
+    """
+
+    def process(self) -> None:
+        channel = self.channel
+        assert isinstance(channel, _Channel) and self.content is not None
+        channel.received.append((self, self.content.read()))
+
+
+class _Channel(HTTPChannel):
+    """
+    Twisted's HTTP server, recording the requests it reads and, once told
+    to, the bytes it is handed back after a request is done: those it
+    buffered after that request, to be read as the next ones.
+
+    @ivar received: each request read, with its body.
+    @ivar replayed: L{None}, or the bytes handed back since then.
+    """
+
+    requestFactory = _BodyRequest
+    timeOut = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[Request, bytes]] = []
+        self.replayed: Optional[list[bytes]] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.replayed is not None:
+            self.replayed.append(data)
+        else:
+            super().dataReceived(data)
+
+
+def _trailerLines(body: bytes) -> list[bytes]:
+    """
+    The trailer lines of a chunked body that Twisted accepted, as Twisted
+    reads them: lines end at CR LF only.
+
+    @param body: the body, up to the empty line that ends it.
+    """
+    pos = 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol].split(b";", 1)[0], 16)
+        pos = eol + 2
+        if not size:
+            break
+        pos += size + 2
+    assert body.endswith(b"\r\n")
+    return body[pos:-2].split(b"\r\n")[:-1]
 
 
 def _twisted(reads: list[bytes]) -> Optional[tuple[bytes, bytes, list[bytes]]]:
     """
-    Feed C{reads} to Twisted's decoder until it finishes.
+    Send C{reads} to Twisted's HTTP server as the body of a chunked request,
+    as long as it keeps the connection.
 
-    @return: the data, the bytes after the body, the trailer lines; or
-        L{None} when the body was refused or did not end.
+    @return: the body as the request has it, the bytes after the body, the
+        trailer lines; or L{None} when Twisted refused the body (answered
+        400 Bad Request and closed the connection) or did not see it end.
     """
-    data: list[bytes] = []
-    rests: list[bytes] = []
-    decoder = _ChunkedTransferDecoder(data.append, rests.append)
-    for i, read in enumerate(reads):
-        try:
-            decoder.dataReceived(read)
-        except _MalformedChunkedDataError:
-            return None
-        if rests:
-            trailers = [bytes(t) for t in decoder._trailerHeaders]
-            return b"".join(data), rests[0] + b"".join(reads[i + 1 :]), trailers
-    return None
+    transport = StringTransport()
+    channel = _Channel()
+    channel.makeConnection(transport)
+    channel.dataReceived(_HEAD)
+    for read in reads:
+        if transport.disconnecting:
+            break
+        channel.dataReceived(read)
+    refused = transport.value().startswith(b"HTTP/1.1 400 ")
+    assert refused == transport.disconnecting, transport.value()
+    if refused or not channel.received:
+        assert not channel.received
+        return None
+    assert transport.value() == b"", transport.value()
+    [(request, data)] = channel.received
+    # Once the request is answered, Twisted hands back what it buffered after
+    # its body, to be read as the next requests.
+    channel.replayed = []
+    request.finish()
+    rest = b"".join(channel.replayed)
+    received = b"".join(reads)
+    trailers = _trailerLines(received[: len(received) - len(rest)])
+    return data, rest, trailers
 
 
 def _ours(reads: list[bytes], **kwargs) -> Optional[tuple[bytes, bytes]]:
@@ -392,13 +499,30 @@ _SETTINGS = settings(
 
 
 class TwistedDifferentialTests(SynchronousTestCase):
+    def test_extensionBytesAsTwisted(self):
+        """
+        A chunk extension holding any one byte, alone or after a name and
+        C{=}, is accepted by L{ChunkedDecoder} exactly when Twisted accepts
+        it.
+        """
+        for before in [b"", b"a="]:
+            accepted = set()
+            for byte in range(256):
+                extension = before + bytes([byte])
+                body = b"1;" + extension + b"\r\nx\r\n0;" + extension + b"\r\n\r\n"
+                theirs = _twisted([body])
+                self.assertEqual(_ours([body]), None if theirs is None else theirs[:2], body)
+                if theirs is not None:
+                    accepted.add(byte)
+            self.assertEqual(accepted, _CHUNK_EXT)
+
     @_SETTINGS
     @given(_CHUNKS, st.integers(0, 17), _EXTENSIONS, _TRAILERS, _RESTS, _EDITS, _CUTS)
     def test_sameAsTwisted(self, chunks, lastZeros, lastExtension, trailers, rest, edits, cuts):
         """
         With Twisted's bounds (any number of size digits, 64 KiB of
         trailers), a body cut anywhere is accepted by L{ChunkedDecoder}
-        exactly when Twisted's decoder accepts it and its trailer lines
+        exactly when Twisted's HTTP server accepts it and its trailer lines
         have no CR or LF, with the same data and the same bytes after it.
         """
         reads = _cut(_mutate(_body(chunks, lastZeros, lastExtension, trailers, rest), edits), cuts)
@@ -416,8 +540,8 @@ class TwistedDifferentialTests(SynchronousTestCase):
     ):
         """
         With its default bounds, L{ChunkedDecoder} accepts nothing that
-        Twisted's decoder refuses, and what it accepts it reads as
-        Twisted's decoder does.
+        Twisted's HTTP server refuses, and what it accepts it reads as
+        Twisted's does.
         """
         reads = _cut(_mutate(_body(chunks, lastZeros, lastExtension, trailers, rest), edits), cuts)
         ours = _ours(reads)

@@ -512,44 +512,35 @@ class WriteNowTests(SynchronousTestCase):
 
     def test_tcpSocket(self):
         """
-        On a connected TCP client with nothing buffered, the data goes to
+        On a plain TCP connection with nothing buffered, the data goes to
         the socket at once; what the socket does not take is buffered by
-        the transport, in order.
+        the transport, and so is anything written while something is
+        buffered, in order.
         """
-        from twisted.internet import tcp
-
         from lbproxy._client import writeNow
 
-        class FakeSocket:
-            def __init__(self, take):
-                self.take = take
-                self.sent = b""
-
-            def send(self, data):
-                taken = data[: self.take]
-                self.sent += taken
-                return len(taken)
-
-        written: list[bytes] = []
-        transport: Any = tcp.Client.__new__(tcp.Client)
-        transport.connected = True
-        transport.disconnecting = False
-        transport.TLS = False
-        transport._writeDisconnected = False
-        transport._tempDataLen = 0
-        transport.dataBuffer = b""
-        transport.offset = 0
-        transport.socket = FakeSocket(10)
-        transport.write = written.append
+        reactor = _Reactor()
+        sock = _TakingSocket(10)
+        transport = _tcpServer(sock, reactor)
         writeNow(transport, b"short")
-        self.assertEqual((transport.socket.sent, written), (b"short", []))
-        transport.socket = FakeSocket(3)
+        self.assertEqual((sock.sent, reactor.writing), (b"short", False))
+        sock.take = 3
         writeNow(transport, b"longer")
-        self.assertEqual((transport.socket.sent, written), (b"lon", [b"ger"]))
-        transport._tempDataLen = 1
+        self.assertEqual((sock.sent, reactor.writing), (b"shortlon", True))
+        # "ger" is waiting, written to the transport.
         writeNow(transport, b"queued")
-        self.assertEqual((transport.socket.sent, written), (b"lon", [b"ger", b"queued"]))
-
+        self.assertEqual(sock.sent, b"shortlon")
+        sock.take = 1
+        transport.doWrite()
+        self.assertEqual((sock.sent, reactor.writing), (b"shortlong", True))
+        # "erqueued" is waiting, in the transport's buffer being sent.
+        writeNow(transport, b"!")
+        self.assertEqual(sock.sent, b"shortlong")
+        sock.take = 100
+        transport.doWrite()
+        self.assertEqual((sock.sent, reactor.writing), (b"shortlongerqueued!", False))
+        writeNow(transport, b"again")
+        self.assertEqual((sock.sent, reactor.writing), (b"shortlongerqueued!again", False))
 
     def test_shutDownForWriting(self):
         """
@@ -560,27 +551,87 @@ class WriteNowTests(SynchronousTestCase):
         """
         import socket
 
-        from twisted.internet import tcp
-        from twisted.internet.abstract import FileDescriptor
-
         from lbproxy._client import writeNow
-
-        class Reactor:
-            def addWriter(self, writer):
-                raise AssertionError("nothing to write")
 
         ours, peer = socket.socketpair()
         self.addCleanup(ours.close)
         self.addCleanup(peer.close)
-        ours.shutdown(socket.SHUT_WR)
-        transport: Any = tcp.Client.__new__(tcp.Client)
-        FileDescriptor.__init__(transport, Reactor())
-        transport.connected = True
-        transport.socket = ours
-        transport._writeDisconnected = True
+        peer.setblocking(False)
+        reactor = _Reactor()
+        transport = _tcpServer(ours, reactor)
+        transport.loseWriteConnection()
+        self.assertEqual((reactor.writing, reactor.added), (True, 1))
+        # The reactor's turn: nothing is buffered, so the transport shuts its
+        # socket down for writing.
+        transport.doWrite()
+        self.assertFalse(reactor.writing)
         writeNow(transport, b"data")
-        self.assertEqual(transport._tempDataLen, 0)
+        self.assertEqual((reactor.writing, reactor.added), (False, 1))
         self.assertEqual(peer.recv(10), b"")
+
+
+class _Reactor:
+    """
+    Just enough of a reactor for one TCP transport that it does not run: it
+    keeps whether the transport wants to write (has data buffered, or its
+    write side to shut down).
+
+    @ivar writing: whether the transport wants to write.
+    @ivar added: how many times it started to want to.
+    """
+
+    writing = False
+    added = 0
+
+    def addReader(self, reader: object) -> None:
+        pass
+
+    def removeReader(self, reader: object) -> None:
+        pass
+
+    def addWriter(self, writer: object) -> None:
+        if not self.writing:
+            self.writing = True
+            self.added += 1
+
+    def removeWriter(self, writer: object) -> None:
+        self.writing = False
+
+
+class _TakingSocket:
+    """
+    A connected socket that takes C{take} bytes of each C{send}.
+
+    @ivar sent: what it took.
+    """
+
+    def __init__(self, take: int) -> None:
+        self.take = take
+        self.sent = b""
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, data: bytes) -> int:
+        taken = bytes(data[: self.take])
+        self.sent += taken
+        return len(taken)
+
+
+def _tcpServer(sock: Any, reactor: _Reactor) -> Any:
+    """
+    A Twisted TCP transport (a C{tcp.Server}, as a listening port makes for
+    each connection it accepts) on C{sock}, run by C{reactor}.
+    """
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+
+    server: Any = None
+    fdset: Any = reactor
+    return tcp.Server(sock, Protocol(), ("127.0.0.1", 12345), server, 1, fdset)
 
 
 class ConnectionControlTests(SynchronousTestCase):

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
 from typing import Any, Optional
 
@@ -23,19 +22,10 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest
 from twisted.web.resource import Resource
 
+from tests.integration.ports import ReservedPort
+
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago (for etcd, which
-    must be told its ports and keep them across a restart).
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @inlineCallbacks
@@ -140,15 +130,22 @@ def spawn(name: str, argv: list[str], env: Optional[dict[str, str]] = None) -> W
 class Etcd:
     """
     One etcd member on 127.0.0.1, its data in C{dataDir}, its client and
-    peer ports chosen once so that it restarts on the same ones.
+    peer ports reserved once (L{ReservedPort}) so that it restarts on the
+    same ones, which no other process is given meanwhile, until L{close}.
+
+    Not port 0: etcd 3.4 listens on it and logs the port it got, but its
+    JSON gateway (which lbproxy and L{call} use) dials the client address
+    it was given, C{127.0.0.1:0}, and answers every request with
+    "connection refused".
     """
 
     def __init__(self, dataDir: str) -> None:
         if shutil.which("etcd") is None:
             raise SkipTest("etcd is not installed: sh .ci/tools.sh etcd-server")
         self.dataDir = dataDir
-        self.clientPort = freePort()
-        self.peerPort = freePort()
+        self._reserved = [ReservedPort(), ReservedPort()]
+        self.clientPort = self._reserved[0].port
+        self.peerPort = self._reserved[1].port
         self.process: Optional[Watched] = None
 
     @property
@@ -206,6 +203,19 @@ class Etcd:
             return succeed(None)
         return self.process.stop(signal)
 
+    def close(self) -> Deferred[Any]:
+        """
+        Kill etcd by its PID and give its ports back, once it has ended:
+        the clean-up of a test.
+        """
+
+        def release(result: Any) -> Any:
+            for reserved in self._reserved:
+                reserved.close()
+            return result
+
+        return self.stop("KILL").addBoth(release)
+
     @inlineCallbacks
     def call(self, path: str, body: dict[str, Any]) -> Any:
         """
@@ -255,7 +265,7 @@ def lbproxy(name: str, configPath: str) -> Watched:
     )
 
 
-__all__ = ["Etcd", "Watched", "freePort", "json", "lbproxy", "spawn", "waitUntil"]
+__all__ = ["Etcd", "Watched", "json", "lbproxy", "spawn", "waitUntil"]
 
 
 class NamedBackend(Resource):

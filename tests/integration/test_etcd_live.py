@@ -21,14 +21,14 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from lbproxy import LoadBalancerService, parseConfigText
-from lbproxy.testing import startServer
+from lbproxy.testing import RefusingPort, startServer
 from tests.integration.etcdprocess import (
     Etcd,
     NamedBackend,
-    freePort,
     lbproxy,
     waitUntil,
 )
+from tests.integration.ports import ReservedPort
 
 PREFIX = "/lbproxy/upstreams/app/"
 
@@ -80,8 +80,8 @@ class EtcdLiveTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         self.etcd = Etcd(self.mktemp())
+        self.addCleanup(self.etcd.close)
         yield self.etcd.start()
-        self.addCleanup(self.etcd.stop, "KILL")
         self.backends = []
         for name in (b"a", b"b", b"c"):
             server = yield startServer(NamedBackend(name), reactor)
@@ -142,8 +142,9 @@ class EtcdLiveTests(TestCase):
         change the backends within a second, and the traffic follows.  A
         dead endpoint listed first is passed over.
         """
-        dead = freePort()
-        yield self.startProxy(f"http://127.0.0.1:{dead} {self.etcd.url}")
+        dead = RefusingPort()
+        self.addCleanup(dead.close)
+        yield self.startProxy(f"http://127.0.0.1:{dead.port} {self.etcd.url}")
         yield waitUntil(lambda: self.applied, "the first read")
         code, _ = yield self.get()
         self.assertEqual(code, 502)
@@ -220,8 +221,12 @@ class EtcdLiveTests(TestCase):
         reads the whole prefix and follows on from there.
         """
         forward = _Forward("127.0.0.1", self.etcd.clientPort)
-        port = reactor.listenTCP(0, forward, interface="127.0.0.1")
-        number = port.getHost().port
+        # Reserved, so that the forwarder listens on it again later and
+        # no one else is given it while it does not.
+        reserved = ReservedPort()
+        self.addCleanup(reserved.close)
+        number = reserved.port
+        port = reactor.listenTCP(number, forward, interface="127.0.0.1")
         yield self.etcd.put(PREFIX + "a", self.address(0))
         yield self.startProxy(f"http://127.0.0.1:{number}")
         yield self.converge([self.address(0)], "a")
@@ -245,11 +250,9 @@ class EtcdLiveTests(TestCase):
         With C{workers = 2} each worker follows etcd: both apply a new key,
         and requests through the shared socket reach its backend.
         """
-        port = freePort()
         path = FilePath(self.mktemp())
         path.setContent(
             _CONFIG.format(endpoints=self.etcd.url, prefix=PREFIX)
-            .replace("tcp:0:", f"tcp:{port}:")
             .replace("access_log = off", "access_log = off\nworkers = 2")
             .encode()
         )
@@ -268,7 +271,12 @@ class EtcdLiveTests(TestCase):
         yield self.etcd.put(PREFIX + "a", self.address(0))
         added = b"backend %s of upstream app added" % self.address(0).encode()
         yield waitUntil(lambda: process.output.count(added) == 2, "two workers adding a", 5)
-        self.url = f"http://127.0.0.1:{port}/"
+        # tcp:0: the parent's socket, which each worker names as it adopts it.
+        match = yield process.waitFor(
+            rb"(?s)ProxySite starting on (\d+)\n.*ProxySite starting on (\d+)\n", 30
+        )
+        self.assertEqual(match.group(1), match.group(2))
+        self.url = f"http://127.0.0.1:{int(match.group(1))}/"
         for _ in range(4):
             code, body = yield self.get()
             self.assertEqual((code, body), (200, b"a"))

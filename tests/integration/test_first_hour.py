@@ -27,9 +27,12 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.resource import Resource
 
 from lbproxy import LoadBalancerService, parseConfigText
 from lbproxy._startup import unopenablePort
+from lbproxy.testing import startServer
+from tests.integration.ports import ReservedPort
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -120,6 +123,17 @@ class _Hold(Protocol):
         waiting, self.factory.waiting = self.factory.waiting, []
         for d in waiting:
             d.callback(self)
+
+
+class _Hello(Resource):
+    """
+    A backend that answers every C{GET} with a 200.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello"
 
 
 class _Raw(Protocol):
@@ -409,7 +423,7 @@ class FirstHourTests(TestCase):
     def loggingToFile(self):
         """
         Start C{twistd -n lbproxy} with its access log in a new directory
-        and a demo backend.
+        and a backend of this process's.
 
         @return: a L{Deferred} that fires, once it listens, with the
             directory, the access log's L{FilePath}, the L{_Twistd}, its
@@ -418,17 +432,15 @@ class FirstHourTests(TestCase):
         directory = FilePath(self.mktemp())
         directory.makedirs()
         log = directory.child("access.log")
-        backend = _freePort()
+        backend = yield startServer(_Hello(), reactor)
+        self.addCleanup(backend.stop)
         path = directory.child("site.ini")
         path.setContent(
-            (
-                _SITE.format(
-                    listen="tcp:0:interface=127.0.0.1",
-                    accessLog=log.path,
-                    backend=backend,
-                    workers=1,
-                )
-                + f"\n[demo:blue]\nlisten = tcp:{backend}:interface=127.0.0.1\n"
+            _SITE.format(
+                listen="tcp:0:interface=127.0.0.1",
+                accessLog=log.path,
+                backend=backend.port,
+                workers=1,
             ).encode()
         )
         process, transport = self.spawn("lbproxy", "--config", path.path)
@@ -593,7 +605,11 @@ class FirstHourTests(TestCase):
         taken = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         self.addCleanup(taken.stopListening)
         busy = taken.getHost().port
-        free = _freePort()
+        # Reserved: a port that can be opened, every time, and that nothing
+        # but this test listens on.
+        reserved = ReservedPort()
+        self.addCleanup(reserved.close)
+        free = reserved.port
         line = f"cannot listen on 127.0.0.1:{busy}: Address already in use"
         self.assertIsNone(
             unopenablePort([f"tcp:{free}:interface=127.0.0.1", "unix:/nonexistent/x.sock"])
@@ -607,8 +623,12 @@ class FirstHourTests(TestCase):
             self.assertEqual(
                 unopenablePort([f"tcp:{free}:interface=127.0.0.1", description]), line
             )
+        # Nothing listens on it any more: with SO_REUSEADDR (as the check
+        # opens it), only a listening socket would stop this.
         with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             again.bind(("127.0.0.1", free))
+            again.listen()
 
     @inlineCallbacks
     def test_inTheBackground(self):
@@ -618,13 +638,18 @@ class FirstHourTests(TestCase):
         answers, and SIGTERM to the PID of its PID file stops it and
         removes the file.
         """
-        port = _freePort()
-        path = self.writeConfig(listen=f"tcp:{port}:interface=127.0.0.1", accessLog="-")
+        path = self.writeConfig(accessLog="-")
         process, pidfile, logfile = self.inTheBackground(path)
         self.assertEqual((yield process.ended), 0, process.out + process.err)
         self.assertEqual(process.out + process.err, b"")
         pid = int(pidfile.getContent())
         self.assertTrue(_running(pid))
+        # tcp:0: the port is the one the daemon's log names.
+        listening = re.compile(rb"ProxySite starting on (\d+)\n")
+        yield _waitUntil(
+            self, lambda: listening.search(logfile.getContent()), "the port in the log", _WAIT
+        )
+        (port,) = [int(number) for number in listening.findall(logfile.getContent())]
         self.assertIn(
             b"[lbproxy.tap#warn] access_log = - writes to standard output, which "
             b"twistd sends to /dev/null once it runs in the background",
@@ -651,10 +676,7 @@ class FirstHourTests(TestCase):
         them at once, and every process ends without a traceback.
         """
         factory, backendPort = self.holdingBackend()
-        port = _freePort()
-        path = self.writeConfig(
-            listen=f"tcp:{port}:interface=127.0.0.1", backend=backendPort, workers=2
-        )
+        path = self.writeConfig(backend=backendPort, workers=2)
         process, transport = self.spawn("lbproxy", "--config", path)
         pids = set()
 
@@ -671,6 +693,11 @@ class FirstHourTests(TestCase):
             int(pid) for pid in re.findall(rb"worker \d+ started, pid (\d+)", process.out + process.err)
         )
         self.assertEqual(len(pids), 2)
+        # tcp:0: the parent's socket, which each worker names as it adopts it.
+        ports = re.findall(rb"ProxySite starting on (\d+)\n", process.out + process.err)
+        self.assertEqual(len(ports), 2)
+        self.assertEqual(len(set(ports)), 1, ports)
+        port = int(ports[0])
 
         client = yield self.requestInFlight(port, factory)
 
@@ -725,12 +752,6 @@ def _waitUntil(testCase, condition, what, timeout=10.0):
         yield deferLater(reactor, 0.02, lambda: None)
 
 
-def _freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _masked(line):
     """
     C{line} with its time (the first bracketed field) masked.
@@ -758,7 +779,10 @@ class NginxAccessLogTests(TestCase):
             raise SkipTest("nginx is not installed")
         directory = FilePath(self.mktemp())
         directory.makedirs()
-        port = _freePort()
+        # Reserved until the end of the test: nginx refuses port 0.
+        reserved = ReservedPort()
+        self.addCleanup(reserved.close)
+        port = reserved.port
         conf = directory.child("nginx.conf")
         conf.setContent(_NGINX_CONF.format(dir=directory.path, port=port).encode())
         process = _Twistd()

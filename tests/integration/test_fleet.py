@@ -65,8 +65,8 @@ class FleetTests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         self.etcd = Etcd(self.mktemp())
+        self.addCleanup(self.etcd.close)
         yield self.etcd.start()
-        self.addCleanup(self.etcd.stop, "KILL")
         self.backends = []
         for name in (b"a", b"b", b"c", b"d"):
             server = yield startServer(NamedBackend(name), reactor)

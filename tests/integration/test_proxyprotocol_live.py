@@ -40,9 +40,10 @@ from lbproxy.config import parseConfigText
 from lbproxy.service import LoadBalancerService
 from lbproxy.testing import startServer
 from tests.certificates import writeSelfSigned
+from tests.integration.ports import ReservedPort
 from tests.integration.test_h2 import _H2Client
 from tests.integration.test_realip_live import _Reporting as _Headers
-from tests.integration.test_workers import _freePort, startWorkers
+from tests.integration.test_workers import startWorkers, workersPort
 
 #: Seconds any one step may take before the test fails.
 WAIT = 10
@@ -136,14 +137,17 @@ class _HAProxyMixin:
     @inlineCallbacks
     def startHAProxy(self, config: str) -> Any:
         """
-        Run HAProxy on C{config} (C{{port}} in it becomes a free port of
-        127.0.0.1) until the test ends.
+        Run HAProxy on C{config} (C{{port}} in it becomes a port of
+        127.0.0.1 reserved for it: HAProxy refuses port 0) until the test
+        ends.
 
         @return: a L{Deferred} firing with the port once it accepts
             connections.
         """
         program = haproxyProgram()
-        port = _freePort()
+        reserved = ReservedPort()
+        self.addCleanup(reserved.close)  # type: ignore[attr-defined]
+        port = reserved.port
         directory = FilePath(self.mktemp())  # type: ignore[attr-defined]
         directory.makedirs()
         path = directory.child("haproxy.cfg")
@@ -412,13 +416,13 @@ class WorkersTests(_HAProxyMixin, TestCase):
         without a header is closed without an answer.
         """
         ((_, backendPort),) = yield self.startBackends(b"one")
-        port = _freePort()
-        parent, _ = startWorkers(self, f"haproxy:tcp:{port}:interface=127.0.0.1", backendPort)
+        parent, _ = startWorkers(self, "haproxy:tcp:0:interface=127.0.0.1", backendPort)
         yield self.waitFor(lambda: len(parent.workers()) == 2, "two workers")
         yield self.waitFor(
             lambda: parent.output.count(b"Starting factory <ProxyProtocolFactory") >= 2,
             "two workers listening behind the PROXY protocol",
         )
+        port = yield workersPort(parent)
         front = yield self.startHAProxy(_INBOUND % (port,))
         for n in range(1, 11):
             client = f"127.0.{n}.7"

@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
-from typing import Any
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
@@ -26,6 +23,7 @@ from twisted.web.resource import Resource
 
 from lbproxy._workeradmin import ANSWER_TIMEOUT
 from lbproxy.testing import startServer
+from tests.integration.etcdprocess import Watched
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -49,18 +47,15 @@ class _Named(Resource):
         return self.name
 
 
-class _Parent(ProcessProtocol):
+class _Parent(Watched):
+    """
+    The workers' parent: its output (the workers write theirs to the same
+    pipe), L{Deferred}s for patterns in it, and what it says of the
+    workers.
+    """
+
     def __init__(self):
-        self.output = b""
-        self.ended: Deferred[Any] = Deferred()
-
-    def outReceived(self, data):
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(reason)
+        Watched.__init__(self, "lbproxy workers")
 
     def workers(self):
         """
@@ -125,10 +120,24 @@ def startParent(testCase, text):
     return parent, process
 
 
-def _freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@inlineCallbacks
+def workersPort(parent, workers=2, seconds=30.0):
+    """
+    The port that the C{workers} workers of C{parent} serve, once each has
+    said so: the parent opens the socket (C{tcp:0} or C{haproxy:tcp:0}:
+    any free port) without a word, and each worker logs the port of the
+    socket it adopts (C{ProxySite starting on PORT}, or C{ProxySite
+    (PROXY) starting on PORT}).
+
+    @return: a L{Deferred} firing with the port, or failing after
+        C{seconds} or when the parent ends first.
+    """
+    line = rb"ProxySite (?:\(PROXY\) )?starting on (\d+)\n"
+    match = yield parent.waitFor(rb"(?s)" + rb".*".join([line] * workers), seconds)
+    ports = {int(port) for port in match.groups()}
+    if len(ports) != 1:
+        raise AssertionError(f"the workers listen on different ports: {sorted(ports)}")
+    return ports.pop()
 
 
 def _alive(pid):
@@ -169,9 +178,9 @@ class WorkersTests(TestCase):
         """
         backend = yield startServer(_Hello(), reactor)
         self.addCleanup(backend.stop)
-        port = _freePort()
-        parent, process = startWorkers(self, f"tcp:{port}:interface=127.0.0.1", backend.port)
+        parent, process = startWorkers(self, "tcp:0:interface=127.0.0.1", backend.port)
         yield self.whenListening(parent)
+        port = yield workersPort(parent)
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         for _ in range(4):
             response = yield agent.request(b"GET", b"http://127.0.0.1:%d/" % port)
@@ -251,17 +260,21 @@ class WorkersTests(TestCase):
             server = yield startServer(_Named(name), reactor)
             self.addCleanup(server.stop)
             backends[name] = server.port
-        port, adminPort = _freePort(), _freePort()
         parent, process = startParent(
             self,
-            f"[lbproxy]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+            "[lbproxy]\nlisten = tcp:0:interface=127.0.0.1\n"
             "access_log = off\nworkers = 2\n"
             "[upstream:app]\nservers =\n"
             f"    127.0.0.1:{backends[b'a']}\n    127.0.0.1:{backends[b'b']}\n"
             "[vhost:app]\ndefault = yes\nupstream = app\n"
-            f"[admin]\nlisten = tcp:{adminPort}:interface=127.0.0.1\ntoken = t0k\n",
+            "[admin]\nlisten = tcp:0:interface=127.0.0.1\ntoken = t0k\n",
         )
         yield self.whenListening(parent)
+        port = yield workersPort(parent)
+        # The parent serves [admin] itself: Twisted's line for its port
+        # (the workers' private admin sockets are named by their path).
+        match = yield parent.waitFor(rb"\[-\] Site starting on (\d+)\n", 30)
+        adminPort = int(match.group(1))
         client = treq.client.HTTPClient(
             Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         )

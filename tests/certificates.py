@@ -75,6 +75,7 @@ class Authority:
         ca: bool,
         names: Sequence[str] = (),
         notAfter: Optional[datetime.datetime] = None,
+        client: bool = False,
     ) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
@@ -109,7 +110,11 @@ class Authority:
         )
         if not ca:
             builder = builder.add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+                x509.ExtendedKeyUsage(
+                    [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+                    + ([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+                ),
+                critical=False,
             )
         if names:
             entries: list[x509.GeneralName] = []
@@ -127,19 +132,23 @@ class Authority:
         kind: str = "ec",
         days: float = 90,
         key: Any = None,
+        client: bool = False,
+        commonName: bool = True,
     ) -> tuple[x509.Certificate, Any]:
         """
         A server certificate for C{names} (DNS names or IP addresses),
         signed by the intermediate, valid for C{days} more days (negative:
-        expired that long ago).
+        expired that long ago); good for a client too when C{client}; its
+        subject the first name, or empty unless C{commonName}.
 
         @return: the certificate and its key.
         """
         key = key or newKey(kind)
         certificate = self._build(
-            _name(names[0]), self.intermediate.subject, key.public_key(),
+            _name(names[0]) if commonName else x509.Name([]),
+            self.intermediate.subject, key.public_key(),
             self.intermediateKey, ca=False, names=names,
-            notAfter=_NOW + datetime.timedelta(days=days),
+            notAfter=_NOW + datetime.timedelta(days=days), client=client,
         )
         return certificate, key
 

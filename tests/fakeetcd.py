@@ -31,6 +31,9 @@ class FakeEtcd(Resource):
         requests get a 503, as from a member that is not ready.
     @ivar watches: the open watch requests with their C{(start, end)}.
     @ivar requests: C{(host, path, body)} of every request, in order.
+    @ivar users: user names and passwords; auth is enabled when there is
+        one: every call but C{/v3/auth/authenticate} then needs a token.
+    @ivar tokens: the tokens given and not expired.
     """
 
     isLeaf = True
@@ -44,6 +47,20 @@ class FakeEtcd(Resource):
         self.refuse: set[str] = set()
         self.watches: list[tuple[Any, bytes, bytes]] = []
         self.requests: list[tuple[str, bytes, dict[str, Any]]] = []
+        self.users: dict[str, str] = {}
+        self.tokens: set[str] = set()
+        self._given = 0
+
+    def expireTokens(self) -> None:
+        """
+        Forget every token given, as a member does when they time out or
+        it restarts.
+        """
+        self.tokens.clear()
+
+    def _refused(self, request: Any, code: int, grpcCode: int, message: str) -> bytes:
+        request.setResponseCode(code)
+        return json.dumps({"error": message, "code": grpcCode, "message": message}).encode()
 
     def header(self) -> dict[str, Any]:
         return {"cluster_id": "1", "member_id": "2", "revision": str(self.revision)}
@@ -109,6 +126,36 @@ class FakeEtcd(Resource):
         if host in self.refuse:
             request.setResponseCode(503)
             return b"not ready"
+        if request.path == b"/v3/auth/authenticate":
+            if not self.users or self.users.get(body.get("name")) != body.get("password"):
+                return self._refused(
+                    request, 400, 3,
+                    "etcdserver: authentication failed, invalid user ID or password",
+                )
+            self._given += 1
+            token = f"token.{self._given}"
+            self.tokens.add(token)
+            return json.dumps({"header": self.header(), "token": token}).encode()
+        if self.users:
+            token = request.getHeader("authorization")
+            if token is None:
+                return self._refused(request, 400, 3, "etcdserver: user name is empty")
+            if token not in self.tokens:
+                if request.path == b"/v3/watch":
+                    # A stream that says so, as etcd 3.4's gateway sends.
+                    self.send(
+                        request,
+                        {
+                            "header": self.header(),
+                            "created": True,
+                            "canceled": True,
+                            "cancel_reason": "rpc error: code = Unauthenticated "
+                            "desc = etcdserver: invalid auth token",
+                        },
+                    )
+                    request.finish()
+                    return NOT_DONE_YET
+                return self._refused(request, 401, 16, "etcdserver: invalid auth token")
         if request.path == b"/v3/kv/range":
             start = base64.b64decode(body["key"])
             end = base64.b64decode(body["range_end"])

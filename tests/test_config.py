@@ -670,6 +670,11 @@ _SAMPLES: dict[str, dict[str, tuple[Any, Any]]] = {
             ("http://10.0.0.1:2379", "http://[fd00::2]:2379"),
         ),
         "etcd_prefix": (" /lb/app/ ", "/lb/app/"),
+        "etcd_ca": ("etcd/ca.pem", "etcd/ca.pem"),
+        "etcd_certificate": ("etcd/client.pem", "etcd/client.pem"),
+        "etcd_key": ("etcd/client.key", "etcd/client.key"),
+        "etcd_username": ("lbproxy", "lbproxy"),
+        "etcd_password_file": ("etcd/password", "etcd/password"),
         "queue": ("0", 0),
         "queue_timeout": ("30s", 30.0),
         "eject_on": ("5xx 429", frozenset(range(500, 600)) | {429}),
@@ -795,10 +800,18 @@ class DeclarationTests(SynchronousTestCase):
                 )
                 if cls is HealthCheckConfig and key.name != "health_check":
                     source += "health_check = /\n"
-                if key.name in ("servers_from", "etcd_endpoints", "etcd_prefix"):
+                if key.name == "servers_from" or key.name.startswith("etcd_"):
                     source = source.replace("servers = 127.0.0.1:9001\n", "")
                     if key.name != "servers_from":
                         source += "servers_from = etcd\n"
+                    source += {
+                        "etcd_ca": "etcd_endpoints = https://127.0.0.1:2379\n",
+                        "etcd_certificate": "etcd_endpoints = https://127.0.0.1:2379\n",
+                        "etcd_key": "etcd_endpoints = https://127.0.0.1:2379\n"
+                        "etcd_certificate = c.pem\n",
+                        "etcd_username": "etcd_password_file = p\n",
+                        "etcd_password_file": "etcd_username = u\n",
+                    }.get(key.name, "")
                 if key.name.startswith("limit_") and key.name != "limit_rate":
                     # The other limit_* keys tune limit_rate.
                     source += "limit_rate = 1/s\n"
@@ -841,7 +854,9 @@ class DeclarationTests(SynchronousTestCase):
         """
         C{servers_from = etcd} replaces C{servers}; the C{etcd_*} keys need
         it; the prefix defaults to C{/lbproxy/upstreams/NAME/}; endpoints
-        are C{http://HOST:PORT} URLs.
+        are C{http://HOST:PORT} or C{https://HOST:PORT} URLs; the TLS keys
+        need an C{https://} endpoint, a key its certificate, and a user
+        name its password file and the other way round.
         """
         upstream = parseConfigText(
             "[upstream:app]\nservers_from = etcd\n", "site.ini"
@@ -853,27 +868,46 @@ class DeclarationTests(SynchronousTestCase):
         self.assertEqual(
             _errors(
                 "[upstream:app]\nservers_from = etcd\nservers = 127.0.0.1:80\n"
-                "etcd_endpoints = https://e:2379 http://e http://e:2379/x\n"
+                "etcd_endpoints = ftp://e:2379 http://e http://e:2379/x\n"
                 "[upstream:b]\nservers = 127.0.0.1:80\netcd_prefix = /b/\n"
+                "etcd_username = u\n"
                 "[upstream:c]\nservers_from = consul\n"
+                "[upstream:d]\nservers_from = etcd\netcd_ca = ca.pem\n"
+                "etcd_key = k.pem\netcd_password_file = p\n"
             ),
             [
-                "site.ini: [upstream:app] etcd_endpoints = 'https://e:2379': bad "
+                "site.ini: [upstream:app] etcd_endpoints = 'ftp://e:2379': bad "
                 "value; expected an etcd client URL such as http://127.0.0.1:2379 "
-                "(http:// only: TLS to etcd is not supported)",
+                "or https://etcd-1:2379",
                 "site.ini: [upstream:app] etcd_endpoints = 'http://e': bad value; "
-                "expected an etcd client URL such as http://127.0.0.1:2379",
+                "expected an etcd client URL such as http://127.0.0.1:2379 or "
+                "https://etcd-1:2379",
                 "site.ini: [upstream:app] etcd_endpoints = 'http://e:2379/x': bad "
-                "value; expected an etcd client URL such as http://127.0.0.1:2379",
+                "value; expected an etcd client URL such as http://127.0.0.1:2379 "
+                "or https://etcd-1:2379",
                 "site.ini: [upstream:app] servers = '127.0.0.1:80': bad value; "
                 "expected no servers with servers_from = etcd: the backends are "
                 "the values of the keys under /lbproxy/upstreams/app/",
                 "site.ini: [upstream:b] etcd_prefix = '/b/': bad value; expected "
                 "servers_from = etcd to be set as well",
+                "site.ini: [upstream:b] etcd_username = 'u': bad value; expected "
+                "servers_from = etcd to be set as well",
                 "site.ini: [upstream:c] servers_from = 'consul': bad value; "
                 "expected etcd (backends from the keys under etcd_prefix)",
+                "site.ini: [upstream:d] etcd_username = '': missing key; expected "
+                "etcd_username, as etcd_password_file is set",
+                "site.ini: [upstream:d] etcd_certificate = '': missing key; "
+                "expected etcd_certificate, as etcd_key is set",
+                "site.ini: [upstream:d] etcd_ca = 'ca.pem': bad value; expected an "
+                "https:// endpoint in etcd_endpoints as well (TLS is only for those)",
             ],
         )
+        upstream = parseConfigText(
+            "[upstream:app]\nservers_from = etcd\n"
+            "etcd_endpoints = HTTPS://e:2379 http://[::1]:2379/\n",
+            "site.ini",
+        ).upstreams["app"]
+        self.assertEqual(upstream.etcdEndpoints, ("https://e:2379", "http://[::1]:2379"))
 
     def test_requiredKeys(self):
         """

@@ -7,6 +7,8 @@ same against a real etcd.
 
 from __future__ import annotations
 
+from typing import Any
+
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -20,6 +22,7 @@ from lbproxy._etcd import (
     Event,
     LineSplitter,
     PrefixMirror,
+    Unauthenticated,
     parseRange,
     parseWatchResponse,
     prefixEnd,
@@ -255,6 +258,125 @@ class ClientTests(SynchronousTestCase):
         d = self.client.watch(b"/lb/", 2, lambda r: None)
         self.http.flush()
         self.assertEqual(self.failureResultOf(d, Compacted).value.revision, 3)
+
+
+class AuthTests(SynchronousTestCase):
+    """
+    L{EtcdClient} with credentials, against the fake gateway with auth
+    enabled.
+    """
+
+    def setUp(self):
+        self.etcd = FakeEtcd()
+        self.etcd.users["lbproxy"] = "s3cret"
+        self.etcd.put(b"/lb/a", b"127.0.0.1:8001")
+        self.http = StubTreq(self.etcd)
+        self.clock = Clock()
+
+    def client(self, password="s3cret"):
+        return EtcdClient([A, B], self.clock, self.http, credentials=("lbproxy", password))
+
+    def paths(self):
+        return [(host, path) for host, path, _ in self.etcd.requests]
+
+    def test_authenticatesFirst(self):
+        """
+        The first call asks for a token and sends it; later calls send the
+        same token without asking again.
+        """
+        client = self.client()
+        for _ in range(2):
+            d = client.range(b"/lb/")
+            self.http.flush()
+            self.assertEqual(self.successResultOf(d)[1], {b"/lb/a": b"127.0.0.1:8001"})
+        self.assertEqual(
+            self.paths(),
+            [("a.example", b"/v3/auth/authenticate"), ("a.example", b"/v3/kv/range"),
+             ("a.example", b"/v3/kv/range")],
+        )
+        self.assertEqual(
+            self.etcd.requests[0][2], {"name": "lbproxy", "password": "s3cret"}
+        )
+
+    def test_expiredToken(self):
+        """
+        A token etcd no longer knows (HTTP 401) is replaced: the client
+        authenticates again and repeats the call, once.
+        """
+        client = self.client()
+        d = client.range(b"/lb/")
+        self.http.flush()
+        self.successResultOf(d)
+        self.etcd.expireTokens()
+        d = client.range(b"/lb/")
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d)[1], {b"/lb/a": b"127.0.0.1:8001"})
+        self.assertEqual(
+            [path for _, path in self.paths()],
+            [b"/v3/auth/authenticate", b"/v3/kv/range", b"/v3/kv/range",
+             b"/v3/auth/authenticate", b"/v3/kv/range"],
+        )
+
+    def test_watchWithToken(self):
+        """
+        A watch is sent with the token too.
+        """
+        client = self.client()
+        responses: list[Any] = []
+        client.watch(b"/lb/", 2, responses.append)
+        self.http.flush()
+        self.assertEqual(len(self.etcd.watches), 1)
+        self.assertTrue(responses[0].created)
+
+    def test_watchExpiredToken(self):
+        """
+        A watch whose token etcd no longer knows ends with
+        L{Unauthenticated} (the gateway streams the refusal), and the next
+        call authenticates again.
+        """
+        client = self.client()
+        d = client.range(b"/lb/")
+        self.http.flush()
+        self.successResultOf(d)
+        self.etcd.expireTokens()
+        watching = client.watch(b"/lb/", 2, lambda response: None)
+        self.http.flush()
+        self.assertIn("invalid auth token", str(self.failureResultOf(watching, Unauthenticated).value))
+        responses: list[Any] = []
+        client.watch(b"/lb/", 2, responses.append)
+        self.http.flush()
+        self.assertTrue(responses[0].created)
+        self.assertEqual(
+            [path for _, path in self.paths()][-3:],
+            [b"/v3/watch", b"/v3/auth/authenticate", b"/v3/watch"],
+        )
+
+    def test_refusedPassword(self):
+        """
+        A password etcd refuses fails the call on every endpoint with an
+        error that names the user and says what etcd said, but not the
+        password.
+        """
+        d = self.client("wrong").range(b"/lb/")
+        self.http.flush()
+        error = str(self.failureResultOf(d, EtcdError).value)
+        self.assertIn("refused to authenticate user 'lbproxy': HTTP 400: etcdserver: "
+                      "authentication failed, invalid user ID or password", error)
+        self.assertIn(A, error)
+        self.assertIn(B, error)
+        self.assertNotIn("wrong", error)
+
+    def test_noCredentials(self):
+        """
+        Without credentials, a cluster with auth enabled refuses the call,
+        and the error says with what status.
+        """
+        d = EtcdClient([A], self.clock, self.http).range(b"/lb/")
+        self.http.flush()
+        self.assertEqual(
+            str(self.failureResultOf(d, EtcdError).value),
+            f"{A}: HTTP 400 from {A}: etcdserver: user name is empty",
+        )
 
 
 class _Silent:

@@ -401,6 +401,21 @@ class UpstreamConfig:
     etcdPrefix: Optional[str] = _setting(
         "etcd_prefix", None, parseEtcdPrefix, "the etcd key prefix whose keys are server lines (default: /lbproxy/upstreams/NAME/)"
     )
+    etcdCA: Optional[str] = _setting(
+        "etcd_ca", None, parseOptionalText, "a PEM file of the authorities to trust for https:// etcd endpoints (default: the platform's)"
+    )
+    etcdCertificate: Optional[str] = _setting(
+        "etcd_certificate", None, parseOptionalText, "the client certificate (PEM) shown to https:// etcd endpoints that ask for one"
+    )
+    etcdKey: Optional[str] = _setting(
+        "etcd_key", None, parseOptionalText, "its private key (PEM); read from etcd_certificate when not set"
+    )
+    etcdUsername: Optional[str] = _setting(
+        "etcd_username", None, parseOptionalText, "the etcd user lbproxy authenticates as, when etcd has auth enabled"
+    )
+    etcdPasswordFile: Optional[str] = _setting(
+        "etcd_password_file", None, parseOptionalText, "a file holding that user's password (its first line)"
+    )
 
     queue: int = _setting(
         "queue", 100, parseNonNegativeInt, "requests that may wait while every backend is at its max_conns (0: none)"
@@ -882,6 +897,18 @@ def _readHealth(s: _Section) -> Optional[HealthCheckConfig]:
     return HealthCheckConfig(**values)
 
 
+#: The keys of an upstream that only C{servers_from = etcd} uses.
+_ETCD_KEYS = (
+    "etcd_endpoints",
+    "etcd_prefix",
+    "etcd_ca",
+    "etcd_certificate",
+    "etcd_key",
+    "etcd_username",
+    "etcd_password_file",
+)
+
+
 def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
     s = _Section(reader, section, "upstream")
     values = s.read(UpstreamConfig)
@@ -894,7 +921,7 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
                 section, "servers", "", "missing key; expected one or more HOST:PORT "
                 "lines (or servers_from = etcd)"
             )
-        for key in ("etcd_endpoints", "etcd_prefix"):
+        for key in _ETCD_KEYS:
             if s.has(key):
                 s.error(key, s.raw(key) or "", "servers_from = etcd to be set as well")
     elif upstream.serversFrom == "etcd" and s.has("servers"):
@@ -904,6 +931,18 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
             "no servers with servers_from = etcd: the backends are the values "
             f"of the keys under {upstream.etcdKeyPrefix}",
         )
+    if upstream.serversFrom == "etcd":
+        for key, other in (
+            ("etcd_username", "etcd_password_file"),
+            ("etcd_password_file", "etcd_username"),
+            ("etcd_key", "etcd_certificate"),
+        ):
+            if s.has(key) and not s.has(other):
+                reader.fail(section, other, "", f"missing key; expected {other}, as {key} is set")
+        if not any(e.startswith("https://") for e in upstream.etcdEndpoints):
+            for key in ("etcd_ca", "etcd_certificate"):
+                if s.has(key):
+                    s.error(key, s.raw(key) or "", "an https:// endpoint in etcd_endpoints as well (TLS is only for those)")
     seen = set()
     for server in upstream.servers:
         where = (server.scheme, server.host, server.port)

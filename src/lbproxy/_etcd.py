@@ -29,6 +29,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 #: The longest line of a watch stream (one JSON response) accepted; etcd
 #: caps a request at 1.5 MiB by default, and a watch response batches
@@ -37,6 +39,10 @@ MAX_LINE = 16 * 1024 * 1024
 
 #: The longest body of a range response accepted.
 MAX_BODY = 64 * 1024 * 1024
+
+#: The longest answer to an authenticate request (or to a refused call)
+#: read.
+MAX_ANSWER = 64 * 1024
 
 
 class EtcdError(Exception):
@@ -57,6 +63,14 @@ class Compacted(EtcdError):
     def __init__(self, revision: int) -> None:
         super().__init__(f"revisions before {revision} were compacted")
         self.revision = revision
+
+
+class Unauthenticated(EtcdError):
+    """
+    etcd refused the token of a watch (it expired, or the member that gave
+    it restarted): the gateway answers a watch with a stream that says so,
+    where it answers other calls with HTTP 401.
+    """
 
 
 @dataclass(frozen=True)
@@ -180,9 +194,9 @@ def parseWatchResponse(line: bytes) -> WatchResponse:
     if compacted:
         raise Compacted(compacted)
     if result.get("canceled"):
-        raise EtcdError(
-            "etcd cancelled the watch: {}".format(result.get("cancel_reason", "no reason"))
-        )
+        reason = str(result.get("cancel_reason", "no reason"))
+        error = Unauthenticated if "code = Unauthenticated" in reason else EtcdError
+        raise error(f"etcd cancelled the watch: {reason}")
     header = _object(result.get("header", {}), "header")
     events = []
     for event in result.get("events") or []:
@@ -292,29 +306,48 @@ class EtcdClient:
         clock: Any,
         http: Any = None,
         timeout: float = 5.0,
+        tls: Optional[IPolicyForHTTPS] = None,
+        credentials: Optional[tuple[str, str]] = None,
     ) -> None:
         """
         @param endpoints: the base URLs of the members, at least one.
         @param clock: the L{IReactorTime} for the timeouts.
         @param http: a L{treq.client.HTTPClient} (or treq's
             L{treq.testing.StubTreq}); by default one on the global reactor
-            that keeps no connection open between calls.
+            that keeps no connection open between calls, reaching
+            C{https://} endpoints with C{tls}.
+        @param tls: how to reach C{https://} endpoints (L{EtcdTLS}); by
+            default, Twisted's: the platform's authorities, no client
+            certificate.
+        @param credentials: the user name and password to authenticate
+            with, when etcd has auth enabled.
         """
         if not endpoints:
             raise ValueError("an etcd client needs at least one endpoint")
         if http is None:
             from treq.client import HTTPClient
             from twisted.internet import reactor
-            from twisted.web.client import Agent, HTTPConnectionPool
+            from twisted.web.client import (
+                Agent,
+                BrowserLikePolicyForHTTPS,
+                HTTPConnectionPool,
+            )
 
             http = HTTPClient(
-                Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+                Agent(
+                    reactor,
+                    contextFactory=tls or BrowserLikePolicyForHTTPS(),
+                    pool=HTTPConnectionPool(reactor, persistent=False),
+                )
             )
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self._clock = clock
         self._http = http
         self._current = 0
+        self._credentials = credentials
+        #: The token etcd gave for C{credentials}, until it refuses it.
+        self._token: Optional[bytes] = None
 
     @property
     def endpoint(self) -> str:
@@ -331,16 +364,88 @@ class EtcdClient:
 
     def _post(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
         """
-        POST C{body} as JSON to the current endpoint; fire with the
-        response once its head arrives, or fail after L{timeout}.
+        POST C{body} as JSON to the current endpoint (with the token, when
+        the client has credentials); fire with the response once its head
+        arrives, or fail after L{timeout}.
         """
+        endpoint = self.endpoint
+        if self._credentials is None:
+            d = self._send(endpoint + path, body, None)
+        else:
+            d = Deferred.fromCoroutine(self._authorized(endpoint, path, body))
+        return self._bounded(d, f"{endpoint}{path}")
+
+    def _send(self, url: str, body: dict[str, Any], token: Optional[bytes]) -> Deferred[Any]:
+        headers = {b"Content-Type": [b"application/json"]}
+        if token is not None:
+            headers[b"Authorization"] = [token]
         d: Deferred[Any] = self._http.post(
-            self.endpoint + path,
-            data=json.dumps(body).encode("ascii"),
-            headers={b"Content-Type": [b"application/json"]},
-            unbuffered=True,
+            url, data=json.dumps(body).encode("utf-8"), headers=headers, unbuffered=True
         )
-        return self._bounded(d, f"{self.endpoint}{path}")
+        return d
+
+    async def _authorized(self, endpoint: str, path: str, body: dict[str, Any]) -> Any:
+        """
+        POST with the token, authenticating first when there is none, and
+        once more when etcd refuses it (HTTP 401: a token expires, and a
+        restarted member forgets the tokens it gave).
+        """
+        for last in (False, True):
+            if self._token is None:
+                self._token = await self._authenticate(endpoint)
+            token = self._token
+            response = await self._send(endpoint + path, body, token)
+            if response.code != 401 or last:
+                return response
+            await self._readAnswer(response, endpoint)
+            if self._token == token:
+                self._token = None
+        raise AssertionError("unreachable")
+
+    async def _authenticate(self, endpoint: str) -> bytes:
+        """
+        Ask C{endpoint} for a token for the client's credentials.
+
+        @raise EtcdError: naming the user (never the password) and what
+            etcd said, when it refuses them.
+        """
+        assert self._credentials is not None
+        name, password = self._credentials
+        response = await self._send(
+            endpoint + "/v3/auth/authenticate", {"name": name, "password": password}, None
+        )
+        code, answer = await self._readAnswer(response, endpoint)
+        if code != 200:
+            raise EtcdError(
+                f"{endpoint} refused to authenticate user {name!r}: "
+                f"HTTP {code}{_errorMessage(answer)}"
+            )
+        token = _object(answer, "an authenticate response").get("token")
+        if not isinstance(token, str) or not token:
+            raise EtcdError(f"{endpoint} answered authenticate without a token")
+        return token.encode("utf-8")
+
+    async def _readAnswer(self, response: Any, endpoint: str) -> tuple[int, Any]:
+        """
+        Read a short JSON answer whatever its status.
+
+        @return: the status, and the parsed JSON (L{None} when the body
+            is not JSON).
+        """
+        pieces: list[bytes] = []
+
+        def received(data: bytes) -> None:
+            pieces.append(data)
+            if sum(map(len, pieces)) > MAX_ANSWER:
+                raise EtcdError(f"an answer longer than {MAX_ANSWER} bytes from {endpoint}")
+
+        body = _Body(received)
+        response.deliverBody(body)
+        await body.finished
+        try:
+            return response.code, json.loads(b"".join(pieces))
+        except ValueError:
+            return response.code, None
 
     def _bounded(self, d: Deferred[Any], what: str) -> Deferred[Any]:
         """
@@ -408,9 +513,17 @@ class EtcdClient:
         attempt()
         return result
 
+    async def _refused(self, response: Any, endpoint: str) -> Any:
+        """
+        Raise the L{EtcdError} of a call answered with another status than
+        200, with what etcd said (C{"etcdserver: user name is empty"}).
+        """
+        code, answer = await self._readAnswer(response, endpoint)
+        raise EtcdError(f"HTTP {code} from {endpoint}{_errorMessage(answer)}")
+
     def _readBody(self, response: Any, endpoint: str) -> Deferred[bytes]:
         if response.code != 200:
-            raise EtcdError(f"HTTP {response.code} from {endpoint}")
+            return Deferred.fromCoroutine(self._refused(response, endpoint))
         pieces: list[bytes] = []
         size = [0]
 
@@ -469,7 +582,10 @@ class EtcdClient:
 
         def stream(response: Any) -> Deferred[None]:
             if response.code != 200:
-                raise EtcdError(f"HTTP {response.code} from {endpoint}")
+                refused: Deferred[None] = Deferred.fromCoroutine(
+                    self._refused(response, endpoint)
+                )
+                return refused
             body = _Body(receivedData)
             response.deliverBody(body)
             current[0] = body.finished
@@ -481,12 +597,61 @@ class EtcdClient:
             raise EtcdError(f"{endpoint} ended the watch stream")
 
         def fail(failure: Failure) -> None:
+            if failure.check(Unauthenticated):
+                # The next call takes a new token.
+                self._token = None
             if not watching.called:
                 watching.errback(failure)
 
         watching: Deferred[None] = Deferred(lambda d: current[0].cancel())
         answered.addCallback(stream).addBoth(ended).addErrback(fail)
         return watching
+
+
+def _errorMessage(answer: Any) -> str:
+    """
+    What an etcd error answer says (C{{"error": ..., "message": ...}}),
+    after a colon; nothing when it says nothing.
+    """
+    if isinstance(answer, dict):
+        message = answer.get("message") or answer.get("error")
+        if isinstance(message, str) and message:
+            return f": {message[:200]}"
+    return ""
+
+
+@implementer(IPolicyForHTTPS)
+class EtcdTLS:
+    """
+    How L{EtcdClient} reaches C{https://} endpoints: their certificates
+    checked against C{etcd_ca} (or the platform's authorities) and the
+    endpoint's host, and a client certificate shown when configured (etcd
+    with C{--client-cert-auth} asks for one).
+
+    Twisted's L{BrowserLikePolicyForHTTPS} takes only a trust root; this
+    adds the client certificate, through the same public
+    L{optionsForClientTLS}.
+    """
+
+    def __init__(self, caFile: Optional[str], clientCertificate: Any = None) -> None:
+        """
+        @param caFile: a PEM file of trusted authorities, or L{None} for
+            the platform's.
+        @param clientCertificate: a L{PrivateCertificate}, or L{None}.
+        """
+        self._caFile = caFile
+        self._clientCertificate = clientCertificate
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        from lbproxy._tls import trustRootFor
+
+        return optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=trustRootFor(self._caFile),
+            clientCertificate=self._clientCertificate,
+        )
 
 
 def describe(failure: Failure) -> str:

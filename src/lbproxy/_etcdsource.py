@@ -14,14 +14,58 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.ssl import PrivateCertificate
 from twisted.logger import Logger
 
 from lbproxy._backend import backendFor
+from lbproxy._certificates import loadChain
 from lbproxy._config import ServerConfig, UpstreamConfig, parseServer
-from lbproxy._etcd import EtcdClient, PrefixMirror
+from lbproxy._etcd import EtcdClient, EtcdTLS, PrefixMirror
 from lbproxy._pool import Pool
+
+
+def etcdTLS(upstream: UpstreamConfig) -> Optional[EtcdTLS]:
+    """
+    How C{upstream} reaches its C{https://} etcd endpoints (C{etcd_ca},
+    C{etcd_certificate}, C{etcd_key}), or L{None} when it has none.
+
+    @raise CertificateError: when the client certificate or its key
+        cannot be read or do not match.
+    """
+    if not any(e.startswith("https://") for e in upstream.etcdEndpoints):
+        return None
+    client = None
+    if upstream.etcdCertificate is not None:
+        chain = loadChain(upstream.etcdCertificate, upstream.etcdKey)
+        client = PrivateCertificate.loadPEM(
+            chain.certificate.public_bytes(Encoding.PEM)
+            + chain.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
+    return EtcdTLS(upstream.etcdCA, client)
+
+
+def etcdCredentials(upstream: UpstreamConfig) -> Optional[tuple[str, str]]:
+    """
+    The etcd user name of C{upstream} and the password in its
+    C{etcd_password_file} (the file's first line), or L{None}.
+
+    @raise OSError: when the file cannot be read.
+    @raise ValueError: when its first line is empty.
+    """
+    if upstream.etcdUsername is None or upstream.etcdPasswordFile is None:
+        return None
+    with open(upstream.etcdPasswordFile, encoding="utf-8") as f:
+        password = f.readline().rstrip("\r\n")
+    if not password:
+        raise ValueError(f"{upstream.etcdPasswordFile} holds no password on its first line")
+    return (upstream.etcdUsername, password)
 
 
 def _identity(server: ServerConfig) -> tuple[str, str, int]:
@@ -54,6 +98,8 @@ class EtcdSource(Service):
         prefix: str,
         reactor: Any = None,
         http: Any = None,
+        tls: Optional[EtcdTLS] = None,
+        credentials: Optional[tuple[str, str]] = None,
     ) -> None:
         """
         @param endpoints: the etcd client URLs, tried in turn.
@@ -62,6 +108,8 @@ class EtcdSource(Service):
             reactor when L{None}.
         @param http: the treq client to reach etcd with (see
             L{EtcdClient}).
+        @param tls: how to reach C{https://} endpoints.
+        @param credentials: the etcd user name and password.
         """
         if reactor is None:
             from twisted.internet import reactor as _globalReactor
@@ -70,7 +118,7 @@ class EtcdSource(Service):
         self.pool = pool
         self.prefix = prefix
         self.mirror = PrefixMirror(
-            EtcdClient(endpoints, reactor, http),
+            EtcdClient(endpoints, reactor, http, tls=tls, credentials=credentials),
             prefix.encode("utf-8"),
             self._changed,
             reactor,
@@ -84,9 +132,22 @@ class EtcdSource(Service):
         cls, pool: Pool, upstream: UpstreamConfig, reactor: Any = None, http: Any = None
     ) -> EtcdSource:
         """
-        The source of an upstream with C{servers_from = etcd}.
+        The source of an upstream with C{servers_from = etcd}, reaching
+        etcd as its C{etcd_*} keys say (their files read now: a reload
+        reads them again).
+
+        @raise CertificateError: when C{etcd_certificate} cannot be used.
+        @raise OSError: when C{etcd_password_file} cannot be read.
         """
-        return cls(pool, upstream.etcdEndpoints, upstream.etcdKeyPrefix, reactor, http)
+        return cls(
+            pool,
+            upstream.etcdEndpoints,
+            upstream.etcdKeyPrefix,
+            reactor,
+            http,
+            etcdTLS(upstream),
+            etcdCredentials(upstream),
+        )
 
     def startService(self) -> None:
         Service.startService(self)

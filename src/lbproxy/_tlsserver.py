@@ -466,6 +466,8 @@ def loadServerCertificates(
                 "(or a tls_certificate on the default vhost)",
             )
     for upstream in config.upstreams.values():
+        if upstream.serversFrom == "etcd":
+            errors.extend(_etcdFileErrors(config, upstream))
         if not any(server.scheme == "https" for server in upstream.servers):
             continue
         section = f"upstream:{upstream.name}"
@@ -488,6 +490,53 @@ def loadServerCertificates(
             default = next(iter(byName.values()))
     return ServerCertificates(default, byName, proxy.tlsMinVersion, warnings)
 
+
+
+def withFilesFromConfigDirectory(config: SiteConfig, upstream: Any) -> Any:
+    """
+    C{upstream} (an L{lbproxy._config.UpstreamConfig}) with its C{tls_ca}
+    and C{etcd_*} files read from the configuration file's directory when
+    relative, as every TLS file of the configuration.
+    """
+    from dataclasses import replace
+
+    files: dict[str, Any] = {
+        field: fromConfigDirectory(config, path)
+        for field in ("tlsCA", "etcdCA", "etcdCertificate", "etcdKey", "etcdPasswordFile")
+        if (path := getattr(upstream, field)) is not None
+    }
+    return replace(upstream, **files) if files else upstream
+
+
+def _etcdFileErrors(config: SiteConfig, upstream: Any) -> list[str]:
+    """
+    What is wrong with the files of C{upstream}'s C{etcd_*} keys (an
+    upstream with C{servers_from = etcd}), one line each.
+    """
+    from lbproxy._etcdsource import etcdCredentials, etcdTLS
+
+    section = f"{config.source}: [upstream:{upstream.name}]"
+    errors = []
+    resolved = withFilesFromConfigDirectory(config, upstream)
+    if resolved.etcdCA is not None:
+        try:
+            trustRootFor(resolved.etcdCA)
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or e
+            errors.append(f"{section} etcd_ca = {upstream.etcdCA!r}: cannot use {resolved.etcdCA}: {reason}")
+    try:
+        etcdTLS(resolved)
+    except CertificateError as e:
+        errors.append(f"{section} etcd_certificate = {upstream.etcdCertificate!r}: {e}")
+    try:
+        etcdCredentials(resolved)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        errors.append(
+            f"{section} etcd_password_file = {upstream.etcdPasswordFile!r}: "
+            f"cannot use {resolved.etcdPasswordFile}: {reason}"
+        )
+    return errors
 
 
 def httpsPort(proxy: Any) -> Optional[int]:

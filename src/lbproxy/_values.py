@@ -479,23 +479,24 @@ def parseServersFrom(text: str) -> str:
 
 def parseEtcdEndpoint(text: str) -> str:
     """
-    Parse one of C{etcd_endpoints}: the C{http://HOST:PORT} of an etcd
-    member's client URL, without a path.
+    Parse one of C{etcd_endpoints}: the C{http://HOST:PORT} or
+    C{https://HOST:PORT} of an etcd member's client URL, without a path.
 
-    @return: the URL without a trailing slash.
+    @return: the URL without a trailing slash, its scheme in lower case.
     """
-    expected = "an etcd client URL such as http://127.0.0.1:2379"
+    expected = "an etcd client URL such as http://127.0.0.1:2379 or https://etcd-1:2379"
     url = text.strip().rstrip("/")
-    if not url.lower().startswith("http://"):
-        raise ValueError(f"{expected} (http:// only: TLS to etcd is not supported)")
-    address = url[len("http://") :]
+    scheme, separator, address = url.partition("://")
+    scheme = scheme.lower()
+    if not separator or scheme not in ("http", "https"):
+        raise ValueError(expected)
     match = re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]/]+):(\d+)$", address)
     if match is None or not 0 < int(match.group(2)) < 65536:
         raise ValueError(expected)
     host = match.group(1)
     if not host.startswith("[") and not isHostName(host.lower()):
         raise ValueError(expected)
-    return "http://" + address
+    return f"{scheme}://{address}"
 
 
 def parseEtcdPrefix(text: str) -> str:

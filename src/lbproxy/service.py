@@ -55,10 +55,10 @@ from lbproxy._snapshot import ReloadCounts, buildSnapshot
 from lbproxy._tlsserver import (
     SNIConnectionCreator,
     TLSServerFactory,
-    fromConfigDirectory,
     httpsPort,
     loadServerCertificates,
     probeHandshake,
+    withFilesFromConfigDirectory,
 )
 from lbproxy._vhost import (
     FixedResource,
@@ -245,16 +245,6 @@ def _seeded(upstream: UpstreamConfig, previous: Optional[EtcdSource]) -> Upstrea
     return replace(upstream, servers=previous.servers)
 
 
-def _withTLSPaths(config: SiteConfig, upstream: UpstreamConfig) -> UpstreamConfig:
-    """
-    C{upstream} with its C{tls_ca} read from the configuration file's
-    directory when relative (as every TLS file of the configuration).
-    """
-    if upstream.tlsCA is None:
-        return upstream
-    return replace(upstream, tlsCA=fromConfigDirectory(config, upstream.tlsCA))
-
-
 def _logsRequestId(config: SiteConfig) -> bool:
     """
     Whether the access log of C{config} ends each line with the request's
@@ -391,6 +381,9 @@ class LoadBalancerService(MultiService):
         #: The garbage collector L{settleHeap} settles, or L{None}.
         self._collector: Any = None
         self.limits: dict[str, tuple[tuple[Any, ...], RequestLimits]] = {}
+        # Every file of the configuration is checked before anything is
+        # built from one.
+        certificates = self.certificates = loadServerCertificates(config)
         self.pools, self.healthCheckers, self.sources, self.resource = self._build(
             config
         )
@@ -422,7 +415,6 @@ class LoadBalancerService(MultiService):
         #: table of certificates is replaced on reload.
         self.tlsCreator = SNIConnectionCreator()
         self.tlsFactories: list[TLSServerFactory] = []
-        certificates = self.certificates = loadServerCertificates(config)
         certificates.logWarnings()
         if config.proxy.listenTLS:
             self.tlsCreator.table = certificates.buildTable(
@@ -521,7 +513,7 @@ class LoadBalancerService(MultiService):
         previous = previous or {}
         etcd = {n: s for n, s in previous.items() if isinstance(s, EtcdSource)}
         upstreams = {
-            name: _withTLSPaths(config, _seeded(upstream, etcd.get(name)))
+            name: withFilesFromConfigDirectory(config, _seeded(upstream, etcd.get(name)))
             for name, upstream in config.upstreams.items()
         }
         pools = {
@@ -535,7 +527,7 @@ class LoadBalancerService(MultiService):
         sources: dict[str, Service] = {}
         for name, upstream in config.upstreams.items():
             if upstream.serversFrom == "etcd":
-                sources[name] = EtcdSource.forUpstream(pools[name], upstream, reactor)
+                sources[name] = EtcdSource.forUpstream(pools[name], upstreams[name], reactor)
             elif hasResolveLines(upstream.servers):
                 dns = DNSBackends(
                     pools[name],

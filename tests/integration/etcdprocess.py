@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest
 from twisted.web.resource import Resource
 
+from lbproxy._etcd import prefixEnd
 from tests.integration.ports import ReservedPort
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -139,18 +140,28 @@ class Etcd:
     "connection refused".
     """
 
-    def __init__(self, dataDir: str) -> None:
+    def __init__(self, dataDir: str, tls: Optional[EtcdTLSFiles] = None) -> None:
+        """
+        @param tls: when given, etcd serves its clients over TLS with these
+            files and asks them for a certificate (C{--client-cert-auth});
+            the test's own calls show the client certificate too.
+        """
         if shutil.which("etcd") is None:
             raise SkipTest("etcd is not installed: sh .ci/tools.sh etcd-server")
         self.dataDir = dataDir
+        self.tls = tls
         self._reserved = [ReservedPort(), ReservedPort()]
         self.clientPort = self._reserved[0].port
         self.peerPort = self._reserved[1].port
         self.process: Optional[Watched] = None
+        #: The root user's token once L{enableAuth} has run: the test's
+        #: own calls send it.
+        self.token: Optional[str] = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.clientPort}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.clientPort}"
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -181,7 +192,8 @@ class Etcd:
                 "warn",
                 "--logger",
                 "zap",
-            ],
+            ]
+            + ([] if self.tls is None else self.tls.serverArguments()),
         )
         yield waitUntil(self.ready, "etcd to serve", seconds=30)
 
@@ -189,6 +201,10 @@ class Etcd:
     def ready(self) -> Any:
         try:
             yield self.call("/v3/kv/range", {"key": _b64(b"/")})
+        except _Refused:
+            # Serving, but refusing the call: with auth enabled, the token
+            # of before a restart is forgotten.
+            return True
         except Exception:
             return False
         return True
@@ -222,16 +238,72 @@ class Etcd:
         POST C{body} to the gateway and return the JSON answer.
         """
         import treq
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        http = treq.client.HTTPClient(
-            Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        from twisted.web.client import (
+            Agent,
+            BrowserLikePolicyForHTTPS,
+            HTTPConnectionPool,
         )
-        response = yield http.post(self.url + path, json=body, timeout=5)
-        answer = yield response.json()
+
+        policy = BrowserLikePolicyForHTTPS() if self.tls is None else self.tls.clientPolicy()
+        http = treq.client.HTTPClient(
+            Agent(
+                reactor,
+                contextFactory=policy,
+                pool=HTTPConnectionPool(reactor, persistent=False),
+            )
+        )
+        headers: dict[bytes | str, bytes | str] = (
+            {} if self.token is None else {"Authorization": self.token}
+        )
+        response = yield http.post(self.url + path, json=body, headers=headers, timeout=5)
+        content = yield response.content()
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            answer = content
         if response.code != 200:
-            raise AssertionError(f"etcd answered {path} with {response.code}: {answer}")
+            raise _Refused(f"etcd answered {path} with {response.code}: {answer}")
         return answer
+
+    @inlineCallbacks
+    def enableAuth(self, user: str, password: str, prefix: str) -> Any:
+        """
+        Turn etcd's auth on: a root user (password C{root}) whose token
+        the test's calls send from now on, and C{user}, who may only read
+        the keys under C{prefix}.
+        """
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("/v3/auth/user/add", {"name": "root", "password": "root"}),
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/role/add", {"name": "reader"}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": "reader",
+                    "perm": {
+                        "permType": "READ",
+                        "key": _b64(prefix.encode()),
+                        "range_end": _b64(prefixEnd(prefix.encode())),
+                    },
+                },
+            ),
+            ("/v3/auth/user/grant", {"user": user, "role": "reader"}),
+            ("/v3/auth/enable", {}),
+        ]
+        for path, body in calls:
+            yield self.call(path, body)
+        yield self.authenticate()
+
+    @inlineCallbacks
+    def authenticate(self) -> Any:
+        """
+        Take a new root token (a restarted member forgets the old ones).
+        """
+        self.token = None
+        answer = yield self.call("/v3/auth/authenticate", {"name": "root", "password": "root"})
+        self.token = answer["token"]
 
     def put(self, key: str, value: str) -> Deferred[Any]:
         return self.call("/v3/kv/put", {"key": _b64(key.encode()), "value": _b64(value.encode())})
@@ -248,6 +320,85 @@ class Etcd:
         revision = int(answer["header"]["revision"])
         yield self.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
         return revision
+
+
+class _Refused(AssertionError):
+    """
+    etcd answered a call of the test with another status than 200.
+    """
+
+
+class EtcdTLSFiles:
+    """
+    The certificates of an etcd member that serves its clients over TLS
+    and asks them for a certificate, written in C{directory} from a new
+    test authority (L{tests.certificates.Authority}):
+
+    @ivar root: the root certificate, which clients trust.
+    @ivar clientCertificate: a client certificate for lbproxy (and the
+        test's calls), and C{clientKey} its key.
+    """
+
+    def __init__(self, directory: str) -> None:
+        from tests.certificates import Authority, keyPEM, pem
+
+        os.makedirs(directory, exist_ok=True)
+        authority = Authority("etcd test")
+
+        def write(name: str, data: bytes) -> str:
+            path = os.path.join(directory, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            return path
+
+        # etcd's gateway dials etcd's own gRPC with the server's
+        # certificate as its client certificate: it must be good for both.
+        server, serverKey = authority.issue(["127.0.0.1"], client=True)
+        self.serverChain = write("server.pem", pem(server) + pem(authority.intermediate))
+        self.serverKey = write("server-key.pem", keyPEM(serverKey))
+        # Clients send their certificate without the intermediate, so etcd
+        # trusts both.
+        self.trusted = write("ca-bundle.pem", pem(authority.root) + pem(authority.intermediate))
+        self.root = write("root.pem", pem(authority.root))
+        # etcd 3.4's gateway answers 400 to a client certificate with a
+        # common name ("CommonName of client sending a request against
+        # gateway will be ignored"): its subject is left empty.
+        client, clientKey = authority.issue(["lbproxy"], client=True, commonName=False)
+        self.clientCertificate = write("client.pem", pem(client))
+        self.clientKey = write("client-key.pem", keyPEM(clientKey))
+
+    def serverArguments(self) -> list[str]:
+        """
+        etcd's arguments for these files.
+        """
+        return [
+            "--cert-file", self.serverChain,
+            "--key-file", self.serverKey,
+            "--trusted-ca-file", self.trusted,
+            "--client-cert-auth",
+        ]
+
+    def clientPolicy(self) -> Any:
+        """
+        An L{IPolicyForHTTPS} that trusts the root and shows the client
+        certificate.
+        """
+        from lbproxy._config import UpstreamConfig
+        from lbproxy._etcd import EtcdTLS
+        from lbproxy._etcdsource import etcdTLS
+
+        tls = etcdTLS(
+            UpstreamConfig(
+                "etcd",
+                (),
+                etcdEndpoints=("https://127.0.0.1:1",),
+                etcdCA=self.root,
+                etcdCertificate=self.clientCertificate,
+                etcdKey=self.clientKey,
+            )
+        )
+        assert isinstance(tls, EtcdTLS)
+        return tls
 
 
 def _b64(data: bytes) -> str:

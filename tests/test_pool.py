@@ -324,6 +324,15 @@ class EligibilityTests(SynchronousTestCase):
             [e["backends"] for e in events if "backends" in e], ["127.0.0.1:9001"]
         )
 
+    def test_noBackendsAtAll(self) -> None:
+        """
+        A pool left with no backend at all (an etcd prefix or a DNS name
+        that gives none) says so rather than nothing.
+        """
+        pool, clock, (a,) = makePool("9001")
+        pool.setBackends([], "etcd revision 9: delete /app/a")
+        self.assertEqual(pool.unavailableReason(), "it has no backends")
+
 
 class StateMachineTests(SynchronousTestCase):
     """

@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 #: The longest line of a watch stream (one JSON response) accepted; etcd
@@ -317,8 +321,7 @@ class EtcdClient:
             that keeps no connection open between calls, reaching
             C{https://} endpoints with C{tls}.
         @param tls: how to reach C{https://} endpoints (L{EtcdTLS}); by
-            default, Twisted's: the platform's authorities, no client
-            certificate.
+            default, the platform's authorities and no client certificate.
         @param credentials: the user name and password to authenticate
             with, when etcd has auth enabled.
         """
@@ -327,16 +330,12 @@ class EtcdClient:
         if http is None:
             from treq.client import HTTPClient
             from twisted.internet import reactor
-            from twisted.web.client import (
-                Agent,
-                BrowserLikePolicyForHTTPS,
-                HTTPConnectionPool,
-            )
+            from twisted.web.client import Agent, HTTPConnectionPool
 
             http = HTTPClient(
-                Agent(
+                Agent.usingEndpointFactory(
                     reactor,
-                    contextFactory=tls or BrowserLikePolicyForHTTPS(),
+                    _QuietEndpoints(reactor, tls or EtcdTLS(None)),
                     pool=HTTPConnectionPool(reactor, persistent=False),
                 )
             )
@@ -417,7 +416,7 @@ class EtcdClient:
         code, answer = await self._readAnswer(response, endpoint)
         if code != 200:
             raise EtcdError(
-                f"{endpoint} refused to authenticate user {name!r}: "
+                f"etcd refused to authenticate user {name!r}: "
                 f"HTTP {code}{_errorMessage(answer)}"
             )
         token = _object(answer, "an authenticate response").get("token")
@@ -652,6 +651,46 @@ class EtcdTLS:
             trustRoot=trustRootFor(self._caFile),
             clientCertificate=self._clientCertificate,
         )
+
+
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """
+    An endpoint that gives the protocol factory of its caller to the
+    endpoint it wraps inside a L{QuietFactory}.
+
+    Over TLS, Twisted's wrapping factory starts the factory it wraps,
+    and the L{Agent}'s connection factory then logs "Starting factory" and
+    "Stopping factory" (with its repr) for every call to etcd.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        from lbproxy._connections import QuietFactory
+
+        return self._endpoint.connect(QuietFactory(protocolFactory.buildProtocol))
+
+
+@implementer(IAgentEndpointFactory)
+class _QuietEndpoints:
+    """
+    The endpoints of L{EtcdClient}'s L{Agent}: TCP to the URL's host, with
+    TLS for C{https://} as C{tls} says, through L{_QuietEndpoint}.
+    """
+
+    def __init__(self, reactor: Any, tls: IPolicyForHTTPS) -> None:
+        self._reactor = reactor
+        self._tls = tls
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return _QuietEndpoint(endpoint)
 
 
 def describe(failure: Failure) -> str:

@@ -628,8 +628,11 @@ class Pool:
     def unavailableReason(self) -> str:
         """
         Say why no backend can take a request: every backend with its state
-        and the reason for it, for the log line of a 502.
+        and the reason for it, for the log line of a 502; or that there is
+        none (an etcd prefix or DNS name that gave no backend yet).
         """
+        if not self.backends:
+            return "it has no backends"
         return "; ".join(
             f"{b.name} {b.state.value} ({b.stateReason})" for b in self.backends
         )

@@ -632,14 +632,22 @@ class EtcdTLS:
     L{optionsForClientTLS}.
     """
 
-    def __init__(self, caFile: Optional[str], clientCertificate: Any = None) -> None:
+    def __init__(
+        self,
+        caFile: Optional[str],
+        clientCertificate: Any = None,
+        intermediates: Sequence[Any] = (),
+    ) -> None:
         """
         @param caFile: a PEM file of trusted authorities, or L{None} for
             the platform's.
         @param clientCertificate: a L{PrivateCertificate}, or L{None}.
+        @param intermediates: the certificates (pyOpenSSL C{X509}) sent
+            after the client certificate, up to what etcd trusts.
         """
         self._caFile = caFile
         self._clientCertificate = clientCertificate
+        self._extra = {"extraCertChain": list(intermediates)} if intermediates else None
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         from twisted.internet.ssl import optionsForClientTLS
@@ -650,6 +658,7 @@ class EtcdTLS:
             hostname.decode("ascii"),
             trustRoot=trustRootFor(self._caFile),
             clientCertificate=self._clientCertificate,
+            extraCertificateOptions=dict(self._extra) if self._extra else None,
         )
 
 

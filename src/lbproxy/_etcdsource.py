@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
 )
+from OpenSSL.crypto import X509
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import PrivateCertificate
@@ -34,21 +35,23 @@ from lbproxy._pool import Pool
 def etcdTLS(upstream: UpstreamConfig) -> Optional[EtcdTLS]:
     """
     How C{upstream} reaches its C{https://} etcd endpoints (C{etcd_ca},
-    C{etcd_certificate}, C{etcd_key}), or L{None} when it has none.
+    C{etcd_certificate} with the intermediates after it in its file, and
+    C{etcd_key}), or L{None} when it has none.
 
     @raise CertificateError: when the client certificate or its key
         cannot be read or do not match.
     """
     if not any(e.startswith("https://") for e in upstream.etcdEndpoints):
         return None
-    client = None
-    if upstream.etcdCertificate is not None:
-        chain = loadChain(upstream.etcdCertificate, upstream.etcdKey)
-        client = PrivateCertificate.loadPEM(
-            chain.certificate.public_bytes(Encoding.PEM)
-            + chain.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        )
-    return EtcdTLS(upstream.etcdCA, client)
+    if upstream.etcdCertificate is None:
+        return EtcdTLS(upstream.etcdCA)
+    chain = loadChain(upstream.etcdCertificate, upstream.etcdKey)
+    client = PrivateCertificate.loadPEM(
+        chain.certificate.public_bytes(Encoding.PEM)
+        + chain.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    intermediates = [X509.from_cryptography(c) for c in chain.intermediates]
+    return EtcdTLS(upstream.etcdCA, client, intermediates)
 
 
 def etcdCredentials(upstream: UpstreamConfig) -> Optional[tuple[str, str]]:

@@ -356,15 +356,15 @@ class EtcdTLSFiles:
         server, serverKey = authority.issue(["127.0.0.1"], client=True)
         self.serverChain = write("server.pem", pem(server) + pem(authority.intermediate))
         self.serverKey = write("server-key.pem", keyPEM(serverKey))
-        # Clients send their certificate without the intermediate, so etcd
-        # trusts both.
-        self.trusted = write("ca-bundle.pem", pem(authority.root) + pem(authority.intermediate))
-        self.root = write("root.pem", pem(authority.root))
+        # etcd trusts the root only: clients send the intermediate after
+        # their certificate.
+        self.trusted = write("ca.pem", pem(authority.root))
+        self.root = self.trusted
         # etcd 3.4's gateway answers 400 to a client certificate with a
         # common name ("CommonName of client sending a request against
         # gateway will be ignored"): its subject is left empty.
         client, clientKey = authority.issue(["lbproxy"], client=True, commonName=False)
-        self.clientCertificate = write("client.pem", pem(client))
+        self.clientCertificate = write("client.pem", pem(client) + pem(authority.intermediate))
         self.clientKey = write("client-key.pem", keyPEM(clientKey))
 
     def serverArguments(self) -> list[str]:

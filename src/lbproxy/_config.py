@@ -440,6 +440,14 @@ class UpstreamConfig:
         C{/lbproxy/upstreams/NAME/}.
         """
         return self.etcdPrefix or f"/lbproxy/upstreams/{self.name}/"
+
+    @property
+    def etcdOverTLS(self) -> bool:
+        """
+        Whether any of C{etcd_endpoints} is an C{https://} one, which the
+        C{etcd_ca} and C{etcd_certificate} keys are for.
+        """
+        return any(e.startswith("https://") for e in self.etcdEndpoints)
     resolveMin: float = _setting(
         "resolve_min", 1.0, parsePositiveDuration, "the shortest time a DNS answer of a resolve line is used (a shorter TTL is raised to it)"
     )
@@ -939,7 +947,7 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
         ):
             if s.has(key) and not s.has(other):
                 reader.fail(section, other, "", f"missing key; expected {other}, as {key} is set")
-        if not any(e.startswith("https://") for e in upstream.etcdEndpoints):
+        if not upstream.etcdOverTLS:
             for key in ("etcd_ca", "etcd_certificate"):
                 if s.has(key):
                     s.error(key, s.raw(key) or "", "an https:// endpoint in etcd_endpoints as well (TLS is only for those)")

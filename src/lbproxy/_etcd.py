@@ -24,17 +24,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
+
+from lbproxy._connections import QuietFactory
+from lbproxy._tls import trustRootFor
 
 #: The longest line of a watch stream (one JSON response) accepted; etcd
 #: caps a request at 1.5 MiB by default, and a watch response batches
@@ -431,20 +436,31 @@ class EtcdClient:
         @return: the status, and the parsed JSON (L{None} when the body
             is not JSON).
         """
+        content = await self._readAll(response, MAX_ANSWER, endpoint)
+        try:
+            return response.code, json.loads(content)
+        except ValueError:
+            return response.code, None
+
+    def _readAll(self, response: Any, limit: int, endpoint: str) -> Deferred[bytes]:
+        """
+        Read the whole body of C{response}, failing with L{EtcdError} past
+        C{limit} bytes or after L{timeout}.
+        """
         pieces: list[bytes] = []
+        size = [0]
 
         def received(data: bytes) -> None:
+            size[0] += len(data)
+            if size[0] > limit:
+                raise EtcdError(f"a response longer than {limit} bytes")
             pieces.append(data)
-            if sum(map(len, pieces)) > MAX_ANSWER:
-                raise EtcdError(f"an answer longer than {MAX_ANSWER} bytes from {endpoint}")
 
         body = _Body(received)
         response.deliverBody(body)
-        await body.finished
-        try:
-            return response.code, json.loads(b"".join(pieces))
-        except ValueError:
-            return response.code, None
+        return self._bounded(body.finished, endpoint).addCallback(
+            lambda _: b"".join(pieces)
+        )
 
     def _bounded(self, d: Deferred[Any], what: str) -> Deferred[Any]:
         """
@@ -523,20 +539,7 @@ class EtcdClient:
     def _readBody(self, response: Any, endpoint: str) -> Deferred[bytes]:
         if response.code != 200:
             return Deferred.fromCoroutine(self._refused(response, endpoint))
-        pieces: list[bytes] = []
-        size = [0]
-
-        def received(data: bytes) -> None:
-            size[0] += len(data)
-            if size[0] > MAX_BODY:
-                raise EtcdError(f"a response longer than {MAX_BODY} bytes")
-            pieces.append(data)
-
-        body = _Body(received)
-        response.deliverBody(body)
-        return self._bounded(body.finished, endpoint).addCallback(
-            lambda _: b"".join(pieces)
-        )
+        return self._readAll(response, MAX_BODY, endpoint)
 
     def watch(
         self,
@@ -650,10 +653,6 @@ class EtcdTLS:
         self._extra = {"extraCertChain": list(intermediates)} if intermediates else None
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        from lbproxy._tls import trustRootFor
-
         return optionsForClientTLS(
             hostname.decode("ascii"),
             trustRoot=trustRootFor(self._caFile),
@@ -677,8 +676,6 @@ class _QuietEndpoint:
         self._endpoint = endpoint
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        from lbproxy._connections import QuietFactory
-
         return self._endpoint.connect(QuietFactory(protocolFactory.buildProtocol))
 
 
@@ -694,8 +691,6 @@ class _QuietEndpoints:
         self._tls = tls
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-
         endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)

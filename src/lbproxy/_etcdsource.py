@@ -41,7 +41,7 @@ def etcdTLS(upstream: UpstreamConfig) -> Optional[EtcdTLS]:
     @raise CertificateError: when the client certificate or its key
         cannot be read or do not match.
     """
-    if not any(e.startswith("https://") for e in upstream.etcdEndpoints):
+    if not upstream.etcdOverTLS:
         return None
     if upstream.etcdCertificate is None:
         return EtcdTLS(upstream.etcdCA)

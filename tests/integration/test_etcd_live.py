@@ -70,7 +70,49 @@ class _Forward(ProxyFactory):
         return protocol
 
 
-class EtcdLiveTests(TestCase):
+class InProcessProxy:
+    """
+    For the tests that run lbproxy in their own process against a real
+    etcd: serving its L{LoadBalancerService}, and watching the members of
+    its upstream C{app}, whose backends are C{self.backends}.
+    """
+
+    service: Any
+    backends: list[Any]
+
+    @inlineCallbacks
+    def serve(self, service: Any) -> Any:
+        """
+        Start C{service} (stopped in a clean-up) and set C{self.url} to
+        its first listener.
+        """
+        self.service = service
+        service.startService()
+        self.addCleanup(service.stopService)  # type: ignore[attr-defined]
+        ports = yield service.whenListening()
+        self.url = "http://127.0.0.1:%d/" % (ports[0].getHost().port,)
+
+    def address(self, index: int) -> str:
+        return f"127.0.0.1:{self.backends[index].port}"
+
+    def members(self) -> list[str]:
+        return [
+            b.name for b in self.service.pools["app"].backends if b.state.value == "up"
+        ]
+
+    @inlineCallbacks
+    def converge(self, expected: list[str], what: str, seconds: float = 1.0) -> Any:
+        """
+        Wait until the pool's backends that are up are C{expected}, for at
+        most C{seconds}.
+        """
+        took = yield waitUntil(
+            lambda: sorted(self.members()) == sorted(expected), what, seconds
+        )
+        return took
+
+
+class EtcdLiveTests(InProcessProxy, TestCase):
     """
     One lbproxy, one etcd member, three backends.
     """
@@ -95,8 +137,8 @@ class EtcdLiveTests(TestCase):
         config = parseConfigText(
             _CONFIG.format(endpoints=endpoints, prefix=PREFIX), "etcd.ini"
         )
-        self.service = LoadBalancerService(config, reactor)
-        self.source = self.service.sources["app"]
+        service = LoadBalancerService(config, reactor)
+        self.source = service.sources["app"]
         self.applied: list[str] = []
         changed = self.source.mirror.changed
 
@@ -105,29 +147,7 @@ class EtcdLiveTests(TestCase):
             changed(values, reason)
 
         self.source.mirror.changed = recording
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        ports = yield self.service.whenListening()
-        self.url = "http://127.0.0.1:%d/" % (ports[0].getHost().port,)
-
-    def address(self, index: int) -> str:
-        return f"127.0.0.1:{self.backends[index].port}"
-
-    def members(self) -> list[str]:
-        return [
-            b.name for b in self.service.pools["app"].backends if b.state.value == "up"
-        ]
-
-    @inlineCallbacks
-    def converge(self, expected: list[str], what: str, seconds: float = 1.0) -> Any:
-        """
-        Wait until the pool's backends that are up are C{expected}, for at
-        most C{seconds}.
-        """
-        took = yield waitUntil(
-            lambda: sorted(self.members()) == sorted(expected), what, seconds
-        )
-        return took
+        yield self.serve(service)
 
     @inlineCallbacks
     def get(self) -> Any:

@@ -23,6 +23,7 @@ from lbproxy import ConfigError, LoadBalancerService, parseConfigText
 from lbproxy.testing import startServer
 from tests.integration.etcdprocess import Etcd, EtcdTLSFiles, NamedBackend, waitUntil
 from tests.integration.test_etcd_live import _CONFIG as LIVE_CONFIG
+from tests.integration.test_etcd_live import InProcessProxy
 
 PREFIX = "/lbproxy/upstreams/app/"
 PASSWORD = "a password of lbproxy's"
@@ -39,7 +40,7 @@ _CONFIG = LIVE_CONFIG.replace(
 )
 
 
-class SecureEtcdTests(TestCase):
+class SecureEtcdTests(InProcessProxy, TestCase):
     """
     One lbproxy, one etcd member with TLS, client certificates and auth,
     two backends.
@@ -79,29 +80,8 @@ class SecureEtcdTests(TestCase):
         values.update(changes)
         return parseConfigText(_CONFIG.format(**values), "etcd.ini")
 
-    @inlineCallbacks
     def startProxy(self) -> Any:
-        self.service = LoadBalancerService(self.config(), reactor)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        ports = yield self.service.whenListening()
-        self.url = "http://127.0.0.1:%d/" % (ports[0].getHost().port,)
-
-    def address(self, index: int) -> str:
-        return f"127.0.0.1:{self.backends[index].port}"
-
-    def members(self) -> list[str]:
-        return sorted(
-            b.name for b in self.service.pools["app"].backends if b.state.value == "up"
-        )
-
-    def converge(self, expected: list[str], what: str, seconds: float = 5.0) -> Any:
-        """
-        Wait until the backends that are up are C{expected}; after a
-        restart of etcd, as long as the watch's backoff may take (up to
-        10 s between attempts).
-        """
-        return waitUntil(lambda: self.members() == sorted(expected), what, seconds)
+        return self.serve(LoadBalancerService(self.config(), reactor))
 
     @inlineCallbacks
     def test_followsKeys(self) -> Any:
@@ -113,7 +93,7 @@ class SecureEtcdTests(TestCase):
         """
         yield self.etcd.put(PREFIX + "a", self.address(0))
         yield self.startProxy()
-        yield self.converge([self.address(0)], "the first read")
+        yield self.converge([self.address(0)], "the first read", 5.0)
         http = treq.client.HTTPClient(
             Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         )
@@ -121,12 +101,14 @@ class SecureEtcdTests(TestCase):
         body = yield response.content()
         self.assertEqual((response.code, body), (200, b"a"))
         yield self.etcd.put(PREFIX + "b", self.address(1))
-        yield self.converge([self.address(0), self.address(1)], "b to join")
+        yield self.converge([self.address(0), self.address(1)], "b to join", 5.0)
 
         yield self.etcd.stop()
         yield self.etcd.start()
         yield self.etcd.authenticate()
         yield self.etcd.delete(PREFIX + "a")
+        # As long as the watch's backoff may take (up to 10 s between
+        # attempts).
         yield self.converge([self.address(1)], "a to leave after the restart", 15.0)
         text = "\n".join(str(event) for event in self.logged)
         self.assertNotIn(PASSWORD, text)

@@ -15,7 +15,7 @@ import errno
 import socket
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.error import (
@@ -32,8 +32,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from lbproxy import _directtcp
 from lbproxy._backend import Backend
+from lbproxy._client import writeNow
+from lbproxy._compat import nothingBuffered
 from lbproxy._connections import backendEndpoint
-from lbproxy._directtcp import DirectTCPEndpoint, connectsDirectly
+from lbproxy._directtcp import DirectTCPEndpoint, DirectTransport, connectsDirectly
 from lbproxy.testing import RefusingPort
 
 #: How long a test waits for an event before it fails.
@@ -133,6 +135,69 @@ class DirectTCPEndpointTests(TestCase):
         data = yield received.addTimeout(WAIT, reactor)
         self.assertEqual(data, b"hello")
         yield self.close(protocol)
+
+    @inlineCallbacks
+    def test_transport(self) -> Any:
+        """
+        The transport is a L{DirectTransport}, a C{tcp.Server} on the
+        socket C{connect} made (its descriptor is that socket's, not a
+        copy); its C{repr} names the protocol and the peer; and
+        L{writeNow} sends on it straight away, nothing left buffered.
+        """
+        listener = _Listener(self)
+        connecting, protocol = self.connect(self.endpoint(listener))
+        self.successResultOf(connecting)
+        transport = protocol.transport
+        self.assertIsInstance(transport, DirectTransport)
+        self.assertIsInstance(transport, tcp.Server)
+        self.assertEqual(repr(transport), f"<_Recorder to 127.0.0.1:{listener.port}>")
+        self.assertEqual(transport.getHost().host, "127.0.0.1")
+        accepted = listener.accept()
+        self.assertEqual(accepted.getpeername(), transport.socket.getsockname())
+        writeNow(transport, b"at once")
+        self.assertTrue(nothingBuffered(transport))
+        self.assertEqual(accepted.recv(100), b"at once")
+        yield self.close(protocol)
+
+    def test_noProtocol(self) -> None:
+        """
+        A factory that builds no protocol fails the attempt with
+        L{ConnectError}, and the socket is closed: the listener sees the
+        connection end.
+        """
+        listener = _Listener(self)
+        endpoint = self.endpoint(listener)
+        class Refusing(Factory):
+            def buildProtocol(self, addr: Any) -> None:
+                return None
+
+        connecting = endpoint.connect(Refusing())
+        failure = self.failureResultOf(connecting, ConnectError)
+        self.assertIn("no protocol", failure.getErrorMessage())
+        accepted = listener.accept()
+        accepted.settimeout(WAIT)
+        self.assertEqual(accepted.recv(1), b"")
+
+    def test_resetBeforeAdopted(self) -> None:
+        """
+        A connection reset between C{connect()} and its adoption (the
+        peer's address cannot be read) fails the attempt with the
+        connection error, and the socket is closed.
+        """
+        sockets = []
+
+        def reset(sock: socket.socket, factory: Any, address: Any, reactor: Any) -> Any:
+            sockets.append(sock)
+            raise OSError(errno.ECONNRESET, "Connection reset by peer")
+
+        self.patch(_directtcp, "_connectedTransport", reset)
+        listener = _Listener(self)
+        connecting, protocol = self.connect(self.endpoint(listener))
+        failure = self.failureResultOf(connecting, ConnectError)
+        self.assertIn("reset", failure.getErrorMessage())
+        [sock] = sockets
+        self.assertEqual(sock.fileno(), -1)
+        self.assertEqual(protocol.made, 0)
 
     @inlineCallbacks
     def test_ipv6(self) -> Any:
@@ -248,12 +313,18 @@ class _WatchingClock(Clock):
     def removeWriter(self, writer: Any) -> None:
         self.watched.discard(writer)
 
-    def adoptStreamConnection(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        transport.protocol = protocol  # type: ignore[attr-defined]
-        protocol.makeConnection(transport)
-        return transport
+
+def _stringTransport(sock: socket.socket, factory: Any, address: Any, reactor: Any) -> Any:
+    """
+    Connect the protocol C{factory} builds to a L{StringTransport}, in
+    place of the socket that a test's scripted C{connect()} calls never
+    connected.
+    """
+    protocol = factory.buildProtocol(address)
+    transport = StringTransport()
+    transport.protocol = protocol  # type: ignore[attr-defined]
+    protocol.makeConnection(transport)
+    return transport
 
 
 class FailureWhileWaitingTests(SynchronousTestCase):
@@ -273,6 +344,7 @@ class FailureWhileWaitingTests(SynchronousTestCase):
         """
         script = iter(answers)
         self.patch(_directtcp, "_connectOnce", lambda sock, address: next(script))
+        self.patch(_directtcp, "_connectedTransport", _stringTransport)
         clock = _WatchingClock()
         endpoint = DirectTCPEndpoint(clock, "127.0.0.1", 9, timeout=5.0)
         connecting = endpoint.connect(Factory.forProtocol(Protocol))

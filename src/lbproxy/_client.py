@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from lbproxy._chunked import ChunkedDecoder
 from lbproxy._compat import nothingBuffered
+from lbproxy._directtcp import DirectTransport
 from lbproxy._http import CTL, FIELD_VALUE, FIELDS, NO_BODY_CODES, TOKEN, TOKEN_RE
 from lbproxy._timer import Deadline
 
@@ -444,7 +445,7 @@ def _headEnd(buffer: bytes) -> tuple[int, int]:
 
 #: The transports that L{writeNow} may write to directly: plain TCP
 #: connections, whose C{socket} is the connection's own.
-_TCP_TRANSPORTS = (_TCPClient, _TCPServer)
+_TCP_TRANSPORTS = (_TCPClient, _TCPServer, DirectTransport)
 
 
 def writeNow(transport: Any, data: bytes) -> None:

@@ -43,7 +43,7 @@ import membership  # noqa: E402
 #: Loaded by the proxy's interpreter at start-up (C{PYTHONPATH}): when
 #: twistd runs its application, wrap L{UpstreamConnection}'s C{send} and
 #: C{dataReceived} to write "exchange-number milliseconds" per response.
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = membership.whenTwistdRuns(r'''
 import os, time
 
 def _install():
@@ -66,17 +66,7 @@ def _install():
     from twisted.internet import reactor
     reactor.addSystemEventTrigger("before", "shutdown", out.flush)
 
-if os.environ.get("LBPROXY_EXCHANGES"):
-    from twisted.application import app
-
-    _run = app.ApplicationRunner.run
-
-    def run(self):
-        _install()
-        return _run(self)
-
-    app.ApplicationRunner.run = run
-'''
+''', "LBPROXY_EXCHANGES")
 
 #: The exchange numbers reported on their own; later ones are pooled.
 SHOWN = 5

@@ -848,6 +848,33 @@ def pacedRow(
     )
 
 
+#: The end of a C{sitecustomize} module (L{whenTwistdRuns}): its
+#: C{_install} runs once twistd starts its application, in the proxy only
+#: (the benchmark's other Python processes load the module too).
+_WHEN_TWISTD_RUNS = r'''
+if os.environ.get(%r) is not None:
+    from twisted.application import app
+
+    _run = app.ApplicationRunner.run
+
+    def run(self):
+        _install()
+        return _run(self)
+
+    app.ApplicationRunner.run = run
+'''
+
+
+def whenTwistdRuns(source: str, variable: str) -> str:
+    """
+    A C{sitecustomize} module (for L{addSitecustomize}) made of C{source},
+    which imports C{os} and defines C{_install()}, and of the lines that
+    call C{_install()} when twistd runs its application, if the
+    environment variable C{variable} is set.
+    """
+    return source + _WHEN_TWISTD_RUNS % (variable,)
+
+
 def addSitecustomize(workdir: Path, source: str) -> None:
     """
     Have every Python process started from now on (the proxy among them)

@@ -64,7 +64,7 @@ import membership  # noqa: E402
 
 #: Loaded by the proxy's interpreter at start-up (C{PYTHONPATH}).  Times
 #: are C{time.time()}, as the DNS server's record of its changes.
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = membership.whenTwistdRuns(r'''
 import gc, os, select, time
 
 _path = os.environ.get("LBPROXY_TURNS")
@@ -141,17 +141,7 @@ if _path:
 
         gc.callbacks.append(collected)
         reactor.addSystemEventTrigger("before", "shutdown", out.flush)
-
-    from twisted.application import app
-
-    _run = app.ApplicationRunner.run
-
-    def run(self):
-        _install()
-        return _run(self)
-
-    app.ApplicationRunner.run = run
-'''
+''', "LBPROXY_TURNS")
 
 #: The calls timed, in the order reported.
 CALLS = ("connect", "setBackends", "answer", "lookup", "closed", "gc0", "gc1", "gc2")

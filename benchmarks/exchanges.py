@@ -107,13 +107,30 @@ def main() -> None:
           "ms from sending a request to its response's first bytes")
     print(f"{'row':12} {'exchange':>9} {'requests':>9} {'p50':>6} {'p90':>6} {'p99':>6}")
     for row, byNumber in times.items():
-        for number, values in sorted(byNumber.items()):
-            values.sort()
-            name = str(number) if number <= SHOWN else f"{SHOWN + 1}+"
-            print(
-                f"{row:12} {name:>9} {len(values):9d} {statistics.median(values):6.2f} "
-                f"{membership.percentile(values, 0.9):6.2f} {membership.percentile(values, 0.99):6.2f}"
+        for line in byExchange(byNumber, SHOWN, 6, 2):
+            print(f"{row:12} {line}")
+
+
+def byExchange(byNumber: dict[int, list[float]], shown: int, width: int, digits: int) -> list[str]:
+    """
+    The lines of a table of times by exchange number: the number
+    (C{shown + 1} stands for it and all later ones), how many, and the
+    median, p90 and p99, each C{width} wide with C{digits} decimals.
+    """
+    lines = []
+    for number, values in sorted(byNumber.items()):
+        values.sort()
+        name = str(number) if number <= shown else f"{shown + 1}+"
+        figures = " ".join(
+            f"{figure:{width}.{digits}f}"
+            for figure in (
+                statistics.median(values),
+                membership.percentile(values, 0.9),
+                membership.percentile(values, 0.99),
             )
+        )
+        lines.append(f"{name:>9} {len(values):9d} {figures}")
+    return lines
 
 
 if __name__ == "__main__":

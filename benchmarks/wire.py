@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import membership  # noqa: E402
+from exchanges import byExchange  # noqa: E402
 
 #: One line of C{tcpdump -tt -n -r}: time, source, destination, flags,
 #: payload length.
@@ -137,13 +138,8 @@ def main() -> None:
     print(f"\n{args.row} row, h2load at {args.rate:g} req/s, {len(firstRequest)} connections "
           "opened; µs from a request's first segment to the backend's answer")
     print(f"{'exchange':>9} {'requests':>9} {'p50':>7} {'p90':>7} {'p99':>7}")
-    for number, values in sorted(answers.items()):
-        values.sort()
-        name = str(number) if number <= SHOWN else f"{SHOWN + 1}+"
-        print(
-            f"{name:>9} {len(values):9d} {membership.percentile(values, 0.5):7.0f} "
-            f"{membership.percentile(values, 0.9):7.0f} {membership.percentile(values, 0.99):7.0f}"
-        )
+    for line in byExchange(answers, SHOWN, 7, 0):
+        print(line)
     if firstRequest:
         firstRequest.sort()
         print(

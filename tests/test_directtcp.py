@@ -23,6 +23,7 @@ from twisted.internet.error import (
     ConnectingCancelledError,
     ConnectionRefusedError,
     TimeoutError,
+    getConnectError,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -188,7 +189,7 @@ class DirectTCPEndpointTests(TestCase):
 
         def reset(sock: socket.socket, factory: Any, address: Any, reactor: Any) -> Any:
             sockets.append(sock)
-            raise OSError(errno.ECONNRESET, "Connection reset by peer")
+            raise getConnectError(OSError(errno.ECONNRESET, "Connection reset by peer"))
 
         self.patch(_directtcp, "_connectedTransport", reset)
         listener = _Listener(self)
@@ -198,6 +199,26 @@ class DirectTCPEndpointTests(TestCase):
         [sock] = sockets
         self.assertEqual(sock.fileno(), -1)
         self.assertEqual(protocol.made, 0)
+
+    def test_peerUnreadable(self) -> None:
+        """
+        A socket whose peer's address cannot be read (reset, here never
+        connected) is a L{ConnectError} for the attempt, and no protocol
+        is built for it.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        built = []
+        factory = Factory.forProtocol(lambda: built.append(True))  # type: ignore[arg-type,func-returns-value]
+        self.assertRaises(
+            ConnectError,
+            _directtcp._connectedTransport,
+            sock,
+            factory,
+            None,
+            reactor,
+        )
+        self.assertEqual(built, [])
 
     @inlineCallbacks
     def test_ipv6(self) -> Any:

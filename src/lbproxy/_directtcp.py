@@ -178,9 +178,13 @@ def _connectedTransport(
     L{DirectTransport} on it (L{None} when the factory builds none).
 
     @param address: the peer's address, given to the factory.
-    @raise OSError: the connection was reset since C{connect()}.
+    @raise ConnectError: the connection was reset since C{connect()} (its
+        peer's address cannot be read); nothing was built.
     """
-    peer = sock.getpeername()
+    try:
+        peer = sock.getpeername()
+    except OSError as e:
+        raise getConnectError(e) from None
     protocol = factory.buildProtocol(address)
     if protocol is None:
         return None
@@ -224,10 +228,9 @@ class _Attempt:
         assert sock is not None
         try:
             transport = _connectedTransport(sock, self._factory, self._endpoint._peer, self._reactor)
-        except OSError as e:
-            # Reset between connect() and now.
+        except ConnectError as e:
             sock.close()
-            self.deferred.errback(getConnectError(e))
+            self.deferred.errback(e)
             return self.deferred
         if transport is None:
             sock.close()

@@ -15,8 +15,8 @@ A variant is C{SPIN} or C{SPIN+ahead}:
     code as it is.
   - C{+ahead}: a backend that joins with no connection (a new address)
     also has connections opened for it ahead of its requests, one per
-    reactor turn from the turn after it joined, C{--ahead} of them at
-    most (fewer when it has that many idle already): the connects then
+    reactor turn from the turn after it joined (or C{--spacing} seconds
+    apart), C{--ahead} of them at most (fewer when it has that many idle already): the connects then
     happen at the change, outside the bursts of requests that open them
     on demand.  This is an experiment, not a
     feature of lbproxy: it shows whether moving the connects out of the
@@ -61,6 +61,7 @@ def _install():
 
     spin = float(os.environ["LBPROXY_CONNECT_SPIN"]) / 1e6
     ahead = int(os.environ["LBPROXY_CONNECT_AHEAD"])
+    spacing = float(os.environ.get("LBPROXY_CONNECT_SPACING", "0"))
     if spin:
         connect = DirectTCPEndpoint.connect
 
@@ -85,7 +86,7 @@ def _install():
                 if connections.closed or left <= 0 or len(connections.idle) >= ahead:
                     return
                 connections.connectUpstream().addCallbacks(connections._put, lambda f: None)
-                reactor.callLater(0, openOne, left - 1)
+                reactor.callLater(spacing, openOne, left - 1)
 
             reactor.callLater(0, openOne, ahead)
 
@@ -110,6 +111,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=2200.0, help="requests per second")
     parser.add_argument("--ahead", type=int, default=4, help="idle connections opened ahead")
+    parser.add_argument(
+        "--spacing", type=float, default=0.0,
+        help="seconds between two connections opened ahead (0: the next turn)",
+    )
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     for variant in variants:
@@ -130,6 +135,7 @@ def main() -> None:
                     membership.log(f"round {round + 1}/{args.rounds}: {variant}")
                     os.environ["LBPROXY_CONNECT_SPIN"] = str(spin)
                     os.environ["LBPROXY_CONNECT_AHEAD"] = str(args.ahead if ahead else 0)
+                    os.environ["LBPROXY_CONNECT_SPACING"] = str(args.spacing)
                     halves = membership.measure("fresh", processes, workdir, backend, measuring)
                     ratio = halves[during]["p99"] / halves[between]["p99"]
                     ratios[variant].append(ratio)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
@@ -467,7 +467,7 @@ def loadServerCertificates(
             )
     for upstream in config.upstreams.values():
         if upstream.serversFrom == "etcd":
-            errors.extend(_etcdFileErrors(config, upstream))
+            _checkEtcdFiles(config, upstream, fail)
         if not any(server.scheme == "https" for server in upstream.servers):
             continue
         section = f"upstream:{upstream.name}"
@@ -481,8 +481,7 @@ def loadServerCertificates(
             try:
                 trustRootFor(caFile)
             except (OSError, ValueError) as e:
-                reason = getattr(e, "strerror", None) or e
-                fail(section, "tls_ca", upstream.tlsCA, f"cannot use {caFile}: {reason}")
+                fail(section, "tls_ca", upstream.tlsCA, _cannotUse(caFile, e))
     if errors:
         raise ConfigError(errors)
     if default is None:
@@ -508,35 +507,44 @@ def withFilesFromConfigDirectory(config: SiteConfig, upstream: Any) -> Any:
     return replace(upstream, **files) if files else upstream
 
 
-def _etcdFileErrors(config: SiteConfig, upstream: Any) -> list[str]:
+def _cannotUse(path: str, error: Exception) -> str:
     """
-    What is wrong with the files of C{upstream}'s C{etcd_*} keys (an
-    upstream with C{servers_from = etcd}), one line each.
+    Why the file at C{path} cannot be used: the system's words for an
+    L{OSError}, the error itself otherwise.
+    """
+    return f"cannot use {path}: {getattr(error, 'strerror', None) or error}"
+
+
+def _checkEtcdFiles(
+    config: SiteConfig, upstream: Any, fail: Callable[[str, str, str, str], None]
+) -> None:
+    """
+    Report with C{fail(section, key, value, reason)} what is wrong with the
+    files of C{upstream}'s C{etcd_*} keys (an upstream with C{servers_from
+    = etcd}).
     """
     from lbproxy._etcdsource import etcdCredentials, etcdTLS
 
-    section = f"{config.source}: [upstream:{upstream.name}]"
-    errors = []
+    section = f"upstream:{upstream.name}"
     resolved = withFilesFromConfigDirectory(config, upstream)
     if resolved.etcdCA is not None:
         try:
             trustRootFor(resolved.etcdCA)
         except (OSError, ValueError) as e:
-            reason = getattr(e, "strerror", None) or e
-            errors.append(f"{section} etcd_ca = {upstream.etcdCA!r}: cannot use {resolved.etcdCA}: {reason}")
+            fail(section, "etcd_ca", upstream.etcdCA, _cannotUse(resolved.etcdCA, e))
     try:
         etcdTLS(resolved)
     except CertificateError as e:
-        errors.append(f"{section} etcd_certificate = {upstream.etcdCertificate!r}: {e}")
+        fail(section, "etcd_certificate", upstream.etcdCertificate, str(e))
     try:
         etcdCredentials(resolved)
     except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or e
-        errors.append(
-            f"{section} etcd_password_file = {upstream.etcdPasswordFile!r}: "
-            f"cannot use {resolved.etcdPasswordFile}: {reason}"
+        fail(
+            section,
+            "etcd_password_file",
+            upstream.etcdPasswordFile,
+            _cannotUse(resolved.etcdPasswordFile, e),
         )
-    return errors
 
 
 def httpsPort(proxy: Any) -> Optional[int]:

@@ -14,15 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-)
-from OpenSSL.crypto import X509
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate
 from twisted.logger import Logger
 
 from lbproxy._backend import backendFor
@@ -45,12 +39,10 @@ def etcdTLS(upstream: UpstreamConfig) -> Optional[EtcdTLS]:
         return None
     if upstream.etcdCertificate is None:
         return EtcdTLS(upstream.etcdCA)
-    chain = loadChain(upstream.etcdCertificate, upstream.etcdKey)
-    client = PrivateCertificate.loadPEM(
-        chain.certificate.public_bytes(Encoding.PEM)
-        + chain.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    )
-    intermediates = [X509.from_cryptography(c) for c in chain.intermediates]
+    key, certificate, intermediates = loadChain(
+        upstream.etcdCertificate, upstream.etcdKey
+    ).openSSLObjects()
+    client = PrivateCertificate.fromCertificateAndKeyPair(Certificate(certificate), KeyPair(key))
     return EtcdTLS(upstream.etcdCA, client, intermediates)
 
 

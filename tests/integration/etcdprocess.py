@@ -358,8 +358,7 @@ class EtcdTLSFiles:
         self.serverKey = write("server-key.pem", keyPEM(serverKey))
         # etcd trusts the root only: clients send the intermediate after
         # their certificate.
-        self.trusted = write("ca.pem", pem(authority.root))
-        self.root = self.trusted
+        self.root = write("ca.pem", pem(authority.root))
         # etcd 3.4's gateway answers 400 to a client certificate with a
         # common name ("CommonName of client sending a request against
         # gateway will be ignored"): its subject is left empty.
@@ -374,7 +373,7 @@ class EtcdTLSFiles:
         return [
             "--cert-file", self.serverChain,
             "--key-file", self.serverKey,
-            "--trusted-ca-file", self.trusted,
+            "--trusted-ca-file", self.root,
             "--client-cert-auth",
         ]
 

@@ -5,8 +5,9 @@ an address never seen before and its connections must be opened.
 
     python benchmarks/connectcost.py --variants 0,400 --rounds 4
     python benchmarks/connectcost.py --variants 400,400+ahead --rounds 4
+    python benchmarks/connectcost.py --variants 0,0+thread --rounds 6
 
-A variant is C{SPIN} or C{SPIN+ahead}:
+A variant is C{SPIN}, C{SPIN+ahead} or C{SPIN+thread}:
 
   - C{SPIN}: every backend connect lbproxy makes
     (L{DirectTCPEndpoint.connect}) takes that many more microseconds of
@@ -21,6 +22,13 @@ A variant is C{SPIN} or C{SPIN+ahead}:
     on demand.  This is an experiment, not a
     feature of lbproxy: it shows whether moving the connects out of the
     requests' turns would spare the p99.
+  - C{+thread}: every connect is made in a thread of the reactor's pool
+    (a blocking C{connect()}, which lets go of the GIL while the kernel
+    does the handshake), and the connected socket handed back to the
+    reactor thread (C{callFromThread}), which builds the transport as
+    the endpoint does.  Also an experiment: it shows whether taking the
+    kernel's part of a connect (about two thirds of it on loopback) off
+    the reactor's thread spares the p99.
 
 Round by round the variants alternate on the same backend, DNS server
 and load (L{membership.measure} of the C{fresh} row, under the paced
@@ -28,7 +36,9 @@ load, each variant a fresh lbproxy), and each round gives the ratio of
 the p99 of the requests during changes to that of the requests between
 them, as C{membership.py} does.  The variants are applied by a
 C{sitecustomize} module on the proxy's C{PYTHONPATH}, as in
-C{exchanges.py}: nothing in lbproxy changes.
+C{exchanges.py}: nothing in lbproxy changes.  Besides the p99 ratio,
+the p90's is printed, and how many connections the backend accepted
+during the changes.
 
 Loopback only, bounded in time; every process is started and stopped by
 L{membership.Processes}, by PID.
@@ -55,8 +65,11 @@ SITECUSTOMIZE = membership.whenTwistdRuns(r'''
 import os, time
 
 def _install():
+    import socket
     from twisted.internet import reactor
-    from lbproxy._directtcp import DirectTCPEndpoint
+    from twisted.internet.defer import Deferred
+    from twisted.internet.error import ConnectError, getConnectError
+    from lbproxy._directtcp import DirectTCPEndpoint, _connectedTransport
     from lbproxy._pool import Pool
 
     spin = float(os.environ["LBPROXY_CONNECT_SPIN"]) / 1e6
@@ -73,6 +86,40 @@ def _install():
             return connecting
 
         DirectTCPEndpoint.connect = spinning
+    if os.environ["LBPROXY_CONNECT_THREAD"] == "1":
+
+        def inThread(self, factory):
+            connecting = Deferred()
+
+            def connected(sock):
+                try:
+                    transport = _connectedTransport(sock, factory, self._peer, reactor)
+                except ConnectError as e:
+                    transport = None
+                    connecting.errback(e)
+                else:
+                    if transport is None:
+                        connecting.errback(ConnectError(string="no protocol"))
+                    else:
+                        connecting.callback(transport.protocol)
+                if transport is None:
+                    sock.close()
+
+            def blocking():
+                sock = socket.socket(self._family, socket.SOCK_STREAM)
+                try:
+                    sock.connect(self._address)
+                    sock.setblocking(False)
+                except OSError as e:
+                    sock.close()
+                    reactor.callFromThread(connecting.errback, getConnectError(e))
+                else:
+                    reactor.callFromThread(connected, sock)
+
+            reactor.callInThread(blocking)
+            return connecting
+
+        DirectTCPEndpoint.connect = inThread
     if ahead:
         join = Pool._join
 
@@ -94,19 +141,23 @@ def _install():
 ''', "LBPROXY_CONNECT_SPIN")
 
 
-def parseVariant(text: str) -> tuple[float, bool]:
+def parseVariant(text: str) -> tuple[float, str]:
     """
-    Parse a variant, C{SPIN} or C{SPIN+ahead}.
+    Parse a variant, C{SPIN}, C{SPIN+ahead} or C{SPIN+thread}.
+
+    @return: the dose in µs, and C{"ahead"}, C{"thread"} or C{""}.
     """
     spin, plus, what = text.partition("+")
-    if plus and what != "ahead":
+    if plus and what not in ("ahead", "thread"):
         raise argparse.ArgumentTypeError(f"not a variant: {text!r}")
-    return float(spin), bool(plus)
+    return float(spin), what
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="0,400", help="comma-separated: SPIN or SPIN+ahead")
+    parser.add_argument(
+        "--variants", default="0,400", help="comma-separated: SPIN, SPIN+ahead or SPIN+thread"
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=2200.0, help="requests per second")
@@ -123,6 +174,7 @@ def main() -> None:
     processes = membership.Processes()
     during, between = membership.HALVES["fresh"]
     ratios: dict[str, list[float]] = {variant: [] for variant in variants}
+    p90s: dict[str, list[float]] = {variant: [] for variant in variants}
     connects: dict[str, list[int]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="lbproxy-connectcost-") as tmp:
         workdir = Path(tmp)
@@ -131,14 +183,20 @@ def main() -> None:
             backend = membership.startBackend(processes, workdir)
             for round in range(args.rounds):
                 for variant in variants:
-                    spin, ahead = parseVariant(variant)
+                    spin, what = parseVariant(variant)
                     membership.log(f"round {round + 1}/{args.rounds}: {variant}")
                     os.environ["LBPROXY_CONNECT_SPIN"] = str(spin)
-                    os.environ["LBPROXY_CONNECT_AHEAD"] = str(args.ahead if ahead else 0)
+                    os.environ["LBPROXY_CONNECT_AHEAD"] = str(args.ahead if what == "ahead" else 0)
+                    os.environ["LBPROXY_CONNECT_THREAD"] = "1" if what == "thread" else "0"
                     os.environ["LBPROXY_CONNECT_SPACING"] = str(args.spacing)
                     halves = membership.measure("fresh", processes, workdir, backend, measuring)
                     ratio = halves[during]["p99"] / halves[between]["p99"]
                     ratios[variant].append(ratio)
+                    times = halves["times"]
+                    p90s[variant].append(
+                        membership.percentile(sorted(times[during]), 0.9)
+                        / membership.percentile(sorted(times[between]), 0.9)
+                    )
                     connects[variant].append(halves[during]["connects"])
                     membership.log(
                         f"  p99 {halves[during]['p99']:.2f} ms during, "
@@ -148,11 +206,12 @@ def main() -> None:
             processes.stopAll()
     print(f"\n{args.rounds} round(s), fresh row, h2load at {args.rate:g} req/s; "
           "p99 during changes / p99 between them")
-    print(f"{'variant':12} {'by round':40} {'median':>6} {'connects':>9}")
+    print(f"{'variant':12} {'by round':40} {'median':>6} {'p90':>5} {'connects':>9}")
     for variant, values in ratios.items():
         byRound = ", ".join(f"{r:.2f}" for r in values)
         print(
             f"{variant:12} {byRound:40} {statistics.median(values):6.2f} "
+            f"{statistics.median(p90s[variant]):5.2f} "
             f"{statistics.median(connects[variant]):9.0f}"
         )
 

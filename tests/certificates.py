@@ -33,6 +33,18 @@ def pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
+def writeSecret(path: str, content: bytes) -> str:
+    """
+    Write C{content} to C{path} readable and writable by its owner only,
+    as certbot writes a private key (a key others can read is a warning).
+
+    @return: C{path}.
+    """
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(content)
+    return path
+
+
 def keyPEM(key: Any) -> bytes:
     return key.private_bytes(  # type: ignore[no-any-return]
         serialization.Encoding.PEM,
@@ -167,9 +179,7 @@ class Authority:
         chain = os.path.join(directory, "fullchain.pem")
         with open(chain, "wb") as f:
             f.write(pem(certificate) + pem(self.intermediate))
-        keyPath = os.path.join(directory, "privkey.pem")
-        with open(keyPath, "wb") as f:
-            f.write(keyPEM(key))
+        keyPath = writeSecret(os.path.join(directory, "privkey.pem"), keyPEM(key))
         return chain, keyPath
 
     def writeRoot(self, path: str) -> str:
@@ -196,9 +206,7 @@ def writeSelfSigned(directory: str, names: Sequence[str]) -> tuple[str, str, byt
         subject, subject, key.public_key(), key, ca=True, names=names
     )
     os.makedirs(directory, exist_ok=True)
-    keyPath = os.path.join(directory, "key.pem")
-    with open(keyPath, "wb") as f:
-        f.write(keyPEM(key))
+    keyPath = writeSecret(os.path.join(directory, "key.pem"), keyPEM(key))
     certPath = os.path.join(directory, "cert.pem")
     with open(certPath, "wb") as f:
         f.write(pem(certificate))

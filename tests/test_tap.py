@@ -108,6 +108,35 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code, 1)
         self.assertIn(f"cannot read the certificate file {missing}: No such file", err.getvalue())
 
+    def test_checkWarnings(self):
+        """
+        C{--check} writes the warnings of a valid configuration (here, a
+        key file every user can read) on standard error, and still says
+        OK with status 0.
+        """
+        out, err = self.capture("stdout"), self.capture("stderr")
+        directory = os.path.abspath(self.mktemp())
+        keyPath, certificatePath, _ = writeSelfSigned(directory, ["example.com"])
+        os.chmod(keyPath, 0o644)
+        path = self.config(
+            _SITE.replace(
+                b"[lbproxy]\n",
+                b"[lbproxy]\nlisten_tls = tcp:8443\n"
+                b"tls_certificate = " + certificatePath.encode() + b"\n"
+                b"tls_key = " + keyPath.encode() + b"\n",
+                1,
+            )
+        )
+        with self.assertRaises(SystemExit) as caught:
+            Options().parseOptions(["--config", path, "--check"])
+        self.assertEqual(caught.exception.code, 0)
+        self.assertEqual(out.getvalue(), f"{path}: OK\n")
+        self.assertEqual(
+            err.getvalue(),
+            f"{path}: warning: [lbproxy] the key file {keyPath} can be read by every "
+            "user of this machine (mode 0644); make it unreadable to others (chmod o-r)\n",
+        )
+
     def test_makeService(self):
         """
         The service is a L{LoadBalancerService} with one pool per upstream.

@@ -285,6 +285,73 @@ class LoadServerCertificatesTests(SynchronousTestCase):
         self.assertIn("[upstream:app] tls_ca = 'nope.pem': cannot use ", error)
 
 
+    def test_keyOthersCanRead(self) -> None:
+        """
+        A key file every user can read is a warning naming the file and
+        its mode, for a key in its own file and for one in the chain
+        file; a key its group can read is not.
+        """
+        self.writeAll()
+        directory = self.files.directory
+        os.chmod(os.path.join(directory, "a", "privkey.pem"), 0o644)
+        os.chmod(os.path.join(directory, "b", "privkey.pem"), 0o640)
+        chain, key = self.files.write("default", ["default.test"])
+        with open(chain, "ab") as f, open(key, "rb") as k:
+            f.write(k.read())
+        os.chmod(chain, 0o604)
+        text = _SITE.replace("tls_key = default/privkey.pem\n", "")
+        certificates = loadServerCertificates(self.files.config(text))
+        self.assertEqual(
+            certificates.warnings,
+            [
+                f"[lbproxy] the key file {chain} can be read by every user of this "
+                "machine (mode 0604); make it unreadable to others (chmod o-r)",
+                f"[vhost:a] the key file {directory}/a/privkey.pem can be read by "
+                "every user of this machine (mode 0644); make it unreadable to "
+                "others (chmod o-r)",
+            ],
+        )
+
+    def test_etcdSecretsOthersCanRead(self) -> None:
+        """
+        The key of C{etcd_certificate} and the C{etcd_password_file} are
+        warned about as the listeners' keys are; a password file that
+        cannot be used is an error, and not warned about.
+        """
+        chain, key = self.files.write("etcd", ["lbproxy"])
+        password = os.path.join(self.files.directory, "password")
+        with open(password, "w") as f:
+            f.write("secret\n")
+        os.chmod(password, 0o644)
+        os.chmod(key, 0o604)
+        text = (
+            "[lbproxy]\nlisten = tcp:8080\n"
+            "[upstream:app]\nservers_from = etcd\n"
+            "etcd_endpoints = https://127.0.0.1:2379\n"
+            "etcd_certificate = etcd/fullchain.pem\netcd_key = etcd/privkey.pem\n"
+            "etcd_username = lbproxy\netcd_password_file = password\n"
+            "[vhost:a]\ndefault = yes\nupstream = app\n"
+        )
+        certificates = loadServerCertificates(self.files.config(text))
+        self.assertEqual(
+            certificates.warnings,
+            [
+                f"[upstream:app] the key file {key} can be read by every user of "
+                "this machine (mode 0604); make it unreadable to others (chmod o-r)",
+                f"[upstream:app] the password file {password} can be read by every "
+                "user of this machine (mode 0644); make it unreadable to others "
+                "(chmod o-r)",
+            ],
+        )
+        os.chmod(key, 0o600)
+        os.chmod(password, 0o600)
+        self.assertEqual(loadServerCertificates(self.files.config(text)).warnings, [])
+        with open(password, "w") as f:
+            f.write("\n")
+        os.chmod(password, 0o644)
+        (error,) = self.errors(text)
+        self.assertIn("[upstream:app] etcd_password_file = 'password': cannot use ", error)
+
 class _Table:
     """
     The contexts of L{_SITE} behind a L{TLSServerFactory}.

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import stat
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from OpenSSL import SSL
@@ -412,9 +413,9 @@ def loadServerCertificates(
         except CertificateError as e:
             fail(section, "tls_certificate", owner.tlsCertificate, str(e))
             return None
-        warning = expiryWarning(chain, now)
-        if warning is not None:
-            warnings.append(f"[{section}] {warning}")
+        for warning in (expiryWarning(chain, now), othersCanRead(chain.keyPath, "key file")):
+            if warning is not None:
+                warnings.append(f"[{section}] {warning}")
         return chain
 
     default = load("lbproxy", proxy)
@@ -467,7 +468,7 @@ def loadServerCertificates(
             )
     for upstream in config.upstreams.values():
         if upstream.serversFrom == "etcd":
-            _checkEtcdFiles(config, upstream, fail)
+            _checkEtcdFiles(config, upstream, fail, warnings.append)
         if not any(server.scheme == "https" for server in upstream.servers):
             continue
         section = f"upstream:{upstream.name}"
@@ -515,13 +516,39 @@ def _cannotUse(path: str, error: Exception) -> str:
     return f"cannot use {path}: {getattr(error, 'strerror', None) or error}"
 
 
+def othersCanRead(path: str, what: str) -> Optional[str]:
+    """
+    A warning when the secret file at C{path} (C{what}: "key file",
+    "password file") can be read by every user of the machine, L{None}
+    otherwise (or when it cannot be looked at: reading it says why).
+
+    Only others' read permission is warned about, as OpenSSH refuses a
+    private key for it: a group that may read keys is a common choice
+    (Debian's C{ssl-cert}).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not mode & stat.S_IROTH:
+        return None
+    return (
+        f"the {what} {path} can be read by every user of this machine "
+        f"(mode {stat.S_IMODE(mode):04o}); make it unreadable to others (chmod o-r)"
+    )
+
+
 def _checkEtcdFiles(
-    config: SiteConfig, upstream: Any, fail: Callable[[str, str, str, str], None]
+    config: SiteConfig,
+    upstream: Any,
+    fail: Callable[[str, str, str, str], None],
+    warn: Callable[[str], None],
 ) -> None:
     """
     Report with C{fail(section, key, value, reason)} what is wrong with the
     files of C{upstream}'s C{etcd_*} keys (an upstream with C{servers_from
-    = etcd}).
+    = etcd}), and with C{warn(line)} those of its secret files that every
+    user can read.
     """
     from lbproxy._etcdsource import etcdCredentials, etcdTLS
 
@@ -537,14 +564,22 @@ def _checkEtcdFiles(
     except CertificateError as e:
         fail(section, "etcd_certificate", upstream.etcdCertificate, str(e))
     try:
-        etcdCredentials(resolved)
+        credentials = etcdCredentials(resolved)
     except (OSError, ValueError) as e:
+        credentials = None
         fail(
             section,
             "etcd_password_file",
             upstream.etcdPasswordFile,
             _cannotUse(resolved.etcdPasswordFile, e),
         )
+    secrets = [(resolved.etcdKey or resolved.etcdCertificate, "key file")]
+    if credentials is not None:
+        secrets.append((resolved.etcdPasswordFile, "password file"))
+    for path, what in secrets:
+        warning = None if path is None else othersCanRead(path, what)
+        if warning is not None:
+            warn(f"[{section}] {warning}")
 
 
 def httpsPort(proxy: Any) -> Optional[int]:

@@ -81,8 +81,8 @@ class Options(usage.Options):
             self.siteConfig = parseConfig(path)
             # The certificates of HTTPS listeners are read and checked too
             # (a warning, such as one for a certificate that expires soon,
-            # is logged when the service starts).
-            loadServerCertificates(self.siteConfig)
+            # is logged when the service starts, and written by --check).
+            warnings = loadServerCertificates(self.siteConfig).warnings
         except ConfigError as e:
             if self["check"]:
                 sys.stderr.write(f"{path}: invalid, {len(e.errors)} error(s):\n")
@@ -105,6 +105,10 @@ class Options(usage.Options):
         if unwritable is not None:
             self.fail(f"cannot write the access log {accessLog}: {unwritable}")
         if self["check"]:
+            # Valid all the same, as nginx -t says: its warnings on
+            # standard error, before the verdict.
+            for warning in warnings:
+                sys.stderr.write(f"{path}: warning: {warning}\n")
             sys.stdout.write(f"{path}: OK\n")
             raise SystemExit(0)
 

@@ -340,7 +340,7 @@ class EtcdTLSFiles:
     """
 
     def __init__(self, directory: str) -> None:
-        from tests.certificates import Authority, keyPEM, pem
+        from tests.certificates import Authority, keyPEM, pem, writeSecret
 
         os.makedirs(directory, exist_ok=True)
         authority = Authority("etcd test")
@@ -355,7 +355,7 @@ class EtcdTLSFiles:
         # certificate as its client certificate: it must be good for both.
         server, serverKey = authority.issue(["127.0.0.1"], client=True)
         self.serverChain = write("server.pem", pem(server) + pem(authority.intermediate))
-        self.serverKey = write("server-key.pem", keyPEM(serverKey))
+        self.serverKey = writeSecret(os.path.join(directory, "server-key.pem"), keyPEM(serverKey))
         # etcd trusts the root only: clients send the intermediate after
         # their certificate.
         self.root = write("ca.pem", pem(authority.root))
@@ -364,7 +364,7 @@ class EtcdTLSFiles:
         # gateway will be ignored"): its subject is left empty.
         client, clientKey = authority.issue(["lbproxy"], client=True, commonName=False)
         self.clientCertificate = write("client.pem", pem(client) + pem(authority.intermediate))
-        self.clientKey = write("client-key.pem", keyPEM(clientKey))
+        self.clientKey = writeSecret(os.path.join(directory, "client-key.pem"), keyPEM(clientKey))
 
     def serverArguments(self) -> list[str]:
         """

@@ -21,6 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from lbproxy import ConfigError, LoadBalancerService, parseConfigText
 from lbproxy.testing import startServer
+from tests.certificates import writeSecret
 from tests.integration.etcdprocess import Etcd, EtcdTLSFiles, NamedBackend, waitUntil
 from tests.integration.test_etcd_live import _CONFIG as LIVE_CONFIG
 from tests.integration.test_etcd_live import InProcessProxy
@@ -56,9 +57,7 @@ class SecureEtcdTests(InProcessProxy, TestCase):
         self.addCleanup(self.etcd.close)
         yield self.etcd.start()
         yield self.etcd.enableAuth("lbproxy", PASSWORD, PREFIX)
-        self.password = os.path.join(directory, "password")
-        with open(self.password, "w") as f:
-            f.write(PASSWORD + "\n")
+        self.password = writeSecret(os.path.join(directory, "password"), PASSWORD.encode() + b"\n")
         self.backends = []
         for name in (b"a", b"b"):
             server = yield startServer(NamedBackend(name), reactor)
@@ -148,8 +147,7 @@ class SecureEtcdTests(InProcessProxy, TestCase):
         the log says which user etcd refused, not the password.
         """
         yield self.etcd.put(PREFIX + "a", self.address(0))
-        with open(self.password, "w") as f:
-            f.write("not the password\n")
+        writeSecret(self.password, b"not the password\n")
         yield self.startProxy()
         yield waitUntil(
             lambda: any(

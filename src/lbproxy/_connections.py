@@ -374,7 +374,10 @@ class LeftConnections:
     backend that went away for good closes its end, which takes the
     connection out too.  At most C{limit} idle connections are
     kept here in all (the upstream's C{keepalive}): beyond it, those of
-    the backend that left first are closed.
+    the backend that left first are closed.  The count is made as each
+    backend leaves; a backend that leaves as its last request ends
+    (a drained one) gets that request's connection back after it, so
+    the total can be one over the limit until the next backend leaves.
 
     @ivar kept: the connections kept, by key, oldest first.
     """

@@ -34,7 +34,7 @@ from lbproxy._dns import (
     systemServers,
 )
 from lbproxy._health import HTTPProbe
-from lbproxy._interfaces import IMembershipObserver
+from lbproxy._interfaces import IMembershipObserver, IMembershipSource
 from lbproxy._pool import Pool
 from lbproxy._values import parseResolverAddress
 from lbproxy.testing import DNSZone
@@ -527,6 +527,71 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+class StatusTests(SynchronousTestCase):
+    """
+    L{DNSBackends.status}: what the admin snapshot shows of the lookups.
+    """
+
+    def test_provides(self) -> None:
+        source, _, _, _ = makeSource("app.test:80 resolve")
+        self.assertTrue(verifyObject(IMembershipSource, source))
+
+    def test_lookupsAndLines(self) -> None:
+        """
+        The lookups that ended and those that failed, in total; each line
+        with its addresses now, the time of its latest good answer, when
+        it is looked up next, and why its latest lookup failed (until one
+        succeeds).  A line without C{resolve} is not shown.
+        """
+        zone = DNSZone()
+        zone.setAddresses("app.test", ["127.0.0.2", "127.0.0.3"], ttl=30)
+        zone.setService("_http._tcp.svc.test", [(10, 1, 8001, "b.test")], ttl=60)
+        zone.setAddresses("b.test", ["127.0.0.4", "127.0.0.5"], ttl=60)
+        source, pool, clock, resolver = makeSource(
+            "app.test:80 resolve\nsvc.test service=http resolve\n127.0.0.9:80", zone
+        )
+        clock.advance(100)
+        self.assertEqual(
+            source.status(),
+            {
+                "kind": "dns",
+                "lookups": 0,
+                "lookup_failures": 0,
+                "lines": [
+                    {"name": "app.test:80", "addresses": 0, "last_answer": None,
+                     "next_lookup": None, "error": None},
+                    {"name": "_http._tcp.svc.test", "addresses": 0, "last_answer": None,
+                     "next_lookup": None, "error": None},
+                ],
+            },
+        )
+        start(source, clock)
+        self.addCleanup(source.stopService)
+        clock.advance(5)
+        resolver.broken = DNSServerError("SERVFAIL")
+        clock.advance(25)
+        status = source.status()
+        self.assertEqual((status["lookups"], status["lookup_failures"]), (3, 1))
+        self.assertEqual(
+            status["lines"],
+            [
+                {"name": "app.test:80", "addresses": 2, "last_answer": 100.0,
+                 "next_lookup": 131.0, "error": "DNSServerError: SERVFAIL"},
+                {"name": "_http._tcp.svc.test", "addresses": 2, "last_answer": 100.0,
+                 "next_lookup": 160.0, "error": None},
+            ],
+        )
+        resolver.broken = None
+        clock.advance(1)
+        status = source.status()
+        self.assertEqual((status["lookups"], status["lookup_failures"]), (4, 1))
+        self.assertEqual(
+            (status["lines"][0]["last_answer"], status["lines"][0]["error"]), (131.0, None)
+        )
+        source.stopService()
+        self.assertEqual([line["next_lookup"] for line in source.status()["lines"]], [None, None])
+
+
 class ReloadTests(SynchronousTestCase):
     """
     A reload builds new pools; their DNS sources start from the answers of
@@ -552,6 +617,8 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual([b.weight for b in pool.backends[:2]], [4, 4])
         self.assertFalse(set(pool.backends) & set(oldPool.backends))
         self.assertEqual(resolver.queries, [])
+        # The answer carried over is as old as it was.
+        self.assertEqual([line["last_answer"] for line in new.status()["lines"]], [0.0, None])
 
 
 class ServiceTests(SynchronousTestCase):

@@ -481,6 +481,40 @@ class MirrorTests(SynchronousTestCase):
             [e["log_format"].format(**e) for e in logs],
         )
 
+    def counts(self):
+        mirror = self.mirror
+        return (mirror.watching, mirror.reads, mirror.events, mirror.failures, mirror.error)
+
+    def test_counts(self):
+        """
+        The mirror says whether its watch is open, and counts its reads,
+        the events it applied and the reads and watches that failed,
+        with why the latest failed until one works again.
+        """
+        self.assertEqual(self.counts(), (False, 0, 0, 0, None))
+        self.mirror.start()
+        self.http.flush()
+        self.assertEqual(self.counts(), (True, 1, 0, 0, None))
+        self.etcd.put(b"/lb/a", b"1")
+        self.etcd.put(b"/lb/b", b"1")
+        self.etcd.delete(b"/lb/a")
+        self.http.flush()
+        self.assertEqual(self.counts(), (True, 1, 3, 0, None))
+        self.etcd.refuse.add("b.example")
+        self.etcd.dropWatches()
+        self.http.flush()
+        self.clock.advance(0)
+        self.http.flush()
+        self.assertEqual(
+            self.counts(),
+            (False, 1, 3, 2, "HTTP 503 from http://b.example:2379"),
+        )
+        self.clock.advance(PrefixMirror.initialDelay)
+        self.http.flush()
+        self.assertEqual(self.counts(), (True, 1, 3, 2, None))
+        self.mirror.stop()
+        self.assertFalse(self.mirror.watching)
+
     def test_backoff(self):
         """
         While every endpoint fails, the retries wait longer each round, up

@@ -11,10 +11,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from lbproxy._backend import BackendState
 from lbproxy._config import ServerConfig, parseConfigText
 from lbproxy._etcdsource import EtcdSource
+from lbproxy._interfaces import IMembershipSource
 from lbproxy._pool import Pool
 from lbproxy.service import LoadBalancerService
 from tests.fakeetcd import FakeEtcd
@@ -147,6 +149,36 @@ class EtcdSourceTests(SynchronousTestCase):
         )
         self.assertTrue(self.pool.backends[1].backup)
 
+    def test_status(self):
+        """
+        L{EtcdSource.status}: its prefix, the endpoint in use, the
+        revision, whether it watches, its mirror's counts, the keys under
+        the prefix and those not a server line.
+        """
+        self.assertTrue(verifyObject(IMembershipSource, self.source))
+        self.source.startService()
+        self.http.flush()
+        self.put("a", "127.0.0.1:8001")
+        self.put("b", "not a server line")
+        self.assertEqual(
+            self.source.status(),
+            {
+                "kind": "etcd",
+                "prefix": PREFIX,
+                "endpoint": "http://127.0.0.1:2379",
+                "revision": 3,
+                "watching": True,
+                "reads": 1,
+                "events": 2,
+                "failures": 0,
+                "keys": 2,
+                "rejected": 1,
+                "error": None,
+            },
+        )
+        self.put("b", "127.0.0.1:8002")
+        self.assertEqual(self.source.status()["rejected"], 0)
+
     def test_sameAddressTwice(self):
         """
         Two keys naming one address give one backend, the first key's; the
@@ -220,6 +252,22 @@ class ServiceTests(SynchronousTestCase):
             source.mirror.client.endpoints, ["http://127.0.0.1:1", "http://127.0.0.1:2"]
         )
         self.assertEqual(service.pools["app"].backends, ())
+
+    def test_snapshot(self):
+        """
+        The service's snapshot shows each upstream's source (L{None} for
+        fixed servers), and the backends that joined and left its pool.
+        """
+        service = LoadBalancerService(parseConfigText(_CONFIG), MemoryReactorClock())
+        changed = service.sources["app"].mirror.changed
+        changed({b"/k/a": b"127.0.0.1:8001", b"/k/b": b"127.0.0.1:8002"}, "test")
+        changed({b"/k/b": b"127.0.0.1:8002"}, "test")
+        app, static = service.snapshot()["upstreams"]
+        self.assertEqual(app["source"]["kind"], "etcd")
+        self.assertEqual(app["source"]["endpoint"], "http://127.0.0.1:1")
+        self.assertEqual((app["backends_added"], app["backends_removed"]), (2, 1))
+        self.assertIsNone(static["source"])
+        self.assertEqual((static["backends_added"], static["backends_removed"]), (0, 0))
 
     def test_healthChecksFollow(self):
         """

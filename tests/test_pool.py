@@ -783,6 +783,7 @@ class MembershipTests(SynchronousTestCase):
         self.assertIn(b, pool._connections)
         self.assertEqual(pool.eligible, (a, b))
         self.assertEqual(observer.events, [("added", "127.0.0.1:9002")])
+        self.assertEqual((pool.backendsAdded, pool.backendsRemoved), (1, 0))
         self.assertIn(
             "backend 127.0.0.1:9002 of upstream app added (DNS answer for app)",
             [e["log_format"].format(**e) for e in events],
@@ -843,7 +844,9 @@ class MembershipTests(SynchronousTestCase):
         pool.requestFinished(b, "r1", Outcome.SUCCESS, 0.1)
         self.assertEqual(pool.backends, (a, b))
         self.assertEqual(observer.events, [])
+        self.assertEqual(pool.backendsRemoved, 0)
         pool.requestFinished(b, "r2", Outcome.SUCCESS, 0.1)
+        self.assertEqual(pool.backendsRemoved, 1)
         self.assertEqual(pool.backends, (a,))
         self.assertNotIn(b, pool._connections)
         self.assertEqual(observer.events, [("removed", "127.0.0.1:9002")])
@@ -932,6 +935,8 @@ class MembershipTests(SynchronousTestCase):
         pool.requestFinished(b, "r1", Outcome.SUCCESS, 0.1)
         self.assertEqual(pool.backends, (a, b))
         self.assertEqual(b.requests, 1)
+        # It never left: neither removed nor added.
+        self.assertEqual((pool.backendsAdded, pool.backendsRemoved), (0, 0))
 
     def test_operatorCannotEnableALeavingBackend(self) -> None:
         """

@@ -249,6 +249,46 @@ class MergeTests(SynchronousTestCase):
             list(STATE_ORDER),
         )
 
+    def test_sources(self) -> None:
+        """
+        The upstreams' sources: their counts are summed; the keys,
+        addresses, revisions and next lookups are each worker's (shown
+        per worker where they differ), a last answer is the latest; for
+        C{/metrics} the revision is the lowest, the one furthest behind.
+        """
+
+        def source(revision: int, keys: int, answer: float) -> dict[str, Any]:
+            return {
+                "upstreams": [
+                    {"name": "etcd", "backends_added": 2, "backends_removed": 1,
+                     "source": {"kind": "etcd", "revision": revision, "keys": keys,
+                                "rejected": 0, "reads": 1, "events": 3, "watching": True}},
+                    {"name": "dns", "backends_added": 0, "backends_removed": 0,
+                     "source": {"kind": "dns", "lookups": 5, "lookup_failures": 1,
+                                "lines": [{"name": "app.test:80", "addresses": 2,
+                                           "last_answer": answer, "next_lookup": 130.0,
+                                           "error": None}]}},
+                ]
+            }
+
+        merged = mergeSnapshots(
+            [WorkerAnswer(0, 10, 200, source(7, 3, 100.0)), WorkerAnswer(1, 11, 200, source(6, 3, 101.0))]
+        )
+        etcd, dns = merged["upstreams"]
+        self.assertEqual((etcd["backends_added"], etcd["backends_removed"]), (4, 2))
+        self.assertEqual(
+            etcd["source"],
+            {"kind": "etcd", "revision": {PER_WORKER: {"0": 7, "1": 6}}, "keys": 3,
+             "rejected": 0, "reads": 2, "events": 6, "watching": True},
+        )
+        self.assertEqual(
+            dns["source"],
+            {"kind": "dns", "lookups": 10, "lookup_failures": 2,
+             "lines": [{"name": "app.test:80", "addresses": 2, "last_answer": 101.0,
+                        "next_lookup": 130.0, "error": None}]},
+        )
+        self.assertEqual(singleValues(merged)["upstreams"][0]["source"]["revision"], 6)
+
     def test_unixDescription(self) -> None:
         """
         A worker's socket is private (mode 0600) and its path escaped.

@@ -45,10 +45,12 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names.error import AuthoritativeDomainError, DNSNameError
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbproxy._backend import Backend, backendFor, placeholderFor
 from lbproxy._config import ServerConfig
 from lbproxy._dnsport import QuietResolverReactor
+from lbproxy._interfaces import IMembershipSource
 from lbproxy._pool import Pool
 
 #: The most seconds between two tries of a lookup that keeps failing.
@@ -197,6 +199,8 @@ class LineState:
     @ivar known: the addresses of each C{(name, type)} queried, from their
         latest answer: they stand in when that query fails.
     @ivar asked: the C{(name, type)} queries of the lookup in progress.
+    @ivar lastAnswer: the reactor time of the latest good answer, or
+        L{None} before the first.
     """
 
     line: ServerConfig
@@ -207,6 +211,17 @@ class LineState:
     looking: Optional[Deferred[Any]] = None
     known: dict[tuple[str, int], tuple[list[str], float]] = field(default_factory=dict)
     asked: set[tuple[str, int]] = field(default_factory=set)
+    lastAnswer: Optional[float] = None
+
+    @property
+    def name(self) -> str:
+        """
+        The line as the status shows it: C{app.internal:8080}, or the
+        SRV name of a C{service=} line (whose ports come from the answer).
+        """
+        if self.line.service is None:
+            return f"{self.line.host}:{self.line.port}"
+        return self.label
 
     @property
     def label(self) -> str:
@@ -247,6 +262,7 @@ def hasResolveLines(lines: Iterable[ServerConfig]) -> bool:
     return any(line.resolve for line in lines)
 
 
+@implementer(IMembershipSource)
 class DNSBackends(Service):
     """
     The C{resolve} lines of one pool, looked up while the service runs,
@@ -261,6 +277,8 @@ class DNSBackends(Service):
     @ivar pool: the L{Pool} whose members the answers become.
     @ivar lines: every server line of the upstream, in order.
     @ivar states: the L{LineState} of each C{resolve} line.
+    @ivar lookups: lookups that ended (answered or failed), in total.
+    @ivar lookupFailures: of those, the ones that failed.
     """
 
     _log = Logger()
@@ -295,6 +313,8 @@ class DNSBackends(Service):
         self.resolveMax = max(resolveMax, resolveMin)
         self._reactor = reactor
         self.states = [LineState(line) for line in self.lines if line.resolve]
+        self.lookups = 0
+        self.lookupFailures = 0
         #: The call that applies the answers of this turn (L{_applySoon}),
         #: and why they changed the members.
         self._applying: Optional[IDelayedCall] = None
@@ -364,9 +384,36 @@ class DNSBackends(Service):
                 for b in old.backends
             ]
             state.known = dict(old.known)
+            state.lastAnswer = old.lastAnswer
             carried = True
         if carried:
             self._apply("DNS answers kept across the reload")
+
+    def status(self) -> dict[str, Any]:
+        """
+        What the admin snapshot shows of the lookups (see
+        L{lbproxy._snapshot}): their counts, and for each line its
+        addresses now, its latest good answer's time, when it is looked
+        up next, and why its latest lookup failed.
+        """
+        lines = []
+        for state in self.states:
+            timer = state.timer
+            lines.append(
+                {
+                    "name": state.name,
+                    "addresses": len(state.backends or ()),
+                    "last_answer": state.lastAnswer,
+                    "next_lookup": timer.getTime() if timer is not None and timer.active() else None,
+                    "error": state.error,
+                }
+            )
+        return {
+            "kind": "dns",
+            "lookups": self.lookups,
+            "lookup_failures": self.lookupFailures,
+            "lines": lines,
+        }
 
     # Lookups.
 
@@ -515,11 +562,13 @@ class DNSBackends(Service):
             state.looking = None
         if not self.running:
             return
+        self.lookups += 1
         if isinstance(result, Failure):
             self._failed(state, describeError(result))
             return
         assert isinstance(result, Answer)
         state.error = None
+        state.lastAnswer = self._reactor.seconds()
         changed = _members(state.backends) != _members(result.backends)
         state.backends = result.backends
         if result.partial is not None:
@@ -543,6 +592,7 @@ class DNSBackends(Service):
         state.timer = self._reactor.callLater(delay, self._lookup, state)
 
     def _failed(self, state: LineState, why: str) -> None:
+        self.lookupFailures += 1
         state.failures += 1
         state.error = why
         delay = self._retryDelay(state.failures)

@@ -731,6 +731,14 @@ class PrefixMirror:
         as lost; the mirror asks for progress notifications, which etcd
         sends to an idle watch every 10 minutes by default
         (C{--experimental-watch-progress-notify-interval}).
+    @ivar watching: whether a watch is open (etcd said it was created, and
+        it has not failed since).
+    @ivar reads: full reads of the prefix done, in total.
+    @ivar events: PUT and DELETE events applied, in total.
+    @ivar failures: reads and watches that failed, in total (each is
+        tried again).
+    @ivar error: why the latest read or watch failed, or L{None} once one
+        works again.
     """
 
     _log = Logger()
@@ -762,6 +770,11 @@ class PrefixMirror:
         self._retry: Optional[IDelayedCall] = None
         self._idle: Optional[IDelayedCall] = None
         self._failuresInRow = 0
+        self.watching = False
+        self.reads = 0
+        self.events = 0
+        self.failures = 0
+        self.error: Optional[str] = None
 
     def start(self) -> None:
         """
@@ -776,6 +789,7 @@ class PrefixMirror:
         retry is made.
         """
         self._running = False
+        self.watching = False
         for call in (self._retry, self._idle):
             if call is not None and call.active():
                 call.cancel()
@@ -797,6 +811,8 @@ class PrefixMirror:
         self.values = dict(values)
         self.revision = revision
         self._failuresInRow = 0
+        self.reads += 1
+        self.error = None
         changes = _summary(before, self.values)
         self._log.info(
             "etcd {prefix}: read {count} key(s) at revision {revision} from "
@@ -839,6 +855,8 @@ class PrefixMirror:
         self._resetIdle()
         if response.created:
             self._failuresInRow = 0
+            self.watching = True
+            self.error = None
             return
         if not response.events:
             # A progress notification: nothing changed up to its revision.
@@ -855,6 +873,7 @@ class PrefixMirror:
                 self.values[event.key] = event.value
                 applied.append(f"put {event.key.decode('utf-8', 'replace')}")
             self.revision = event.revision
+        self.events += len(applied)
         if applied:
             self.changed(
                 dict(self.values),
@@ -866,13 +885,16 @@ class PrefixMirror:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self.watching = False
         if not self._running:
             return
+        self.failures += 1
+        self.error = describe(failure)
         if failure.check(Compacted):
             self._log.warn(
                 "etcd {prefix}: {why}; reading the whole prefix again",
                 prefix=self.prefix.decode("utf-8", "replace"),
-                why=describe(failure),
+                why=self.error,
             )
             self._read()
             return
@@ -893,7 +915,7 @@ class PrefixMirror:
             prefix=self.prefix.decode("utf-8", "replace"),
             what=what,
             endpoint=endpoint if what == "watch" else "every endpoint",
-            why=describe(failure),
+            why=self.error,
             next=self.client.endpoint,
             delay=delay,
             revision=self.revision + 1,

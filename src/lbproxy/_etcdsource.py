@@ -18,11 +18,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from lbproxy._backend import backendFor
 from lbproxy._certificates import loadChain
 from lbproxy._config import ServerConfig, UpstreamConfig, parseServer
 from lbproxy._etcd import EtcdClient, EtcdTLS, PrefixMirror
+from lbproxy._interfaces import IMembershipSource
 from lbproxy._pool import Pool
 
 
@@ -67,6 +69,7 @@ def _identity(server: ServerConfig) -> tuple[str, str, int]:
     return (server.scheme, server.host, server.port)
 
 
+@implementer(IMembershipSource)
 class EtcdSource(Service):
     """
     Keeps one pool's backends equal to the server lines under an etcd
@@ -147,6 +150,30 @@ class EtcdSource(Service):
     def startService(self) -> None:
         Service.startService(self)
         self.mirror.start()
+
+    def status(self) -> dict[str, Any]:
+        """
+        What the admin snapshot shows of the source (see
+        L{lbproxy._snapshot}): the prefix, the endpoint in use, the
+        revision the backends are at, whether a watch is open, the reads,
+        events and failures so far, the keys under the prefix (and those
+        of them not a server line), and why the latest read or watch
+        failed.
+        """
+        mirror = self.mirror
+        return {
+            "kind": "etcd",
+            "prefix": self.prefix,
+            "endpoint": mirror.client.endpoint,
+            "revision": mirror.revision,
+            "watching": mirror.watching,
+            "reads": mirror.reads,
+            "events": mirror.events,
+            "failures": mirror.failures,
+            "keys": len(mirror.values),
+            "rejected": len(self._rejected),
+            "error": mirror.error,
+        }
 
     def stopService(self) -> Optional[Deferred[None]]:
         Service.stopService(self)

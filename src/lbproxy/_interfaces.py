@@ -7,6 +7,7 @@ The public names are re-exported by L{lbproxy.interfaces}.
 
 from __future__ import annotations
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -121,6 +122,22 @@ class IMembershipObserver(Interface):
         C{backend} left the pool: its requests have finished, its
         connections are closing, and it is no longer in the pool's
         C{backends}.
+        """
+
+
+class IMembershipSource(IService):
+    """
+    A service that changes a pool's members while it runs, from something
+    outside the configuration file (DNS answers, etcd keys), through
+    L{lbproxy._pool.Pool.setBackends}.
+    """
+
+    def status():
+        """
+        What the admin snapshot shows of the source (see
+        L{lbproxy._snapshot}): a JSON-able L{dict} with its C{kind}
+        (C{"dns"}, C{"etcd"}) and how its work is going; its counts add up
+        across workers.
         """
 
 

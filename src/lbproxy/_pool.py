@@ -241,6 +241,10 @@ class Pool:
         they arrive (C{request_buffering = no}).
     @ivar retries: how many times a request was sent to another backend
         after one failed it (nginx's C{proxy_next_upstream}), in total.
+    @ivar backendsAdded: how many backends joined the pool while it ran
+        (L{setBackends}), in total.
+    @ivar backendsRemoved: how many backends left it and were dropped
+        (once their requests in flight finished), in total.
     """
 
     _log = Logger()
@@ -342,6 +346,8 @@ class Pool:
         self._spared: set[Backend] = set()
         self.budget = None if retryBudget is None else RetryBudget(retryBudget)
         self.retries = 0
+        self.backendsAdded = 0
+        self.backendsRemoved = 0
         self._recoveries: dict[Backend, IDelayedCall] = {}
         self._ramps: dict[Backend, tuple[float, IDelayedCall]] = {}
         self._drainWaiters: dict[Backend, list[Deferred[bool]]] = {}
@@ -488,6 +494,7 @@ class Pool:
                     members.append(member)
             gone = [b for key, b in current.items() if key not in wanted]
             self.backends = tuple(members + gone)
+            self.backendsAdded += len(added)
             for key, backend in wanted.items():
                 member = current.get(key)
                 if member is not None:
@@ -586,6 +593,7 @@ class Pool:
         """
         leaving = self._leaving.pop(backend)
         self.backends = tuple(b for b in self.backends if b is not backend)
+        self.backendsRemoved += 1
         recovery = self._recoveries.pop(backend, None)
         if recovery is not None:
             recovery.cancel()

@@ -23,7 +23,15 @@ Its keys (a dict per upstream, backend, vhost and certificate)::
     active_requests     requests in flight to backends
     upstreams           [{name, retries, retries_refused, queued,
                           queue_rejected, queue_timed_out, queue_left,
+                          backends_added, backends_removed, source,
                           backends: [backend...]}]
+      source            None for fixed servers, else what its
+                        IMembershipSource says: {kind: "dns", lookups,
+                        lookup_failures, lines: [{name, addresses,
+                        last_answer, next_lookup, error}]} or
+                        {kind: "etcd", prefix, endpoint, revision,
+                        watching, reads, events, failures, keys,
+                        rejected, error}
       backend           {name, url, id, state, reason, since, weight,
                          effective_weight, backup, active, max_conns,
                          requests, responses, responses_by_class,
@@ -52,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Optional
 
 from lbproxy._backend import Backend
 from lbproxy._counters import classCounts
+from lbproxy._interfaces import IMembershipSource
 from lbproxy._pool import Pool
 
 if TYPE_CHECKING:
@@ -128,14 +137,16 @@ def backendStatus(
 
 
 def upstreamStatus(
-    pool: Pool, checker: Optional[HealthChecker] = None
+    pool: Pool, checker: Optional[HealthChecker] = None, source: Any = None
 ) -> dict[str, Any]:
     """
     What the API shows of one upstream: its name, its retries (and those
     its C{retry_budget} refused), its queue (requests waiting now, and
     those refused because it was full, given up after C{queue_timeout}, or
-    whose client left while they waited) and its backends (with their
-    health checks, from C{checker}).
+    whose client left while they waited), the backends that joined and
+    left it, where they come from (C{source}, an L{IMembershipSource}, or
+    L{None} for fixed servers) and its backends (with their health checks,
+    from C{checker}).
     """
     checks = {} if checker is None else checker.checks
     queue = pool.queue
@@ -147,6 +158,9 @@ def upstreamStatus(
         "queue_rejected": queue.rejected,
         "queue_timed_out": queue.timedOut,
         "queue_left": queue.left,
+        "backends_added": pool.backendsAdded,
+        "backends_removed": pool.backendsRemoved,
+        "source": None if source is None else IMembershipSource(source).status(),
         "backends": [backendStatus(b, checks.get(b)) for b in pool.backends],
     }
 
@@ -170,6 +184,7 @@ def buildSnapshot(
     *,
     pools: Mapping[str, Pool],
     healthCheckers: Mapping[str, HealthChecker],
+    sources: Mapping[str, Any],
     vhosts: Iterable[VirtualHost],
     site: ProxySite,
     reloads: ReloadCounts,
@@ -181,13 +196,16 @@ def buildSnapshot(
 
     @param pools: the running pools, by upstream name.
     @param healthCheckers: the running health checkers, by upstream name.
+    @param sources: the running L{IMembershipSource}s, by upstream name.
     @param vhosts: the running virtual hosts.
     @param site: the L{ProxySite} of the listeners.
     @param reloads: the service's reload figures.
     @param certificates: the chains of the HTTPS listeners.
     @param now: the reactor's time.
     """
-    upstreams = [upstreamStatus(p, healthCheckers.get(n)) for n, p in pools.items()]
+    upstreams = [
+        upstreamStatus(p, healthCheckers.get(n), sources.get(n)) for n, p in pools.items()
+    ]
     return {
         "version": SNAPSHOT_VERSION,
         "time": now,

@@ -70,13 +70,19 @@ NOT_SUMMED = frozenset(
         "config_loaded",
         "since",
         "last_time",
+        "revision",
+        "keys",
+        "rejected",
+        "addresses",
+        "last_answer",
+        "next_lookup",
     }
 )
 
 #: Times at which something became true in each worker: the merged value
 #: is the latest, by when it held in all of them (when the thing itself,
 #: a backend's state say, is the same in every worker).
-LATEST = frozenset({"time", "config_loaded", "since", "last_time"})
+LATEST = frozenset({"time", "config_loaded", "since", "last_time", "last_answer"})
 
 #: The key under which a value that differs between workers is given,
 #: by worker number: C{{"per_worker": {"0": "up", "1": "down"}}}.
@@ -240,6 +246,10 @@ def _oneOf(key: Optional[str], values: list[Any]) -> Any:
     if key == "state":
         rank = {state: n for n, state in enumerate(STATE_ORDER)}
         return min(present, key=lambda state: rank.get(state, len(rank)))
+    if key == "revision":
+        # The etcd revision furthest behind: the one that says whether
+        # every worker has the latest backends.
+        return min(present)
     if all(isinstance(v, bool) for v in present):
         return all(present)
     if all(_isNumber(v) for v in present):
@@ -252,7 +262,8 @@ def singleValues(snapshot: Any, key: Optional[str] = None) -> Any:
     A merged snapshot (L{mergeSnapshots}) with one value wherever the
     workers' differ, for a renderer that shows one value per backend
     (C{/metrics}): a backend's C{state} is the worst of the workers' (in
-    L{STATE_ORDER}: one that any worker finds down is down), a yes-or-no
+    L{STATE_ORDER}: one that any worker finds down is down), an etcd
+    C{revision} the lowest (the worker furthest behind), a yes-or-no
     holds when it holds in every worker (the latest health check passed,
     the latest reload was taken), a number is the highest (a weight, a
     latency), and anything else is the first worker's.

@@ -466,6 +466,7 @@ class LoadBalancerService(MultiService):
         return buildSnapshot(
             pools=self.pools,
             healthCheckers=self.healthCheckers,
+            sources=self.sources,
             vhosts=self.resource.vhosts,
             site=self.site,
             reloads=ReloadCounts(

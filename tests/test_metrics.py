@@ -19,6 +19,7 @@ from lbproxy._certificates import loadChain
 from lbproxy._counters import LATENCY_BOUNDS
 from lbproxy._metrics import NO_VHOST, STATES, metricsText
 from lbproxy._snapshot import certificateStatus
+from lbproxy._workeradmin import WorkerAnswer, mergeSnapshots, singleValues
 from tests.certificates import Authority
 from tests.test_health import NoJitter, makeChecker, makePool
 from tests.test_snapshot import runningService
@@ -40,6 +41,66 @@ def key(metric: str, /, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]
     The key of a sample of L{samples}.
     """
     return metric, tuple(sorted(labels.items()))
+
+
+#: The families of the backends an upstream gained and lost and of its
+#: source (DNS or etcd), by the start of their names.
+SOURCE_FAMILIES = ("lbproxy_backends_added", "lbproxy_backends_removed", "lbproxy_dns_", "lbproxy_etcd_")
+
+
+def sourceLines(text: bytes, upstream: str) -> list[str]:
+    """
+    The sample lines, as written, of L{SOURCE_FAMILIES} for C{upstream}.
+    """
+    return [
+        line
+        for line in text.decode("utf-8").splitlines()
+        if line.startswith(SOURCE_FAMILIES) and f'upstream="{upstream}"' in line
+    ]
+
+
+def dnsSource(**keys: Any) -> dict[str, Any]:
+    """
+    The C{source} of an upstream whose backends come from three C{resolve}
+    lines: one answered at the time 88, one whose latest lookup failed
+    after an answer at 40, and one whose every lookup failed; with
+    C{keys}.
+    """
+    return {
+        "kind": "dns",
+        "lookups": 40,
+        "lookup_failures": 2,
+        "lines": [
+            {"name": "app.internal:8080", "addresses": 2, "last_answer": 88.0,
+             "next_lookup": 118.0, "error": None},
+            {"name": "_http._tcp.svc.internal", "addresses": 1, "last_answer": 40.0,
+             "next_lookup": 101.0, "error": "DNS lookup timed out"},
+            {"name": "new.internal:8080", "addresses": 0, "last_answer": None,
+             "next_lookup": 101.0, "error": "no such name"},
+        ],
+        **keys,
+    }
+
+
+def etcdSource(**keys: Any) -> dict[str, Any]:
+    """
+    The C{source} of an upstream whose backends come from etcd, at
+    revision 42 and watching, with C{keys}.
+    """
+    return {
+        "kind": "etcd",
+        "prefix": "/lbproxy/upstreams/app/",
+        "endpoint": "http://127.0.0.1:2379",
+        "revision": 42,
+        "watching": True,
+        "reads": 3,
+        "events": 17,
+        "failures": 2,
+        "keys": 5,
+        "rejected": 1,
+        "error": None,
+        **keys,
+    }
 
 
 def families(text: bytes) -> dict[str, str]:
@@ -208,6 +269,156 @@ class SnapshotPartsTests(SynchronousTestCase):
             "upstreams": upstreams, "vhosts": [], "unrouted": empty,
             "certificates": certificates,
         }
+
+    def upstream(self, name: str, **keys: Any) -> dict[str, Any]:
+        """
+        An upstream of a snapshot, without backends, with C{keys}.
+        """
+        return {
+            "name": name, "retries": 0, "retries_refused": 0, "queued": 0,
+            "queue_rejected": 0, "queue_timed_out": 0, "backends": [], **keys,
+        }
+
+    def test_dnsSource(self) -> None:
+        """
+        An upstream whose backends come from DNS has its backends added and
+        removed, its lookups and failed lookups, and per C{resolve} line its
+        addresses and, once it has had one, when its last good answer came;
+        none of the etcd families.
+        """
+        upstream = self.upstream("app", backends_added=3, backends_removed=1, source=dnsSource())
+        text = metricsText(self.snapshot([upstream], []))[0]
+        self.assertEqual(
+            sourceLines(text, "app"),
+            [
+                'lbproxy_backends_added_total{upstream="app"} 3.0',
+                'lbproxy_backends_removed_total{upstream="app"} 1.0',
+                'lbproxy_dns_lookups_total{upstream="app"} 40.0',
+                'lbproxy_dns_lookup_failures_total{upstream="app"} 2.0',
+                'lbproxy_dns_addresses{name="app.internal:8080",upstream="app"} 2.0',
+                'lbproxy_dns_addresses{name="_http._tcp.svc.internal",upstream="app"} 1.0',
+                'lbproxy_dns_addresses{name="new.internal:8080",upstream="app"} 0.0',
+                'lbproxy_dns_last_answer_timestamp_seconds{name="app.internal:8080",'
+                'upstream="app"} 88.0',
+                'lbproxy_dns_last_answer_timestamp_seconds{name="_http._tcp.svc.internal",'
+                'upstream="app"} 40.0',
+            ],
+        )
+        types = families(text)
+        self.assertEqual(
+            [
+                types[f"lbproxy_{name}"]
+                for name in (
+                    "backends_added", "backends_removed", "dns_lookups",
+                    "dns_lookup_failures", "dns_addresses",
+                    "dns_last_answer_timestamp_seconds",
+                )
+            ],
+            ["counter", "counter", "counter", "counter", "gauge", "gauge"],
+        )
+
+    def test_etcdSource(self) -> None:
+        """
+        An upstream whose backends come from etcd has its backends added and
+        removed, and its revision, whether it watches (1 or 0), its reads,
+        events and failures, and its keys and rejected keys; none of the DNS
+        families.
+        """
+        source = etcdSource()
+        stopped = dict(source, revision=0, watching=False, error="connection refused")
+        snapshot = self.snapshot(
+            [
+                self.upstream("app", backends_added=6, backends_removed=1, source=source),
+                self.upstream("api", backends_added=0, backends_removed=0, source=stopped),
+            ],
+            [],
+        )
+        text = metricsText(snapshot)[0]
+        self.assertEqual(
+            sourceLines(text, "app"),
+            [
+                'lbproxy_backends_added_total{upstream="app"} 6.0',
+                'lbproxy_backends_removed_total{upstream="app"} 1.0',
+                'lbproxy_etcd_revision{upstream="app"} 42.0',
+                'lbproxy_etcd_watching{upstream="app"} 1.0',
+                'lbproxy_etcd_reads_total{upstream="app"} 3.0',
+                'lbproxy_etcd_events_total{upstream="app"} 17.0',
+                'lbproxy_etcd_failures_total{upstream="app"} 2.0',
+                'lbproxy_etcd_keys{upstream="app"} 5.0',
+                'lbproxy_etcd_rejected_keys{upstream="app"} 1.0',
+            ],
+        )
+        found = samples(text)
+        self.assertEqual(found[key("lbproxy_etcd_revision", upstream="api")], 0)
+        self.assertEqual(found[key("lbproxy_etcd_watching", upstream="api")], 0)
+        types = families(text)
+        self.assertEqual(
+            [
+                types[f"lbproxy_etcd_{name}"]
+                for name in (
+                    "revision", "watching", "reads", "events", "failures", "keys",
+                    "rejected_keys",
+                )
+            ],
+            ["gauge", "gauge", "counter", "counter", "counter", "gauge", "gauge"],
+        )
+
+    def test_fixedServers(self) -> None:
+        """
+        An upstream with fixed servers (no C{source}) has its backends added
+        and removed (through the admin API) and no DNS or etcd family; one
+        of an older snapshot, without these keys at all, has 0 of each.
+        """
+        snapshot = self.snapshot(
+            [
+                self.upstream("app", backends_added=2, backends_removed=2, source=None),
+                self.upstream("old"),
+            ],
+            [],
+        )
+        text = metricsText(snapshot)[0]
+        self.assertEqual(
+            sourceLines(text, "app"),
+            [
+                'lbproxy_backends_added_total{upstream="app"} 2.0',
+                'lbproxy_backends_removed_total{upstream="app"} 2.0',
+            ],
+        )
+        self.assertEqual(
+            sourceLines(text, "old"),
+            [
+                'lbproxy_backends_added_total{upstream="old"} 0.0',
+                'lbproxy_backends_removed_total{upstream="old"} 0.0',
+            ],
+        )
+
+    def test_workers(self) -> None:
+        """
+        In C{workers} mode (the workers' snapshots merged, one value taken
+        where they differ), the counters are the sums of the workers', and
+        the etcd revision the lowest: the worker furthest behind.
+        """
+        def worker(number: int, revision: int, events: int) -> WorkerAnswer:
+            source = etcdSource(revision=revision, reads=1, events=events, failures=0)
+            upstream = self.upstream("app", backends_added=2, backends_removed=0, source=source)
+            return WorkerAnswer(number, 100 + number, 200, self.snapshot([upstream], []))
+
+        merged = mergeSnapshots([worker(0, 42, 7), worker(1, 40, 5)])
+        text = metricsText(singleValues(merged))[0]
+        self.assertEqual(
+            sourceLines(text, "app"),
+            [
+                'lbproxy_backends_added_total{upstream="app"} 4.0',
+                'lbproxy_backends_removed_total{upstream="app"} 0.0',
+                'lbproxy_etcd_revision{upstream="app"} 40.0',
+                'lbproxy_etcd_watching{upstream="app"} 1.0',
+                'lbproxy_etcd_reads_total{upstream="app"} 2.0',
+                'lbproxy_etcd_events_total{upstream="app"} 12.0',
+                'lbproxy_etcd_failures_total{upstream="app"} 0.0',
+                'lbproxy_etcd_keys{upstream="app"} 5.0',
+                'lbproxy_etcd_rejected_keys{upstream="app"} 1.0',
+            ],
+        )
 
     def test_limits(self) -> None:
         """

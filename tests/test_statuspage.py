@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import os
 import re
 from html.parser import HTMLParser
@@ -33,6 +34,7 @@ from lbproxy._statuspage import (
 )
 from lbproxy.balancers._roundrobin import RoundRobin
 from tests.certificates import Authority
+from tests.test_metrics import dnsSource, etcdSource
 from tests.test_snapshot import runningService
 
 _BASE = "http://127.0.0.1:9000"
@@ -331,6 +333,199 @@ class StatusPageTests(SynchronousTestCase):
         page = parse(self.get()[2])
         self.assertEqual(
             [a.get("data-upstream") for t, a in page.tags if t == "section"], ["new"]
+        )
+
+
+def _sourceLines(main: str) -> list[str]:
+    """
+    The text of each upstream's source line (under its heading) in
+    C{main}, as a browser shows it.
+    """
+    return [
+        _words(html.unescape(re.sub("<[^>]+>", "", line)))
+        for line in re.findall(r'<p class="source">(.*?)</p>', main)
+    ]
+
+
+def _headings(main: str) -> list[str]:
+    """
+    The text of each upstream's heading in C{main}.
+    """
+    return [
+        _words(html.unescape(re.sub("<[^>]+>", " ", h)))
+        for h in re.findall(r"<h2>(.*?)</h2>", main)
+    ]
+
+
+class SourceTests(SynchronousTestCase):
+    """
+    Under the heading of an upstream whose backends come from DNS or etcd,
+    a line says where from and how that goes; the heading says how many
+    backends joined and left.
+    """
+
+    def render(self, *upstreams: dict[str, Any]) -> str:
+        """
+        The C{<main>} of a snapshot of C{upstreams} (given their names and
+        no backends), at the time 100.
+        """
+        snapshot = {
+            "upstreams": [
+                {"name": f"u{n}", "backends": [], **u} for n, u in enumerate(upstreams)
+            ]
+        }
+        return renderStatus(snapshot, {}, 100.0)
+
+    def test_dns(self) -> None:
+        """
+        A DNS source: each C{resolve} line with its addresses and the age of
+        its latest answer, and why its latest lookup failed (the last answer
+        kept, or none yet); then the lookups and how many failed.
+        """
+        main = self.render(
+            {"backends_added": 3, "backends_removed": 1, "source": dnsSource()}
+        )
+        self.assertEqual(
+            _sourceLines(main),
+            [
+                "Backends from DNS: app.internal:8080 (2 addresses, answered 12s ago), "
+                "_http._tcp.svc.internal (1 address, answered 1m 00s ago; lookup "
+                "failed: DNS lookup timed out, keeping the last answer), "
+                "new.internal:8080 (lookup failed: no such name, no answer yet); "
+                "40 lookups, 2 failed"
+            ],
+        )
+        self.assertEqual(_headings(main), ["u0 0 of 0 up 3 backends added, 1 removed"])
+        titles = [a.get("title") for t, a in parse(main).tags if t == "time"]
+        self.assertEqual(titles, ["1970-01-01 00:01:28 UTC", "1970-01-01 00:00:40 UTC"])
+        self.assertIn('<span class="warn">lookup failed: ', main)
+
+    def test_dnsNotAnswered(self) -> None:
+        """
+        A C{resolve} line whose first lookup has not ended says so.
+        """
+        line = {"name": "a.internal", "addresses": 0, "last_answer": None,
+                "next_lookup": 101.0, "error": None}
+        main = self.render({"source": dnsSource(lines=[line], lookups=1, lookup_failures=0)})
+        self.assertEqual(
+            _sourceLines(main),
+            ["Backends from DNS: a.internal (not answered yet); 1 lookup, 0 failed"],
+        )
+
+    def test_etcd(self) -> None:
+        """
+        An etcd source: its prefix, revision, endpoint and watch, its keys
+        (and the rejected ones), and its reads, events and failures; one
+        whose watch is not open says why, one not read yet says so.
+        """
+        main = self.render(
+            {"backends_added": 5, "backends_removed": 0, "source": etcdSource()},
+            {
+                "source": etcdSource(
+                    revision=0, watching=False, error="connection refused",
+                    reads=0, events=0, failures=1, keys=0, rejected=0,
+                )
+            },
+        )
+        self.assertEqual(
+            _sourceLines(main),
+            [
+                "Backends from etcd /lbproxy/upstreams/app/ at revision 42 via "
+                "http://127.0.0.1:2379, watching; 5 keys (1 rejected); 3 reads, "
+                "17 events, 2 failures",
+                "Backends from etcd /lbproxy/upstreams/app/ not read yet via "
+                "http://127.0.0.1:2379, not watching: connection refused; 0 keys; "
+                "0 reads, 0 events, 1 failure",
+            ],
+        )
+        self.assertEqual(
+            _headings(main),
+            ["u0 0 of 0 up 5 backends added, 0 removed", "u1 0 of 0 up"],
+        )
+
+    def test_fixedServers(self) -> None:
+        """
+        An upstream with fixed servers (no C{source}, or a snapshot from
+        before sources) has no source line; its heading says how many
+        backends joined and left through the admin API, when any did.
+        """
+        main = self.render(
+            {"source": None, "backends_added": 1, "backends_removed": 1},
+            {"source": None, "backends_added": 0, "backends_removed": 0},
+            {},
+        )
+        self.assertEqual(_sourceLines(main), [])
+        self.assertNotIn("Backends from", main)
+        self.assertEqual(
+            _headings(main),
+            ["u0 0 of 0 up 1 backend added, 1 removed", "u1 0 of 0 up", "u2 0 of 0 up"],
+        )
+
+    def test_escaping(self) -> None:
+        """
+        Everything of a source is escaped: names, prefix, endpoint and
+        errors come from the configuration, etcd and DNS servers.
+        """
+        hostile = "<script>alert('x')</script>&\""
+        line = {"name": hostile, "addresses": 1, "last_answer": 90.0,
+                "next_lookup": 101.0, "error": hostile}
+        main = self.render(
+            {"source": dnsSource(lines=[line])},
+            {
+                "source": etcdSource(
+                    prefix=hostile, endpoint=hostile, watching=False, error=hostile,
+                    revision=hostile,
+                )
+            },
+        )
+        self.assertNotIn("<script>", main)
+        self.assertNotIn("'x'", main)
+        dns, etcd = _sourceLines(main)
+        self.assertEqual(
+            dns,
+            f"Backends from DNS: {hostile} (1 address, answered 10s ago; lookup "
+            f"failed: {hostile}, keeping the last answer); 40 lookups, 2 failed",
+        )
+        self.assertEqual(
+            etcd,
+            f"Backends from etcd {hostile} at revision {hostile} via {hostile}, not "
+            f"watching: {hostile}; 5 keys (1 rejected); 3 reads, 17 events, 2 failures",
+        )
+
+    def test_perWorker(self) -> None:
+        """
+        In the merged snapshot of C{workers} mode, what differs between
+        workers (a line's addresses, the revision each is at, whether each
+        watches) is shown per worker; the counts are the sums.
+        """
+        line = {
+            "name": "app.internal",
+            "addresses": {"per_worker": {"0": 2, "1": 1}},
+            "last_answer": 88.0,
+            "next_lookup": {"per_worker": {"0": 118.0, "1": 120.0}},
+            "error": None,
+        }
+        main = self.render(
+            {"source": dnsSource(lines=[line], lookups=80, lookup_failures=0)},
+            {
+                "source": etcdSource(
+                    revision={"per_worker": {"0": 42, "1": 41}},
+                    watching={"per_worker": {"0": True, "1": False}},
+                    error={"per_worker": {"0": None, "1": "connection refused"}},
+                    rejected=0,
+                )
+            },
+        )
+        self.assertEqual(
+            _sourceLines(main),
+            [
+                "Backends from DNS: app.internal (w0 2 addresses, answered 12s ago "
+                "\u00b7 w1 1 address, answered 12s ago); 80 lookups, 0 failed",
+                "Backends from etcd /lbproxy/upstreams/app/ w0 at revision 42 via "
+                "http://127.0.0.1:2379, watching; 5 keys \u00b7 w1 at revision 41 via "
+                "http://127.0.0.1:2379, not watching: connection refused; 5 keys; "
+                "3 reads, 17 events, 2 failures",
+            ],
         )
 
 

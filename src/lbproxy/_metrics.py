@@ -32,6 +32,19 @@ The metrics (counters end in C{_total}; times are seconds)::
     lbproxy_queued_requests{upstream}                           gauge
     lbproxy_queue_refused_total{upstream,reason}                counter
     lbproxy_backend_ejections_total{upstream,backend}           counter
+    lbproxy_backends_added_total{upstream}                      counter
+    lbproxy_backends_removed_total{upstream}                    counter
+    lbproxy_dns_lookups_total{upstream}                         counter
+    lbproxy_dns_lookup_failures_total{upstream}                 counter
+    lbproxy_dns_addresses{upstream,name}                        gauge
+    lbproxy_dns_last_answer_timestamp_seconds{upstream,name}    gauge
+    lbproxy_etcd_revision{upstream}                             gauge
+    lbproxy_etcd_watching{upstream}                             gauge
+    lbproxy_etcd_reads_total{upstream}                          counter
+    lbproxy_etcd_events_total{upstream}                         counter
+    lbproxy_etcd_failures_total{upstream}                       counter
+    lbproxy_etcd_keys{upstream}                                 gauge
+    lbproxy_etcd_rejected_keys{upstream}                        gauge
     lbproxy_connections                                         gauge
     lbproxy_connections_refused_total                           counter
     lbproxy_reloads_total                                       counter
@@ -40,8 +53,12 @@ The metrics (counters end in C{_total}; times are seconds)::
     lbproxy_config_loaded_timestamp_seconds                     gauge
     lbproxy_certificate_expiry_timestamp_seconds{file,name}     gauge
 
-C{vhost} is C{-} for the requests no vhost took.  C{docs/admin.rst}
-says what each one counts.
+C{vhost} is C{-} for the requests no vhost took.  The C{lbproxy_dns_*}
+families have samples only for the upstreams whose backends come from
+C{resolve} lines, the C{lbproxy_etcd_*} ones only for those whose
+backends come from etcd (the upstream's C{source} in the snapshot); C{name}
+is a C{resolve} line as written.  C{docs/admin.rst} says what each one
+counts.
 """
 
 from __future__ import annotations
@@ -89,6 +106,28 @@ def _histogram(
         total += count
         buckets.append((bound, total))
     family.add_metric(labels, buckets, histogram["sum"])
+
+
+def _families(
+    table: Iterable[tuple[Any, str, str, str]], labels: list[str]
+) -> list[tuple[Any, str]]:
+    """
+    The families of C{table} (rows of family type, name, help and the
+    snapshot field each takes its value from), with C{labels}, each with
+    its field.
+    """
+    return [(kind(name, text, labels=labels), field) for kind, name, text, field in table]
+
+
+def _addValues(
+    families: Iterable[tuple[Any, str]], labels: list[str], record: dict[str, Any]
+) -> None:
+    """
+    Add to each of C{families} (as L{_families} gives them) the value of
+    its field in C{record} (a yes-or-no is written 1 or 0).
+    """
+    for family, field in families:
+        family.add_metric(labels, record[field])
 
 
 def _classes(
@@ -167,6 +206,95 @@ _LIMIT_VALUES: list[tuple[Any, str, str, str]] = [
     ),
 ]
 
+#: The counters of the backends that joined or left an upstream while it
+#: ran, from a field of its snapshot (0 in a snapshot without it):
+#: (family, name, help, field).
+_CHANGE_VALUES: list[tuple[Any, str, str, str]] = [
+    (
+        CounterMetricFamily,
+        "lbproxy_backends_added",
+        "Backends that joined an upstream while it ran (from a DNS answer, "
+        "an etcd key or the admin API), since its pool was built.",
+        "backends_added",
+    ),
+    (
+        CounterMetricFamily,
+        "lbproxy_backends_removed",
+        "Backends that left an upstream while it ran, since its pool was "
+        "built.",
+        "backends_removed",
+    ),
+]
+
+#: The metrics of an upstream whose backends come from C{resolve} lines,
+#: from a field of its snapshot's C{source}: (family, name, help, field).
+_DNS_VALUES: list[tuple[Any, str, str, str]] = [
+    (
+        CounterMetricFamily,
+        "lbproxy_dns_lookups",
+        "DNS lookups of an upstream's resolve lines that ended, answered "
+        "or failed.",
+        "lookups",
+    ),
+    (
+        CounterMetricFamily,
+        "lbproxy_dns_lookup_failures",
+        "DNS lookups of an upstream's resolve lines that failed (the last "
+        "good answer was kept).",
+        "lookup_failures",
+    ),
+]
+
+#: The metrics of an upstream whose backends come from etcd, from a field
+#: of its snapshot's C{source}: (family, name, help, field).
+_ETCD_VALUES: list[tuple[Any, str, str, str]] = [
+    (
+        GaugeMetricFamily,
+        "lbproxy_etcd_revision",
+        "The etcd revision an upstream's backends are at (0 before the "
+        "first read).",
+        "revision",
+    ),
+    (
+        GaugeMetricFamily,
+        "lbproxy_etcd_watching",
+        "1 while a watch of an upstream's etcd prefix is open, else 0.",
+        "watching",
+    ),
+    (
+        CounterMetricFamily,
+        "lbproxy_etcd_reads",
+        "Full reads of an upstream's etcd prefix.",
+        "reads",
+    ),
+    (
+        CounterMetricFamily,
+        "lbproxy_etcd_events",
+        "PUT and DELETE events of an upstream's etcd prefix applied.",
+        "events",
+    ),
+    (
+        CounterMetricFamily,
+        "lbproxy_etcd_failures",
+        "Reads and watches of an upstream's etcd prefix that failed (each "
+        "retried).",
+        "failures",
+    ),
+    (
+        GaugeMetricFamily,
+        "lbproxy_etcd_keys",
+        "Keys under an upstream's etcd prefix now.",
+        "keys",
+    ),
+    (
+        GaugeMetricFamily,
+        "lbproxy_etcd_rejected_keys",
+        "Keys under an upstream's etcd prefix whose value is not a valid "
+        "server line (never applied).",
+        "rejected",
+    ),
+]
+
 #: The gauges of a backend's latest health check probe, from a field of
 #: its snapshot's C{health}: (name, help, field).
 _LAST_PROBE = [
@@ -202,6 +330,7 @@ class SnapshotCollector:
         snapshot = self.snapshot
         yield from self._requests(snapshot)
         yield from self._upstreams(snapshot)
+        yield from self._sources(snapshot)
         yield from self._process(snapshot)
 
     def _requests(self, snapshot: dict[str, Any]) -> Iterable[Metric]:
@@ -223,10 +352,7 @@ class SnapshotCollector:
             "(limit_rate) or conn (limit_conn).",
             labels=["vhost", "limit"],
         )
-        limited = [
-            (kind(name, text, labels=["vhost"]), field)
-            for kind, name, text, field in _LIMIT_VALUES
-        ]
+        limited = _families(_LIMIT_VALUES, ["vhost"])
         counted = [(v["name"], v) for v in snapshot["vhosts"]]
         for name, vhost in counted:
             limits = vhost.get("limits")
@@ -234,8 +360,7 @@ class SnapshotCollector:
                 continue
             refused.add_metric([name, "rate"], limits["refused_rate"])
             refused.add_metric([name, "conn"], limits["refused_conn"])
-            for family, field in limited:
-                family.add_metric([name], limits[field])
+            _addValues(limited, [name], limits)
         counted.append((NO_VHOST, snapshot["unrouted"]))
         for name, counts in counted:
             _classes(requests, [name], counts["responses_by_class"])
@@ -244,10 +369,7 @@ class SnapshotCollector:
 
     def _upstreams(self, snapshot: dict[str, Any]) -> Iterable[Metric]:
         labels = ["upstream", "backend"]
-        plain = [
-            (kind(name, text, labels=labels), field)
-            for kind, name, text, field in _BACKEND_VALUES
-        ]
+        plain = _families(_BACKEND_VALUES, labels)
         health = [
             (GaugeMetricFamily(name, text, labels=labels), field)
             for name, text, field in _LAST_PROBE
@@ -304,8 +426,7 @@ class SnapshotCollector:
             queueRefused.add_metric([name, "timeout"], upstream["queue_timed_out"])
             for backend in upstream["backends"]:
                 which = [name, backend["name"]]
-                for family, field in plain:
-                    family.add_metric(which, backend[field])
+                _addValues(plain, which, backend)
                 _classes(responses, which, backend["responses_by_class"])
                 _histogram(times, which, backend["response_time_histogram"])
                 for value in STATES:
@@ -325,6 +446,51 @@ class SnapshotCollector:
             requests, responses, failures, ejections, times, active, state,
             weight, effective, checks, *(family for family, _ in health),
             retries, refusedRetries, queued, queueRefused,
+        ]
+
+    def _sources(self, snapshot: dict[str, Any]) -> Iterable[Metric]:
+        """
+        The backends that joined and left each upstream, and for one whose
+        backends come from DNS or etcd (its C{source}), how that goes.
+        """
+        upstream = ["upstream"]
+        changes = _families(_CHANGE_VALUES, upstream)
+        dns = _families(_DNS_VALUES, upstream)
+        etcd = _families(_ETCD_VALUES, upstream)
+        addresses = GaugeMetricFamily(
+            "lbproxy_dns_addresses",
+            "Backends a resolve line of an upstream has now, from its DNS "
+            "answers.",
+            labels=[*upstream, "name"],
+        )
+        answered = GaugeMetricFamily(
+            "lbproxy_dns_last_answer_timestamp_seconds",
+            "When the latest good DNS answer for a resolve line of an "
+            "upstream came, in seconds since the epoch.",
+            labels=[*upstream, "name"],
+        )
+        for pool in snapshot["upstreams"]:
+            name = pool["name"]
+            for family, field in changes:
+                family.add_metric([name], pool.get(field, 0))
+            source: Optional[dict[str, Any]] = pool.get("source")
+            if source is None:
+                continue
+            if source["kind"] == "dns":
+                _addValues(dns, [name], source)
+                for line in source["lines"]:
+                    which = [name, line["name"]]
+                    addresses.add_metric(which, line["addresses"])
+                    if line["last_answer"] is not None:
+                        answered.add_metric(which, line["last_answer"])
+            elif source["kind"] == "etcd":
+                _addValues(etcd, [name], source)
+        return [
+            *(family for family, _ in changes),
+            *(family for family, _ in dns),
+            addresses,
+            answered,
+            *(family for family, _ in etcd),
         ]
 
     def _process(self, snapshot: dict[str, Any]) -> Iterable[Metric]:

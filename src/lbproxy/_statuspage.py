@@ -30,7 +30,7 @@ import base64
 import datetime
 import hashlib
 from html import escape
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -76,6 +76,7 @@ color:var(--muted)}
 h2{font-size:1rem;margin:0 0 .5rem;display:flex;flex-wrap:wrap;gap:.5rem;
 align-items:baseline}
 h2 small{font-weight:normal;color:var(--muted)}
+p.source{margin:-.25rem 0 .5rem;font-size:.85rem;color:var(--muted)}
 table{width:100%;border-collapse:collapse;background:var(--card);
 border:1px solid var(--line);border-radius:6px;overflow:hidden;
 table-layout:fixed}
@@ -459,6 +460,134 @@ def _backendRow(backend: Mapping[str, Any], rates: Mapping[str, Optional[float]]
     return f'<tr class="r-{_e(rowState)}">{"".join(cells)}</tr>'
 
 
+def _plural(count: Any, one: str, many: str) -> str:
+    """
+    C{count} (as L{_count} writes it) and the noun that goes with it.
+    """
+    return f"{_count(count)} {one if count == 1 else many}"
+
+
+def _inWorkers(
+    record: Mapping[str, Any],
+    keys: Sequence[str],
+    draw: Callable[[Mapping[str, Any]], str],
+) -> str:
+    """
+    C{draw(record)}; or, where some of C{keys} of C{record} differ between
+    workers, each worker's drawn in turn, after its number, on one line.
+    """
+    workers = _workersOf(record, keys)
+    if workers is None:
+        return draw(record)
+    return _DOT.join(
+        f'<span class="wn">w{_e(n)}</span> {draw(own)}' for n, own in workers
+    )
+
+
+#: The keys of a C{resolve} line's status (in a DNS source) that the page
+#: shows.
+_LINE_KEYS = ("addresses", "last_answer", "error")
+
+
+def _resolveLine(line: Mapping[str, Any], now: float) -> str:
+    """
+    What a C{resolve} line has: its backends and the age of its latest
+    good answer, and why its latest lookup failed if it did.
+    """
+
+    def draw(own: Mapping[str, Any]) -> str:
+        answered = own.get("last_answer")
+        error = own.get("error")
+        parts = []
+        if isinstance(answered, (int, float)):
+            parts.append(
+                f'{_plural(own.get("addresses"), "address", "addresses")}, '
+                f"answered {_ago(answered, now)}"
+            )
+        if error is not None:
+            keeping = "keeping the last answer" if parts else "no answer yet"
+            parts.append(f'<span class="warn">lookup failed: {_e(error)}</span>, {keeping}')
+        return "; ".join(parts) or "not answered yet"
+
+    name = f'<span class="addr">{_e(line.get("name", "?"))}</span>'
+    return f"{name} ({_inWorkers(line, _LINE_KEYS, draw)})"
+
+
+#: The keys of an etcd source that the page shows once per worker where
+#: they differ.
+_ETCD_KEYS = ("revision", "endpoint", "watching", "error", "keys", "rejected")
+
+
+def _etcd(source: Mapping[str, Any]) -> str:
+    """
+    Where an etcd source is (prefix, revision, endpoint, watch), its keys,
+    and its reads, events and failures.
+    """
+
+    def draw(own: Mapping[str, Any]) -> str:
+        revision = own.get("revision")
+        error = own.get("error")
+        if own.get("watching"):
+            watch = "watching"
+        else:
+            watch = '<span class="warn">not watching' + (
+                f": {_e(error)}</span>" if error is not None else "</span>"
+            )
+        rejected = own.get("rejected")
+        return (
+            (f"at revision {_e(revision)}" if revision else "not read yet")
+            + f' via <span class="addr">{_e(own.get("endpoint", "?"))}</span>, {watch}; '
+            + _plural(own.get("keys"), "key", "keys")
+            + (f' <span class="warn">({_count(rejected)} rejected)</span>' if rejected else "")
+        )
+
+    return (
+        f'Backends from etcd <span class="addr">{_e(source.get("prefix", "?"))}</span> '
+        f"{_inWorkers(source, _ETCD_KEYS, draw)}; "
+        f'{_plural(source.get("reads"), "read", "reads")}, '
+        f'{_plural(source.get("events"), "event", "events")}, '
+        f'{_plural(source.get("failures"), "failure", "failures")}'
+    )
+
+
+def _source(upstream: Mapping[str, Any], now: float) -> str:
+    """
+    The line under an upstream's heading that says where its backends come
+    from (its C{source}: DNS or etcd) and how that is going; nothing for
+    an upstream with fixed servers.
+    """
+    source = upstream.get("source")
+    if not isinstance(source, Mapping):
+        return ""
+    if source.get("kind") == "dns":
+        lines = ", ".join(_resolveLine(line, now) for line in source.get("lines", ()))
+        text = (
+            f"Backends from DNS: {lines or 'no resolve lines'}; "
+            f'{_plural(source.get("lookups"), "lookup", "lookups")}, '
+            f'{_count(source.get("lookup_failures"))} failed'
+        )
+    elif source.get("kind") == "etcd":
+        text = _etcd(source)
+    else:
+        return ""
+    return f'<p class="source">{text}</p>'
+
+
+def _changes(upstream: Mapping[str, Any]) -> str:
+    """
+    The backends that joined and left an upstream while it ran, for its
+    heading; nothing when none did.
+    """
+    added = upstream.get("backends_added") or 0
+    removed = upstream.get("backends_removed") or 0
+    if not (added or removed):
+        return ""
+    return (
+        f"<small>{_plural(added, 'backend', 'backends')} added, "
+        f"{_count(removed)} removed</small>"
+    )
+
+
 def _upstream(
     upstream: Mapping[str, Any],
     rates: Mapping[tuple[str, str, str], Optional[float]],
@@ -488,7 +617,8 @@ def _upstream(
         summaryClass = "ok" if up == len(backends) else ("bad" if up == 0 else "warn")
     return (
         f'<section data-upstream="{_e(name)}"><h2>{_e(name)} '
-        f'<small class="{summaryClass}">{up} of {len(backends)} up</small></h2>'
+        f'<small class="{summaryClass}">{up} of {len(backends)} up</small>'
+        f"{_changes(upstream)}</h2>{_source(upstream, now)}"
         f"<table><colgroup>{columns}</colgroup><thead><tr>{head}</tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
     )

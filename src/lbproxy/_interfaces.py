@@ -7,7 +7,6 @@ The public names are re-exported by L{lbproxy.interfaces}.
 
 from __future__ import annotations
 
-from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -125,11 +124,12 @@ class IMembershipObserver(Interface):
         """
 
 
-class IMembershipSource(IService):
+class IMembershipSource(Interface):
     """
-    A service that changes a pool's members while it runs, from something
-    outside the configuration file (DNS answers, etcd keys), through
-    L{lbproxy._pool.Pool.setBackends}.
+    What changes a pool's members while it runs, from something outside
+    the configuration file (DNS answers, etcd keys), through
+    L{lbproxy._pool.Pool.setBackends}: a service (an C{IService} too),
+    a child of the L{lbproxy.LoadBalancerService}.
     """
 
     def status():

@@ -2,7 +2,7 @@
 # Records the session of docs/fleet.rst: one etcd member, two lbproxy
 # instances running the same fleet.ini (ports 8081/9901 and 8082/9902),
 # two demo backends; servers are added and removed with etcdctl and each
-# instance's admin API shows the result.
+# instance's admin API shows the result, and /metrics that they agree.
 #
 #   PATH=$PWD/.venv/bin:$PATH bash docs/fleet/record.sh > transcript.txt
 #
@@ -63,3 +63,5 @@ run "etcdctl del /lbproxy/upstreams/app/blue"
 sleep 0.5
 run "upstreams 9901; upstreams 9902"
 run "grep -h 'blue\|9001' fleet-2.log | grep -v 'starting on' | cut -d' ' -f3-"
+echo "##### agree"
+run "for port in 9901 9902; do curl -s http://127.0.0.1:\$port/metrics | grep -E '^lbproxy_(etcd_(revision|watching|keys|rejected_keys)|backends_(added|removed)_total)\\{' | sed \"s/^/admin \$port: /\"; done"

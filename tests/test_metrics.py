@@ -366,7 +366,8 @@ class SnapshotPartsTests(SynchronousTestCase):
     def test_fixedServers(self) -> None:
         """
         An upstream with fixed servers (no C{source}) has its backends added
-        and removed (through the admin API) and no DNS or etcd family; one
+        and removed (by an application that calls C{Pool.setBackends}) and
+        no DNS or etcd family; one
         of an older snapshot, without these keys at all, has 0 of each.
         """
         snapshot = self.snapshot(

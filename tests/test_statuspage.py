@@ -447,7 +447,8 @@ class SourceTests(SynchronousTestCase):
         """
         An upstream with fixed servers (no C{source}, or a snapshot from
         before sources) has no source line; its heading says how many
-        backends joined and left through the admin API, when any did.
+        backends joined and left (an application that embeds lbproxy may
+        call C{Pool.setBackends} itself), when any did.
         """
         main = self.render(
             {"source": None, "backends_added": 1, "backends_removed": 1},

@@ -213,8 +213,8 @@ _CHANGE_VALUES: list[tuple[Any, str, str, str]] = [
     (
         CounterMetricFamily,
         "lbproxy_backends_added",
-        "Backends that joined an upstream while it ran (from a DNS answer, "
-        "an etcd key or the admin API), since its pool was built.",
+        "Backends that joined an upstream while it ran (from a DNS answer "
+        "or an etcd key), since its pool was built.",
         "backends_added",
     ),
     (

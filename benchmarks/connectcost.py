@@ -25,8 +25,8 @@ A variant is C{SPIN}, C{SPIN+ahead} or C{SPIN+thread}:
   - C{+thread}: every connect is made in a thread of the reactor's pool
     (a blocking C{connect()}, which lets go of the GIL while the kernel
     does the handshake), and the connected socket handed back to the
-    reactor thread (C{callFromThread}), which builds the transport as
-    the endpoint does.  Also an experiment: it shows whether taking the
+    reactor thread (C{callFromThread}), where the endpoint's own attempt
+    builds the transport.  Also an experiment: it shows whether taking the
     kernel's part of a connect (about two thirds of it on loopback) off
     the reactor's thread spares the p99.
 
@@ -68,8 +68,8 @@ def _install():
     import socket
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
-    from twisted.internet.error import ConnectError, getConnectError
-    from lbproxy._directtcp import DirectTCPEndpoint, _connectedTransport
+    from twisted.internet.error import getConnectError
+    from lbproxy._directtcp import DirectTCPEndpoint, _Attempt
     from lbproxy._pool import Pool
 
     spin = float(os.environ["LBPROXY_CONNECT_SPIN"]) / 1e6
@@ -92,18 +92,9 @@ def _install():
             connecting = Deferred()
 
             def connected(sock):
-                try:
-                    transport = _connectedTransport(sock, factory, self._peer, reactor)
-                except ConnectError as e:
-                    transport = None
-                    connecting.errback(e)
-                else:
-                    if transport is None:
-                        connecting.errback(ConnectError(string="no protocol"))
-                    else:
-                        connecting.callback(transport.protocol)
-                if transport is None:
-                    sock.close()
+                # As the endpoint does once connect() is done: the
+                # transport built, or the socket closed and the failure told.
+                _Attempt(self, sock, factory).adopt().chainDeferred(connecting)
 
             def blocking():
                 sock = socket.socket(self._family, socket.SOCK_STREAM)

@@ -226,20 +226,26 @@ class LineState:
     @property
     def label(self) -> str:
         """
-        The name the line asks for: C{app.internal}, or
-        C{_http._tcp.app.internal} for a C{service=} line.
+        The name the line asks for (L{labelOf}).
         """
-        line = self.line
-        if line.service is None:
-            return line.host
-        return f"_{line.service}._tcp.{line.host}"
+        return labelOf(self.line)
+
+
+def labelOf(line: ServerConfig) -> str:
+    """
+    The name a C{resolve} line asks for: C{app.internal}, or
+    C{_http._tcp.app.internal} for a C{service=} line.
+    """
+    if line.service is None:
+        return line.host
+    return f"_{line.service}._tcp.{line.host}"
 
 
 def placeholderOf(line: ServerConfig, why: str) -> Backend:
     """
     The placeholder of a C{resolve} line with no address yet.
     """
-    label = line.host if line.service is None else f"_{line.service}._tcp.{line.host}"
+    label = labelOf(line)
     return placeholderFor(label, line.port, line.scheme, f"{label}: no address yet ({why})")
 
 

@@ -154,6 +154,41 @@ class AdminAPITests(SynchronousTestCase):
         self.assertEqual((code, body["state"]), (200, "up"))
         self.assertEqual(self.pool.eligible, (self.a, self.b))
 
+    def test_downAndUp(self) -> None:
+        """
+        C{{"state": "down"}} takes the backend out for maintenance through
+        the pool (disabled: no new requests, and active checks skip it), as
+        a server line's C{down}; C{{"state": "up"}} brings it back.  Asked
+        twice, it keeps the reason and time of the first.
+        """
+        path = "/api/upstreams/app/servers/127.0.0.1:9001"
+        self.clock.advance(5)
+        code, body = self.request("PATCH", path, {"state": "down"})
+        self.assertEqual(
+            (code, body["state"], body["since"], body["reason"]),
+            (200, "disabled", 1005.0, "disabled through the admin API (127.0.0.1)"),
+        )
+        self.assertIs(self.a.state, BackendState.DISABLED)
+        self.assertEqual(self.pool.eligible, (self.b,))
+        self.clock.advance(5)
+        code, body = self.request("PATCH", path, {"state": "down"})
+        self.assertEqual((code, body["state"], body["since"]), (200, "disabled", 1005.0))
+        code, body = self.request("PATCH", path, {"state": "up"})
+        self.assertEqual((code, body["state"]), (200, "up"))
+        self.assertEqual(self.pool.eligible, (self.a, self.b))
+
+    def test_drainThenDown(self) -> None:
+        """
+        A drained backend can be taken down, and a down one drained: the
+        last state asked for is the backend's.
+        """
+        path = "/api/upstreams/app/servers/127.0.0.1:9001"
+        self.request("PATCH", path, {"state": "drain"})
+        code, body = self.request("PATCH", path, {"state": "down"})
+        self.assertEqual((code, body["state"]), (200, "disabled"))
+        code, body = self.request("PATCH", path, {"state": "drain"})
+        self.assertEqual((code, body["state"]), (200, "draining"))
+
     def test_whoAsked(self) -> None:
         """
         The reason of a change names the address the request came from;
@@ -206,7 +241,8 @@ class AdminAPITests(SynchronousTestCase):
             b"",
             b"[]",
             b"{}",
-            b'{"state": "down"}',
+            b'{"state": "disabled"}',
+            b'{"state": "maint"}',
             b'{"weight": 0}',
             b'{"weight": 1.5}',
             b'{"weight": true}',

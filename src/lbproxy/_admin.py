@@ -14,13 +14,13 @@ admin snapshot; and its HTML status page.
     - C{GET /api/upstreams/NAME}: one upstream;
     - C{GET /api/upstreams/NAME/servers/HOST:PORT}: one backend;
     - C{PATCH /api/upstreams/NAME/servers/HOST:PORT} with a JSON object of
-      C{"state"} (C{"drain"} or C{"up"}) and/or C{"weight"} (a whole
-      number of at least 1): change one backend.
+      C{"state"} (C{"drain"}, C{"down"} or C{"up"}) and/or C{"weight"}
+      (a whole number of at least 1): change one backend.
 
 A change goes through the pool's own operations (L{Pool.drain},
-L{Pool.enable}, L{Pool.setWeight}), so it is logged and reaches the
-balancer as any other state change.  It lasts until the next reload, which
-builds the pools again from the configuration file.
+L{Pool.disable}, L{Pool.enable}, L{Pool.setWeight}), so it is logged and
+reaches the balancer as any other state change.  It lasts until the next
+reload, which builds the pools again from the configuration file.
 
 Written as one leaf L{Resource} that reads the whole path itself, rather
 than as a tree of child resources: the last segment is a backend's
@@ -50,8 +50,11 @@ __all__ = ["AdminResource", "backendStatus", "upstreamStatus"]
 #: worker for: its own address is all the worker sees.
 FORWARDED_CLIENT = b"X-Forwarded-For"
 
-#: The values of C{"state"} in a C{PATCH} body.
+#: The values of C{"state"} in a C{PATCH} body: drain (no new requests,
+#: those in flight finish), take out for maintenance (the same, and active
+#: checks skip it: HAProxy's C{maint}, a server line's C{down}), and back.
 DRAIN = "drain"
+DOWN = "down"
 UP = "up"
 
 
@@ -196,7 +199,7 @@ class AdminResource(Resource):
         checked.
         """
         expected = (
-            'a JSON object with "state": "drain" or "up" and/or "weight": '
+            'a JSON object with "state": "drain", "down" or "up" and/or "weight": '
             "a whole number of at least 1"
         )
         try:
@@ -207,7 +210,7 @@ class AdminResource(Resource):
             raise _Refusal(400, f"expected {expected}")
         state = body.get("state")
         weight = body.get("weight")
-        if "state" in body and state not in (DRAIN, UP):
+        if "state" in body and state not in (DRAIN, DOWN, UP):
             raise _Refusal(400, f"bad state {state!r}; expected {expected}")
         if "weight" in body and (
             not isinstance(weight, int) or isinstance(weight, bool) or weight < 1
@@ -226,6 +229,8 @@ class AdminResource(Resource):
             pool.setWeight(backend, weight)
         if state == DRAIN and backend.adminState is not BackendState.DRAINING:
             pool.drain(backend, f"drained through {who}")
+        elif state == DOWN and backend.adminState is not BackendState.DISABLED:
+            pool.disable(backend, f"disabled through {who}")
         elif state == UP:
             pool.enable(backend, f"enabled through {who}")
 

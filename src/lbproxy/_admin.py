@@ -72,7 +72,8 @@ class _Refusal(Exception):
 
 class AdminResource(Resource):
     """
-    The JSON API, at the root of the C{[admin]} listener.
+    Everything the C{[admin]} listener serves, at its root: the status
+    page, C{/metrics} and the JSON API (see the module's docstring).
 
     @ivar token: the bearer token that C{PATCH} requests need, or L{None}
         when they need none; replaced on reload.

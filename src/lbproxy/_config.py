@@ -660,21 +660,22 @@ class ProxyConfig:
 
 
 #: Where the C{[admin]} listener listens when its section gives no
-#: C{listen}: loopback only, as the JSON API can change the running proxy.
+#: C{listen}: loopback only, as its JSON API can change the running proxy.
 DEFAULT_ADMIN_LISTEN = "tcp:9000:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
 class AdminConfig:
     """
-    The C{[admin]} section: the listener of the JSON API.
+    The C{[admin]} section: the listener of the status page, the
+    Prometheus metrics and the JSON API.
 
     @ivar token: the bearer token that changes through the API need, or
         L{None} when they need none.
     """
 
     listen: str = _setting(
-        "listen", DEFAULT_ADMIN_LISTEN, parseEndpoint, "where the admin JSON API listens (keep it on loopback)"
+        "listen", DEFAULT_ADMIN_LISTEN, parseEndpoint, "where the status page, /metrics and the JSON API listen (keep it on loopback)"
     )
     token: Optional[str] = _setting(
         "token", None, parseOptionalText, 'the token that changes need as "Authorization: Bearer TOKEN" (empty: none)'

@@ -160,6 +160,44 @@ class ValueParserTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, parseServer, bad)
 
+    def test_serverLineHosts(self):
+        """
+        An IPv6 address in brackets is kept in its canonical form, so
+        that one address written two ways is one server; brackets around
+        anything else, and a wildcard, are refused.  (They were taken as
+        they were written: C{[::::]} and C{*.example.com} as hosts, and
+        C{[0:0::1]} and C{[::1]} as two servers.)
+        """
+        self.assertEqual(parseServer("[0:0::1]:80").host, "::1")
+        self.assertEqual(parseServer("[2001:DB8::7]:80").host, "2001:db8::7")
+        expected = (
+            "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
+            "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, service=NAME"
+        )
+        for line, message in [
+            ("[::::]:80", f"an IPv6 address in [brackets] in {expected}"),
+            ("[1.2.3.4]:80", f"an IPv6 address in [brackets] in {expected}"),
+            ("*.example.com:80", f"a valid host name in {expected}"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                parseServer(line)
+            self.assertEqual(str(caught.exception), message)
+
+    def test_serverLineWeight(self):
+        """
+        A weight is at most 1000000: a larger one is refused, rather than
+        make a backend whose weight (a float for the balancers) cannot be
+        held, which raised OverflowError when lbproxy started (or, from
+        etcd, at each change of the prefix).
+        """
+        self.assertEqual(parseServer("h:80 weight=1000000").weight, 1000000)
+        for weight in ("1000001", "1" + "0" * 400):
+            with self.assertRaises(ValueError) as caught:
+                parseServer(f"h:80 weight={weight}")
+            self.assertEqual(
+                str(caught.exception), f"a weight of at most 1000000, got 'weight={weight}'"
+            )
+
     def test_serverLineErrors(self):
         """
         A bad option of a server line is named after what was expected,

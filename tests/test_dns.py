@@ -37,6 +37,7 @@ from lbproxy._health import HTTPProbe
 from lbproxy._interfaces import IMembershipObserver, IMembershipSource
 from lbproxy._pool import Pool
 from lbproxy._values import parseResolverAddress
+from lbproxy.service import LoadBalancerService
 from lbproxy.testing import DNSZone
 
 UP = BackendState.UP
@@ -733,6 +734,47 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(
             pool.backends[0].stateReason,
             "_ldap._tcp.app.test: no address yet (DNS error: no usable SRV record)",
+        )
+
+    def test_targetNotASCII(self) -> None:
+        """
+        A target whose name is not ASCII (a DNS label may hold any byte,
+        and no such name can be asked) is left out, as one without
+        addresses is; the other targets of the answer are used.  (It
+        used to fail the whole lookup, with a UnicodeDecodeError as the
+        reason.)
+        """
+        self.zone.setRecords(
+            "_http._tcp.app.test",
+            [dns.Record_SRV(10, 5, 8001, b"a.test"), dns.Record_SRV(10, 5, 8009, b"\xff.test")],
+        )
+        source, pool, clock, resolver = makeSource("app.test service=http resolve", self.zone)
+        start(source, clock)
+        self.addCleanup(source.stopService)
+        self.assertEqual(names(pool), ["127.0.0.2:8001"])
+        self.assertEqual(source.status()["lines"][0]["error"], None)
+
+    def test_httpsPlaceholder(self) -> None:
+        """
+        The placeholder of an C{https} SRV line, before its first answer,
+        is told the line's host for TLS, as its backends will be, not the
+        SRV name (whose C{_} no TLS name may hold: the pool could not be
+        made, and lbproxy did not start, with the documentation's own
+        example line).
+        """
+        source, pool, clock, _ = makeSource("https://app.test service=https resolve", self.zone)
+        [placeholder] = pool.backends
+        self.assertEqual(placeholder.name, "_https._tcp.app.test:0")
+        self.assertEqual(placeholder.origin, "app.test")
+        config = parseConfigText(
+            "[lbproxy]\nlisten = tcp:0\n"
+            "[upstream:app]\nservers = https://api.internal service=https resolve\n"
+            "[vhost:app]\ndefault = yes\nupstream = app\n",
+            "site.ini",
+        )
+        service = LoadBalancerService(config, MemoryReactorClock())
+        self.assertEqual(
+            [b.name for b in service.pools["app"].backends], ["_https._tcp.api.internal:0"]
         )
 
 

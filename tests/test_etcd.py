@@ -110,6 +110,25 @@ class WireTests(SynchronousTestCase):
         ]:
             self.assertRaises(EtcdError, parseWatchResponse, line)
 
+    def test_parseNotWhatEtcdSends(self):
+        """
+        JSON that etcd never sends is an L{EtcdError} too, not another
+        exception (the mirror's log and status then said "OverflowError:
+        cannot convert float infinity to integer" or "TypeError: 'int'
+        object is not iterable"): a number that is infinite, keys or
+        events that are not a list, JSON nested deeper than the parser
+        goes.
+        """
+        for body in [
+            b'{"header":{"revision":Infinity}}',
+            b'{"header":{"revision":"1"},"kvs":5}',
+            b'{"result":{"header":{},"compact_revision":-Infinity}}',
+            b'{"result":{"header":{"revision":"1"},"events":true}}',
+            b"[" * 100000 + b"]" * 100000,
+        ]:
+            self.assertRaises(EtcdError, parseRange, body)
+            self.assertRaises(EtcdError, parseWatchResponse, body)
+
     def test_lineSplitter(self):
         """
         Lines come out whole, however the bytes are cut; an overlong line

@@ -149,6 +149,33 @@ class EtcdSourceTests(SynchronousTestCase):
         )
         self.assertTrue(self.pool.backends[1].backup)
 
+    def test_valuesAPoolCannotUse(self):
+        """
+        A value that parses as a server line but that a pool cannot use is
+        skipped as any bad value is, and the changes after it apply: a
+        C{service=} line (its backend would be on port 0: SRV records are
+        for the configuration file's servers), a weight too large to be
+        held (it raised OverflowError at each change, so that no later
+        change applied).  One address written two ways is one backend.
+        """
+        self.source.startService()
+        self.http.flush()
+        with capturedLogs() as logs:
+            self.put("a", "app.internal service=http resolve")
+            self.put("b", "127.0.0.1:8002 weight=1" + "0" * 400)
+            self.put("c", "[::1]:8003")
+            self.put("d", "[0:0::1]:8003 weight=2")
+        self.assertEqual(self.members(), [("[::1]:8003", 1, "up")])
+        self.assertEqual(self.source.status()["rejected"], 2)
+        errors = [line for line in _logged(logs) if "is not a server line" in line]
+        self.assertEqual(len(errors), 2)
+        self.assertIn(
+            "expected HOST:PORT; service=NAME is for the servers key of the configuration file",
+            errors[0],
+        )
+        self.assertIn("expected a weight of at most 1000000", errors[1])
+        self.assertEqual(self.source.mirror.failures, 0)
+
     def test_status(self):
         """
         L{EtcdSource.status}: its prefix, the endpoint in use, the

@@ -20,6 +20,7 @@ key, the bad value and what was expected.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import re
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from functools import partial
@@ -80,6 +81,7 @@ from lbproxy._values import (
     parseTLSVersion,
     parseTrustedProxy,
     parseUpstreamName,
+    parseWeight,
     parseWord,
     splitLines,
 )
@@ -213,7 +215,7 @@ class ServerConfig:
 #: The options of a server line that take a value: name to the attribute
 #: of L{ServerConfig} and the parser of the value.
 _SERVER_OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "weight": ("weight", parsePositiveInt),
+    "weight": ("weight", parseWeight),
     "max_fails": ("maxFails", parseNonNegativeInt),
     "fail_timeout": ("failTimeout", parsePositiveDuration),
     "max_conns": ("maxConns", parsePositiveInt),
@@ -248,11 +250,18 @@ def parseServer(text: str) -> ServerConfig:
     match = re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]/]+)(?::(\d+))?$", address)
     if match is None:
         raise ValueError(expected)
-    host = match.group(1).strip("[]")
+    host = match.group(1)
     port = int(match.group(2)) if match.group(2) else (443 if scheme == "https" else 80)
     if not 0 < port < 65536:
         raise ValueError(f"a port between 1 and 65535 in {expected}")
-    if ":" not in host and not isHostName(host.lower()):
+    if host.startswith("["):
+        # In its canonical form, so that one address written two ways is
+        # one server (one backend of a pool).
+        try:
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            raise ValueError(f"an IPv6 address in [brackets] in {expected}") from None
+    elif host.startswith("*") or not isHostName(host.lower()):
         raise ValueError(f"a valid host name in {expected}")
     options: dict[str, Any] = {}
     for param in params:

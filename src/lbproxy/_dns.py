@@ -246,7 +246,13 @@ def placeholderOf(line: ServerConfig, why: str) -> Backend:
     The placeholder of a C{resolve} line with no address yet.
     """
     label = labelOf(line)
-    return placeholderFor(label, line.port, line.scheme, f"{label}: no address yet ({why})")
+    placeholder = placeholderFor(
+        label, line.port, line.scheme, f"{label}: no address yet ({why})"
+    )
+    # Named as the line's backends are: for https, its TLS name is the
+    # line's host, not the SRV name (whose "_" no TLS name may hold).
+    placeholder.origin = line.host
+    return placeholder
 
 
 #: The placeholder's reason before the first lookup has ended.
@@ -451,10 +457,16 @@ class DNSBackends(Service):
         answers, _, _ = await self.resolver.lookupService(state.label, QUERY_TIMEOUT)
         records = [rr for rr in answers if rr.type == dns.SRV]
         ttl = min((rr.ttl for rr in answers), default=self.resolveMax)
+        # A record with port 0, or whose target is the root ("the service
+        # is not offered"), empty, or not ASCII (a label may hold any byte,
+        # and no such name can be asked) gives no backend: it is left out
+        # as a target without addresses is, and the others are used.
         usable = [
             rr.payload
             for rr in records
-            if rr.payload.port and rr.payload.target.name not in (b"", b".")
+            if rr.payload.port
+            and rr.payload.target.name not in (b"", b".")
+            and rr.payload.target.name.isascii()
         ]
         priorities = sorted({srv.priority for srv in usable})[:2]
         chosen = [srv for srv in usable if srv.priority in priorities]

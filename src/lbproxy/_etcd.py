@@ -135,7 +135,7 @@ def _number(value: Any) -> int:
         return 0
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise EtcdError(f"expected a number, got {value!r}") from None
 
 
@@ -145,6 +145,28 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _list(value: Any, what: str) -> list[Any]:
+    """
+    A JSON list of the gateway's, which leaves out those that are empty.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EtcdError(f"expected a JSON list for {what}, got {value!r}")
+    return value
+
+
+def _json(data: bytes, what: str) -> Any:
+    """
+    The JSON of C{data}, or L{EtcdError} saying that C{what} is not JSON
+    (nested deeper than the parser goes included).
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise EtcdError(f"{what} is not JSON: {e}") from None
+
+
 def parseRange(body: bytes) -> tuple[int, dict[bytes, bytes]]:
     """
     Read the answer of C{/v3/kv/range}.
@@ -152,15 +174,12 @@ def parseRange(body: bytes) -> tuple[int, dict[bytes, bytes]]:
     @return: the store's revision and every key with its value.
     @raise EtcdError: when the body is not a range response.
     """
-    try:
-        answer = _object(json.loads(body), "the range response")
-    except ValueError as e:
-        raise EtcdError(f"the range response is not JSON: {e}") from None
+    answer = _object(_json(body, "the range response"), "the range response")
     if "error" in answer or "header" not in answer:
         raise EtcdError(f"etcd answered the range with {answer!r}")
     revision = _number(_object(answer["header"], "header").get("revision"))
     values = {}
-    for kv in answer.get("kvs") or []:
+    for kv in _list(answer.get("kvs"), "the keys"):
         kv = _object(kv, "a key")
         values[_decode(kv.get("key"))] = _decode(kv.get("value", ""))
     if _number(answer.get("more")) or answer.get("more") is True:
@@ -192,10 +211,7 @@ def parseWatchResponse(line: bytes) -> WatchResponse:
     @raise EtcdError: when the line is an error, a cancellation, or not a
         watch response.
     """
-    try:
-        message = _object(json.loads(line), "a watch message")
-    except ValueError as e:
-        raise EtcdError(f"a watch message is not JSON: {e}") from None
+    message = _object(_json(line, "a watch message"), "a watch message")
     if "result" not in message:
         raise EtcdError(f"etcd ended the watch with {message!r}")
     result = _object(message["result"], "the watch result")
@@ -208,7 +224,7 @@ def parseWatchResponse(line: bytes) -> WatchResponse:
         raise error(f"etcd cancelled the watch: {reason}")
     header = _object(result.get("header", {}), "header")
     events = []
-    for event in result.get("events") or []:
+    for event in _list(result.get("events"), "the events"):
         event = _object(event, "an event")
         kv = _object(event.get("kv"), "an event's key")
         kind = event.get("type", "PUT")
@@ -439,7 +455,7 @@ class EtcdClient:
         content = await self._readAll(response, MAX_ANSWER, endpoint)
         try:
             return response.code, json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             return response.code, None
 
     def _readAll(self, response: Any, limit: int, endpoint: str) -> Deferred[bytes]:

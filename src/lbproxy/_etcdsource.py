@@ -190,6 +190,13 @@ class EtcdSource(Service):
                 continue
             try:
                 server = parseServer(value.decode("utf-8"))
+                if server.service is not None:
+                    # Its port would be 0: the SRV records it names give
+                    # the ports, and nothing here looks them up.
+                    raise ValueError(
+                        "HOST:PORT; service=NAME is for the servers key of the "
+                        "configuration file"
+                    )
             except (UnicodeDecodeError, ValueError) as e:
                 rejected[key] = value
                 if self._rejected.get(key) != value:

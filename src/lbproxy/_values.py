@@ -188,6 +188,22 @@ parseNonNegativeInt = _wholeNumberParser(0)
 #: Parse a zlib compression level: a whole number from 1 to 9.
 parseCompressionLevel = _wholeNumberParser(1, 9)
 
+#: The largest C{weight=} of a server line: far more than a share needs,
+#: and a number the balancers' arithmetic (in floats) holds.
+MAX_WEIGHT = 1000000
+
+
+def parseWeight(text: str) -> int:
+    """
+    Parse a server's C{weight=}: a whole number of at least 1, at most
+    L{MAX_WEIGHT}.
+    """
+    weight = parsePositiveInt(text)
+    if weight > MAX_WEIGHT:
+        raise ValueError(f"a weight of at most {MAX_WEIGHT}")
+    return weight
+
+
 #: An HTTP token, lower-cased.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9a-z-]+"
 _MEDIA_TYPE = re.compile(r"^" + _TOKEN + r"/" + _TOKEN + r"$")

@@ -244,6 +244,8 @@ class AdminAPITests(SynchronousTestCase):
             b'{"state": "disabled"}',
             b'{"state": "maint"}',
             b'{"weight": 0}',
+            b'{"weight": 1000001}',
+            b'{"weight": 1' + b"0" * 400 + b'}',
             b'{"weight": 1.5}',
             b'{"weight": true}',
             b'{"weight": "2"}',

@@ -553,6 +553,34 @@ class ParseConfigTests(SynchronousTestCase):
             self.assertIn(value, error)
             self.assertIn(expected, error)
 
+    def test_certificateNames(self):
+        """
+        An C{https} server whose certificate is checked against its host
+        name needs a name that check takes: C{my_app} (an underscore) was
+        accepted, and lbproxy then failed to start with a traceback.  It is
+        fine with C{tls_verify = no} or a C{tls_server_name}, which must
+        itself be such a name when certificates are checked.
+        """
+        text = _GOOD.replace("https://API.internal:8443", "https://my_app:8443")
+        (error,) = _errors(text)
+        self.assertEqual(
+            error,
+            "site.ini: [upstream:app] servers = 'https://my_app:8443': bad value; "
+            "expected a host name a certificate can be checked against (Codepoint "
+            "U+005F at position 3 of 'my_app' not allowed); or tls_server_name = "
+            "NAME, or tls_verify = no",
+        )
+        for key in ["tls_verify = no", "tls_server_name = api.internal"]:
+            config = parseConfigText(text.replace("[upstream:app]\n", f"[upstream:app]\n{key}\n", 1))
+            self.assertEqual(config.upstreams["app"].servers[3].host, "my_app", key)
+        (error,) = _errors(
+            _GOOD.replace("[upstream:app]\n", "[upstream:app]\ntls_server_name = my_app\n", 1)
+        )
+        self.assertIn("tls_server_name = 'my_app': bad value; expected a host name a certificate", error)
+        parseConfigText(
+            _GOOD.replace("[upstream:app]\n", "[upstream:app]\ntls_server_name = my_app\ntls_verify = no\n", 1)
+        )
+
     def test_tlsVersionSpellings(self):
         """
         C{tls_min_version} takes C{1.2}, C{1.3} and the same with

@@ -154,27 +154,56 @@ class EtcdSourceTests(SynchronousTestCase):
         A value that parses as a server line but that a pool cannot use is
         skipped as any bad value is, and the changes after it apply: a
         C{service=} line (its backend would be on port 0: SRV records are
-        for the configuration file's servers), a weight too large to be
-        held (it raised OverflowError at each change, so that no later
-        change applied).  One address written two ways is one backend.
+        for the configuration file's servers), a C{resolve} line (whose name
+        nothing would look up again), a weight too large to be held (it
+        raised OverflowError at each change, so that no later change
+        applied), an C{https} host name no certificate check takes (it
+        raised when the backend's connections were set up).  One address
+        written two ways is one backend.
         """
         self.source.startService()
         self.http.flush()
         with capturedLogs() as logs:
             self.put("a", "app.internal service=http resolve")
+            self.put("a2", "app.internal:8001 resolve")
             self.put("b", "127.0.0.1:8002 weight=1" + "0" * 400)
+            self.put("b2", "https://my_app:8443")
             self.put("c", "[::1]:8003")
             self.put("d", "[0:0::1]:8003 weight=2")
         self.assertEqual(self.members(), [("[::1]:8003", 1, "up")])
-        self.assertEqual(self.source.status()["rejected"], 2)
+        self.assertEqual(self.source.status()["rejected"], 4)
         errors = [line for line in _logged(logs) if "is not a server line" in line]
-        self.assertEqual(len(errors), 2)
+        self.assertEqual(len(errors), 4)
+        for error in errors[:2]:
+            self.assertIn(
+                "expected HOST:PORT; resolve and service=NAME are for the servers "
+                "key of the configuration file",
+                error,
+            )
+        self.assertIn("expected a weight of at most 1000000", errors[2])
         self.assertIn(
-            "expected HOST:PORT; service=NAME is for the servers key of the configuration file",
-            errors[0],
+            "expected a host name a certificate can be checked against (Codepoint U+005F",
+            errors[3],
         )
-        self.assertIn("expected a weight of at most 1000000", errors[1])
         self.assertEqual(self.source.mirror.failures, 0)
+
+    def test_certificateNameSettings(self):
+        """
+        An C{https} host name no certificate check takes is used when the
+        upstream checks no certificate (C{tls_verify = no}), or checks
+        them against its C{tls_server_name}.
+        """
+        for settings in [{"tlsVerify": False}, {"tlsServerName": "app.internal"}]:
+            pool = Pool("app", [], reactor=MemoryReactorClock(), **settings)
+            source = EtcdSource(
+                pool, ("http://127.0.0.1:2379",), PREFIX, self.clock, self.http, **settings
+            )
+            source.startService()
+            self.addCleanup(source.stopService)
+            self.http.flush()
+            self.put("a", "https://my_app:8443")
+            self.assertEqual([b.name for b in pool.backends], ["my_app:8443"], settings)
+            self.assertEqual(source.status()["rejected"], 0)
 
     def test_status(self):
         """

@@ -1247,8 +1247,8 @@ _OPTIONS: list[tuple[str, Optional[tuple[str, Any]]]] = [
     ("backup", ("backup", True)), ("down", ("down", True)),
     ("max_fails=0", ("", None)), ("max_fails=3", ("", None)),
     ("fail_timeout=5s", ("", None)), ("max_conns=10", ("", None)),
-    # Not followed in etcd: the name is resolved as any backend's is.
-    ("resolve", ("resolve", True)),
+    # Refused in etcd, where nothing would look the name up again.
+    ("resolve", None),
 ]
 _BAD_OPTIONS = [
     "weight=0", "weight=-1", "weight=x", "weight", "wieght=2", "backup=yes",
@@ -1278,8 +1278,7 @@ def _line(
     if scheme[1] is None or host[1] is None or port[1] is None or None in effects:
         return text.encode("utf-8"), None
     settings = dict(effect for effect in effects if effect is not None)
-    isAddress = ":" in host[1] or host[1].replace(".", "").isdigit()
-    if (settings.get("backup") and settings.get("down")) or (settings.get("resolve") and isAddress):
+    if settings.get("backup") and settings.get("down"):
         return text.encode("utf-8"), None
     return text.encode("utf-8"), (
         scheme[1],
@@ -1321,7 +1320,8 @@ def _serverLineCatalogue() -> list[tuple[bytes, Optional[_Server]]]:
                 options = options[:variant] + [(value, None)] + options[variant:]
             lines.append(_line(scheme, host, port, options, spaces[variant]))
     # Lines that are good in the configuration file, not in etcd: an SRV
-    # name gives no address (a backend on port 0).
+    # name gives no address (a backend on port 0), and nothing would look
+    # a resolve line's name up again.
     lines += [(b"app.internal service=http resolve", None),
               (b"https://App.Internal service=https resolve backup", None)]
     return lines
@@ -1344,7 +1344,7 @@ def _meaning(value: bytes) -> Optional[_Server]:
         server = parseServer(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
-    if server.service is not None:
+    if server.service is not None or server.resolve:
         return None
     host = server.host
     if ":" in host:

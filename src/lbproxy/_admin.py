@@ -15,7 +15,7 @@ admin snapshot; and its HTML status page.
     - C{GET /api/upstreams/NAME/servers/HOST:PORT}: one backend;
     - C{PATCH /api/upstreams/NAME/servers/HOST:PORT} with a JSON object of
       C{"state"} (C{"drain"}, C{"down"} or C{"up"}) and/or C{"weight"}
-      (a whole number of at least 1): change one backend.
+      (a whole number from 1 to L{MAX_WEIGHT}): change one backend.
 
 A change goes through the pool's own operations (L{Pool.drain},
 L{Pool.disable}, L{Pool.enable}, L{Pool.setWeight}), so it is logged and
@@ -43,6 +43,7 @@ from lbproxy._metrics import renderMetrics
 from lbproxy._pool import Pool
 from lbproxy._snapshot import backendStatus, upstreamStatus
 from lbproxy._statuspage import StatusPage
+from lbproxy._values import MAX_WEIGHT
 
 __all__ = ["AdminResource", "backendStatus", "upstreamStatus"]
 
@@ -201,7 +202,7 @@ class AdminResource(Resource):
         """
         expected = (
             'a JSON object with "state": "drain", "down" or "up" and/or "weight": '
-            "a whole number of at least 1"
+            f"a whole number from 1 to {MAX_WEIGHT}"
         )
         try:
             body = json.loads(request.content.read().decode("utf-8"))
@@ -214,7 +215,9 @@ class AdminResource(Resource):
         if "state" in body and state not in (DRAIN, DOWN, UP):
             raise _Refusal(400, f"bad state {state!r}; expected {expected}")
         if "weight" in body and (
-            not isinstance(weight, int) or isinstance(weight, bool) or weight < 1
+            not isinstance(weight, int)
+            or isinstance(weight, bool)
+            or not 1 <= weight <= MAX_WEIGHT
         ):
             raise _Refusal(400, f"bad weight {weight!r}; expected {expected}")
         who = f"the admin API ({self._client(request)})"

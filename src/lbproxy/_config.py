@@ -84,6 +84,7 @@ from lbproxy._values import (
     parseWeight,
     parseWord,
     splitLines,
+    tlsNameProblem,
 )
 from lbproxy.balancers import BalancerNotFound, InvalidBalancerOptions, buildBalancer
 
@@ -224,6 +225,29 @@ _SERVER_OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
 
 #: The options of a server line that take no value.
 _SERVER_FLAGS = ("backup", "down", "resolve")
+
+
+def certificateNameProblem(
+    server: ServerConfig, verify: bool, serverName: Optional[str]
+) -> Optional[str]:
+    """
+    What stops an upstream with C{tls_verify = verify} and
+    C{tls_server_name = serverName} from checking the certificate of
+    C{server}, or L{None}: an C{https} server named by a host name that no
+    certificate check takes (see L{tlsNameProblem}), when it is the name
+    checked.
+    """
+    if server.scheme != "https" or not verify or serverName is not None:
+        return None
+    if isIPLiteral(server.host):
+        return None
+    problem = tlsNameProblem(server.host)
+    if problem is None:
+        return None
+    return (
+        f"a host name a certificate can be checked against ({problem}); or "
+        "tls_server_name = NAME, or tls_verify = no"
+    )
 
 
 def parseServer(text: str) -> ServerConfig:
@@ -967,6 +991,18 @@ def _readUpstream(reader: _Reader, section: str, name: str) -> UpstreamConfig:
         if where in seen:
             s.error("servers", f"{server.host}:{server.port}", "each server listed once")
         seen.add(where)
+        problem = certificateNameProblem(server, upstream.tlsVerify, upstream.tlsServerName)
+        if problem is not None:
+            s.error("servers", f"https://{server.host}:{server.port}", problem)
+    if upstream.tlsVerify and upstream.tlsServerName is not None:
+        problem = tlsNameProblem(upstream.tlsServerName)
+        if problem is not None:
+            s.error(
+                "tls_server_name",
+                upstream.tlsServerName,
+                f"a host name a certificate can be checked against ({problem}); "
+                "or tls_verify = no",
+            )
     if upstream.resolveMin > upstream.resolveMax and not reader.reported(section, "resolve_max"):
         s.error(
             "resolve_max",

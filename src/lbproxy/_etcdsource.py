@@ -22,7 +22,12 @@ from zope.interface import implementer
 
 from lbproxy._backend import backendFor
 from lbproxy._certificates import loadChain
-from lbproxy._config import ServerConfig, UpstreamConfig, parseServer
+from lbproxy._config import (
+    ServerConfig,
+    UpstreamConfig,
+    certificateNameProblem,
+    parseServer,
+)
 from lbproxy._etcd import EtcdClient, EtcdTLS, PrefixMirror
 from lbproxy._interfaces import IMembershipSource
 from lbproxy._pool import Pool
@@ -98,6 +103,8 @@ class EtcdSource(Service):
         http: Any = None,
         tls: Optional[EtcdTLS] = None,
         credentials: Optional[tuple[str, str]] = None,
+        tlsVerify: bool = True,
+        tlsServerName: Optional[str] = None,
     ) -> None:
         """
         @param endpoints: the etcd client URLs, tried in turn.
@@ -108,6 +115,10 @@ class EtcdSource(Service):
             L{EtcdClient}).
         @param tls: how to reach C{https://} endpoints.
         @param credentials: the etcd user name and password.
+        @param tlsVerify: the upstream's C{tls_verify}, and
+        @param tlsServerName: its C{tls_server_name}: an C{https} value
+            whose certificate they could not check is refused (see
+            L{certificateNameProblem}).
         """
         if reactor is None:
             from twisted.internet import reactor as _globalReactor
@@ -121,6 +132,7 @@ class EtcdSource(Service):
             self._changed,
             reactor,
         )
+        self._tlsSettings = (tlsVerify, tlsServerName)
         self.servers: tuple[ServerConfig, ...] = ()
         self._parsed: dict[bytes, tuple[bytes, ServerConfig]] = {}
         self._rejected: dict[bytes, bytes] = {}
@@ -145,6 +157,8 @@ class EtcdSource(Service):
             http,
             etcdTLS(upstream),
             etcdCredentials(upstream),
+            upstream.tlsVerify,
+            upstream.tlsServerName,
         )
 
     def startService(self) -> None:
@@ -179,6 +193,27 @@ class EtcdSource(Service):
         Service.stopService(self)
         return self.mirror.stop()
 
+    def _parse(self, value: bytes) -> ServerConfig:
+        """
+        The server line of a key's value.
+
+        @raise ValueError: (or L{UnicodeDecodeError}) saying what a value
+            should be, when C{value} is none that this upstream can use.
+        """
+        server = parseServer(value.decode("utf-8"))
+        if server.service is not None or server.resolve:
+            # Nothing here looks names up again: a service= line would
+            # have port 0 (its SRV records give the ports), and a resolve
+            # line would silently not follow its name.
+            raise ValueError(
+                "HOST:PORT; resolve and service=NAME are for the servers key "
+                "of the configuration file"
+            )
+        problem = certificateNameProblem(server, *self._tlsSettings)
+        if problem is not None:
+            raise ValueError(problem)
+        return server
+
     def _changed(self, values: dict[bytes, bytes], reason: str) -> None:
         parsed: dict[bytes, tuple[bytes, ServerConfig]] = {}
         rejected: dict[bytes, bytes] = {}
@@ -189,14 +224,7 @@ class EtcdSource(Service):
                 parsed[key] = known
                 continue
             try:
-                server = parseServer(value.decode("utf-8"))
-                if server.service is not None:
-                    # Its port would be 0: the SRV records it names give
-                    # the ports, and nothing here looks them up.
-                    raise ValueError(
-                        "HOST:PORT; service=NAME is for the servers key of the "
-                        "configuration file"
-                    )
+                server = self._parse(value)
             except (UnicodeDecodeError, ValueError) as e:
                 rejected[key] = value
                 if self._rejected.get(key) != value:

@@ -560,6 +560,28 @@ def parseServiceName(text: str) -> str:
     return name
 
 
+def tlsNameProblem(name: str) -> Optional[str]:
+    """
+    Why a certificate cannot be checked against the host name C{name}, or
+    L{None} when it can.
+
+    L{twisted.internet.ssl.optionsForClientTLS} encodes the name with the
+    C{idna} package (IDNA 2008) when it is installed, as it is with
+    Twisted's C{tls} extra: that refuses names Python's own C{idna} codec
+    takes, such as C{my_app} (an underscore), and it would do so when the
+    first connection is made.
+    """
+    try:
+        import idna
+    except ImportError:  # pragma: no cover (Twisted then uses the codec)
+        return None
+    try:
+        idna.encode(name)
+    except idna.IDNAError as e:
+        return str(e)
+    return None
+
+
 def isIPLiteral(host: str) -> bool:
     """
     Whether C{host} is an IPv4 or IPv6 address rather than a name.

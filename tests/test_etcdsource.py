@@ -187,6 +187,24 @@ class EtcdSourceTests(SynchronousTestCase):
         )
         self.assertEqual(self.source.mirror.failures, 0)
 
+    def test_longValuesShortened(self):
+        """
+        A log line shows the first 200 characters of a long key, value or
+        error, and how long it is: whoever writes to etcd chooses them, up
+        to 1.5 MB each.
+        """
+        self.source.startService()
+        self.http.flush()
+        with capturedLogs() as logs:
+            self.put("k" * 300, "x" * 100000)
+        (line,) = [line for line in _logged(logs) if "is not a server line" in line]
+        self.assertIn(
+            f"etcd key {PREFIX}{'k' * (200 - len(PREFIX))}... ({len(PREFIX) + 300} characters) = "
+            f"'{'x' * 200}'... (100000 characters) is not a server line",
+            line,
+        )
+        self.assertLess(len(line), 1000)
+
     def test_certificateNameSettings(self):
         """
         An C{https} host name no certificate check takes is used when the

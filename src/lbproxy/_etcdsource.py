@@ -74,6 +74,23 @@ def _identity(server: ServerConfig) -> tuple[str, str, int]:
     return (server.scheme, server.host, server.port)
 
 
+#: The most characters of a key, value or error a log line shows.
+SHOWN = 200
+
+
+def shortened(text: str, limit: int = SHOWN, quote: bool = False) -> str:
+    """
+    C{text} for a log line (in quotes, as C{repr} gives it, when C{quote}
+    is true): whole up to C{limit} characters, else its start and how long
+    it is.  Whoever writes to etcd chooses its keys and values (up to
+    1.5 MB each), and a log line should not carry them all.
+    """
+    shown = repr(text[:limit]) if quote else text[:limit]
+    if len(text) <= limit:
+        return shown
+    return f"{shown}... ({len(text)} characters)"
+
+
 @implementer(IMembershipSource)
 class EtcdSource(Service):
     """
@@ -229,15 +246,15 @@ class EtcdSource(Service):
                 rejected[key] = value
                 if self._rejected.get(key) != value:
                     self._log.error(
-                        "upstream {upstream}: etcd key {key} = {value!r} is not "
+                        "upstream {upstream}: etcd key {key} = {value} is not "
                         "a server line, skipped ({kept}): expected {expected}",
                         upstream=self.pool.name,
-                        key=key.decode("utf-8", "replace"),
-                        value=value.decode("utf-8", "replace"),
+                        key=shortened(key.decode("utf-8", "replace")),
+                        value=shortened(value.decode("utf-8", "replace"), quote=True),
                         kept="its last good value stays"
                         if known is not None
                         else "no backend for it",
-                        expected=e,
+                        expected=shortened(str(e)),
                     )
                 if known is not None:
                     parsed[key] = known

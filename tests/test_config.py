@@ -563,13 +563,16 @@ class ParseConfigTests(SynchronousTestCase):
         """
         text = _GOOD.replace("https://API.internal:8443", "https://my_app:8443")
         (error,) = _errors(text)
-        self.assertEqual(
+        # Between the brackets, the idna package's words, which differ
+        # between its releases.
+        self.assertTrue(
+            error.startswith(
+                "site.ini: [upstream:app] servers = 'https://my_app:8443': bad value; "
+                "expected a host name a certificate can be checked against ("
+            ),
             error,
-            "site.ini: [upstream:app] servers = 'https://my_app:8443': bad value; "
-            "expected a host name a certificate can be checked against (Codepoint "
-            "U+005F at position 3 of 'my_app' not allowed); or tls_server_name = "
-            "NAME, or tls_verify = no",
         )
+        self.assertTrue(error.endswith("); or tls_server_name = NAME, or tls_verify = no"), error)
         for key in ["tls_verify = no", "tls_server_name = api.internal"]:
             config = parseConfigText(text.replace("[upstream:app]\n", f"[upstream:app]\n{key}\n", 1))
             self.assertEqual(config.upstreams["app"].servers[3].host, "my_app", key)

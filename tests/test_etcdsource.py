@@ -181,10 +181,8 @@ class EtcdSourceTests(SynchronousTestCase):
                 error,
             )
         self.assertIn("expected a weight of at most 1000000", errors[2])
-        self.assertIn(
-            "expected a host name a certificate can be checked against (Codepoint U+005F",
-            errors[3],
-        )
+        self.assertIn("= 'https://my_app:8443' is not a server line", errors[3])
+        self.assertIn("expected a host name a certificate can be checked against (", errors[3])
         self.assertEqual(self.source.mirror.failures, 0)
 
     def test_longValuesShortened(self):

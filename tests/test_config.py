@@ -94,6 +94,13 @@ listen = tcp:9001:interface=127.0.0.1
 """
 
 
+#: What a server line that does not parse is said to be expected as.
+_SERVER_LINE = (
+    "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
+    "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, service=NAME"
+)
+
+
 def _errors(text):
     try:
         parseConfigText(text, "site.ini")
@@ -170,14 +177,10 @@ class ValueParserTests(SynchronousTestCase):
         """
         self.assertEqual(parseServer("[0:0::1]:80").host, "::1")
         self.assertEqual(parseServer("[2001:DB8::7]:80").host, "2001:db8::7")
-        expected = (
-            "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-            "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, service=NAME"
-        )
         for line, message in [
-            ("[::::]:80", f"an IPv6 address in [brackets] in {expected}"),
-            ("[1.2.3.4]:80", f"an IPv6 address in [brackets] in {expected}"),
-            ("*.example.com:80", f"a valid host name in {expected}"),
+            ("[::::]:80", f"an IPv6 address in [brackets] in {_SERVER_LINE}"),
+            ("[1.2.3.4]:80", f"an IPv6 address in [brackets] in {_SERVER_LINE}"),
+            ("*.example.com:80", f"a valid host name in {_SERVER_LINE}"),
         ]:
             with self.assertRaises(ValueError) as caught:
                 parseServer(line)
@@ -204,10 +207,6 @@ class ValueParserTests(SynchronousTestCase):
         with a "did you mean" when it is one or two letters from an
         option's name.
         """
-        expected = (
-            "[http://|https://]HOST:PORT followed by any of weight=N, backup, "
-            "down, max_fails=N, fail_timeout=T, max_conns=N, resolve, service=NAME"
-        )
         for line, message in [
             ("h:80 weight=0", "a whole number of at least 1, got 'weight=0'"),
             ("h:80 weight=x", "a whole number of at least 1, got 'weight=x'"),
@@ -216,12 +215,12 @@ class ValueParserTests(SynchronousTestCase):
                 "h:80 fail_timeout=soon",
                 "a duration such as 500ms, 2s, 1m or 1h, got 'fail_timeout=soon'",
             ),
-            ("h:80 slow", f"{expected}, got 'slow'"),
-            ("h:80 bakup", f"{expected}, got 'bakup'; did you mean 'backup'?"),
-            ("h:80 wieght=2", f"{expected}, got 'wieght=2'; did you mean 'weight=2'?"),
-            ("h:80 max_fail=3", f"{expected}, got 'max_fail=3'; did you mean 'max_fails=3'?"),
-            ("h:80 weight", f"{expected}, got 'weight'"),
-            ("h:80 backup=yes", f"{expected}, got 'backup=yes'"),
+            ("h:80 slow", f"{_SERVER_LINE}, got 'slow'"),
+            ("h:80 bakup", f"{_SERVER_LINE}, got 'bakup'; did you mean 'backup'?"),
+            ("h:80 wieght=2", f"{_SERVER_LINE}, got 'wieght=2'; did you mean 'weight=2'?"),
+            ("h:80 max_fail=3", f"{_SERVER_LINE}, got 'max_fail=3'; did you mean 'max_fails=3'?"),
+            ("h:80 weight", f"{_SERVER_LINE}, got 'weight'"),
+            ("h:80 backup=yes", f"{_SERVER_LINE}, got 'backup=yes'"),
         ]:
             with self.assertRaises(ValueError) as caught:
                 parseServer(line)

@@ -69,6 +69,7 @@ from lbproxy._proxyprotocol import (
     ProxyProtocolFactory,
 )
 from tests.fakeetcd import FakeEtcd
+from tests.test_fuzz import _mutate
 
 _SETTINGS = settings(
     max_examples=120,
@@ -84,22 +85,6 @@ _SETTINGS = settings(
 )
 
 _Address = Union[IPv4Address, IPv6Address]
-
-
-def _mutate(data: bytes, edits: list[tuple[int, int, int, bytes]]) -> bytes:
-    """
-    C{data} with C{junk} inserted (op 0), C{length} bytes deleted (1) or
-    replaced by C{junk} (2) at each C{position}.
-    """
-    for op, position, length, junk in edits:
-        position %= len(data) + 1
-        if op == 0:
-            data = data[:position] + junk + data[position:]
-        elif op == 1:
-            data = data[:position] + data[position + length :]
-        else:
-            data = data[:position] + junk + data[position + length :]
-    return data
 
 
 # The PROXY protocol.

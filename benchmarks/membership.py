@@ -98,6 +98,11 @@ requests the backend served on an address that had left the DNS answer
 more than 250 ms before (its access log gives each request's address):
 requests the proxy should have sent elsewhere.
 
+C{--server OPTIONS} adds options to lbproxy's server line (C{--server
+max_conns=8}), and C{--upstream KEY=VALUE} (repeatable) adds keys to its
+upstream (C{--upstream slow_start=1s}): to measure a setting's effect on
+the changes.
+
 The DNS server of the steady and changing rows is the same program; only
 whether it changes its answer differs.  Each change goes through
 L{lbproxy.Pool.setBackends} exactly as in production.
@@ -433,14 +438,28 @@ def staleRequests(
 
 
 def lbproxyConfig(
-    workdir: Path, row: str, port: int, backend: int, dnsPort: Optional[int]
+    workdir: Path,
+    row: str,
+    port: int,
+    backend: int,
+    dnsPort: Optional[int],
+    serverOptions: str = "",
+    upstreamOptions: tuple[str, ...] = (),
 ) -> Path:
+    """
+    lbproxy's configuration for C{row}.
+
+    @param serverOptions: more options for the server line (C{--server}).
+    @param upstreamOptions: more keys of the upstream (C{--upstream}).
+    """
+    more = f" {serverOptions}" if serverOptions else ""
     if dnsPort is None:
-        servers = "\n    ".join(f"{a}:{backend}" for a in ADDRESSES[:3])
+        servers = "\n    ".join(f"{a}:{backend}{more}" for a in ADDRESSES[:3])
         dns = ""
     else:
-        servers = f"app.bench:{backend} resolve"
+        servers = f"app.bench:{backend} resolve{more}"
         dns = f"resolver = 127.0.0.1:{dnsPort}\n"
+    upstream = "".join(f"{option}\n" for option in upstreamOptions)
     conf = workdir / f"lbproxy-{row}.ini"
     conf.write_text(
         f"""
@@ -453,7 +472,7 @@ servers =
     {servers}
 keepalive = 64
 resolve_min = 100ms
-
+{upstream}
 [vhost:app]
 default = yes
 upstream = app
@@ -686,7 +705,9 @@ def measure(
         conf = haproxyConfig(workdir, row, port, backend, dnsPort)
         argv = [str(which("haproxy")), "-db", "-f", str(conf)]
     else:
-        config = lbproxyConfig(workdir, row, port, backend, dnsPort)
+        config = lbproxyConfig(
+            workdir, row, port, backend, dnsPort, args.server, tuple(args.upstream)
+        )
         argv = [
             args.python, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={logfile}", "lbproxy", "--config", str(config),
@@ -844,7 +865,7 @@ def pacedRow(
     """
     return argparse.Namespace(
         seconds=seconds, connections=50, rate=rate, interval=0.1, loads=["paced"],
-        python=python, warmup=warmup,
+        python=python, warmup=warmup, server="", upstream=[],
     )
 
 
@@ -973,6 +994,14 @@ def main() -> None:
         "--warmup", type=float, default=0.0,
         help="seconds of saturating load on each proxy before it is measured "
         "(20 for PyPy, whose JIT compiles meanwhile)",
+    )
+    parser.add_argument(
+        "--server", default="", metavar="OPTIONS",
+        help="more options for lbproxy's server line, such as 'max_conns=8'",
+    )
+    parser.add_argument(
+        "--upstream", action="append", default=[], metavar="KEY = VALUE",
+        help="one more key of lbproxy's upstream, such as 'slow_start = 1s' (repeatable)",
     )
     args = parser.parse_args()
     if args.quick:

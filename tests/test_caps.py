@@ -27,6 +27,7 @@ from lbproxy._pool import (
 from lbproxy._queue import RequestQueue
 from lbproxy.balancers import buildBalancer
 from lbproxy.testing import ProxyHarness
+from tests.test_balancers import BUILTIN_NAMES, REQUIRED_OPTIONS
 
 _GET = b"GET /p HTTP/1.1\r\nHost: app.example\r\n\r\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -178,24 +179,17 @@ class CapsTests(SynchronousTestCase):
         it is, and is picked again once it has room; a pool with no cap
         reached adds nothing to C{exclude}.
         """
-        for name in (
-            "round_robin",
-            "least_conn",
-            "p2c",
-            "ewma",
-            "random",
-            "ip_hash",
-            "consistent_hash",
-            "sticky",
-        ):
+        for name in BUILTIN_NAMES:
             backends = [
                 Backend("127.0.0.1", 9001, maxConns=1),
                 Backend("127.0.0.1", 9002, maxConns=1000),
                 Backend("127.0.0.1", 9003),
             ]
-            options = {"key": "uri"} if name == "consistent_hash" else {}
             pool = Pool(
-                "app", backends, buildBalancer(name, options, Random(7)), Clock()
+                "app",
+                backends,
+                buildBalancer(name, REQUIRED_OPTIONS.get(name, {}), Random(7)),
+                Clock(),
             )
             full = backends[0]
             request = object()
@@ -237,6 +231,25 @@ class CapsTests(SynchronousTestCase):
         self.assertEqual((backend.maxConns, pool.full), (1, {backend}))
         pool.setBackends(_backends(1), "test")
         self.assertEqual((backend.maxConns, pool.full), (None, set()))
+
+    def test_lowerCapStaysFullUntilBelowIt(self) -> None:
+        """
+        A backend whose cap was lowered below its requests in flight stays
+        full until fewer than the new cap are in flight.
+        """
+        backends = _backends(1, maxConns=3)
+        pool = Pool("app", backends, None, Clock())
+        backend = backends[0]
+        requests = [object() for _ in range(3)]
+        for request in requests:
+            pool.requestStarted(backend, request)
+        pool.setBackends(_backends(1, maxConns=1), "test")
+        pool.requestFinished(backend, requests[0], Outcome.SUCCESS, 0.01)
+        self.assertEqual(pool.full, {backend})
+        pool.requestFinished(backend, requests[1], Outcome.SUCCESS, 0.01)
+        self.assertEqual(pool.full, {backend})
+        pool.requestFinished(backend, requests[2], Outcome.SUCCESS, 0.01)
+        self.assertEqual(pool.full, set())
 
     def test_badMaxConns(self) -> None:
         """

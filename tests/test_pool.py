@@ -5,8 +5,13 @@ eligibility, draining and slow start.
 
 from __future__ import annotations
 
+import gc
+import platform
+import weakref
+from random import Random
 from typing import Any, Collection, Optional
 
+from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -18,6 +23,8 @@ from zope.interface.verify import verifyObject
 
 from lbproxy._backend import Backend, BackendState, Outcome
 from lbproxy._client import UpstreamConnection
+from lbproxy._config import HealthCheckConfig
+from lbproxy._health import HealthChecker
 from lbproxy._interfaces import IBalancer, IMembershipObserver
 from lbproxy._pool import (
     SLOW_START_SHARE,
@@ -26,8 +33,10 @@ from lbproxy._pool import (
     slowStartStep,
     slowStartWeight,
 )
+from lbproxy.balancers import buildBalancer
 from lbproxy.balancers._base import BalancerBase
 from lbproxy.balancers._roundrobin import RoundRobin
+from tests.test_balancers import BUILTIN_NAMES, REQUIRED_OPTIONS, makeRequest
 from tests.test_connections import idleConnection as putIdle
 
 UP = BackendState.UP
@@ -1048,3 +1057,94 @@ class MembershipTests(SynchronousTestCase):
         pool.removeMembershipObserver(observer)
         pool.setBackends([line(9002)], "x")
         self.assertEqual(observer.events, [])
+
+
+#: How many backends gone may still be referenced by the dicts they were
+#: deleted from: none on CPython; on PyPy, C{gc.get_referrers} finds the
+#: last two to leave still referenced by the pool's and the health
+#: checker's dicts, which no longer have them as keys.
+_DELETED_KEYS = 0 if platform.python_implementation() == "CPython" else 3
+
+
+class ChurnTests(SynchronousTestCase):
+    """
+    Backends that come and go for good, as the autoscaled instances a
+    C{resolve} line or etcd finds do, leave nothing behind once gone.
+    """
+
+    def churn(self, name: str) -> tuple[Pool, HealthChecker, MemoryReactorClock, set[Backend]]:
+        """
+        Put C{name}'s pool through 300 changes, each bringing a new
+        address and taking the oldest of three away: every backend gets
+        requests (the newest's still in flight when the next change comes,
+        so that it drains), and idle connections, under slow start,
+        C{max_conns} and active health checks.
+
+        @return: the pool, its checker and clock, and the backends that
+            are still alive (by weak references) after a collection,
+            beyond the pool's members.
+        """
+        clock = MemoryReactorClock()
+        pool = Pool(
+            "app",
+            [line(10000)],
+            buildBalancer(name, REQUIRED_OPTIONS.get(name, {}), Random(7)),
+            clock,
+            slowStart=1.0,
+            keepalive=2,
+        )
+        checker = HealthChecker(
+            pool,
+            HealthCheckConfig(path="/healthz", interval=0.05, timeout=0.04, rise=1, fall=1),
+            reactor=clock,
+            random=Random(1),
+            probe=lambda backend: succeed(None),
+        )
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        seen: weakref.WeakSet[Backend] = weakref.WeakSet()
+        inFlight: list[tuple[Backend, Any]] = []
+        for i in range(300):
+            pool.setBackends(
+                [line(10000 + j, maxConns=4) for j in range(max(0, i - 2), i + 1)],
+                f"change {i}",
+            )
+            seen.update(pool.backends)
+            for backend, request in inFlight:
+                pool.requestFinished(backend, request, Outcome.SUCCESS, 0.001)
+            inFlight = []
+            for k in range(6):
+                request = makeRequest(
+                    client=f"10.0.{i % 250}.{k + 1}", headers={b"X-User": b"%d" % k}
+                )
+                backend = pool.pick(request)
+                if backend is None:
+                    continue
+                pool.requestStarted(backend, request)
+                inFlight.append((backend, request))
+            for backend in pool.eligible:
+                idleConnection(pool, backend)
+            clock.advance(0.1)
+        for backend, request in inFlight:
+            pool.requestFinished(backend, request, Outcome.SUCCESS, 0.001)
+        del backend, request, inFlight
+        clock.advance(1)
+        gc.collect()
+        return pool, checker, clock, set(seen) - set(pool.backends)
+
+    def test_goneBackendsAreFreed(self) -> None:
+        """
+        Whatever the balancer, the pool, its health checker and its timers
+        keep only the members; a backend that is gone is freed, but for
+        the few the hashing balancers remember on purpose (see
+        L{lbproxy.balancers._hashing}), whose number is bounded.
+        """
+        for name in BUILTIN_NAMES:
+            pool, checker, clock, gone = self.churn(name)
+            self.assertEqual(len(pool.backends), 3, name)
+            self.assertLessEqual(set(checker.checks), set(pool.backends), name)
+            self.assertLessEqual(len(clock.getDelayedCalls()), 20, name)
+            if name in ("ip_hash", "consistent_hash"):
+                self.assertLessEqual(len(gone), 2 * 3 + 16 + _DELETED_KEYS, name)
+            else:
+                self.assertLessEqual(len(gone), _DELETED_KEYS, (name, gone))

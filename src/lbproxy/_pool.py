@@ -959,9 +959,13 @@ class Pool:
             self._recordFailure(backend, outcome)
         full = self.full
         if full and backend in full:
-            full.discard(backend)
-            if self.queue.waiting:
-                self._dispatchSoon()
+            maxConns = backend.maxConns
+            # A cap lowered below the requests in flight (a new server
+            # line) is reached until fewer than it are.
+            if maxConns is None or backend.active < maxConns:
+                full.discard(backend)
+                if self.queue.waiting:
+                    self._dispatchSoon()
         self.balancer.requestFinished(backend, request, outcome, latency)
         if backend.active == 0 and backend.adminState is not None:
             for waiter in self._drainWaiters.pop(backend, []):

@@ -551,10 +551,18 @@ class Pool:
 
     def _setMaxConns(self, backend: Backend, maxConns: Optional[int]) -> None:
         """
-        Give C{backend} a new C{max_conns}: it is at its cap, or has room,
-        by the new one.
+        Give C{backend} a new C{max_conns}.
         """
         backend.maxConns = maxConns
+        self._followCap(backend)
+
+    def _followCap(self, backend: Backend) -> None:
+        """
+        Put C{backend} in L{full} while its requests in flight reach its
+        C{max_conns} (also one lowered below them), and take it out once
+        they do not, which gives the queue its room.
+        """
+        maxConns = backend.maxConns
         if maxConns is not None and backend.active >= maxConns:
             self.full.add(backend)
         elif backend in self.full:
@@ -959,13 +967,7 @@ class Pool:
             self._recordFailure(backend, outcome)
         full = self.full
         if full and backend in full:
-            maxConns = backend.maxConns
-            # A cap lowered below the requests in flight (a new server
-            # line) is reached until fewer than it are.
-            if maxConns is None or backend.active < maxConns:
-                full.discard(backend)
-                if self.queue.waiting:
-                    self._dispatchSoon()
+            self._followCap(backend)
         self.balancer.requestFinished(backend, request, outcome, latency)
         if backend.active == 0 and backend.adminState is not None:
             for waiter in self._drainWaiters.pop(backend, []):

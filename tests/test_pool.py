@@ -1076,9 +1076,9 @@ class ChurnTests(SynchronousTestCase):
         """
         Put C{name}'s pool through 300 changes, each bringing a new
         address and taking the oldest of three away: every backend gets
-        requests (the newest's still in flight when the next change comes,
-        so that it drains), and idle connections, under slow start,
-        C{max_conns} and active health checks.
+        requests (each change's still in flight at the next, so that the
+        backend that leaves drains first) and idle connections, under slow
+        start, C{max_conns} and active health checks.
 
         @return: the pool, its checker and clock, and the backends that
             are still alive (by weak references) after a collection,

@@ -167,6 +167,14 @@ class ValueParserTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, parseServer, bad)
 
+    def assertServerLineRefused(self, line: str, message: str) -> None:
+        """
+        L{parseServer} refuses C{line}, saying C{message}.
+        """
+        with self.assertRaises(ValueError) as caught:
+            parseServer(line)
+        self.assertEqual(str(caught.exception), message)
+
     def test_serverLineHosts(self):
         """
         An IPv6 address in brackets is kept in its canonical form, so
@@ -182,9 +190,7 @@ class ValueParserTests(SynchronousTestCase):
             ("[1.2.3.4]:80", f"an IPv6 address in [brackets] in {_SERVER_LINE}"),
             ("*.example.com:80", f"a valid host name in {_SERVER_LINE}"),
         ]:
-            with self.assertRaises(ValueError) as caught:
-                parseServer(line)
-            self.assertEqual(str(caught.exception), message)
+            self.assertServerLineRefused(line, message)
 
     def test_serverLineWeight(self):
         """
@@ -195,10 +201,8 @@ class ValueParserTests(SynchronousTestCase):
         """
         self.assertEqual(parseServer("h:80 weight=1000000").weight, 1000000)
         for weight in ("1000001", "1" + "0" * 400):
-            with self.assertRaises(ValueError) as caught:
-                parseServer(f"h:80 weight={weight}")
-            self.assertEqual(
-                str(caught.exception), f"a weight of at most 1000000, got 'weight={weight}'"
+            self.assertServerLineRefused(
+                f"h:80 weight={weight}", f"a weight of at most 1000000, got 'weight={weight}'"
             )
 
     def test_serverLineErrors(self):
@@ -222,9 +226,7 @@ class ValueParserTests(SynchronousTestCase):
             ("h:80 weight", f"{_SERVER_LINE}, got 'weight'"),
             ("h:80 backup=yes", f"{_SERVER_LINE}, got 'backup=yes'"),
         ]:
-            with self.assertRaises(ValueError) as caught:
-                parseServer(line)
-            self.assertEqual(str(caught.exception), message)
+            self.assertServerLineRefused(line, message)
 
     def test_editDistance(self):
         """

@@ -9,6 +9,9 @@ the same load while it does not change.
         --rate 40% --rounds 6                    # the figure for issue 14
     python benchmarks/membership.py --python .tox/pypy/bin/python --warmup 20 \
         --rows alternating,control,fresh --loads paced --rate 3400   # lbproxy on PyPy
+    python benchmarks/membership.py --resolving-nginx /usr/local/sbin/nginx \
+        --rows fresh,nginx-fresh,control,nginx-control --upstream "resolve_min = 1s" \
+        --loads paced --rate 40% --rounds 4       # beside nginx, on the same lookups
 
 Loopback only, bounded in time.  The script starts:
 
@@ -36,8 +39,9 @@ and measures, interleaved round by round, these rows:
                 lbproxy's log ("added (DNS answer")
     alternating one proxy, one paced run of twice C{--seconds}: the answer
                 changes every 100 ms for a second, then stays for a
-                second, and so on; the requests are split into those
-                that started during changes (up to 200 ms after one) and
+                second, and so on (C{--interval}, C{--block}); the
+                requests are split into those that started during
+                changes (up to 200 ms after one, C{--window}) and
                 those between them, reported as rows "during" and
                 "between", and pooled over all rounds too.  Both halves
                 see the same process and the same minutes of the machine,
@@ -71,6 +75,16 @@ and measures, interleaved round by round, these rows:
                 connections when its address changes and goes on sending
                 requests on them, to the address that left: the "stale"
                 column counts them.
+    nginx-alternating, nginx-control, nginx-fresh
+                the same three with nginx as the proxy, one C{server ...
+                resolve} line (nginx 1.27.3 or later: C{--resolving-nginx},
+                as Debian 12's 1.22 has no C{resolve}).  nginx asks for
+                the name once a second (it counts validity in whole
+                seconds), so it follows the ten changes a second one
+                second at a time, and sends requests meanwhile to
+                addresses that left ("stale"); with C{--upstream
+                "resolve_min = 1s"} lbproxy asks as often, for the two to
+                see the same answers.
 
 each under two loads, one after the other on the same proxy (the
 alternating, control, fresh and churn rows, and HAProxy's, under the paced
@@ -121,6 +135,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import socket
 import statistics
@@ -140,7 +155,9 @@ from run import (  # noqa: E402
     PROXY_CPU,
     PYPY_NURSERY,
     freePort,
+    nginxCommon,
     nginxProxyConfig,
+    nginxTemp,
     parseWrk,
     which,
 )
@@ -152,9 +169,12 @@ FRESH_ADDRESSES = [f"127.0.1.{i}" for i in range(1, 255)]
 ROWS = (
     "nginx", "static", "steady", "changing", "alternating", "control", "fresh", "churn",
     "haproxy-alternating", "haproxy-control", "haproxy-fresh",
+    "nginx-alternating", "nginx-control", "nginx-fresh",
 )
 #: The prefix of the rows measured with HAProxy as the proxy.
 HAPROXY = "haproxy-"
+#: The prefix of the rows measured with a resolving nginx as the proxy.
+NGINX = "nginx-"
 #: The two halves of the alternating row, of its control, of the fresh
 #: and churn rows, and of the same with HAProxy, reported as rows of their
 #: own.
@@ -166,14 +186,18 @@ HALVES = {
     "haproxy-alternating": ("hap during", "hap between"),
     "haproxy-control": ("hap ctl during", "hap ctl between"),
     "haproxy-fresh": ("hap new during", "hap new between"),
+    "nginx-alternating": ("ngx during", "ngx between"),
+    "nginx-control": ("ngx ctl during", "ngx ctl between"),
+    "nginx-fresh": ("ngx new during", "ngx new between"),
 }
 SPLIT = {half for halves in HALVES.values() for half in halves}
 LOADS = ("paced", "saturating")
 
 #: The DNS server of the benchmark, run as a child process: serves
 #: app.bench (TTL 0); with "changing", swaps one address every interval;
-#: with "alternating", does so for ten intervals, then not for ten, and so
-#: on, writing the time of each change to the file named last; with
+#: with "alternating", does so for a block of intervals (the last
+#: argument), then not for as many, and so on, writing the time of each
+#: change to the file named fourth; with
 #: "control", keeps that schedule but sets the same answer again; with
 #: "fresh", keeps it too, and is given so many addresses that none comes
 #: back.  Prints its port, then serves until killed.
@@ -186,17 +210,19 @@ addresses = sys.argv[1].split(",")
 mode = sys.argv[2]
 interval = float(sys.argv[3])
 changes = open(sys.argv[4], "w", buffering=1)
+block = int(sys.argv[5])
+size = int(sys.argv[6])
 zone = DNSZone("bench", ttl=0)
 state = {"start": 0, "tick": 0}
 
 def answer():
     start = state["start"]
-    chosen = [addresses[(start + i) % len(addresses)] for i in range(3)]
+    chosen = [addresses[(start + i) % len(addresses)] for i in range(size)]
     zone.setAddresses("app.bench", chosen, ttl=0)
 
 def tick():
     state["tick"] += 1
-    if mode == "changing" or (state["tick"] // 10) % 2 == 1:
+    if mode == "changing" or (state["tick"] // block) % 2 == 1:
         if mode != "control":
             state["start"] += 1
         answer()
@@ -376,14 +402,16 @@ def backendAccepts(port: int) -> int:
     return accepts - 1
 
 
-def answers(mode: str, addresses: list[str], changes: int) -> list[frozenset[str]]:
+def answers(
+    mode: str, addresses: list[str], changes: int, size: int = 3
+) -> list[frozenset[str]]:
     """
-    The DNS server's answers (L{DNS_SERVER}): the first, then the one
-    after each of C{changes} changes.
+    The DNS server's answers (L{DNS_SERVER}) of C{size} addresses: the
+    first, then the one after each of C{changes} changes.
     """
     step = 0 if mode == "control" else 1
     return [
-        frozenset(addresses[(k * step + i) % len(addresses)] for i in range(3))
+        frozenset(addresses[(k * step + i) % len(addresses)] for i in range(size))
         for k in range(changes + 1)
     ]
 
@@ -460,6 +488,9 @@ def lbproxyConfig(
         servers = f"app.bench:{backend} resolve{more}"
         dns = f"resolver = 127.0.0.1:{dnsPort}\n"
     upstream = "".join(f"{option}\n" for option in upstreamOptions)
+    if not any(option.split("=")[0].strip() == "resolve_min" for option in upstreamOptions):
+        # Ten lookups a second, as often as the DNS server changes.
+        upstream += "resolve_min = 100ms\n"
     conf = workdir / f"lbproxy-{row}.ini"
     conf.write_text(
         f"""
@@ -471,7 +502,6 @@ access_log = off
 servers =
     {servers}
 keepalive = 64
-resolve_min = 100ms
 {upstream}
 [vhost:app]
 default = yes
@@ -481,10 +511,12 @@ upstream = app
     return conf
 
 
-def haproxyConfig(workdir: Path, row: str, port: int, backend: int, dnsPort: int) -> Path:
+def haproxyConfig(
+    workdir: Path, row: str, port: int, backend: int, dnsPort: int, slots: int = 3
+) -> Path:
     """
-    HAProxy as the proxy of the C{haproxy-} rows: three C{server-template}
-    slots filled from the benchmark's DNS server, asked every 100 ms (as
+    HAProxy as the proxy of the C{haproxy-} rows: as many C{server-template}
+    slots as an answer has addresses, filled from the benchmark's DNS server, asked every 100 ms (as
     lbproxy's C{resolve_min = 100ms}); an address that leaves the answer
     frees its slot at once (C{hold obsolete 0s}) for the one that joins.
     One thread, as lbproxy is one process; connections to the backends
@@ -518,7 +550,53 @@ frontend app
 
 backend app
     balance roundrobin
-    server-template app 3 app.bench:{backend} resolvers bench init-addr none resolve-prefer ipv4
+    server-template app {slots} app.bench:{backend} resolvers bench init-addr none resolve-prefer ipv4
+"""
+    )
+    return conf
+
+
+def resolvingNginxConfig(
+    workdir: Path, row: str, port: int, backend: int, dnsPort: int
+) -> Path:
+    """
+    nginx as the proxy of the C{nginx-} rows (nginx 1.27.3 or later, whose
+    upstream C{server} takes C{resolve}): one server line for the name,
+    each address a peer, and the same C{keepalive} as lbproxy's; nginx's
+    keepalive cache finds a connection by its peer's address, so a request
+    is never sent on a connection to an address that left.  nginx counts
+    an answer's validity in whole seconds (C{resolver ... valid=} takes
+    no less), so with the answers' TTL of 0 it asks once a second: to
+    compare the two on the same lookups, give lbproxy C{--upstream
+    "resolve_min = 1s"}.
+    """
+    name = f"{row}-proxy"
+    conf = workdir / f"{name}.conf"
+    conf.write_text(
+        nginxCommon(workdir, name)
+        + f"""
+http {{
+    access_log off;
+    {nginxTemp(workdir, name)}
+    keepalive_requests 10000000;
+    resolver 127.0.0.1:{dnsPort} ipv6=off;
+    resolver_timeout 1s;
+    upstream app {{
+        zone app 1m;
+        server app.bench:{backend} resolve;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
 """
     )
     return conf
@@ -635,16 +713,27 @@ def changesLogged(path: Path) -> int:
     return len(JOINED.findall(text))
 
 
-def counting(logfile: Path, backend: int) -> Callable[[], dict[str, int]]:
+def changesMade(path: Path) -> int:
     """
-    Start counting the membership changes in the proxy's log and the
-    connections the backend accepts.
+    How many changes the DNS server made: it writes down the time of each
+    in C{path} (L{DNS_SERVER}).  For nginx, which logs none.
+    """
+    try:
+        return len(path.read_text().split())
+    except OSError:
+        return 0
+
+
+def counting(changesSoFar: Callable[[], int], backend: int) -> Callable[[], dict[str, int]]:
+    """
+    Start counting the membership changes (C{changesSoFar}: L{changesLogged}
+    or L{changesMade}) and the connections the backend accepts.
 
     @return: a callable that gives both counts since.
     """
-    changes, accepted = changesLogged(logfile), backendAccepts(backend)
+    changes, accepted = changesSoFar(), backendAccepts(backend)
     return lambda: {
-        "changes": changesLogged(logfile) - changes,
+        "changes": changesSoFar() - changes,
         "connects": backendAccepts(backend) - accepted,
     }
 
@@ -652,11 +741,14 @@ def counting(logfile: Path, backend: int) -> Callable[[], dict[str, int]]:
 def dnsMode(row: str) -> str:
     """
     The mode of the row's DNS server (L{DNS_SERVER}): the C{haproxy-}
-    rows are the rows they name, and the churn row is the control.
+    and C{nginx-} rows are the rows they name, and the churn row is the control.
     """
     if row == "churn":
         return "control"
-    return row[len(HAPROXY):] if row.startswith(HAPROXY) else row
+    for prefix in (HAPROXY, NGINX):
+        if row.startswith(prefix):
+            return row[len(prefix):]
+    return row
 
 
 def measure(
@@ -680,7 +772,7 @@ def measure(
         dns = processes.start(
             [
                 sys.executable, "-c", DNS_SERVER, ",".join(addresses), mode,
-                str(args.interval), str(changesFile),
+                str(args.interval), str(changesFile), str(args.block), str(args.answer),
             ],
             LOAD_CPU,
             stdout=subprocess.PIPE,
@@ -702,8 +794,12 @@ def measure(
         argv = [str(which("nginx")), "-c", str(conf)]
     elif row.startswith(HAPROXY):
         assert dnsPort is not None
-        conf = haproxyConfig(workdir, row, port, backend, dnsPort)
+        conf = haproxyConfig(workdir, row, port, backend, dnsPort, args.answer)
         argv = [str(which("haproxy")), "-db", "-f", str(conf)]
+    elif row.startswith(NGINX):
+        assert dnsPort is not None
+        conf = resolvingNginxConfig(workdir, row, port, backend, dnsPort)
+        argv = [*shlex.split(args.resolving_nginx), "-c", str(conf)]
     else:
         config = lbproxyConfig(
             workdir, row, port, backend, dnsPort, args.server, tuple(args.upstream)
@@ -749,7 +845,14 @@ def measure(
                     PROXY_CPU,
                 )
             try:
-                counted = counting(logfile, backend)
+                counted = counting(
+                    # nginx logs no change: the DNS server's own count (the
+                    # control's sets the same answer again: no change).
+                    (lambda: changesMade(changesFile) if mode != "control" else 0)
+                    if row.startswith(NGINX)
+                    else (lambda: changesLogged(logfile)),
+                    backend,
+                )
                 halves = measureAlternating(
                     row, url, args, workdir, changesFile, mode, addresses
                 )
@@ -759,7 +862,7 @@ def measure(
                     processes.stop(churn)
             return halves
         for load in args.loads:
-            counted = counting(logfile, backend)
+            counted = counting(lambda: changesLogged(logfile), backend)
             if load == "paced":
                 requests = runPaced(url, args.seconds, args.connections, args.rate, workdir)
                 result = summarize(requests, args.seconds)
@@ -785,8 +888,8 @@ def measureAlternating(
 ) -> dict[str, Any]:
     """
     The alternating row: one paced run of twice C{--seconds}, during
-    which the DNS answer changes every interval for ten intervals, then
-    stays for ten, and so on; the requests are split into those during
+    which the DNS answer changes every interval for C{--block} intervals,
+    then stays for as many, and so on; the requests are split into those during
     changes and those between them (L{splitByChanges}), so that both
     halves see the same proxy, connections and machine at the same
     minutes, and a drift of the machine's speed falls on both alike.
@@ -807,7 +910,7 @@ def measureAlternating(
     offset = accessLog.stat().st_size
     requests = runPaced(url, seconds, args.connections, args.rate, workdir)
     changes = [float(t) for t in changesFile.read_text().split()]
-    during, between = splitByChanges(requests, changes, 2 * args.interval)
+    during, between = splitByChanges(requests, changes, args.window)
     share = len(during) / len(requests)
     duringName, betweenName = HALVES[row]
     stale = staleRequests(
@@ -815,10 +918,10 @@ def measureAlternating(
         offset,
         min(t for t, _, _ in requests),
         changes,
-        answers(mode, addresses, len(changes)),
+        answers(mode, addresses, len(changes), args.answer),
     )
     staleDuring, staleBetween = splitByChanges(
-        [(t, 0.0, True) for t in stale], changes, 2 * args.interval
+        [(t, 0.0, True) for t in stale], changes, args.window
     )
     return {
         duringName: {**summarize(during, seconds * share), "stale": len(staleDuring)},
@@ -864,7 +967,8 @@ def pacedRow(
     @param warmup: seconds of load before the measurement (C{--warmup}).
     """
     return argparse.Namespace(
-        seconds=seconds, connections=50, rate=rate, interval=0.1, loads=["paced"],
+        seconds=seconds, connections=50, rate=rate, interval=0.1, block=10, window=0.2, answer=3,
+        loads=["paced"],
         python=python, warmup=warmup, server="", upstream=[],
     )
 
@@ -971,6 +1075,25 @@ def compare(
     print("  p99 by round: " + ", ".join(f"{r:.2f}" for r in perRound))
 
 
+def checkResolvingNginx(command: str) -> None:
+    """
+    Refuse to start the C{nginx-} rows with an nginx older than 1.27.3,
+    whose upstream has no C{resolve} (Debian 12's is 1.22).
+    """
+    try:
+        shown = subprocess.run(
+            [*shlex.split(command), "-v"], capture_output=True, text=True, timeout=10
+        ).stderr
+    except OSError as e:
+        raise SystemExit(f"--resolving-nginx {command!r}: {e}") from None
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", shown)
+    if found is None or tuple(map(int, found.groups())) < (1, 27, 3):
+        raise SystemExit(
+            f"the nginx- rows need nginx 1.27.3 or later (upstream 'resolve'); "
+            f"{command!r} says {shown.strip()!r}: see docs/performance.rst"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -984,6 +1107,19 @@ def main() -> None:
         "serves saturated (static row, measured first), such as 40%%",
     )
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between two changes")
+    parser.add_argument(
+        "--block", type=int, default=10,
+        help="changes in a row in the rows that alternate, then as many intervals without",
+    )
+    parser.add_argument(
+        "--answer", type=int, default=3,
+        help="addresses in each DNS answer (the fresh row's all new after as many changes)",
+    )
+    parser.add_argument(
+        "--window", type=float,
+        help="seconds after a change that a request counts as during changes "
+        "(default: two intervals; at least the proxy's time between lookups)",
+    )
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows, comma-separated")
     parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s")
@@ -996,6 +1132,11 @@ def main() -> None:
         "(20 for PyPy, whose JIT compiles meanwhile)",
     )
     parser.add_argument(
+        "--resolving-nginx", default="nginx", metavar="COMMAND",
+        help="the nginx of the nginx- rows, 1.27.3 or later (upstream 'resolve'): "
+        "a command, split as a shell would",
+    )
+    parser.add_argument(
         "--server", default="", metavar="OPTIONS",
         help="more options for lbproxy's server line, such as 'max_conns=8'",
     )
@@ -1006,15 +1147,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3.0, 1
+    if args.window is None:
+        args.window = 2 * args.interval
     args.rows = [r for r in args.rows.split(",") if r]
     args.loads = [load for load in args.loads.split(",") if load]
     if not set(args.rows) <= set(ROWS) or not set(args.loads) <= set(LOADS):
         parser.error(f"rows are among {', '.join(ROWS)}; loads among {', '.join(LOADS)}")
+    if args.answer > len(ADDRESSES) and any(
+        dnsMode(row) in ("steady", "changing", "alternating", "control") for row in args.rows
+    ):
+        parser.error(f"an answer of those rows has at most {len(ADDRESSES)} addresses")
     nginx = which("nginx")
     if nginx is None or which("wrk") is None or which("h2load") is None:
         raise SystemExit("needs nginx, wrk and h2load (apt-get install nginx wrk nghttp2-client)")
     if any(row.startswith(HAPROXY) for row in args.rows) and which("haproxy") is None:
         raise SystemExit("the haproxy- rows need HAProxy (apt-get install haproxy)")
+    if any(row.startswith(NGINX) for row in args.rows):
+        checkResolvingNginx(args.resolving_nginx)
     processes = Processes()
 
     def interrupted(signum: int, frame: Any) -> None:

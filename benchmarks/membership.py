@@ -30,7 +30,8 @@ Loopback only, bounded in time.  The script starts:
 and measures, interleaved round by round, these rows:
 
     nginx       nginx as the proxy, the three addresses listed: the
-                reference (Debian's nginx has no upstream C{resolve})
+                reference (Debian 12's nginx has no upstream C{resolve}:
+                see the nginx- rows)
     static      lbproxy with the three addresses listed (no DNS)
     steady      resolve, lookups every 100 ms, the answer never changes
     changing    resolve, and every 100 ms the answer swaps one address for
@@ -155,9 +156,7 @@ from run import (  # noqa: E402
     PROXY_CPU,
     PYPY_NURSERY,
     freePort,
-    nginxCommon,
     nginxProxyConfig,
-    nginxTemp,
     parseWrk,
     which,
 )
@@ -570,36 +569,15 @@ def resolvingNginxConfig(
     compare the two on the same lookups, give lbproxy C{--upstream
     "resolve_min = 1s"}.
     """
-    name = f"{row}-proxy"
-    conf = workdir / f"{name}.conf"
-    conf.write_text(
-        nginxCommon(workdir, name)
-        + f"""
-http {{
-    access_log off;
-    {nginxTemp(workdir, name)}
-    keepalive_requests 10000000;
-    resolver 127.0.0.1:{dnsPort} ipv6=off;
-    resolver_timeout 1s;
-    upstream app {{
-        zone app 1m;
-        server app.bench:{backend} resolve;
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_max_temp_file_size 0;
-        }}
-    }}
-}}
-"""
+    return nginxProxyConfig(
+        workdir,
+        port,
+        backend,
+        name=f"{row}-proxy",
+        extra=f"resolver 127.0.0.1:{dnsPort} ipv6=off; resolver_timeout 1s;",
+        servers=[f"app.bench:{backend} resolve"],
+        upstreamExtra="zone app 1m;",
     )
-    return conf
 
 
 def runWrk(url: str, seconds: float, connections: int) -> dict[str, float]:

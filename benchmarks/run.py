@@ -320,6 +320,7 @@ def nginxProxyConfig(
     extra: str = "",
     tls: Optional[tuple[int, Path, Path]] = None,
     servers: Optional[list[str]] = None,
+    upstreamExtra: str = "",
 ) -> Path:
     """
     nginx as the proxy, with C{extra} directives in its C{http} block, and
@@ -327,8 +328,9 @@ def nginxProxyConfig(
     over HTTPS on that port (TLS 1.2 and 1.3, session cache and tickets,
     as lbproxy).
 
-    @param servers: the upstream's C{HOST:PORT}s; by default the one
-        backend on 127.0.0.1.
+    @param servers: the upstream's C{HOST:PORT}s (and their options);
+        by default the one backend on 127.0.0.1.
+    @param upstreamExtra: more directives in the upstream block.
     """
     upstream = "\n".join(
         f"        server {server};" for server in servers or [f"127.0.0.1:{backend}"]
@@ -360,6 +362,7 @@ http {{
     keepalive_requests 10000000;
     {extra}
     upstream app {{
+        {upstreamExtra}
 {upstream}
         keepalive 64;
         keepalive_requests 10000000;

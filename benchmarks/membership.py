@@ -674,21 +674,24 @@ def splitByChanges(
     return during, between
 
 
-#: What the proxy logs once per backend that joins: lbproxy's line, and
-#: HAProxy's warning when a C{server-template} slot takes a new address.
-JOINED = re.compile(r"added \(DNS answer|changed its IP from")
+#: What the proxy logs of the backends that join: lbproxy's line (one per
+#: answer, naming them all), and HAProxy's warning when a
+#: C{server-template} slot takes a new address (one per slot).
+JOINED = re.compile(r"backends? (\S+(?:, \S+)*) of upstream \S+ added \(DNS answer|changed its IP from")
 
 
 def changesLogged(path: Path) -> int:
     """
-    How many DNS answers changed the pool: the proxy logs one line per
-    backend that joins (L{JOINED}).
+    How many backends joined the pool, from the proxy's log (L{JOINED}).
     """
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return 0
-    return len(JOINED.findall(text))
+    return sum(
+        len(joined.group(1).split(", ")) if joined.group(1) else 1
+        for joined in JOINED.finditer(text)
+    )
 
 
 def changesMade(path: Path) -> int:

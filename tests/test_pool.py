@@ -812,6 +812,33 @@ class MembershipTests(SynchronousTestCase):
             ["127.0.0.1:9004", "127.0.0.1:9005", "127.0.0.1:9006"],
         )
 
+    def test_oneLogLineForAllThatJoinAndOneForAllThatLeave(self) -> None:
+        """
+        The backends a change adds are logged in one line, and those it
+        drops at once in another; a busy one that drains is logged on its
+        own when it is dropped later.
+        """
+        pool, clock, (a, b, c) = makePool("9001", "9002", "9003")
+        pool.requestStarted(c, "r1")
+        with capturedLogs() as events:
+            pool.setBackends([line(9004), line(9005)], "all new")
+        lines = [e["log_format"].format(**e) for e in events]
+        self.assertIn(
+            "backends 127.0.0.1:9004, 127.0.0.1:9005 of upstream app added (all new)",
+            lines,
+        )
+        self.assertIn(
+            "backends 127.0.0.1:9001, 127.0.0.1:9002 of upstream app removed (all new)",
+            lines,
+        )
+        self.assertEqual(len([m for m in lines if " added (" in m or " removed (" in m]), 2)
+        with capturedLogs() as events:
+            pool.requestFinished(c, "r1", Outcome.SUCCESS, 0.1)
+        self.assertIn(
+            "backend 127.0.0.1:9003 of upstream app removed (all new)",
+            [e["log_format"].format(**e) for e in events],
+        )
+
     def test_idleBackendLeavesAtOnce(self) -> None:
         """
         A backend with nothing in flight that is not named again is dropped

@@ -356,9 +356,6 @@ class Pool:
         self._leaving: dict[Backend, _Leaving] = {}
         self._closing: list[Deferred[Any]] = []
         self._holding = 0
-        #: While L{setBackends} runs: the backends it dropped, by reason,
-        #: logged in one line at its end.
-        self._dropped: Optional[dict[str, list[str]]] = None
         self._connections: dict[Backend, BackendConnections] = {}
         self._endpointOptions = (
             connectTimeout, tlsVerify, tlsCA, tlsServerName, sendProxyProtocol
@@ -486,8 +483,6 @@ class Pool:
         members: list[Backend] = []
         added: list[Backend] = []
         self._holding += 1
-        dropped: dict[str, list[str]] = {}
-        self._dropped = dropped
         try:
             for key, backend in wanted.items():
                 member = current.get(key)
@@ -513,13 +508,11 @@ class Pool:
                     # Into a pool that takes requests: it ramps up as a
                     # backend that comes back does.
                     self._startSlowStart(backend)
-            for backend in gone:
-                self._leave(backend, reason)
+            dropped = [b.name for b in gone if self._leave(b, reason)]
         finally:
             self._holding -= 1
-            self._dropped = None
-        for why, names in dropped.items():
-            self._logMembers(names, "removed", why)
+        if dropped:
+            self._logMembers(dropped, "removed", reason)
         self._refresh(weights=True)
 
     def _logMembers(self, names: list[str], what: str, reason: str) -> None:
@@ -591,20 +584,23 @@ class Pool:
             if self.queue.waiting:
                 self._dispatchSoon()
 
-    def _leave(self, backend: Backend, reason: str) -> None:
+    def _leave(self, backend: Backend, reason: str) -> bool:
         """
         C{backend} left the membership: drop it now if nothing is in
         flight to it, else drain it and drop it when its last request
         finishes (L{requestFinished}).
+
+        @return: whether it was dropped now, unlogged: L{setBackends} logs
+            all it dropped in one line.
         """
         if backend in self._leaving:
-            return
+            return False
         self._leaving[backend] = _Leaving(
             backend.adminState, backend._reasons.get(BackendState.DRAINING), reason
         )
         if backend.active == 0:
-            self._drop(backend)
-            return
+            self._drop(backend, log=False)
+            return True
         why = (
             f"leaving the pool ({reason}): finishing {backend.active} "
             "request(s) in flight"
@@ -613,12 +609,13 @@ class Pool:
             backend.adminState = BackendState.DRAINING
             backend._reasons[BackendState.DRAINING] = why
         self._update(backend, why)
+        return False
 
-    def _drop(self, backend: Backend) -> None:
+    def _drop(self, backend: Backend, log: bool = True) -> None:
         """
         Remove C{backend}, which left and has nothing in flight: stop its
-        timers, leave its connections to L{LeftConnections} and tell the
-        membership observers.
+        timers, leave its connections to L{LeftConnections}, log it (unless
+        C{log} is false) and tell the membership observers.
         """
         leaving = self._leaving.pop(backend)
         self.backends = tuple(b for b in self.backends if b is not backend)
@@ -632,10 +629,7 @@ class Pool:
         connections = self._connections.pop(backend)
         for closing in self._left.keep(_connectionsKey(backend), connections):
             self._waitFor(closing)
-        if self._dropped is not None:
-            # Logged with the others at the end of L{setBackends}.
-            self._dropped.setdefault(leaving.reason, []).append(backend.name)
-        else:
+        if log:
             self._logMembers([backend.name], "removed", leaving.reason)
         for observer in list(self._members):
             observer.backendRemoved(backend)

@@ -514,9 +514,10 @@ def haproxyConfig(
     workdir: Path, row: str, port: int, backend: int, dnsPort: int, slots: int = 3
 ) -> Path:
     """
-    HAProxy as the proxy of the C{haproxy-} rows: as many C{server-template}
-    slots as an answer has addresses, filled from the benchmark's DNS server, asked every 100 ms (as
-    lbproxy's C{resolve_min = 100ms}); an address that leaves the answer
+    HAProxy as the proxy of the C{haproxy-} rows: as many
+    C{server-template} slots as an answer has addresses, filled from the
+    benchmark's DNS server, asked every 100 ms (as lbproxy's C{resolve_min
+    = 100ms}); an address that leaves the answer
     frees its slot at once (C{hold obsolete 0s}) for the one that joins.
     One thread, as lbproxy is one process; connections to the backends
     are kept and reused (HAProxy's default, C{http-reuse safe}).  Its
@@ -870,8 +871,8 @@ def measureAlternating(
     """
     The alternating row: one paced run of twice C{--seconds}, during
     which the DNS answer changes every interval for C{--block} intervals,
-    then stays for as many, and so on; the requests are split into those during
-    changes and those between them (L{splitByChanges}), so that both
+    then stays for as many, and so on; the requests are split into those
+    during changes and those between them (L{splitByChanges}), so that both
     halves see the same proxy, connections and machine at the same
     minutes, and a drift of the machine's speed falls on both alike.
 

@@ -637,3 +637,41 @@ class MirrorTests(SynchronousTestCase):
         self.clock.advance(100)
         self.http.flush()
         self.assertEqual(len(self.watchStarts()), 1)
+
+    def test_listenerFails(self):
+        """
+        Should the mirror's listener raise, on the read's copy or on a
+        watch event's, the failure is logged and the mirror goes on
+        following the prefix from the revision it reached, so the next
+        change tells the whole copy.
+        """
+        told = []
+
+        def changed(values, why):
+            told.append(why)
+            if len(told) < 3:
+                raise RuntimeError("a fault of the listener's")
+
+        mirror = PrefixMirror(self.client, b"/lb/", changed, self.clock)
+        self.addCleanup(mirror.stop)
+        self.etcd.put(b"/lb/a", b"1")
+        with capturedLogs() as logs:
+            mirror.start()
+            self.http.flush()
+            self.etcd.put(b"/lb/b", b"2")
+            self.http.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(
+            [e["log_format"].format(**e) for e in logs if "log_failure" in e],
+            [
+                "etcd /lb/: applying the copy at revision 2 failed (etcd read at "
+                "revision 2); following the prefix still",
+                "etcd /lb/: applying the copy at revision 3 failed (etcd revision "
+                "3: put /lb/b); following the prefix still",
+            ],
+        )
+        self.assertEqual((mirror.watching, mirror.failures), (True, 0))
+        self.etcd.put(b"/lb/c", b"3")
+        self.http.flush()
+        self.assertEqual(told[-1], "etcd revision 4: put /lb/c")
+        self.assertEqual(self.watchStarts(), [("a.example", 3)])

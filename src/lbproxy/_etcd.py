@@ -839,7 +839,7 @@ class PrefixMirror:
             endpoint=self.client.endpoint,
             changes=f" ({changes})" if changes else "",
         )
-        self.changed(dict(self.values), f"etcd read at revision {revision}")
+        self._tell(f"etcd read at revision {revision}")
         self._watch()
 
     def _watch(self) -> None:
@@ -891,9 +891,28 @@ class PrefixMirror:
             self.revision = event.revision
         self.events += len(applied)
         if applied:
-            self.changed(
-                dict(self.values),
-                f"etcd revision {self.revision}: " + ", ".join(applied),
+            self._tell(f"etcd revision {self.revision}: " + ", ".join(applied))
+
+    def _tell(self, reason: str) -> None:
+        """
+        Tell C{changed} the new copy, and why.
+
+        Should it raise (a fault of its own, not etcd's), the failure is
+        logged and the mirror goes on following the prefix, as it would
+        not if the exception went on into the read's L{Deferred} (no
+        watch would start) or the watch's stream (it would be dropped
+        and resumed after the change, which would be lost): every call
+        tells the whole copy, so the next change catches up.
+        """
+        try:
+            self.changed(dict(self.values), reason)
+        except Exception:
+            self._log.failure(
+                "etcd {prefix}: applying the copy at revision {revision} failed "
+                "({reason}); following the prefix still",
+                prefix=self.prefix.decode("utf-8", "replace"),
+                revision=self.revision,
+                reason=reason,
             )
 
     def _failed(self, failure: Failure, what: str) -> None:

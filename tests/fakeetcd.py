@@ -77,6 +77,23 @@ class FakeEtcd(Resource):
         self.history.append((self.revision, key, None))
         self.notify([self.history[-1]])
 
+    def txn(self, changes: list[tuple[bytes, Optional[bytes]]]) -> None:
+        """
+        Put (or, for a value of L{None}, delete) several keys in one
+        transaction: at one revision, their events in one watch response,
+        as etcd gives them.
+        """
+        self.revision += 1
+        batch = []
+        for key, value in changes:
+            if value is None:
+                self.values.pop(key, None)
+            else:
+                self.values[key] = (value, self.revision)
+            batch.append((self.revision, key, value))
+        self.history.extend(batch)
+        self.notify(batch)
+
     def compact(self, revision: int) -> None:
         self.compacted = revision
 

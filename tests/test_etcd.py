@@ -458,6 +458,38 @@ class MirrorTests(SynchronousTestCase):
         )
         self.assertEqual(self.mirror.revision, 4)
 
+    def test_transaction(self):
+        """
+        Every event of a transaction has the same revision, and all are
+        applied: keys put together, and a prefix deleted at once
+        (C{etcdctl del --prefix}), also when they arrive on a resumed
+        watch.
+        """
+        self.mirror.start()
+        self.http.flush()
+        self.etcd.txn([(b"/lb/a", b"1"), (b"/lb/b", b"2")])
+        self.http.flush()
+        self.assertEqual(self.mirror.values, {b"/lb/a": b"1", b"/lb/b": b"2"})
+        self.etcd.txn([(b"/lb/a", None), (b"/lb/b", None)])
+        self.http.flush()
+        self.assertEqual(self.mirror.values, {})
+        with capturedLogs():
+            self.etcd.dropWatches()
+            self.http.flush()
+        self.etcd.txn([(b"/lb/c", b"3"), (b"/lb/d", b"4")])
+        self.clock.advance(0)
+        self.http.flush()
+        self.assertEqual(self.mirror.values, {b"/lb/c": b"3", b"/lb/d": b"4"})
+        self.assertEqual(
+            [why for _, why in self.changes],
+            [
+                "etcd read at revision 1",
+                "etcd revision 2: put /lb/a, put /lb/b",
+                "etcd revision 3: deleted /lb/a, deleted /lb/b",
+                "etcd revision 4: put /lb/c, put /lb/d",
+            ],
+        )
+
     def test_resume(self):
         """
         A lost watch is started again on the next endpoint from the

@@ -879,8 +879,13 @@ class PrefixMirror:
             self.revision = max(self.revision, response.revision)
             return
         applied = []
+        # Every key a transaction (or a ranged delete: etcdctl del
+        # --prefix) touches has the same revision, and their events come
+        # in one response: each is new if its revision is past the copy's
+        # before this response, not past the one its predecessors set.
+        known = self.revision
         for event in response.events:
-            if event.revision <= self.revision:
+            if event.revision <= known:
                 continue
             if event.value is None:
                 if self.values.pop(event.key, None) is not None:

@@ -311,6 +311,25 @@ class Etcd:
     def delete(self, key: str) -> Deferred[Any]:
         return self.call("/v3/kv/deleterange", {"key": _b64(key.encode())})
 
+    def putAll(self, values: dict[str, str]) -> Deferred[Any]:
+        """
+        Put every key of C{values} in one transaction: at one revision.
+        """
+        puts = [
+            {"request_put": {"key": _b64(k.encode()), "value": _b64(v.encode())}}
+            for k, v in values.items()
+        ]
+        return self.call("/v3/kv/txn", {"success": puts})
+
+    def deletePrefix(self, prefix: str) -> Deferred[Any]:
+        """
+        Delete every key under C{prefix} at once, as C{etcdctl del --prefix}.
+        """
+        key = prefix.encode()
+        return self.call(
+            "/v3/kv/deleterange", {"key": _b64(key), "range_end": _b64(prefixEnd(key))}
+        )
+
     @inlineCallbacks
     def compact(self) -> Any:
         """

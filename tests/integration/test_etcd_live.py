@@ -159,8 +159,9 @@ class EtcdLiveTests(InProcessProxy, TestCase):
     def test_followsKeys(self) -> Any:
         """
         Until a key exists the upstream answers 502; keys put and deleted
-        change the backends within a second, and the traffic follows.  A
-        dead endpoint listed first is passed over.
+        change the backends within a second, and the traffic follows, also
+        when a transaction changes several at one revision.  A dead
+        endpoint listed first is passed over.
         """
         dead = RefusingPort()
         self.addCleanup(dead.close)
@@ -193,6 +194,10 @@ class EtcdLiveTests(InProcessProxy, TestCase):
             code, body = yield self.get()
             seen.add(body)
         self.assertEqual(seen, {b"a", b"b", b"c"})
+        yield self.etcd.deletePrefix(PREFIX)
+        yield self.converge([], "none, the prefix deleted at once")
+        yield self.etcd.putAll({PREFIX + "e": self.address(0), PREFIX + "f": self.address(2)})
+        yield self.converge([self.address(0), self.address(2)], "a and c, in one transaction")
 
     @inlineCallbacks
     def test_etcdRestarts(self) -> Any:

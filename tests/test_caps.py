@@ -451,6 +451,22 @@ class EjectionTests(SynchronousTestCase):
             pool.requestStarted(backend, request)
             pool.requestFinished(backend, request, Outcome.SUCCESS, 0.01, status)
 
+    def test_shareOfServingBackends(self) -> None:
+        """
+        C{max_ejection}'s share is of the backends that take requests: of
+        four, two that left and are finishing a request each do not
+        count, so at 50 % one of the other two may be out, not both.
+        """
+        pool = self.pool(maxFails=1, maxEjection=0.5)
+        a, b, c, d = self.backends
+        for busy in (c, d):
+            pool.requestStarted(busy, object())
+        pool.setBackends([a, b], "etcd revision 7")
+        with capturedLogs():
+            self.answer(pool, a, 503)
+            self.answer(pool, b, 503)
+        self.assertEqual((a.state, b.state), (BackendState.FAILED, BackendState.UP))
+
     def test_ejectedAndBack(self) -> None:
         """
         C{max_fails} responses 5xx within C{fail_timeout} eject the

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy._backend import Backend, BackendState, Outcome
+from lbproxy._backend import Backend, BackendState, Outcome, placeholderFor
 from lbproxy._client import UpstreamConnection
 from lbproxy._config import HealthCheckConfig
 from lbproxy._health import HealthChecker
@@ -224,6 +224,26 @@ class PassiveHealthTests(SynchronousTestCase):
         self.assertIs(a.state, UP)
         self.assertEqual(pool.eligible, (a,))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_onlyServingBackendIsNeverTakenOut(self) -> None:
+        """
+        Backends that take no request do not count as other servers: one
+        that left and is finishing a request in flight, and one that
+        stands for a name with no address yet.  The only backend that
+        serves is never failed.
+        """
+        pool, clock, (a,) = makePool("9001", maxFails=1)
+        pool.requestStarted(a, object())
+        b = Backend("127.0.0.1", 9002)
+        pool.setBackends([b], "DNS answer")
+        self.assertTrue(pool.leaving(a))
+        fail(pool, b)
+        self.assertIs(b.state, UP)
+        self.assertEqual(pool.eligible, (b,))
+        placeholder = placeholderFor("app.example", 8080, "http", "no address yet")
+        pool.setBackends([b, placeholder], "DNS answer")
+        fail(pool, b)
+        self.assertIs(b.state, UP)
 
     def test_transitionIsLogged(self) -> None:
         """

@@ -194,7 +194,10 @@ class Pool:
     With a single backend the passive accounting is off, as in nginx: there
     is no other server to send the request to, so taking the only one out
     would only turn slow errors into fast ones.  Slow start is off too, as
-    there is no other server to share the load with.
+    there is no other server to share the load with.  Backends that left
+    and are finishing their requests, and those that stand for a name
+    with no address yet, take no request, so they do not count
+    (L{_serving}).
 
     With C{eject_on} (L{ejectOn}) passive accounting becomes outlier
     detection, as Envoy's: the responses it names count as failures too
@@ -655,6 +658,17 @@ class Pool:
         """
         return backend in self._leaving
 
+    def _serving(self) -> list[Backend]:
+        """
+        The backends that could take a request: not those that left and
+        are finishing their requests in flight, nor those that stand for
+        a C{resolve} line with no address yet.  nginx's rules for a
+        single server (no passive health, no slow start: there is nowhere
+        else to send the request) and C{max_ejection}'s share count these.
+        """
+        leaving = self._leaving
+        return [b for b in self.backends if not (b.placeholder or b in leaving)]
+
     def unavailableReason(self) -> str:
         """
         Say why no backend can take a request: every backend with its state
@@ -856,7 +870,7 @@ class Pool:
 
     def _startSlowStart(self, backend: Backend) -> None:
         self._stopSlowStart(backend)
-        if self.slowStart <= 0 or len(self.backends) == 1:
+        if self.slowStart <= 0 or len(self._serving()) <= 1:
             return
         start = self._reactor.seconds()
         backend.effectiveWeight = slowStartWeight(backend.weight, 0.0, self.slowStart)
@@ -994,7 +1008,7 @@ class Pool:
         failTimeout = (
             self.failTimeout if backend.failTimeout is None else backend.failTimeout
         )
-        if maxFails <= 0 or len(self.backends) == 1:
+        if maxFails <= 0 or len(self._serving()) <= 1:
             return
         if backend.failedUntil is not None:
             return
@@ -1029,8 +1043,9 @@ class Pool:
         are out already.
         """
         what = describeFailures(failures)
-        out = sum(1 for b in self.backends if b.failedUntil is not None)
-        limit = maxEjected(self.maxEjection, len(self.backends))
+        serving = self._serving()
+        out = sum(1 for b in serving if b.failedUntil is not None)
+        limit = maxEjected(self.maxEjection, len(serving))
         if out >= limit:
             if backend not in self._spared:
                 self._spared.add(backend)
@@ -1045,7 +1060,7 @@ class Pool:
                     window=failTimeout,
                     share=self.maxEjection * 100,
                     limit=limit,
-                    count=len(self.backends),
+                    count=len(serving),
                     out=out,
                 )
             return

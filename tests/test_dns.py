@@ -668,6 +668,27 @@ class ServiceTests(SynchronousTestCase):
             pool.markDown(backend, "test")
         self.assertEqual([b.name for b in pool.eligible], ["127.0.0.5:8003"])
 
+    def test_rotatedRecordsChangeNothing(self) -> None:
+        """
+        The same SRV records in another order (a server that rotates
+        them, as BIND does by default) are the same answer: the pool is
+        left as it is, its backends in the same order.
+        """
+        records = [(10, 1, 8001, "a.test"), (10, 1, 8002, "b.test"), (20, 0, 8003, "c.test")]
+        self.zone.setService("_http._tcp.app.test", records, ttl=40)
+        source, pool, clock, resolver = makeSource("app.test service=http resolve", self.zone)
+        start(source, clock)
+        self.addCleanup(source.stopService)
+        before = names(pool)
+        calls = []
+        original = pool.setBackends
+        pool.setBackends = lambda *a: (calls.append(a), original(*a))  # type: ignore[method-assign]
+        for turn in (1, 2):
+            self.zone.setService("_http._tcp.app.test", records[turn:] + records[:turn], ttl=40)
+            clock.advance(20)
+            clock.advance(0)
+        self.assertEqual((calls, names(pool)), ([], before))
+
     def test_ttlIsTheSmallestOfSRVAndTargets(self) -> None:
         """
         The line is looked up again when the first of its records (SRV or

@@ -470,7 +470,9 @@ class DNSBackends(Service):
         ]
         priorities = sorted({srv.priority for srv in usable})[:2]
         chosen = [srv for srv in usable if srv.priority in priorities]
-        chosen.sort(key=lambda srv: (srv.priority, -srv.weight))
+        # In one order whatever the order of the records, which a server
+        # may rotate (BIND's default): the same records are the same answer.
+        chosen.sort(key=lambda srv: (srv.priority, -srv.weight, srv.target.name, srv.port))
         targets = sorted({srv.target.name.decode("ascii") for srv in chosen})
         results: list[tuple[bool, Any]] = await DeferredList(
             [Deferred.fromCoroutine(self._addresses(state, t, True)) for t in targets],

@@ -97,12 +97,14 @@ def makeSource(
     zone: Optional[DNSZone] = None,
     resolveMin: float = 1.0,
     resolveMax: float = 300.0,
+    clock: Optional[Clock] = None,
 ) -> tuple[DNSBackends, Pool, Clock, BreakableResolver]:
     """
     A pool of the server lines C{servers} (one per line) and the
-    L{DNSBackends} that follows them, not started, on a fake clock.
+    L{DNSBackends} that follows them, not started, on a fake clock (a
+    new L{Clock} unless given one).
     """
-    clock = Clock()
+    clock = clock if clock is not None else Clock()
     lines = [parseServer(text) for text in servers.strip().splitlines()]
     pool = Pool("app", initialBackends(lines), None, clock)
     resolver = BreakableResolver(zone if zone is not None else DNSZone())
@@ -831,6 +833,49 @@ class OriginTests(SynchronousTestCase):
             _helloFor(backend, tlsServerName="other.example"),
             ("127.0.0.2", 8443, "other.example"),
         )
+
+
+    def test_nameOfTheLineThatKeepsIt(self) -> None:
+        """
+        Two lines whose names share an address give one backend, named
+        after the first; when that name moves away, the backend stays
+        through the second line and takes its name: in C{Host}, and over
+        TLS in SNI, on the connections it opens from then on.
+        """
+        zone = DNSZone()
+        zone.setAddresses("a.test", ["127.0.0.2"], ttl=30)
+        zone.setAddresses("b.test", ["127.0.0.2"], ttl=30)
+        reactor = MemoryReactorClock()
+        source, pool, clock, _ = makeSource(
+            "https://a.test:8443 resolve\nhttps://b.test:8443 resolve", zone, clock=reactor
+        )
+        start(source, clock)
+        self.addCleanup(source.stopService)
+        [shared] = pool.backends
+        self.assertEqual(shared.authority, "a.test:8443")
+        pool.connection(shared)
+        zone.setAddresses("a.test", ["127.0.0.3"], ttl=30)
+        clock.advance(30)
+        clock.advance(0)
+        self.assertIs(pool.backendNamed("127.0.0.2:8443"), shared)
+        self.assertEqual(shared.authority, "b.test:8443")
+        pool.connection(shared)
+        hellos = []
+        for host, _, factory, *_ in reactor.tcpClients:
+            transport = _TCPTransport()
+            factory.buildProtocol(None).makeConnection(transport)
+            hellos.append((host, _serverNameIn(transport.value())))
+        self.assertEqual(hellos, [("127.0.0.2", "a.test"), ("127.0.0.2", "b.test")])
+
+
+class _TCPTransport(StringTransport):
+    """
+    A L{StringTransport} with the TCP option lbproxy's backend connections
+    set.
+    """
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
 
 
 def _helloFor(backend: Backend, **options: Any) -> tuple[str, int, str]:

@@ -375,6 +375,13 @@ class Pool:
         """
         backend.id = _backendId(self.name, backend)
         backend.state = deriveState(backend)
+        self._connections[backend] = self._connectionsFor(backend)
+
+    def _connectionsFor(self, backend: Backend) -> BackendConnections:
+        """
+        The connections of a backend that joins: those it left with, if
+        they are still kept (L{LeftConnections}), else new ones.
+        """
         connections = self._left.take(_connectionsKey(backend))
         if connections is None:
             connections = BackendConnections(
@@ -384,7 +391,7 @@ class Pool:
                 self._keepaliveTimeout,
                 tls=backend.scheme == "https",
             )
-        self._connections[backend] = connections
+        return connections
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} {list(self.backends)!r}>"
@@ -550,6 +557,8 @@ class Pool:
             if leaving.drainReason is not None:
                 member._reasons[BackendState.DRAINING] = leaving.drainReason
             self._update(member, f"back in the pool ({reason})")
+        if member.origin != line.origin:
+            self._rename(member, line.origin)
         member.backup = line.backup
         member.maxFails = line.maxFails
         member.failTimeout = line.failTimeout
@@ -565,6 +574,21 @@ class Pool:
             and configured == DOWN_IN_CONFIGURATION
         ):
             self.enable(member, f"no longer down in the configuration ({reason})")
+
+    def _rename(self, member: Backend, origin: Optional[str]) -> None:
+        """
+        C{member} stays through a line of another name (two lines' names
+        had its address, and the one it was named after moved away): it
+        takes that name (L{Backend.origin}), for the C{Host} of its
+        requests and probes and, over TLS, for SNI and the name its
+        certificate is checked against.  Its TLS connections were checked
+        against the old name, so they are closed (a busy one when its
+        exchange ends) and new ones are opened for the new name.
+        """
+        member.origin = origin
+        if member.scheme == "https":
+            self._waitFor(self._connections[member].close())
+            self._connections[member] = self._connectionsFor(member)
 
     def _setMaxConns(self, backend: Backend, maxConns: Optional[int]) -> None:
         """

@@ -591,6 +591,32 @@ class MirrorTests(SynchronousTestCase):
         self.http.flush()
         self.assertEqual(len(self.changes), 1)
 
+    def test_backoffWhenWatchesDropAtOnce(self):
+        """
+        Watches that etcd creates and that end at once count as failures
+        in a row: the retries back off as for refused ones.  A watch that
+        lasted L{PrefixMirror.maxDelay} starts a new row.
+        """
+        self.mirror.start()
+        self.http.flush()
+        delays = []
+        with capturedLogs():
+            for _ in range(6):
+                self.etcd.dropWatches()
+                self.http.flush()
+                (retry,) = self.clock.getDelayedCalls()
+                delay = retry.getTime() - self.clock.seconds()
+                delays.append(round(delay, 6))
+                self.clock.advance(delay)
+                self.http.flush()
+            self.assertEqual(delays, [0.0, 0.1, 0.1, 0.2, 0.2, 0.4])
+            self.assertTrue(self.mirror.watching)
+            self.clock.advance(PrefixMirror.maxDelay)
+            self.etcd.dropWatches()
+            self.http.flush()
+        (retry,) = self.clock.getDelayedCalls()
+        self.assertEqual(retry.getTime(), self.clock.seconds())
+
     def test_compacted(self):
         """
         When the revisions the watch needs were compacted, the mirror reads

@@ -736,7 +736,11 @@ class PrefixMirror:
     came for L{idleTimeout}) is started again on the next endpoint from the
     revision after the last one applied, so no change is missed and none
     is applied twice; after every endpoint failed in a row, the next try
-    waits, doubling from L{initialDelay} up to L{maxDelay}.  When etcd
+    waits, doubling from L{initialDelay} up to L{maxDelay}.  A watch that
+    etcd created and that ended within L{maxDelay} counts as a failure in
+    that row (a member, or a proxy in front of it, that accepts watches
+    and drops them at once is not asked again and again without a
+    pause); one that lasted longer starts a new row.  When etcd
     answers that those revisions were compacted, the mirror reads the
     whole prefix again.  A read that fails is retried the same way.
 
@@ -786,6 +790,8 @@ class PrefixMirror:
         self._retry: Optional[IDelayedCall] = None
         self._idle: Optional[IDelayedCall] = None
         self._failuresInRow = 0
+        #: When etcd said the open watch was created (L{None} when none is).
+        self._createdAt: Optional[float] = None
         self.watching = False
         self.reads = 0
         self.events = 0
@@ -870,7 +876,7 @@ class PrefixMirror:
     def _received(self, response: WatchResponse) -> None:
         self._resetIdle()
         if response.created:
-            self._failuresInRow = 0
+            self._createdAt = self._clock.seconds()
             self.watching = True
             self.error = None
             return
@@ -941,6 +947,9 @@ class PrefixMirror:
         endpoint = self.client.endpoint
         if what == "watch":
             self.client.nextEndpoint()
+            created, self._createdAt = self._createdAt, None
+            if created is not None and self._clock.seconds() - created >= self.maxDelay:
+                self._failuresInRow = 0
             self._failuresInRow += 1
         else:
             # A read has tried every endpoint already.

@@ -379,3 +379,22 @@ class ServiceTests(SynchronousTestCase):
             parseConfigText(_CONFIG.replace("servers_from", "etcd_prefix = /x/\nservers_from"))
         )
         self.assertEqual(service.pools["app"].backends, ())
+
+    def test_reloadKeepsLastGoodValues(self):
+        """
+        A key's last good value stays in force across a reload: when the
+        new source first reads the prefix and finds the key's value bad,
+        the key keeps its backend, as it would have without the reload.
+        """
+        service = LoadBalancerService(parseConfigText(_CONFIG), MemoryReactorClock())
+        good = {b"/k/a": b"127.0.0.1:8001", b"/k/b": b"127.0.0.1:8002"}
+        service.sources["app"].mirror.changed(good, "test")
+        service.reload(parseConfigText(_CONFIG))
+        bad = {b"/k/a": b"127.0.0.1:8001", b"/k/b": b"not a server line"}
+        with capturedLogs() as logs:
+            service.sources["app"].mirror.changed(bad, "etcd read at revision 9")
+        self.assertEqual(
+            [b.name for b in service.pools["app"].backends],
+            ["127.0.0.1:8001", "127.0.0.1:8002"],
+        )
+        self.assertIn("its last good value stays", " ".join(_logged(logs)))

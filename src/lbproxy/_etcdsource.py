@@ -178,6 +178,23 @@ class EtcdSource(Service):
             upstream.tlsServerName,
         )
 
+    def carryOver(self, previous: EtcdSource) -> None:
+        """
+        Take over from C{previous}, the source of the same upstream before
+        a reload, the last good value of each key, when it followed the
+        same prefix: a key whose value is bad when this source first reads
+        it keeps the backend it had, as it would have without the reload.
+        A value this source refuses (a TLS name its upstream's new
+        settings cannot check) is not taken.  Call it before starting.
+        """
+        if previous.prefix != self.prefix:
+            return
+        for key, (value, _) in previous._parsed.items():
+            try:
+                self._parsed[key] = (value, self._parse(value))
+            except (UnicodeDecodeError, ValueError):
+                continue
+
     def startService(self) -> None:
         Service.startService(self)
         self.mirror.start()

@@ -528,7 +528,10 @@ class LoadBalancerService(MultiService):
         sources: dict[str, Service] = {}
         for name, upstream in config.upstreams.items():
             if upstream.serversFrom == "etcd":
-                sources[name] = EtcdSource.forUpstream(pools[name], upstreams[name], reactor)
+                source = EtcdSource.forUpstream(pools[name], upstreams[name], reactor)
+                if name in etcd:
+                    source.carryOver(etcd[name])
+                sources[name] = source
             elif hasResolveLines(upstream.servers):
                 dns = DNSBackends(
                     pools[name],

@@ -656,7 +656,15 @@ class MirrorTests(SynchronousTestCase):
         self.assertEqual(self.mirror.revision, 6)
         self.clock.advance(PrefixMirror.idleTimeout - 1)
         self.assertEqual(len(self.watchStarts()), 1)
-        self.clock.advance(1)
+        with capturedLogs() as logs:
+            self.clock.advance(1)
+        self.assertEqual(
+            [e["log_format"].format(**e) for e in logs],
+            [
+                "etcd /lb/: the watch at http://a.example:2379 failed: it sent "
+                "nothing for 660s; trying http://b.example:2379 in 0s, from revision 7"
+            ],
+        )
         self.http.flush()
         self.assertEqual(self.watchStarts(), [("a.example", 2), ("b.example", 7)])
 

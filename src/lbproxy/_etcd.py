@@ -792,6 +792,9 @@ class PrefixMirror:
         self._failuresInRow = 0
         #: When etcd said the open watch was created (L{None} when none is).
         self._createdAt: Optional[float] = None
+        #: Whether the watch in flight is being cancelled for having sent
+        #: nothing for L{idleTimeout}.
+        self._silent = False
         self.watching = False
         self.reads = 0
         self.events = 0
@@ -865,12 +868,8 @@ class PrefixMirror:
         self._idle = None
         pending = self._pending
         if pending is not None:
-            self._log.warn(
-                "etcd {prefix}: the watch at {endpoint} sent nothing for {idle:g}s",
-                prefix=self.prefix.decode("utf-8", "replace"),
-                endpoint=self.client.endpoint,
-                idle=self.idleTimeout,
-            )
+            # L{_failed} says why the watch was cancelled.
+            self._silent = True
             pending.cancel()
 
     def _received(self, response: WatchResponse) -> None:
@@ -936,6 +935,9 @@ class PrefixMirror:
             return
         self.failures += 1
         self.error = describe(failure)
+        if self._silent and failure.check(CancelledError):
+            self.error = f"it sent nothing for {self.idleTimeout:g}s"
+        self._silent = False
         if failure.check(Compacted):
             self._log.warn(
                 "etcd {prefix}: {why}; reading the whole prefix again",

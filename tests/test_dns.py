@@ -691,6 +691,22 @@ class ServiceTests(SynchronousTestCase):
             clock.advance(0)
         self.assertEqual((calls, names(pool)), ([], before))
 
+    def test_stopWhileAskingForSRV(self) -> None:
+        """
+        An SRV answer that arrives after the stop is not followed: its
+        targets are not asked, and the stop is done with it.
+        """
+        source, pool, clock, resolver = makeSource("app.test service=http resolve", self.zone)
+        pending: Deferred[Any] = Deferred()
+        resolver.lookupService = lambda name, timeout=None: pending  # type: ignore[method-assign]
+        source.startService()
+        stopped = source.stopService()
+        self.assertNoResult(stopped)
+        self.zone.lookupService("_http._tcp.app.test").chainDeferred(pending)
+        self.successResultOf(stopped)
+        self.assertEqual(resolver.queries, [])
+        self.assertTrue(pool.backends[0].placeholder)
+
     def test_ttlIsTheSmallestOfSRVAndTargets(self) -> None:
         """
         The line is looked up again when the first of its records (SRV or

@@ -455,6 +455,10 @@ class DNSBackends(Service):
         line = state.line
         answers: Any
         answers, _, _ = await self.resolver.lookupService(state.label, QUERY_TIMEOUT)
+        if not self.running:
+            # Stopped meanwhile: the answer would be ignored, so its
+            # targets are not asked (and the stop need not wait for them).
+            return Answer([], 0, None)
         records = [rr for rr in answers if rr.type == dns.SRV]
         ttl = min((rr.ttl for rr in answers), default=self.resolveMax)
         # A record with port 0, or whose target is the root ("the service

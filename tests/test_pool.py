@@ -21,7 +21,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy._backend import Backend, BackendState, Outcome, placeholderFor
+from lbproxy._backend import (
+    DOWN_IN_CONFIGURATION,
+    Backend,
+    BackendState,
+    Outcome,
+    placeholderFor,
+)
 from lbproxy._client import UpstreamConnection
 from lbproxy._config import HealthCheckConfig
 from lbproxy._health import HealthChecker
@@ -993,6 +999,36 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(b.requests, 1)
         # It never left: neither removed nor added.
         self.assertEqual((pool.backendsAdded, pool.backendsRemoved), (0, 0))
+
+    def test_leavingBackendComesBackDown(self) -> None:
+        """
+        A leaving backend that comes back on a C{down} line goes from
+        draining straight to disabled, not up on the way.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(b, "r1")
+        pool.setBackends([line(9001)], "gone")
+        seen: list[Any] = []
+        pool.addStateObserver(lambda backend, old, new, why: seen.append((old, new)))
+        pool.setBackends([line(9001), line(9002, down=True)], "back, down")
+        self.assertEqual(seen, [(DRAINING, DISABLED)])
+        self.assertEqual(
+            b.stateReason,
+            f"back in the pool (back, down); disabled because: {DOWN_IN_CONFIGURATION}",
+        )
+
+    def test_leavingBackendDisabledByTheOperatorComesBack(self) -> None:
+        """
+        An operator's disable of a backend while it is leaving stays when
+        it comes back.
+        """
+        pool, clock, (a, b) = makePool("9001", "9002")
+        pool.requestStarted(b, "r1")
+        pool.setBackends([line(9001)], "gone")
+        pool.disable(b, "disabled by the operator")
+        pool.setBackends([line(9001), line(9002)], "back")
+        self.assertIs(b.state, DISABLED)
+        self.assertEqual(pool.eligible, (a,))
 
     def test_operatorCannotEnableALeavingBackend(self) -> None:
         """

@@ -553,9 +553,15 @@ class Pool:
             member._reasons[BackendState.DOWN] = line.stateReason
         leaving = self._leaving.pop(member, None)
         if leaving is not None:
-            member.adminState = leaving.adminState
+            if member.adminState is not BackendState.DISABLED:
+                # (Disabled while it was leaving, by the operator: it stays so.)
+                member.adminState = leaving.adminState
             if leaving.drainReason is not None:
                 member._reasons[BackendState.DRAINING] = leaving.drainReason
+            if line.adminState is BackendState.DISABLED and member.adminState is None:
+                # Back with C{down}: straight to disabled, not up first.
+                member.adminState = BackendState.DISABLED
+                member._reasons[BackendState.DISABLED] = DOWN_IN_CONFIGURATION
             self._update(member, f"back in the pool ({reason})")
         if member.origin != line.origin:
             self._rename(member, line.origin)

@@ -1355,14 +1355,19 @@ _keys = st.one_of(
     st.binary(max_size=4),
 )
 
-#: What happens in etcd: a key put or deleted; a key put outside the
-#: prefix; the watch lost while keys change, with the revisions it needs
-#: compacted or not; a progress notification; a line that is not JSON.
+#: What happens in etcd: a key put or deleted; several put or deleted in
+#: one transaction (at one revision); a key put outside the prefix; the
+#: watch lost while keys change, with the revisions it needs compacted or
+#: not; a progress notification; a line that is not JSON.
 _etcdSteps = st.lists(
     st.one_of(
         st.tuples(st.just("put"), _keys, _values),
         st.tuples(st.just("put"), _keys, _values),
         st.tuples(st.just("delete"), _keys),
+        st.tuples(
+            st.just("txn"),
+            st.lists(st.tuples(_keys, st.one_of(st.none(), _values)), min_size=1, max_size=4),
+        ),
         st.tuples(st.just("other"), _values),
         st.tuples(
             st.just("outage"),
@@ -1669,7 +1674,8 @@ class EtcdValueTests(SynchronousTestCase):
         """
         Keys with any values (server lines good and bad, non-UTF-8, empty,
         huge, one address under two keys) read at the start, then put and
-        deleted in any order, while the watch is lost and resumed (or
+        deleted in any order, one at a time or several in a transaction,
+        while the watch is lost and resumed (or
         etcd compacted what it needs, and the prefix is read again), or
         sent a line that is not JSON: nothing is raised; the mirror's copy
         is etcd's; and the pool's backends are what L{_EtcdModel} makes of
@@ -1729,6 +1735,18 @@ class EtcdValueTests(SynchronousTestCase):
                 put(step[1], step[2])
             elif step[0] == "delete":
                 etcd.delete(_PREFIX.encode("utf-8") + step[1])
+            elif step[0] == "txn":
+                # etcd refuses a transaction that names a key twice.
+                changes = dict(step[1])
+                for value in changes.values():
+                    if value is not None:
+                        meanings[value[0]] = value[1]
+                etcd.txn(
+                    [
+                        (_PREFIX.encode("utf-8") + key, None if value is None else value[0])
+                        for key, value in changes.items()
+                    ]
+                )
             elif step[0] == "other":
                 put(b"x", step[1], "/lbproxy/upstreams/other/")
             elif step[0] == "outage":

@@ -185,6 +185,7 @@ class ValueParserTests(SynchronousTestCase):
         """
         self.assertEqual(parseServer("[0:0::1]:80").host, "::1")
         self.assertEqual(parseServer("[2001:DB8::7]:80").host, "2001:db8::7")
+        self.assertEqual(parseServer("[::ffff:c000:201]:80").host, "::ffff:192.0.2.1")
         for line, message in [
             ("[::::]:80", f"an IPv6 address in [brackets] in {_SERVER_LINE}"),
             ("[1.2.3.4]:80", f"an IPv6 address in [brackets] in {_SERVER_LINE}"),

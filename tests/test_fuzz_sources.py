@@ -141,8 +141,8 @@ def _proxyHeaders(draw: Any) -> tuple[bytes, Optional[_Address], Optional[_Addre
         )
         return (
             line,
-            kinds[version]("TCP", str(source), sourcePort),
-            kinds[version]("TCP", str(destination), destinationPort),
+            kinds[version]("TCP", _canonical(source), sourcePort),
+            kinds[version]("TCP", _canonical(destination), destinationPort),
         )
     # Version 2: TLVs (or any bytes) may follow the addresses, up to the
     # 16-bit length; now and then a big one, near the limit.
@@ -159,9 +159,20 @@ def _proxyHeaders(draw: Any) -> tuple[bytes, Optional[_Address], Optional[_Addre
     body = struct.pack(layout, source.packed, destination.packed, sourcePort, destinationPort)
     return (
         _v2(0x21, 0x11 if version == 4 else 0x21, body + tlvs),
-        kinds[version]("TCP", str(source), sourcePort),
-        kinds[version]("TCP", str(destination), destinationPort),
+        kinds[version]("TCP", _canonical(source), sourcePort),
+        kinds[version]("TCP", _canonical(destination), destinationPort),
     )
+
+
+def _canonical(address: Any) -> str:
+    """
+    The text of an IP address lbproxy gives: RFC 5952's, with an
+    IPv4-mapped IPv6 address in the mixed form (C{::ffff:192.0.2.1}).
+    """
+    packed = address.packed
+    if len(packed) == 16 and packed[:12] == bytes(10) + b"\xff\xff":
+        return "::ffff:" + ".".join(str(byte) for byte in packed[12:])
+    return str(address)
 
 
 def _v2(command: int, family: int, body: bytes) -> bytes:
@@ -206,7 +217,7 @@ def _v1Address(text: bytes, version: int) -> Optional[str]:
         return None
     if address.version != version or b"%" in text:
         return None
-    return str(address)
+    return _canonical(address)
 
 
 def _v1Port(text: bytes) -> Optional[int]:
@@ -262,8 +273,8 @@ def _expectedHeader(data: bytes) -> tuple[Any, ...]:
         sourcePort, destinationPort = struct.unpack("!HH", body[2 * width : 2 * width + 4])
         return (
             "deliver",
-            kind("TCP", str(ipaddress.ip_address(body[:width])), sourcePort),
-            kind("TCP", str(ipaddress.ip_address(body[width : 2 * width])), destinationPort),
+            kind("TCP", _canonical(ipaddress.ip_address(body[:width])), sourcePort),
+            kind("TCP", _canonical(ipaddress.ip_address(body[width : 2 * width])), destinationPort),
             rest,
         )
     if data[:6] != b"PROXY "[: len(data[:6])]:
@@ -1333,7 +1344,7 @@ def _meaning(value: bytes) -> Optional[_Server]:
         return None
     host = server.host
     if ":" in host:
-        host = str(ipaddress.IPv6Address(host))
+        host = _canonical(ipaddress.IPv6Address(host))
     return (server.scheme, host, server.port, server.weight, server.backup, server.down)
 
 

@@ -141,6 +141,22 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(header.source, IPv6Address("TCP", "::1", 1234))
         self.assertEqual(header.destination, IPv6Address("TCP", "::2", 80))
 
+    def test_mappedAddresses(self):
+        """
+        An IPv4 client that a dual-stack balancer names as an IPv4-mapped
+        IPv6 address is spelled in the mixed form, as the kernel spells
+        such a peer, on every Python (before 3.13, C{str} gives
+        C{::ffff:c000:201}), in either version.
+        """
+        header = parseV1(b"PROXY TCP6 ::ffff:192.0.2.1 ::FFFF:C000:202 1234 80\r\n")
+        self.assertEqual(header.source, IPv6Address("TCP", "::ffff:192.0.2.1", 1234))
+        self.assertEqual(header.destination, IPv6Address("TCP", "::ffff:192.0.2.2", 80))
+        mapped = bytes(10) + b"\xff\xff"
+        body = mapped + bytes([192, 0, 2, 1]) + mapped + bytes([192, 0, 2, 2])
+        header = parseV2(_v2(0x21, 0x21, body + struct.pack("!HH", 1234, 80)))
+        self.assertEqual(header.source, IPv6Address("TCP", "::ffff:192.0.2.1", 1234))
+        self.assertEqual(header.destination, IPv6Address("TCP", "::ffff:192.0.2.2", 80))
+
     def test_v2TLVsSkipped(self):
         """
         Bytes after the addresses (TLVs) are part of the header and
@@ -507,7 +523,7 @@ class WriteTests(SynchronousTestCase):
         )
         self.assertEqual(
             headerV1(CLIENT, IPv6Address("TCP", "2001:db8::1", 443)),
-            b"PROXY TCP6 ::ffff:c0a8:1 2001:db8::1 56324 443\r\n",
+            b"PROXY TCP6 ::ffff:192.168.0.1 2001:db8::1 56324 443\r\n",
         )
         header = headerV2(CLIENT, IPv6Address("TCP", "2001:db8::1", 443))
         self.assertEqual(header[12:16], b"\x21\x21\x00\x24")

@@ -210,6 +210,10 @@ class RealClientTests(SynchronousTestCase):
             _client(trusted, mapped, b"203.0.113.9, ::ffff:10.0.0.6"), ("203.0.113.9", None)
         )
         self.assertIsNone(_client(trusted, IPv6Address("TCP", "2001:db8::1", 1), b"fd00::1"))
+        # A client a proxy names IPv4-mapped keeps the mixed form.
+        self.assertEqual(
+            _client(trusted, peer6, b"::FFFF:C000:201"), ("::ffff:192.0.2.1", None)
+        )
 
     def test_unix(self):
         """

@@ -83,6 +83,7 @@ from lbproxy._values import (
     parseUpstreamName,
     parseWeight,
     parseWord,
+    spelledAddress,
     splitLines,
     tlsNameProblem,
 )
@@ -282,7 +283,7 @@ def parseServer(text: str) -> ServerConfig:
         # In its canonical form, so that one address written two ways is
         # one server (one backend of a pool).
         try:
-            host = str(ipaddress.IPv6Address(host[1:-1]))
+            host = spelledAddress(ipaddress.IPv6Address(host[1:-1]))
         except ValueError:
             raise ValueError(f"an IPv6 address in [brackets] in {expected}") from None
     elif host.startswith("*") or not isHostName(host.lower()):

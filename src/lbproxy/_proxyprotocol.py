@@ -53,6 +53,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from lbproxy._values import spelledAddress
+
 __all__ = [
     "HEADER_TIMEOUT",
     "HeaderReader",
@@ -140,7 +142,7 @@ def _v1Address(text: bytes, version: type[Any]) -> str:
         address = version(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise InvalidProxyHeader(f"not an address: {text[:40]!r}") from None
-    return str(address)
+    return spelledAddress(address)
 
 
 def _v1Port(text: bytes) -> int:
@@ -220,8 +222,8 @@ def parseV2(header: bytes) -> ProxyHeader:
     )
     kind: type[_Address] = IPv4Address if family == _V2_TCP4 else IPv6Address
     return ProxyHeader(
-        kind("TCP", str(ipaddress.ip_address(source)), sourcePort),
-        kind("TCP", str(ipaddress.ip_address(destination)), destinationPort),
+        kind("TCP", spelledAddress(ipaddress.ip_address(source)), sourcePort),
+        kind("TCP", spelledAddress(ipaddress.ip_address(destination)), destinationPort),
         len(header),
     )
 
@@ -509,7 +511,7 @@ def headerV1(source: IAddress, destination: IAddress) -> bytes:
         return b"PROXY UNKNOWN\r\n"
     src, dst, sport, dport = pair
     family = "TCP4" if src.version == 4 else "TCP6"
-    return f"PROXY {family} {src} {dst} {sport} {dport}\r\n".encode("ascii")
+    return f"PROXY {family} {spelledAddress(src)} {spelledAddress(dst)} {sport} {dport}\r\n".encode("ascii")
 
 
 def headerV2(source: IAddress, destination: IAddress) -> bytes:

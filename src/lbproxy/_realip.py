@@ -20,7 +20,12 @@ from typing import Iterable, Optional, Sequence, Union
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 
-from lbproxy._values import UNIX_PEERS, TrustedNetwork, parseTrustedProxy
+from lbproxy._values import (
+    UNIX_PEERS,
+    TrustedNetwork,
+    parseTrustedProxy,
+    spelledAddress,
+)
 
 _IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -153,9 +158,9 @@ class TrustedProxies:
             address, port = parsed
             client: IAddress
             if isinstance(address, ipaddress.IPv4Address):
-                client = IPv4Address("TCP", str(address), port)
+                client = IPv4Address("TCP", spelledAddress(address), port)
             else:
-                client = IPv6Address("TCP", str(address), port)
+                client = IPv6Address("TCP", spelledAddress(address), port)
             answer = (client, self.trustsAddress(address))
         if len(cache) >= _CACHED_ENTRIES:
             cache.clear()

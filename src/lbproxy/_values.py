@@ -54,6 +54,20 @@ _HOSTNAME = re.compile(
 )
 
 
+def spelledAddress(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]) -> str:
+    """
+    C{address} as text, an IPv4-mapped IPv6 address in the mixed form
+    RFC 5952 recommends (C{::ffff:192.0.2.1}), as the kernel names such a
+    peer, not in the hexadecimal one C{str} gives before Python 3.13
+    (C{::ffff:c000:201}): one client is spelled one way in the logs and
+    headers, whether it reached lbproxy directly or through a balancer, and
+    on every Python.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
 def editDistance(a: str, b: str) -> int:
     """
     The number of edits that turn C{a} into C{b}: a character inserted,
@@ -612,7 +626,7 @@ def parseResolverAddress(text: str) -> tuple[str, int]:
         raise ValueError(expected) from None
     if not 0 < int(port) < 65536:
         raise ValueError(expected)
-    return str(address), int(port)
+    return spelledAddress(address), int(port)
 
 
 #: An entry of C{trusted_proxies}: an IPv4 or IPv6 network, or

@@ -518,6 +518,22 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(len(h.resource.requests), 1)
         self.assertEqual(output.count(b"HTTP/1.1 "), 1)
 
+    def test_closeThatNeverEndsAborted(self) -> None:
+        """
+        A connection closed after its response that stays open (a TLS
+        client that never answers lbproxy's C{close_notify}, which Twisted
+        waits for) is aborted after C{abortTimeout}.
+        """
+        h = _Harness(self)
+        channel, transport = h.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        _answer(h.resource.requests[0])
+        self.assertTrue(transport.disconnecting)
+        h.reactor.advance(channel.abortTimeout - 0.1)
+        self.assertFalse(transport.aborted)
+        h.reactor.advance(0.1)
+        self.assertTrue(transport.aborted)
+
     def test_connectionCloseInSecondHeader(self) -> None:
         """
         C{close} in a second C{Connection} header counts too.

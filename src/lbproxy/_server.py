@@ -305,8 +305,9 @@ class ProxyChannel(Protocol):
     @ivar sendTimeout: seconds a response being relayed may wait for the
         client to accept more of it (nginx's C{send_timeout}), or L{None}
         for no limit.
-    @ivar abortTimeout: seconds a refused client has to read its answer
-        before the connection is aborted.
+    @ivar abortTimeout: seconds a connection being closed (a refused
+        client reading its answer, a TLS client that does not answer
+        C{close_notify}) may stay open before it is aborted.
     @ivar persistent: whether the connection stays open after the current
         response.
     @ivar refused: whether the connection was refused and is closing.
@@ -507,10 +508,19 @@ class ProxyChannel(Protocol):
 
     def loseConnection(self) -> None:
         """
-        Close the connection once what is written is sent.
+        Close the connection once what is written is sent, and abort it if
+        it has not closed L{abortTimeout} seconds after (once the client
+        has taken the response).
+
+        Over TLS, Twisted closes the TCP connection only once the client
+        has answered lbproxy's C{close_notify} with its own: a client that
+        never does (many do not, having read a C{Connection: close}
+        response) would hold the connection for as long as it stays
+        connected.  nginx closes it after sending its own.
         """
         self.flushHead()
         self._phase = _CLOSING
+        self._arm(_ABORT, self.abortTimeout)
         self.transport.loseConnection()
 
     # Timers
@@ -933,6 +943,8 @@ class ProxyChannel(Protocol):
                 self._arm(_HEADER, self.clientHeaderTimeout)
             else:
                 self._arm(_KEEPALIVE, self.timeOut)
+        elif phase == _CLOSING:
+            self._arm(_ABORT, self.abortTimeout)
         else:
             self._arm(_KEEPALIVE, None)
 

@@ -54,6 +54,7 @@ class _H2Transport(StringTransport):
     #: a producer is registered: L{loseConnection} only notes the wish
     #: (C{disconnecting}) until the producer is unregistered.
     closing = False
+    aborted = False
 
     def loseConnection(self) -> None:
         StringTransport.loseConnection(self)
@@ -398,6 +399,11 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(c.transport.closing)
         frames = parseFrames(c.transport.value())
         self.assertEqual([int(f.error_code) for f in frames if isinstance(f, GoAwayFrame)], [0])
+        # A connection that stays open (a TLS client that never answers
+        # close_notify) is aborted after abortTimeout.
+        self.assertFalse(c.transport.aborted)
+        c.reactor.advance(c.channel.abortTimeout)
+        self.assertTrue(c.transport.aborted)
 
     def test_firstRequestTimeout(self) -> None:
         """

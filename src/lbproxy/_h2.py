@@ -593,7 +593,10 @@ class H2Channel(Protocol):
 
     def closeTransport(self) -> None:
         """
-        Close the connection once what is written is sent.
+        Close the connection once what is written is sent, and abort it
+        if it has not closed L{abortTimeout} seconds after: over TLS,
+        Twisted closes the TCP connection only once the client has
+        answered lbproxy's close_notify, which a client need not do.
 
         The channel stops being the transport's producer first: a TLS
         transport (L{twisted.protocols.tls.TLSMemoryBIOProtocol}) does not
@@ -607,6 +610,7 @@ class H2Channel(Protocol):
             self.producerRegistered = False
             transport.unregisterProducer()
         transport.loseConnection()
+        self._abortLater()
 
     def terminate(self, code: int, why: str) -> None:
         """

@@ -453,6 +453,11 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(b"".join(f.data for f in frames[1:]), b"hello")
         self.assertIn("END_STREAM", frames[-1].flags)
         self.assertTrue(c.transport.closing)
+        # Should it stay open (a TLS client that never answers
+        # close_notify), it is aborted after abortTimeout.
+        self.assertFalse(c.transport.aborted)
+        c.reactor.advance(c.channel.abortTimeout)
+        self.assertTrue(c.transport.aborted)
         c.http11.connectionLost(None)
         self.successResultOf(drained)
 

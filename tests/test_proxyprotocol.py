@@ -169,6 +169,22 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(header.source, CLIENT)
         self.assertEqual(rest, REQUEST)
 
+    def test_longestV2HeaderByteByByte(self):
+        """
+        The longest version 2 header (64 KiB of TLVs) sent a byte at a
+        time is read, without its bytes gathered so far being copied
+        again for each one: L{HeaderReader.buffer} stays at the 16 bytes
+        that gave its length until the last byte comes.
+        """
+        header = _v2(0x21, 0x11, SPEC_V2[16:28] + bytes(65535 - 12))
+        reader = HeaderReader()
+        for index in range(len(header) - 1):
+            self.assertIsNone(reader.feed(header[index : index + 1]))
+            self.assertLessEqual(len(reader.buffer), 16)
+        parsed = reader.feed(header[-1:] + REQUEST)
+        assert parsed is not None
+        self.assertEqual((parsed.source, parsed.size, reader.buffer), (CLIENT, len(header), REQUEST))
+
     def test_unknownAndLocal(self):
         """
         C{UNKNOWN} (short and long form), the C{LOCAL} command, and the

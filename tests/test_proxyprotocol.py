@@ -319,6 +319,18 @@ class ReceiverTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
+    def test_logPrefix(self):
+        """
+        A connection's log prefix names the listener before its protocol
+        exists (not C{NoneType}), then the protocol.
+        """
+        factory = ProxyProtocolFactory(_RecorderFactory(False), Clock())
+        protocol = factory.buildProtocol(BALANCER)
+        self.assertEqual(protocol.logPrefix(), "_RecorderFactory (PROXY)")
+        protocol, transport = self.connect()
+        protocol.dataReceived(SPEC_V1)
+        self.assertEqual(protocol.logPrefix(), "_Recorder (ProxyProtocolReceiver)")
+
     def test_header(self):
         """
         The protocol is built once the header is read, with the client's

@@ -337,6 +337,17 @@ class ProxyProtocolReceiver(ProtocolWrapper):
         self.proxyReader: Optional[HeaderReader] = HeaderReader()
         self.proxyTimeout: Any = None
 
+    def logPrefix(self) -> str:
+        """
+        The listener's protocol, once there is one, as Twisted's wrapper
+        names it; before, the listener's (C{Site (PROXY)}), where the
+        wrapper would say C{NoneType}.  The transport takes this as its
+        connection's log prefix when it is made.
+        """
+        if self.wrappedProtocol is None:
+            return self.proxyFactory.logPrefix()
+        return ProtocolWrapper.logPrefix(self)
+
     def makeConnection(self, transport: Any) -> None:
         from zope.interface import directlyProvides, providedBy
 

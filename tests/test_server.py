@@ -534,6 +534,22 @@ class PersistenceTests(SynchronousTestCase):
         h.reactor.advance(0.1)
         self.assertTrue(transport.aborted)
 
+    def test_refusedWhileClosingKeepsTheBound(self) -> None:
+        """
+        A refusal that comes while the connection is already closing after
+        its response sends nothing, and leaves the close its bound: the
+        connection is still aborted after C{abortTimeout}.
+        """
+        h = _Harness(self)
+        channel, transport = h.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        _answer(h.resource.requests[0])
+        sent = transport.value()
+        channel.refuse(400)
+        self.assertEqual(transport.value(), sent)
+        h.reactor.advance(channel.abortTimeout)
+        self.assertTrue(transport.aborted)
+
     def test_connectionCloseInSecondHeader(self) -> None:
         """
         C{close} in a second C{Connection} header counts too.

@@ -642,7 +642,6 @@ class H2Channel(Protocol):
         for stream in streams:
             self._loseStream(stream, reason)
         self.closeTransport()
-        self._abortLater()
 
     def _abortLater(self) -> None:
         """
@@ -669,7 +668,6 @@ class H2Channel(Protocol):
         if self.streamsById or self.terminated:
             return
         self.goAway()
-        self._abortLater()
 
     # Reading
 

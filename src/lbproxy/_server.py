@@ -1043,8 +1043,9 @@ class ProxyChannel(Protocol):
         if request is not None and request.content is not None:
             request.content.close()
         if self.transport.disconnecting:
-            # Already closing after a response: nothing more may be sent.
-            self._arm(_KEEPALIVE, None)
+            # Already closing after a response: nothing more may be sent,
+            # and the close keeps its bound (L{loseConnection}).
+            self._arm(_ABORT, self.abortTimeout)
             return
         body = errorBody(code)
         self._log.info(
@@ -1055,8 +1056,7 @@ class ProxyChannel(Protocol):
         self.transport.write(_REFUSAL % (code, phrase(code), len(body)) + body)
         # A client that does not read the refusal is cut off after
         # abortTimeout, as Twisted does when a connection times out.
-        self._arm(_ABORT, self.abortTimeout)
-        self.transport.loseConnection()
+        self.loseConnection()
 
 
 def _noRequests(channel: Any) -> Any:

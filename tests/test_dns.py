@@ -39,6 +39,7 @@ from lbproxy._pool import Pool
 from lbproxy._values import parseResolverAddress
 from lbproxy.service import LoadBalancerService
 from lbproxy.testing import DNSZone
+from tests.test_server import _Transport
 
 UP = BackendState.UP
 DOWN = BackendState.DOWN
@@ -878,20 +879,10 @@ class OriginTests(SynchronousTestCase):
         pool.connection(shared)
         hellos = []
         for host, _, factory, *_ in reactor.tcpClients:
-            transport = _TCPTransport()
+            transport = _Transport()
             factory.buildProtocol(None).makeConnection(transport)
             hellos.append((host, _serverNameIn(transport.value())))
         self.assertEqual(hellos, [("127.0.0.2", "a.test"), ("127.0.0.2", "b.test")])
-
-
-class _TCPTransport(StringTransport):
-    """
-    A L{StringTransport} with the TCP option lbproxy's backend connections
-    set.
-    """
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        self.noDelay = enabled
 
 
 def _helloFor(backend: Backend, **options: Any) -> tuple[str, int, str]:
